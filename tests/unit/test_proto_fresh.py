@@ -1,0 +1,64 @@
+"""The committed generated code in shardkv/v1 is what proto/ generates today.
+
+Runs protoc exactly as ``make proto`` does, into a temporary directory, and
+compares byte for byte, so a .proto edit without ``make proto`` (or a
+grpcio-tools bump without it) fails here instead of on the wire.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from grpc_tools import protoc
+
+REPO = Path(__file__).resolve().parents[2]
+PROTO_ROOT = REPO / "proto"
+PROTO_FILES = sorted(PROTO_ROOT.glob("shardkv/v1/*.proto"))
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("proto")
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *map(str, PROTO_FILES),
+        # As `python -m grpc_tools.protoc` adds it: the well-known types.
+        f"-I{resources.files('grpc_tools') / '_proto'}",
+    ]
+    assert protoc.main(args) == 0, "protoc failed on proto/: fix the .proto files"
+    return out
+
+
+def generated_names(root: Path) -> list[str]:
+    return sorted(
+        str(path.relative_to(root))
+        for path in root.glob("shardkv/v1/*")
+        if path.name.endswith(GENERATED_SUFFIXES)
+    )
+
+
+def test_there_are_protos() -> None:
+    assert PROTO_FILES, "no .proto files found under proto/shardkv/v1"
+
+
+def test_generated_file_set_matches(fresh: Path) -> None:
+    assert generated_names(REPO) == generated_names(fresh), (
+        "shardkv/v1 does not hold exactly the files proto/ generates: run `make proto` "
+        "(and delete generated files of removed .proto files)"
+    )
+
+
+@pytest.mark.parametrize("name", generated_names(REPO))
+def test_generated_file_is_fresh(fresh: Path, name: str) -> None:
+    regenerated = fresh / name
+    assert regenerated.exists(), f"{name} is not generated from proto/ any more: run `make proto`"
+    assert (REPO / name).read_bytes() == regenerated.read_bytes(), (
+        f"{name} is stale: run `make proto`"
+    )
