@@ -611,6 +611,14 @@ class Raft:
         metadata = message.snapshot.metadata
         key = (metadata.index, metadata.term)
         offset = message.snapshot_offset
+        if metadata.index <= self.log.committed:
+            # We have all it covers (perhaps our answer to its last chunk was
+            # lost): say where we are so the leader moves on to appends.
+            self.incoming_snapshot = None
+            self._send(
+                Message(MessageType.APPEND_RESPONSE, to=message.from_, index=self.log.committed)
+            )
+            return
         incoming = self.incoming_snapshot
         if offset == 0 and (incoming is None or incoming[0] != key):
             incoming = self.incoming_snapshot = (key, bytearray())
@@ -738,8 +746,10 @@ class Raft:
             # A chunk was lost. Rewind, but send nothing now: every chunk
             # behind the lost one draws the same answer, and resending on each
             # would multiply traffic. The stall check on heartbeats resends.
-            progress.snapshot_offset = max(progress.snapshot_offset, message.snapshot_offset)
-            progress.snapshot_sent = progress.snapshot_offset
+            # Trust the follower's offset even if it is behind what it
+            # acknowledged: it may have restarted and lost the chunks.
+            progress.snapshot_offset = message.snapshot_offset
+            progress.snapshot_sent = message.snapshot_offset
             progress.snapshot_all_sent = False
             return
         if message.snapshot_offset > progress.snapshot_offset:

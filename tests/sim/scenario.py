@@ -220,7 +220,7 @@ def run_seed(seed: int, fault_steps: int | None = None) -> RunResult:
     options = _options(rng)
     cluster = Cluster(seed=rng.randrange(1 << 30), voters=voters, options=options)
     cluster.key_count = rng.choice((1, 2, 3, 5))
-    give_up = rng.choice((1 << 30, 3, 6))
+    give_up = rng.choice((1 << 30, 1 << 30, 5, 10))
     for _ in range(rng.randint(2, 6)):
         cluster.add_client(ops=rng.randint(5, 25), give_up_after=give_up)
     nemesis = _Nemesis(cluster, random.Random(rng.randrange(1 << 30)))
