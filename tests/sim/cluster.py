@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shardkv.node.codec import message_from_proto, message_to_proto
 from shardkv.raft import (
     ConfChange,
     ConfChangeType,
@@ -27,16 +28,23 @@ from shardkv.raft import (
     Entry,
     EntryType,
     MemoryStorage,
+    Message,
     ProposalDropped,
     RawNode,
     Ready,
     Role,
 )
+from shardkv.v1 import raft_pb2
 from tests.checkers import Operation
 from tests.sim.kv import STALE, Command, KeyValueStore
 from tests.sim.network import Network
 
 __all__ = ["Cluster", "ClusterOptions", "SafetyViolation", "SimClient", "SimNode"]
+
+
+def _over_the_wire(message: Message) -> Message:
+    wire = message_to_proto(message).SerializeToString()
+    return message_from_proto(raft_pb2.Message.FromString(wire))
 
 
 class SafetyViolation(AssertionError):
@@ -58,6 +66,8 @@ class ClusterOptions:
     snapshot_interval: int = 0
     compaction_lag: int = 0
     max_delay: int = 1
+    # Carry every message as serialized protobuf, as the node's transport will.
+    wire_format: bool = False
 
 
 @dataclass(slots=True)
@@ -296,6 +306,8 @@ class Cluster:
                 del self.restart_at[node_id]
                 self.restart(node_id)
         for message in self.network.due(self.now):
+            if self.options.wire_format:
+                message = _over_the_wire(message)
             node = self.nodes.get(message.to)
             if node is None or node.raw is None:
                 continue

@@ -72,6 +72,7 @@ def _options(rng: random.Random) -> ClusterOptions:
         snapshot_interval=rng.choice((0, 8, 20, 50)),
         compaction_lag=rng.choice((0, 2, 10)),
         max_delay=rng.choice((1, 2, 3)),
+        wire_format=rng.random() < 0.2,
     )
 
 
