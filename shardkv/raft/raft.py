@@ -135,6 +135,9 @@ class Raft:
         self.lease_revoked = False
         self.lead_transferee = NONE
         self.pending_conf_index = 0
+        # Proposals appended but not yet sent: all of a round's proposals go
+        # out as one append per peer when the runtime takes the Ready.
+        self.append_pending = False
         # The snapshot being received: (index, term) and the bytes so far.
         self.incoming_snapshot: tuple[tuple[int, int], bytearray] | None = None
 
@@ -265,7 +268,15 @@ class Raft:
     def _peers(self) -> list[int]:
         return [node_id for node_id in self.progress if node_id != self.id]
 
+    def flush_appends(self) -> None:
+        """Send what proposals appended since the last Ready, one message per peer."""
+        if self.append_pending:
+            self.append_pending = False
+            if self.role == Role.LEADER:
+                self.bcast_append()
+
     def bcast_append(self) -> None:
+        self.append_pending = False
         for node_id in self._peers():
             self._maybe_send_append(node_id, send_if_empty=True)
 
@@ -800,7 +811,7 @@ class Raft:
         if not payloads:
             raise ProposalDropped("nothing to propose", self.lead)
         position = self._append_entries([Entry(term=0, index=0, data=data) for data in payloads])
-        self.bcast_append()
+        self.append_pending = True
         return position
 
     def propose_conf_change(self, change: ConfChange) -> tuple[int, int]:
@@ -827,7 +838,7 @@ class Raft:
         entry = Entry(term=0, index=0, type=EntryType.CONF_CHANGE, data=change.encode())
         position = self._append_entries([entry])
         self.pending_conf_index = position[0]
-        self.bcast_append()
+        self.append_pending = True
         return position
 
     # -- membership ------------------------------------------------------------

@@ -133,6 +133,7 @@ class RawNode:
 
     def has_ready(self) -> bool:
         raft = self.raft
+        raft.flush_appends()
         unstable = raft.log.unstable
         return bool(
             raft.msgs
@@ -146,6 +147,7 @@ class RawNode:
 
     def ready(self) -> Ready:
         raft = self.raft
+        raft.flush_appends()
         log = raft.log
         ready = Ready(
             snapshot=log.unstable.next_snapshot(),
