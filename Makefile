@@ -34,7 +34,7 @@ up: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy shardkv router
+	$(PY) -m mypy shardkv router tests/sim tests/checkers bench
 
 format: $(STAMP)
 	$(PY) -m ruff check --fix .
