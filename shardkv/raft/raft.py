@@ -866,9 +866,11 @@ class Raft:
         else:
             self.voters.discard(node_id)
             self.learners.discard(node_id)
+        added = False
         if node_id in self.voters or node_id in self.learners:
             progress = self.progress.get(node_id)
             if progress is None:
+                added = True
                 progress = Progress(self.log.last_index() + 1, self.config.max_inflight)
                 # New members count as active: check-quorum should not fail
                 # before they had a chance to answer.
@@ -891,6 +893,9 @@ class Raft:
                 else:
                     for peer in self._peers():
                         self._maybe_send_append(peer, send_if_empty=False)
+                if added and node_id != self.id:
+                    # Probe the new member now rather than a heartbeat later.
+                    self._maybe_send_append(node_id, send_if_empty=True)
         return self.conf_state()
 
     # -- leadership transfer -------------------------------------------------------
