@@ -1,0 +1,459 @@
+"""The node's key-value engine: one RocksDB directory holding every group.
+
+``Engine`` opens (creating if missing) one RocksDB directory with three column
+families, ``raft``, ``data`` and ``meta`` (``ColumnFamily``; what goes in each
+is in ``keys``), through rocksdict in raw mode: bytes in, bytes out, nothing
+pickled. ``MemoryEngine`` has the same interface over sorted dictionaries, for
+fast tests; its ``MemoryDisk`` stands in for the directory, so a test can
+close an engine and open another on the same state.
+
+What an engine promises:
+
+1. A ``Batch`` (from ``new_batch()``) reaches disk all at once or not at all,
+   with one ``write(batch, sync)``. With ``sync=True`` it is durable (WAL
+   fsynced) when ``write`` returns. The node puts a whole round of every
+   group's Raft output into one batch and one fsync.
+2. Hooks registered with ``Batch.on_commit`` run in order right after the
+   write succeeds, and never if it fails. In-memory views of what is on disk
+   (``raft_log.GroupStorage``) change only through them.
+3. ``scan(cf, start, end)`` yields ``(key, value)`` for ``start <= key < end``
+   in key order (or reversed), as of the moment ``scan`` was called: later
+   writes are not seen. It positions with a seek, never with rocksdict's
+   iterate bounds (in rocksdict 0.3.29 the lower-bound setter sets the upper
+   bound).
+4. ``close()`` is idempotent; afterwards every use of the engine, of its open
+   scans and of its unwritten batches raises ``EngineClosed``. Closing drops
+   every column family handle and iterator before closing the database, since
+   any of them alive keeps RocksDB's LOCK file, and the same directory can be
+   opened again at once in the same process.
+5. A directory another process (or another open ``Engine``) holds raises
+   ``DataDirInUse``. RocksDB's errors reach callers only as ``EngineError``,
+   translated in this module.
+
+Engines are not thread-safe: the node's loop owns its engine.
+"""
+
+from __future__ import annotations
+
+import abc
+import bisect
+import enum
+import os
+import weakref
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, Self
+
+from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+
+from shardkv.storage.errors import DataDirInUse, EngineClosed, EngineError
+
+__all__ = [
+    "Batch",
+    "ColumnFamily",
+    "Engine",
+    "MemoryDisk",
+    "MemoryEngine",
+    "StorageEngine",
+]
+
+
+class ColumnFamily(enum.StrEnum):
+    RAFT = "raft"
+    DATA = "data"
+    META = "meta"
+
+
+class Batch(abc.ABC):
+    """Writes that reach disk together or not at all, and what to run once they have.
+
+    Filled with ``put``/``delete``/``delete_range`` and handed to its engine's
+    ``write`` exactly once, or ``discard``ed. Either way it is closed after.
+    """
+
+    def __init__(self, engine: StorageEngine) -> None:
+        self.engine = engine
+        self._hooks: list[Callable[[], None]] = []
+        self._operations = 0
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether the batch was written (or its write tried) or discarded."""
+        return self._closed
+
+    def __len__(self) -> int:
+        """The number of operations in the batch."""
+        return self._operations
+
+    def put(self, cf: ColumnFamily, key: bytes, value: bytes) -> None:
+        self._check_open()
+        self._put(cf, key, value)
+        self._operations += 1
+
+    def delete(self, cf: ColumnFamily, key: bytes) -> None:
+        self._check_open()
+        self._delete(cf, key)
+        self._operations += 1
+
+    def delete_range(self, cf: ColumnFamily, start: bytes, end: bytes) -> None:
+        """Delete every key ``start <= key < end``."""
+        self._check_open()
+        self._delete_range(cf, start, end)
+        self._operations += 1
+
+    def on_commit(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` once the batch is written; never if the write fails."""
+        self._check_open()
+        self._hooks.append(hook)
+
+    def discard(self) -> None:
+        """Give the batch up unwritten; its hooks never run."""
+        self._closed = True
+        self._hooks.clear()
+
+    def _check_open(self) -> None:
+        if self.engine.closed:
+            raise EngineClosed("the engine of this batch is closed")
+        if self._closed:
+            raise EngineError("this batch was already written or discarded; make a new one")
+
+    def _seal(self) -> None:
+        self._check_open()
+        self._closed = True
+
+    def _run_hooks(self) -> None:
+        hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            hook()
+
+    @abc.abstractmethod
+    def _put(self, cf: ColumnFamily, key: bytes, value: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def _delete(self, cf: ColumnFamily, key: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def _delete_range(self, cf: ColumnFamily, start: bytes, end: bytes) -> None: ...
+
+
+class _Scan(Iterator[tuple[bytes, bytes]]):
+    """An engine's scan: raises ``EngineClosed`` once the engine is closed."""
+
+    __slots__ = ("__weakref__", "_engine", "_items")
+
+    def __init__(self, engine: StorageEngine, items: Iterator[tuple[bytes, bytes]]) -> None:
+        self._engine = engine
+        self._items: Iterator[tuple[bytes, bytes]] | None = items
+
+    def __next__(self) -> tuple[bytes, bytes]:
+        if self._engine.closed:
+            self.release()
+            raise EngineClosed("the engine was closed during this scan")
+        if self._items is None:
+            raise StopIteration
+        try:
+            return next(self._items)
+        except StopIteration:
+            self._items = None
+            raise
+
+    def release(self) -> None:
+        """Drop the underlying iterator (it keeps RocksDB open while alive)."""
+        self._items = None
+
+
+class StorageEngine(abc.ABC):
+    """What the storage layer needs of a key-value engine (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._closed = False
+        self._scans: weakref.WeakSet[_Scan] = weakref.WeakSet()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def new_batch(self) -> Batch:
+        self._check_open()
+        return self._new_batch()
+
+    def write(self, batch: Batch, sync: bool) -> None:
+        """Write ``batch`` atomically (durably if ``sync``), then run its hooks."""
+        self._check_open()
+        if batch.engine is not self:
+            raise ValueError("this batch was made by another engine")
+        batch._seal()
+        self._write(batch, sync)
+        batch._run_hooks()
+
+    def get(self, cf: ColumnFamily, key: bytes) -> bytes | None:
+        self._check_open()
+        return self._get(cf, key)
+
+    def scan(
+        self, cf: ColumnFamily, start: bytes, end: bytes | None = None, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """``(key, value)`` for ``start <= key < end`` (None: no end), as of now."""
+        self._check_open()
+        scan = _Scan(self, self._scan(cf, start, end, reverse))
+        self._scans.add(scan)
+        return scan
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for scan in list(self._scans):
+            scan.release()
+        self._close()
+
+    def __enter__(self) -> Self:
+        self._check_open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosed("the storage engine is closed")
+
+    @abc.abstractmethod
+    def _new_batch(self) -> Batch: ...
+
+    @abc.abstractmethod
+    def _write(self, batch: Batch, sync: bool) -> None: ...
+
+    @abc.abstractmethod
+    def _get(self, cf: ColumnFamily, key: bytes) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def _scan(
+        self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]: ...
+
+    @abc.abstractmethod
+    def _close(self) -> None: ...
+
+
+# -- RocksDB -------------------------------------------------------------------
+
+
+class _RocksBatch(Batch):
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._engine = engine
+        self.write_batch = WriteBatch(raw_mode=True)
+
+    def _put(self, cf: ColumnFamily, key: bytes, value: bytes) -> None:
+        self.write_batch.put(key, value, self._engine._handles[cf])
+
+    def _delete(self, cf: ColumnFamily, key: bytes) -> None:
+        self.write_batch.delete(key, self._engine._handles[cf])
+
+    def _delete_range(self, cf: ColumnFamily, start: bytes, end: bytes) -> None:
+        self.write_batch.delete_range(start, end, self._engine._handles[cf])
+
+
+class Engine(StorageEngine):
+    """One RocksDB directory with the ``raft``, ``data`` and ``meta`` column families."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.path = os.fspath(path)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.create_missing_column_families(True)
+        families = {cf.value: Options(raw_mode=True) for cf in ColumnFamily}
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            self._db: Any = Rdict(self.path, options, column_families=families)
+        except Exception as exc:
+            if "lock" in str(exc).lower():
+                raise DataDirInUse(
+                    f"data dir {self.path} already in use: another shardkv-node process "
+                    "(or another Engine in this one) has it open"
+                ) from exc
+            raise EngineError(f"cannot open RocksDB at {self.path}: {exc}") from exc
+        self._families: dict[ColumnFamily, Any] = {
+            cf: self._db.get_column_family(cf.value) for cf in ColumnFamily
+        }
+        self._handles: dict[ColumnFamily, Any] = {
+            cf: self._db.get_column_family_handle(cf.value) for cf in ColumnFamily
+        }
+        self._write_options = {sync: WriteOptions() for sync in (False, True)}
+        self._write_options[True].sync = True
+
+    def __repr__(self) -> str:
+        return f"Engine({self.path!r}{', closed' if self.closed else ''})"
+
+    def _new_batch(self) -> Batch:
+        return _RocksBatch(self)
+
+    def _write(self, batch: Batch, sync: bool) -> None:
+        assert isinstance(batch, _RocksBatch)
+        try:
+            self._db.write(batch.write_batch, self._write_options[sync])
+        except Exception as exc:
+            raise EngineError(f"RocksDB write to {self.path} failed: {exc}") from exc
+
+    def _get(self, cf: ColumnFamily, key: bytes) -> bytes | None:
+        try:
+            value: bytes | None = self._families[cf].get(key)
+        except Exception as exc:
+            raise EngineError(f"RocksDB read from {self.path} failed: {exc}") from exc
+        return value
+
+    def _scan(
+        self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        # A live iterator is a consistent view by itself; rocksdict 0.3.29
+        # ignores a Snapshot when iterating, so none is used.
+        iterator = self._families[cf].iter(ReadOptions())
+        return _rocks_items(iterator, start, end, reverse, self.path)
+
+    def _close(self) -> None:
+        # Every handle alive keeps the LOCK file: drop them all, then close.
+        self._families.clear()
+        self._handles.clear()
+        db, self._db = self._db, None
+        try:
+            db.close()
+        except Exception as exc:
+            raise EngineError(f"closing RocksDB at {self.path} failed: {exc}") from exc
+
+
+def _rocks_items(
+    iterator: Any, start: bytes, end: bytes | None, reverse: bool, path: str
+) -> Iterator[tuple[bytes, bytes]]:
+    # A plain function, not a method: the generator must reference the
+    # iterator only, so that dropping the generator frees it.
+    try:
+        if reverse:
+            if end is None:
+                iterator.seek_to_last()
+            else:
+                iterator.seek_for_prev(end)
+                if iterator.valid() and iterator.key() >= end:
+                    iterator.prev()
+            while iterator.valid():
+                key: bytes = iterator.key()
+                if key < start:
+                    break
+                yield key, iterator.value()
+                iterator.prev()
+        else:
+            iterator.seek(start)
+            while iterator.valid():
+                key = iterator.key()
+                if end is not None and key >= end:
+                    break
+                yield key, iterator.value()
+                iterator.next()
+        iterator.status()
+    except Exception as exc:
+        raise EngineError(f"RocksDB scan of {path} failed: {exc}") from exc
+
+
+# -- in memory -----------------------------------------------------------------
+
+
+class _SortedTable:
+    """One column family in memory: a dict and its keys in order."""
+
+    def __init__(self) -> None:
+        self.values: dict[bytes, bytes] = {}
+        self.keys: list[bytes] = []
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if key not in self.values:
+            bisect.insort(self.keys, key)
+        self.values[key] = value
+
+    def delete(self, key: bytes) -> None:
+        if self.values.pop(key, None) is not None:
+            del self.keys[bisect.bisect_left(self.keys, key)]
+
+    def delete_range(self, start: bytes, end: bytes) -> None:
+        low, high = self._bounds(start, end)
+        for key in self.keys[low:high]:
+            del self.values[key]
+        del self.keys[low:high]
+
+    def items(self, start: bytes, end: bytes | None) -> list[tuple[bytes, bytes]]:
+        low, high = self._bounds(start, end)
+        return [(key, self.values[key]) for key in self.keys[low:high]]
+
+    def _bounds(self, start: bytes, end: bytes | None) -> tuple[int, int]:
+        low = bisect.bisect_left(self.keys, start)
+        high = len(self.keys) if end is None else bisect.bisect_left(self.keys, end)
+        return low, max(low, high)
+
+
+class MemoryDisk:
+    """What a ``MemoryEngine`` writes to: outlives the engine, like a data directory.
+
+    Only written batches reach it, so a test that drops an engine and opens
+    another on the same disk sees what a restarted node would see. (Unlike a
+    real disk it keeps unsynced writes too.)
+    """
+
+    def __init__(self) -> None:
+        self.tables = {cf: _SortedTable() for cf in ColumnFamily}
+        self.in_use = False
+
+
+_Operation = tuple[Callable[..., None], tuple[bytes, ...]]
+
+
+class _MemoryBatch(Batch):
+    def __init__(self, engine: MemoryEngine) -> None:
+        super().__init__(engine)
+        self._tables = engine.disk.tables
+        self.operations: list[_Operation] = []
+
+    def _put(self, cf: ColumnFamily, key: bytes, value: bytes) -> None:
+        self.operations.append((self._tables[cf].put, (key, value)))
+
+    def _delete(self, cf: ColumnFamily, key: bytes) -> None:
+        self.operations.append((self._tables[cf].delete, (key,)))
+
+    def _delete_range(self, cf: ColumnFamily, start: bytes, end: bytes) -> None:
+        self.operations.append((self._tables[cf].delete_range, (start, end)))
+
+
+class MemoryEngine(StorageEngine):
+    """A ``StorageEngine`` over a ``MemoryDisk`` (a new one if none is given)."""
+
+    def __init__(self, disk: MemoryDisk | None = None) -> None:
+        super().__init__()
+        self.disk = MemoryDisk() if disk is None else disk
+        if self.disk.in_use:
+            raise DataDirInUse("this memory disk is already in use by an open MemoryEngine")
+        self.disk.in_use = True
+
+    def _new_batch(self) -> Batch:
+        return _MemoryBatch(self)
+
+    def _write(self, batch: Batch, sync: bool) -> None:
+        assert isinstance(batch, _MemoryBatch)
+        for operation, arguments in batch.operations:
+            operation(*arguments)
+
+    def _get(self, cf: ColumnFamily, key: bytes) -> bytes | None:
+        return self.disk.tables[cf].values.get(key)
+
+    def _scan(
+        self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        items = self.disk.tables[cf].items(start, end)
+        return reversed(items) if reverse else iter(items)
+
+    def _close(self) -> None:
+        self.disk.in_use = False

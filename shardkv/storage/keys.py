@@ -1,0 +1,171 @@
+"""The key layout of the node's RocksDB: the one place keys are made and read.
+
+Every key starts with the group id as 8 bytes big-endian, so all of a group's
+keys in a column family are one contiguous range (``group_range``), and byte
+order is numeric order for group ids and Raft indexes alike::
+
+    cf    key                               value (see ``values``)
+    raft  group(8) 0x01 index(8)            a log entry
+    raft  group(8) 0x02                     the hard state
+    raft  group(8) 0x03                     the latest snapshot's metadata
+    raft  group(8) 0x04                     the log start: (index, term) just before the first entry
+    meta  group(8) 0x01                     the applied state: applied index and ConfState
+    meta  group(8) 0x02                     the group's revision counter (shardkv.fsm)
+    meta  group(8) 0x03 client_id(8)        a client session of the dedup table (shardkv.fsm)
+    data  group(8) user_key                 the user's value
+
+Within a group the data column family is ordered by user key, so a prefix or
+range of user keys is a range of engine keys (``data_range``,
+``data_prefix_range``) that a scan reaches with one seek. Later records of
+the meta column family (ownership, locks, transaction records) take the next
+free tags.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from shardkv.storage.errors import CorruptValue
+
+__all__ = [
+    "GROUP_KEY_SIZE",
+    "applied_state_key",
+    "data_key",
+    "data_prefix_range",
+    "data_range",
+    "decode_data_key",
+    "decode_entry_key",
+    "entry_key",
+    "entry_range",
+    "group_prefix",
+    "group_range",
+    "hard_state_key",
+    "log_start_key",
+    "prefix_end",
+    "revision_key",
+    "session_key",
+    "snapshot_metadata_key",
+]
+
+_GROUP = struct.Struct(">Q")
+# group id, record tag, then a number: an entry's index, a session's client id
+_GROUP_TAG_NUMBER = struct.Struct(">QBQ")
+
+GROUP_KEY_SIZE = _GROUP.size
+
+# Record tags after the group id in the raft column family.
+_RAFT_ENTRY = 0x01
+_RAFT_HARD_STATE = 0x02
+_RAFT_SNAPSHOT_METADATA = 0x03
+_RAFT_LOG_START = 0x04
+# Record tags after the group id in the meta column family.
+_META_APPLIED_STATE = 0x01
+_META_REVISION = 0x02
+_META_SESSION = 0x03
+
+
+def group_prefix(group_id: int) -> bytes:
+    """The 8 bytes every key of ``group_id`` starts with, in every column family."""
+    return _GROUP.pack(group_id)
+
+
+def group_range(group_id: int) -> tuple[bytes, bytes | None]:
+    """``[start, end)`` of every key of ``group_id`` in any column family (end None: no bound)."""
+    prefix = group_prefix(group_id)
+    return prefix, prefix_end(prefix)
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix``.
+
+    None when there is none (``prefix`` is empty or all 0xff): scan to the end.
+    """
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes((stripped[-1] + 1,))
+
+
+# -- raft column family ----------------------------------------------------
+
+
+def entry_key(group_id: int, index: int) -> bytes:
+    return _GROUP_TAG_NUMBER.pack(group_id, _RAFT_ENTRY, index)
+
+
+def decode_entry_key(key: bytes) -> tuple[int, int]:
+    """(group_id, index) of an entry key."""
+    try:
+        group_id, tag, index = _GROUP_TAG_NUMBER.unpack(key)
+    except struct.error as exc:
+        raise CorruptValue(f"not an entry key: {key!r}") from exc
+    if tag != _RAFT_ENTRY:
+        raise CorruptValue(f"not an entry key: {key!r}")
+    return group_id, index
+
+
+def entry_range(group_id: int, low: int = 0, high: int | None = None) -> tuple[bytes, bytes]:
+    """``[start, end)`` of the entry keys of ``group_id`` with ``low <= index < high``."""
+    if high is None:
+        return entry_key(group_id, low), group_prefix(group_id) + bytes((_RAFT_ENTRY + 1,))
+    return entry_key(group_id, low), entry_key(group_id, high)
+
+
+def hard_state_key(group_id: int) -> bytes:
+    return group_prefix(group_id) + bytes((_RAFT_HARD_STATE,))
+
+
+def snapshot_metadata_key(group_id: int) -> bytes:
+    return group_prefix(group_id) + bytes((_RAFT_SNAPSHOT_METADATA,))
+
+
+def log_start_key(group_id: int) -> bytes:
+    return group_prefix(group_id) + bytes((_RAFT_LOG_START,))
+
+
+# -- meta column family ------------------------------------------------------
+
+
+def applied_state_key(group_id: int) -> bytes:
+    return group_prefix(group_id) + bytes((_META_APPLIED_STATE,))
+
+
+def revision_key(group_id: int) -> bytes:
+    return group_prefix(group_id) + bytes((_META_REVISION,))
+
+
+def session_key(group_id: int, client_id: int) -> bytes:
+    return _GROUP_TAG_NUMBER.pack(group_id, _META_SESSION, client_id)
+
+
+# -- data column family ------------------------------------------------------
+
+
+def data_key(group_id: int, user_key: bytes) -> bytes:
+    return group_prefix(group_id) + user_key
+
+
+def decode_data_key(key: bytes) -> tuple[int, bytes]:
+    """(group_id, user_key) of a data key."""
+    if len(key) < GROUP_KEY_SIZE:
+        raise CorruptValue(f"not a data key: {key!r}")
+    (group_id,) = _GROUP.unpack_from(key)
+    return group_id, key[GROUP_KEY_SIZE:]
+
+
+def data_range(
+    group_id: int, start: bytes = b"", end: bytes | None = None
+) -> tuple[bytes, bytes | None]:
+    """``[start, end)`` in engine keys for user keys ``start <= key < end`` of a group.
+
+    ``end`` None means to the group's last key.
+    """
+    if end is None:
+        return data_key(group_id, start), group_range(group_id)[1]
+    return data_key(group_id, start), data_key(group_id, end)
+
+
+def data_prefix_range(group_id: int, user_prefix: bytes) -> tuple[bytes, bytes | None]:
+    """``[start, end)`` in engine keys for the user keys of a group that start with a prefix."""
+    start = data_key(group_id, user_prefix)
+    return start, prefix_end(start)

@@ -1,0 +1,260 @@
+"""The storage engine contract, held by ``Engine`` (RocksDB) and ``MemoryEngine`` alike.
+
+Every test here runs against both, through ``open_engine``: a function that
+opens the same place (a directory, a ``MemoryDisk``) each time it is called,
+so that closing and reopening is a restart.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from shardkv.storage import (
+    ColumnFamily,
+    DataDirInUse,
+    Engine,
+    EngineClosed,
+    EngineError,
+    MemoryDisk,
+    MemoryEngine,
+    StorageEngine,
+)
+
+RAFT, DATA, META = ColumnFamily.RAFT, ColumnFamily.DATA, ColumnFamily.META
+
+Opener = Callable[[], StorageEngine]
+
+
+@pytest.fixture(params=["memory", "rocksdb"])
+def open_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    opened: list[StorageEngine] = []
+    disk = MemoryDisk()
+
+    def open_() -> StorageEngine:
+        engine: StorageEngine
+        engine = MemoryEngine(disk) if request.param == "memory" else Engine(tmp_path / "db")
+        opened.append(engine)
+        return engine
+
+    yield open_
+    for engine in opened:
+        engine.close()
+
+
+@pytest.fixture
+def engine(open_engine: Opener) -> StorageEngine:
+    return open_engine()
+
+
+def put_all(engine: StorageEngine, cf: ColumnFamily, items: dict[bytes, bytes]) -> None:
+    batch = engine.new_batch()
+    for key, value in items.items():
+        batch.put(cf, key, value)
+    engine.write(batch, sync=False)
+
+
+KEYS = {bytes([k]): b"v" + bytes([k]) for k in (1, 3, 5, 7, 9)}
+
+
+def test_a_written_batch_is_read_back_per_column_family(engine: StorageEngine) -> None:
+    batch = engine.new_batch()
+    batch.put(RAFT, b"k", b"raft")
+    batch.put(DATA, b"k", b"data")
+    batch.put(META, b"k", b"")
+    assert len(batch) == 3
+    assert engine.get(RAFT, b"k") is None  # nothing before the write
+    engine.write(batch, sync=True)
+    assert engine.get(RAFT, b"k") == b"raft"
+    assert engine.get(DATA, b"k") == b"data"
+    assert engine.get(META, b"k") == b""
+    assert engine.get(DATA, b"missing") is None
+
+
+def test_operations_of_a_batch_apply_in_order(engine: StorageEngine) -> None:
+    put_all(engine, DATA, KEYS)
+    batch = engine.new_batch()
+    batch.delete(DATA, b"\x01")
+    batch.delete_range(DATA, b"\x03", b"\x07")
+    batch.put(DATA, b"\x04", b"new")
+    batch.delete(DATA, b"absent")
+    engine.write(batch, sync=False)
+    assert list(engine.scan(DATA, b"")) == [
+        (b"\x04", b"new"),
+        (b"\x07", b"v\x07"),
+        (b"\x09", b"v\x09"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        (b"", None, [1, 3, 5, 7, 9]),
+        (b"\x03", b"\x07", [3, 5]),
+        (b"\x02", b"\x08", [3, 5, 7]),
+        (b"\x09", None, [9]),
+        (b"\x0a", None, []),
+        (b"\x04", b"\x05", []),
+        (b"\x05", b"\x05", []),
+        (b"\x07", b"\x03", []),
+    ],
+)
+def test_scan_yields_the_range_in_order_both_ways(
+    engine: StorageEngine, start: bytes, end: bytes | None, expected: list[int]
+) -> None:
+    put_all(engine, DATA, KEYS)
+    put_all(engine, META, {b"\x04": b"other column family"})
+    forward = [key[0] for key, _ in engine.scan(DATA, start, end)]
+    backward = [key[0] for key, _ in engine.scan(DATA, start, end, reverse=True)]
+    assert forward == expected
+    assert backward == expected[::-1]
+    assert all(value == KEYS[key] for key, value in engine.scan(DATA, start, end))
+
+
+def test_a_scan_sees_the_state_when_it_began(engine: StorageEngine) -> None:
+    put_all(engine, DATA, KEYS)
+    scan = engine.scan(DATA, b"")
+    assert next(scan) == (b"\x01", b"v\x01")
+    batch = engine.new_batch()
+    batch.put(DATA, b"\x02", b"late")
+    batch.delete(DATA, b"\x05")
+    engine.write(batch, sync=False)
+    assert [key[0] for key, _ in scan] == [3, 5, 7, 9]
+
+
+def test_hooks_run_in_order_after_the_write_and_never_after_discard(
+    engine: StorageEngine,
+) -> None:
+    ran: list[str] = []
+    batch = engine.new_batch()
+    batch.put(DATA, b"k", b"v")
+    batch.on_commit(lambda: ran.append(f"first sees {engine.get(DATA, b'k')!r}"))
+    batch.on_commit(lambda: ran.append("second"))
+    assert ran == []
+    engine.write(batch, sync=False)
+    assert ran == ["first sees b'v'", "second"]
+
+    discarded = engine.new_batch()
+    discarded.put(DATA, b"gone", b"v")
+    discarded.on_commit(lambda: ran.append("discarded"))
+    discarded.discard()
+    assert discarded.closed
+    with pytest.raises(EngineError, match="already written or discarded"):
+        engine.write(discarded, sync=False)
+    assert engine.get(DATA, b"gone") is None
+    assert ran == ["first sees b'v'", "second"]
+
+
+def test_a_batch_is_written_once(engine: StorageEngine) -> None:
+    batch = engine.new_batch()
+    batch.put(DATA, b"k", b"v")
+    engine.write(batch, sync=False)
+    assert batch.closed
+    with pytest.raises(EngineError, match="already written"):
+        engine.write(batch, sync=False)
+    with pytest.raises(EngineError, match="already written"):
+        batch.put(DATA, b"k", b"again")
+
+
+def test_an_empty_batch_writes_and_runs_its_hooks(engine: StorageEngine) -> None:
+    ran: list[bool] = []
+    batch = engine.new_batch()
+    batch.on_commit(lambda: ran.append(True))
+    engine.write(batch, sync=True)
+    assert ran == [True]
+
+
+def test_a_batch_of_another_engine_is_refused(engine: StorageEngine) -> None:
+    with MemoryEngine() as other, pytest.raises(ValueError, match="another engine"):
+        engine.write(other.new_batch(), sync=False)
+
+
+def test_what_was_written_survives_close_and_reopen(open_engine: Opener) -> None:
+    with open_engine() as engine:
+        put_all(engine, DATA, KEYS)
+        put_all(engine, RAFT, {b"r": b"1"})
+        batch = engine.new_batch()
+        batch.put(META, b"m", b"2")
+        batch.delete(DATA, b"\x05")
+        engine.write(batch, sync=True)
+    with open_engine() as engine:
+        assert [key[0] for key, _ in engine.scan(DATA, b"")] == [1, 3, 7, 9]
+        assert engine.get(RAFT, b"r") == b"1"
+        assert engine.get(META, b"m") == b"2"
+
+
+def test_close_is_idempotent_and_use_after_close_is_a_clear_error(
+    engine: StorageEngine,
+) -> None:
+    put_all(engine, DATA, KEYS)
+    batch = engine.new_batch()
+    scan = engine.scan(DATA, b"")
+    next(scan)
+    engine.close()
+    engine.close()
+    assert engine.closed
+    attempts: list[Callable[[], object]] = [
+        lambda: engine.get(DATA, b"\x01"),
+        lambda: engine.scan(DATA, b""),
+        engine.new_batch,
+        lambda: engine.write(batch, sync=False),
+        lambda: batch.put(DATA, b"k", b"v"),
+        lambda: next(scan),
+        engine.__enter__,
+    ]
+    for attempt in attempts:
+        with pytest.raises(EngineClosed):
+            attempt()
+
+
+def test_the_same_place_reopens_at_once_even_with_scans_and_batches_left_alive(
+    open_engine: Opener,
+) -> None:
+    for round_ in range(2):
+        engine = open_engine()
+        put_all(engine, DATA, {bytes([round_]): b"v"})
+        scan = engine.scan(DATA, b"")
+        next(scan)
+        batch = engine.new_batch()
+        batch.put(DATA, b"unwritten", b"v")
+        engine.close()
+        # scan and batch stay referenced across the reopen on purpose
+        assert scan is not None and batch is not None
+    with open_engine() as engine:
+        assert [key for key, _ in engine.scan(DATA, b"")] == [b"\x00", b"\x01"]
+
+
+def test_a_second_open_of_the_same_place_is_refused(open_engine: Opener) -> None:
+    with open_engine(), pytest.raises(DataDirInUse, match="already in use"):
+        open_engine()
+    with open_engine() as engine:
+        assert not engine.closed
+
+
+def test_another_process_is_refused_a_data_dir_in_use(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    script = (
+        "import sys\n"
+        "from shardkv.storage import Engine, DataDirInUse\n"
+        "try:\n"
+        "    Engine(sys.argv[1])\n"
+        "except DataDirInUse as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+    )
+    with Engine(path):
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=False
+        )
+    assert result.returncode == 3, result.stderr
+    assert f"data dir {path} already in use" in result.stdout
+
+
+def test_engine_creates_missing_parent_directories(tmp_path: Path) -> None:
+    with Engine(tmp_path / "a" / "b" / "db") as engine:
+        put_all(engine, RAFT, {b"k": b"v"})
+        assert engine.get(RAFT, b"k") == b"v"
