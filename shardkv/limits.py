@@ -1,0 +1,60 @@
+"""Size limits on what users store, checked at the router and at the node.
+
+A key is at most ``MAX_KEY_BYTES`` and never empty; a value at most
+``MAX_VALUE_BYTES``; one command at most ``MAX_OPERATIONS`` operations. The
+value limit keeps one Raft entry well inside a transport message (etcd's
+default request limit is 1.5 MiB; ours leaves room for batching); the key
+limit keeps keys cheap to compare and to carry in every scan page.
+``check_command`` raises ``InvalidArgument`` naming the limit and what to do.
+"""
+
+from __future__ import annotations
+
+from shardkv.errors import InvalidArgument
+from shardkv.v1 import kv_pb2
+
+__all__ = ["MAX_KEY_BYTES", "MAX_OPERATIONS", "MAX_VALUE_BYTES", "check_command", "check_key"]
+
+MAX_KEY_BYTES = 4 * 1024
+MAX_VALUE_BYTES = 1024 * 1024
+MAX_OPERATIONS = 10_000
+
+
+def check_key(key: bytes) -> None:
+    if not key:
+        raise InvalidArgument("the key is empty; keys must be 1 or more bytes")
+    if len(key) > MAX_KEY_BYTES:
+        raise InvalidArgument(
+            f"the key is {len(key)} bytes; keys may be at most {MAX_KEY_BYTES} bytes"
+        )
+
+
+def _check_value(value: bytes) -> None:
+    if len(value) > MAX_VALUE_BYTES:
+        raise InvalidArgument(
+            f"the value is {len(value)} bytes; values may be at most {MAX_VALUE_BYTES} bytes: "
+            "split it over several keys"
+        )
+
+
+def check_command(command: kv_pb2.Command) -> None:
+    if not command.operations:
+        raise InvalidArgument("the command has no operations")
+    if len(command.operations) > MAX_OPERATIONS:
+        raise InvalidArgument(
+            f"the command has {len(command.operations)} operations; at most "
+            f"{MAX_OPERATIONS} fit in one: send several"
+        )
+    for operation in command.operations:
+        kind = operation.WhichOneof("kind")
+        if kind == "put":
+            check_key(operation.put.key)
+            _check_value(operation.put.value)
+        elif kind == "delete":
+            check_key(operation.delete.key)
+        elif kind == "compare_and_set":
+            check_key(operation.compare_and_set.key)
+            _check_value(operation.compare_and_set.value)
+            _check_value(operation.compare_and_set.expected)
+        else:
+            raise InvalidArgument("an operation names no kind (put, delete or compare_and_set)")

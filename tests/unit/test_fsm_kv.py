@@ -1,0 +1,218 @@
+"""The data group state machine: per-key metadata, revisions, dedup, scans, limits."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shardkv.errors import InvalidArgument
+from shardkv.fsm.kv import STALE, KeyValueStateMachine
+from shardkv.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES, check_command
+from shardkv.storage.engine import ColumnFamily, Engine, MemoryEngine, StorageEngine
+from shardkv.v1 import kv_pb2
+
+
+@pytest.fixture(params=["memory", "rocksdb"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageEngine]:
+    store: StorageEngine = MemoryEngine() if request.param == "memory" else Engine(tmp_path / "db")
+    yield store
+    store.close()
+
+
+def put(key: bytes, value: bytes) -> kv_pb2.Operation:
+    return kv_pb2.Operation(put=kv_pb2.Put(key=key, value=value))
+
+
+def delete(key: bytes) -> kv_pb2.Operation:
+    return kv_pb2.Operation(delete=kv_pb2.Delete(key=key))
+
+
+def cas(key: bytes, expected: bytes | None, value: bytes) -> kv_pb2.Operation:
+    operation = kv_pb2.CompareAndSet(key=key, value=value)
+    if expected is not None:
+        operation.expected = expected
+    return kv_pb2.Operation(compare_and_set=operation)
+
+
+def command(*operations: kv_pb2.Operation, client_id: int = 0, seq: int = 0) -> kv_pb2.Command:
+    return kv_pb2.Command(client_id=client_id, seq=seq, operations=list(operations))
+
+
+def apply(
+    engine: StorageEngine, machine: KeyValueStateMachine, *commands: kv_pb2.Command
+) -> list[kv_pb2.CommandResult]:
+    """Apply ``commands`` in one round: one batch, written once."""
+    batch = engine.new_batch()
+    results = [machine.apply(batch, each) for each in commands]
+    engine.write(batch, sync=False)
+    return results
+
+
+def test_versions_and_revisions_follow_writes(engine: StorageEngine) -> None:
+    machine = KeyValueStateMachine(engine, group_id=1)
+    apply(engine, machine, command(put(b"a", b"1")))
+    apply(engine, machine, command(put(b"b", b"x")))
+    apply(engine, machine, command(put(b"a", b"2")))
+    a = machine.get(b"a")
+    assert a is not None
+    assert (a.value, a.version, a.create_revision, a.mod_revision) == (b"2", 2, 1, 3)
+    assert machine.revision == 3
+
+
+def test_delete_then_recreate_starts_a_new_life(engine: StorageEngine) -> None:
+    machine = KeyValueStateMachine(engine, group_id=1)
+    apply(engine, machine, command(put(b"k", b"1")), command(put(b"k", b"2")))
+    [deleted] = apply(engine, machine, command(delete(b"k")))
+    assert deleted.results[0].succeeded
+    assert deleted.results[0].previous.value == b"2"
+    assert machine.get(b"k") is None
+    [again] = apply(engine, machine, command(delete(b"k")))
+    assert not again.results[0].succeeded
+    assert again.revision == 3, "a delete of nothing writes nothing"
+    apply(engine, machine, command(put(b"k", b"3")))
+    k = machine.get(b"k")
+    assert k is not None
+    assert (k.version, k.create_revision, k.mod_revision) == (1, 4, 4)
+
+
+def test_compare_and_set(engine: StorageEngine) -> None:
+    machine = KeyValueStateMachine(engine, group_id=1)
+    [created, refused, swapped, absent_refused] = apply(
+        engine,
+        machine,
+        command(cas(b"k", None, b"1")),
+        command(cas(b"k", b"0", b"2")),
+        command(cas(b"k", b"1", b"2")),
+        command(cas(b"k", None, b"3")),
+    )
+    assert created.results[0].succeeded
+    assert not refused.results[0].succeeded
+    assert refused.results[0].previous.value == b"1"
+    assert swapped.results[0].succeeded
+    assert not absent_refused.results[0].succeeded
+    k = machine.get(b"k")
+    assert k is not None
+    assert (k.value, k.version) == (b"2", 2)
+    assert machine.revision == 2, "refused compare-and-sets do not bump the revision"
+
+
+def test_later_commands_of_a_round_see_earlier_ones(engine: StorageEngine) -> None:
+    machine = KeyValueStateMachine(engine, group_id=1)
+    batch = engine.new_batch()
+    machine.apply(batch, command(put(b"k", b"1")))
+    second = machine.apply(batch, command(cas(b"k", b"1", b"2")))
+    assert second.results[0].succeeded
+    assert machine.get(b"k") is None, "reads see only what was written"
+    engine.write(batch, sync=True)
+    k = machine.get(b"k")
+    assert k is not None
+    assert (k.value, k.version) == (b"2", 2)
+
+
+def test_one_command_is_atomic_and_ordered(engine: StorageEngine) -> None:
+    machine = KeyValueStateMachine(engine, group_id=1)
+    [result] = apply(engine, machine, command(put(b"a", b"1"), put(b"a", b"2"), delete(b"b")))
+    assert [r.succeeded for r in result.results] == [True, True, False]
+    a = machine.get(b"a")
+    assert a is not None
+    assert (a.value, a.version, a.mod_revision) == (b"2", 2, 1), "one command, one revision"
+
+
+def test_a_retry_is_answered_from_the_session_without_writing(engine: StorageEngine) -> None:
+    machine = KeyValueStateMachine(engine, group_id=1)
+    first = command(cas(b"k", None, b"1"), client_id=7, seq=1)
+    [original] = apply(engine, machine, first)
+    apply(engine, machine, command(put(b"k", b"other"), client_id=8, seq=1))
+    [retried] = apply(engine, machine, first)
+    assert retried == original, "the recorded result, not a fresh (failing) compare-and-set"
+    k = machine.get(b"k")
+    assert k is not None
+    assert k.value == b"other"
+    [next_one] = apply(engine, machine, command(put(b"k", b"2"), client_id=7, seq=2))
+    [stale] = apply(engine, machine, first)
+    assert stale == STALE
+    assert next_one.revision == machine.revision == 3
+
+
+def test_sessions_and_revision_survive_a_restart(tmp_path: Path) -> None:
+    with Engine(tmp_path / "db") as engine:
+        machine = KeyValueStateMachine(engine, group_id=3)
+        apply(engine, machine, command(put(b"k", b"1"), client_id=5, seq=9))
+    with Engine(tmp_path / "db") as engine:
+        machine = KeyValueStateMachine(engine, group_id=3)
+        assert machine.revision == 1
+        [retried] = apply(engine, machine, command(put(b"k", b"1"), client_id=5, seq=9))
+        assert machine.revision == 1, "the retry was recognised after the restart"
+        assert retried.revision == 1
+
+
+def test_scan_by_prefix_range_and_limit_stays_in_its_group(engine: StorageEngine) -> None:
+    left = KeyValueStateMachine(engine, group_id=1)
+    right = KeyValueStateMachine(engine, group_id=2)
+    batch = engine.new_batch()
+    for key in (b"a", b"ab", b"abc", b"b", b"\xff\xff"):
+        left.apply(batch, command(put(key, b"L" + key)))
+        right.apply(batch, command(put(key, b"R" + key)))
+    engine.write(batch, sync=False)
+    assert [kv.key for kv in left.scan(prefix=b"ab")] == [b"ab", b"abc"]
+    assert [kv.key for kv in left.scan(b"ab", b"b")] == [b"ab", b"abc"]
+    assert [kv.key for kv in left.scan(b"b")] == [b"b", b"\xff\xff"]
+    assert [kv.key for kv in left.scan(limit=2)] == [b"a", b"ab"]
+    assert [kv.value for kv in right.scan(prefix=b"\xff")] == [b"R\xff\xff"]
+    assert len(list(left.scan())) == 5
+
+
+def test_replicas_applying_the_same_log_agree(tmp_path: Path) -> None:
+    """Determinism: two replicas fed the same commands hold the same bytes."""
+    rng = random.Random(11)
+    log: list[kv_pb2.Command] = []
+    for seq in range(1, 400):
+        key = b"k%d" % rng.randrange(8)
+        roll = rng.random()
+        if roll < 0.5:
+            operation = put(key, b"v%d" % seq)
+        elif roll < 0.7:
+            operation = delete(key)
+        else:
+            expected = None if rng.random() < 0.3 else b"v%d" % rng.randrange(seq)
+            operation = cas(key, expected, b"v%d" % seq)
+        client = rng.randrange(1, 4)
+        log.append(command(operation, client_id=client, seq=seq))
+        if rng.random() < 0.1:
+            log.append(log[rng.randrange(len(log))])  # a retry, possibly stale
+    replicas = [MemoryEngine(), Engine(tmp_path / "db")]
+    dumps = []
+    for replica in replicas:
+        machine = KeyValueStateMachine(replica, group_id=1)
+        results = []
+        position = 0
+        while position < len(log):
+            size = rng.randint(1, 20)
+            results.extend(apply(replica, machine, *log[position : position + size]))
+            position += size
+        dumps.append(
+            (
+                [r.SerializeToString() for r in results],
+                list(replica.scan(ColumnFamily.DATA, b"")),
+                list(replica.scan(ColumnFamily.META, b"")),
+            )
+        )
+        replica.close()
+    assert dumps[0] == dumps[1]
+
+
+def test_limits_name_the_rule_broken() -> None:
+    with pytest.raises(InvalidArgument, match="empty"):
+        check_command(command(put(b"", b"v")))
+    with pytest.raises(InvalidArgument, match=f"at most {MAX_KEY_BYTES} bytes"):
+        check_command(command(delete(b"k" * (MAX_KEY_BYTES + 1))))
+    with pytest.raises(InvalidArgument, match="split it over several keys"):
+        check_command(command(cas(b"k", None, b"v" * (MAX_VALUE_BYTES + 1))))
+    with pytest.raises(InvalidArgument, match="no operations"):
+        check_command(command())
+    with pytest.raises(InvalidArgument, match="names no kind"):
+        check_command(command(kv_pb2.Operation()))
+    check_command(command(put(b"k" * MAX_KEY_BYTES, b"v" * MAX_VALUE_BYTES)))
