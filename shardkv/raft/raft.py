@@ -607,11 +607,15 @@ class Raft:
         )
 
     def _handle_heartbeat(self, message: Message) -> None:
-        self.log.commit_to(message.commit)
+        # The leader never names a commit past what we acknowledged, unless
+        # we lost our log (a wiped data dir): then commit only what we hold,
+        # and tell the leader where our log ends so it probes again.
+        self.log.commit_to(min(message.commit, self.log.last_index()))
         self._send(
             Message(
                 MessageType.HEARTBEAT_RESPONSE,
                 to=message.from_,
+                index=self.log.last_index(),
                 context=message.context,
                 stamp=message.stamp,
             )
@@ -725,6 +729,12 @@ class Raft:
             self._send_timeout_now(message.from_)
 
     def _handle_heartbeat_response(self, message: Message, progress: Progress) -> None:
+        if message.index < progress.match and progress.state != ProgressState.SNAPSHOT:
+            # The follower's log ends before what it acknowledged: it lost its
+            # data. Probe from where it ends (a reordered older answer only
+            # costs a probe round; commit never moves back).
+            progress.match = message.index
+            progress.become_probe()
         progress.probe_sent = False
         if message.stamp > progress.acked_stamp:
             progress.acked_stamp = message.stamp
