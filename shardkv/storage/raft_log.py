@@ -33,10 +33,46 @@ What it promises:
 - ``bootstrap(voters)`` writes what ``MemoryStorage.with_voters`` holds (the
   snapshot at index 1, term 1 with the voters; hard state term 1, commit 1),
   and the applied state at that snapshot.
+
+Snapshot data. Given a ``snapshot_source`` (a callable returning the image
+of the group's state machine as the engine holds it now, made by
+``shardkv.fsm.snapshot.snapshot_source``), ``snapshot()`` returns the latest
+snapshot's metadata with the image AT ITS INDEX. (Without one the data is
+empty, as ``MemoryStorage`` holds it when the application gives none: the
+Raft-only uses, which compare the two.) The image is not built when Raft asks
+for it, since the state machine has moved on by then, but when the engine
+holds exactly the state at the snapshot's index, and kept in memory (one
+image per group) until a newer snapshot replaces it. The engine holds the
+state at the applied index recorded on disk, since the state machine's
+writes and the applied index go in one batch. So:
+
+- ``stage_create_snapshot`` must be at that on-disk applied index (take the
+  snapshot once the batch that applied it is written), and builds the image
+  then, before staging anything: an image too large (``SnapshotTooLarge``)
+  records no snapshot and the log stays uncompacted.
+- After a snapshot arrives (``stage_snapshot`` with ``stage_applied`` at its
+  index, in one batch) or at bootstrap, the state is the snapshot's until
+  the next ``stage_applied`` past it, which builds the image first if Raft
+  has not asked for it yet.
+- At open, if the applied index is past the snapshot's (entries applied
+  since, then a restart), the image at the snapshot's index is gone with the
+  state it described: a snapshot at the applied index is recorded then and
+  there, image included, before Raft can ask. (Its write is not synced: if
+  it is lost, the next open does it again; and the later synced write of a
+  compaction that relies on it carries it to disk first, WAL order.) An
+  applied index behind the snapshot's is ``CorruptValue``: the state the
+  snapshot names is not in the state machine.
+
+The images are identical bytes for the same index on every replica and
+across restarts (the encoding is deterministic), as the Raft core needs.
+Keeping them in the engine instead would save the rebuild at open but write
+every image to disk twice; see ``shardkv.fsm.snapshot`` for the plan for
+large groups.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from shardkv.raft.errors import Compacted, SnapshotOutOfDate, Unavailable
@@ -86,7 +122,12 @@ class GroupStorage:
     """The Raft ``Storage`` of one group, and the staging of its writes."""
 
     def __init__(
-        self, engine: StorageEngine, group_id: int, *, cache_bytes: int = DEFAULT_CACHE_BYTES
+        self,
+        engine: StorageEngine,
+        group_id: int,
+        *,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        snapshot_source: Callable[[], bytes] | None = None,
     ) -> None:
         self.engine = engine
         self.group_id = group_id
@@ -94,6 +135,12 @@ class GroupStorage:
         self._state = self._load()
         self._applied = self._load_applied()
         self._pending: tuple[Batch, _LogState] | None = None
+        self._snapshot_source = snapshot_source
+        # Images of the state machine by snapshot index: the on-disk
+        # snapshot's, and one a batch being staged will record.
+        self._images: dict[int, bytes] = {}
+        if snapshot_source is not None:
+            self._snapshot_applied_state()
 
     def __repr__(self) -> str:
         state = self._state
@@ -123,14 +170,15 @@ class GroupStorage:
     def last_index(self) -> int:
         return self._state.last_index
 
+    def snapshot_metadata(self) -> SnapshotMetadata:
+        """The latest snapshot's metadata, without building or reading its image."""
+        return self._state.snapshot
+
     def snapshot(self) -> Snapshot:
-        # TODO: the data must come from the state machine (a point-in-time
-        # view of the group's keys and meta records), which is not wired to
-        # this yet. Empty data is right for now: the node neither takes
-        # snapshots nor compacts (nothing calls stage_create_snapshot or
-        # stage_compact), so the only snapshot a leader can send is the
-        # bootstrap one, and its data is empty.
-        return Snapshot(self._state.snapshot, b"")
+        metadata = self._state.snapshot
+        if self._snapshot_source is None:
+            return Snapshot(metadata, b"")
+        return Snapshot(metadata, self._image(metadata.index))
 
     # -- applied state -------------------------------------------------------------
 
@@ -141,6 +189,11 @@ class GroupStorage:
     def stage_applied(self, batch: Batch, applied_index: int, conf_state: ConfState) -> None:
         """Record the applied index, in the batch of the writes that applied it."""
         self._check_batch(batch)
+        if self._snapshot_source is not None:
+            snapshot_index = self._snapshot_index(batch)
+            if applied_index > snapshot_index:
+                # The last moment the engine holds the snapshot's state.
+                self._image(snapshot_index)
         batch.put(
             ColumnFamily.META,
             keys.applied_state_key(self.group_id),
@@ -203,7 +256,11 @@ class GroupStorage:
     def stage_create_snapshot(
         self, batch: Batch, index: int, conf_state: ConfState
     ) -> SnapshotMetadata:
-        """Record a snapshot the state machine took at ``index`` (which it applied)."""
+        """Record a snapshot the state machine took at ``index`` (which it applied).
+
+        With a snapshot source, ``index`` must be the applied index on disk,
+        and the image is built now (see the module docstring).
+        """
         view = self._view(batch)
         if index <= view.snapshot.index:
             raise SnapshotOutOfDate(f"snapshot at {index} is not newer than the one held")
@@ -212,6 +269,15 @@ class GroupStorage:
         metadata = SnapshotMetadata(
             index=index, term=self._term(view, index), conf_state=conf_state
         )
+        if self._snapshot_source is not None:
+            applied_index = self._applied[0]
+            if index != applied_index:
+                raise ValueError(
+                    f"group {self.group_id} is at applied index {applied_index} on disk, "
+                    f"so a snapshot at {index} would not match the state machine: take "
+                    "snapshots at the applied index, once the batch that applied it is written"
+                )
+            self._images[index] = self._snapshot_source()
         self._stage_snapshot_metadata(batch, view, metadata)
         return metadata
 
@@ -263,10 +329,47 @@ class GroupStorage:
             self._pending = None
             self._state = view
             self._trim_cache(view)
+            index = view.snapshot.index
+            self._images = {index: self._images[index]} if index in self._images else {}
 
         batch.on_commit(commit)
         self._pending = (batch, view)
         return view
+
+    def _snapshot_index(self, batch: Batch) -> int:
+        """The snapshot's index as ``batch`` will leave it."""
+        if self._pending is not None and self._pending[0] is batch:
+            return self._pending[1].snapshot.index
+        return self._state.snapshot.index
+
+    def _image(self, index: int) -> bytes:
+        """The state machine's image at snapshot ``index``, built now if the engine holds it."""
+        assert self._snapshot_source is not None
+        image = self._images.get(index)
+        if image is None:
+            self._check_applied_at(index)
+            image = self._images[index] = self._snapshot_source()
+        return image
+
+    def _check_applied_at(self, index: int) -> None:
+        applied_index = self._applied[0]
+        if applied_index != index:
+            raise CorruptValue(
+                f"group {self.group_id} holds no image of its snapshot at {index}, and its "
+                f"state machine is at applied index {applied_index}, not at the snapshot's: "
+                "a snapshot is installed with stage_applied at its index, in one batch"
+            )
+
+    def _snapshot_applied_state(self) -> None:
+        """At open: make the snapshot name the state the state machine holds."""
+        applied_index, conf_state = self._applied
+        snapshot_index = self._state.snapshot.index
+        if applied_index > snapshot_index:
+            batch = self.engine.new_batch()
+            self.stage_create_snapshot(batch, applied_index, conf_state)
+            self.engine.write(batch, sync=False)
+        else:
+            self._check_applied_at(snapshot_index)
 
     def _check_batch(self, batch: Batch) -> None:
         if batch.engine is not self.engine:
