@@ -3,15 +3,25 @@
 ::
 
     ShardKVError
-    └── InvalidArgument      the request breaks a rule (empty or oversized key, ...): fix it
+    ├── InvalidArgument      the request breaks a rule (empty or oversized key, ...): fix it
+    ├── NotLeader            this replica does not lead the group: retry at ``leader_id``
+    ├── ProposalFailed       the write was not applied and never will be: safe to retry
+    ├── OutcomeUnknown       the write may or may not apply: retry with the same (client, seq)
+    └── UnknownGroup         this node hosts no replica of the group
 
-More (NotLeader, WrongGroup, ServerBusy) arrive with the node's service. The
-router shares this module, so one request is judged the same on both sides.
+The router shares this module, so one request is judged the same on both sides.
 """
 
 from __future__ import annotations
 
-__all__ = ["InvalidArgument", "ShardKVError"]
+__all__ = [
+    "InvalidArgument",
+    "NotLeader",
+    "OutcomeUnknown",
+    "ProposalFailed",
+    "ShardKVError",
+    "UnknownGroup",
+]
 
 
 class ShardKVError(Exception):
@@ -20,3 +30,27 @@ class ShardKVError(Exception):
 
 class InvalidArgument(ShardKVError):
     """The request is malformed or breaks a limit; retrying it unchanged fails again."""
+
+
+class NotLeader(ShardKVError):
+    """Only the group's leader serves this; ``leader_id`` is the one we know (0: none)."""
+
+    def __init__(self, group_id: int, leader_id: int) -> None:
+        hint = f"node {leader_id} leads it" if leader_id else "no leader is known yet"
+        super().__init__(f"this node does not lead group {group_id}: {hint}")
+        self.group_id = group_id
+        self.leader_id = leader_id
+
+
+class ProposalFailed(ShardKVError):
+    """The write lost its place in the log (a new leader overwrote it): not applied."""
+
+
+class OutcomeUnknown(ShardKVError):
+    """The write may yet apply (leadership changed, or the node is stopping)."""
+
+
+class UnknownGroup(ShardKVError):
+    def __init__(self, group_id: int) -> None:
+        super().__init__(f"this node hosts no replica of group {group_id}")
+        self.group_id = group_id

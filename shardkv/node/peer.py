@@ -1,0 +1,256 @@
+"""One replica of one group on this node: Raft, its storage, its state machine.
+
+A ``Peer`` wires a ``RawNode`` to the group's ``GroupStorage`` and
+``KeyValueStateMachine`` and keeps the callers waiting on it. It does no I/O
+of its own: the node's runtime drives every peer through the same round
+(``runtime``), handing each phase the batch all groups share:
+
+1. ``take_ready(raft_batch)``: take the Ready and stage what must be durable
+   (snapshot, entries, hard state) into the round's one synced batch.
+2. The runtime writes that batch and sends ``ready.messages``.
+3. ``apply(ready, apply_batch)``: install a received snapshot, apply the
+   committed entries, record the applied index and configuration, all into
+   the round's apply batch, written at once, so a crash never applies twice.
+4. ``finish(ready)``: advance Raft, then answer the callers whose proposals
+   or reads the round settled.
+
+Outcomes a proposal can have (after hashicorp/raft: "the cluster failed" is
+kept apart from "the state machine answered"): the ``CommandResult``; or
+``ProposalFailed`` when another entry took its index (it never applies); or
+``OutcomeUnknown`` when the node stops first. A proposal outlives a change of
+leader: the entry may still commit, and its index settles it either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shardkv.errors import NotLeader, OutcomeUnknown, ProposalFailed
+from shardkv.fsm.kv import KeyValueStateMachine
+from shardkv.fsm.snapshot import snapshot_source, stage_install_snapshot_data
+from shardkv.limits import check_command
+from shardkv.raft import (
+    ConfChange,
+    Config,
+    EntryType,
+    ProposalDropped,
+    RawNode,
+    Ready,
+    Role,
+)
+from shardkv.storage import Batch, GroupStorage, StorageEngine
+from shardkv.v1 import kv_pb2
+
+__all__ = ["Peer", "PeerOptions"]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerOptions:
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    lease_reads: bool = False
+    max_size_per_msg: int = 1 << 20
+    max_inflight: int = 256
+    snapshot_chunk_size: int = 1 << 20
+    # Take a snapshot once this many entries were applied since the last one,
+    # and keep this many entries behind it for followers only a little behind.
+    snapshot_interval: int = 10_000
+    compaction_lag: int = 1_000
+
+
+@dataclass(slots=True)
+class _PendingProposal:
+    term: int
+    future: asyncio.Future[kv_pb2.CommandResult]
+
+
+@dataclass(slots=True)
+class _PendingRead:
+    future: asyncio.Future[None]
+    index: int | None = None
+
+
+class Peer:
+    def __init__(
+        self,
+        engine: StorageEngine,
+        group_id: int,
+        node_id: int,
+        options: PeerOptions,
+        *,
+        seed: int | None = None,
+    ) -> None:
+        self.group_id = group_id
+        self.node_id = node_id
+        self._engine = engine
+        self.storage = GroupStorage(
+            engine, group_id, snapshot_source=snapshot_source(engine, group_id)
+        )
+        self.options = options
+        self.machine = KeyValueStateMachine(engine, group_id)
+        applied, conf_state = self.storage.applied_state()
+        self.applied = applied
+        self.conf_state = conf_state
+        self.raw = RawNode(
+            Config(
+                id=node_id,
+                election_tick=options.election_ticks,
+                heartbeat_tick=options.heartbeat_ticks,
+                applied=applied,
+                lease_reads=options.lease_reads,
+                max_size_per_msg=options.max_size_per_msg,
+                max_inflight=options.max_inflight,
+                snapshot_chunk_size=options.snapshot_chunk_size,
+                seed=seed,
+            ),
+            self.storage,
+        )
+        self.leader_id = 0
+        self.role = Role.FOLLOWER
+        self._proposals: dict[int, _PendingProposal] = {}
+        self._reads: dict[bytes, _PendingRead] = {}
+        self._read_ids = itertools.count(1)
+        # Results of the round being applied, answered in finish().
+        self._settled: list[tuple[int, int, kv_pb2.CommandResult | None]] = []
+
+    def __repr__(self) -> str:
+        return f"Peer(group={self.group_id}, node={self.node_id}, {self.raw.raft!r})"
+
+    # -- callers ---------------------------------------------------------------
+
+    def propose(self, command: kv_pb2.Command) -> asyncio.Future[kv_pb2.CommandResult]:
+        """Append ``command`` to the log; the future settles once its index is applied."""
+        check_command(command)
+        try:
+            index, term = self.raw.propose(command.SerializeToString())
+        except ProposalDropped as dropped:
+            raise NotLeader(self.group_id, dropped.leader_id) from dropped
+        future: asyncio.Future[kv_pb2.CommandResult] = asyncio.get_running_loop().create_future()
+        self._proposals[index] = _PendingProposal(term, future)
+        return future
+
+    def read_barrier(self) -> asyncio.Future[None]:
+        """§6.4: settles once this replica may serve a linearizable read."""
+        context = next(self._read_ids).to_bytes(8, "big")
+        try:
+            self.raw.read_index(context)
+        except ProposalDropped as dropped:
+            raise NotLeader(self.group_id, dropped.leader_id) from dropped
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reads[context] = _PendingRead(future)
+        return future
+
+    def propose_conf_change(self, change: ConfChange) -> int:
+        try:
+            return self.raw.propose_conf_change(change)[0]
+        except ProposalDropped as dropped:
+            raise NotLeader(self.group_id, dropped.leader_id) from dropped
+
+    # -- the round ---------------------------------------------------------------
+
+    def take_ready(self, raft_batch: Batch) -> Ready | None:
+        self._maybe_snapshot(raft_batch)
+        if not self.raw.has_ready():
+            return None
+        ready = self.raw.ready()
+        if ready.snapshot is not None:
+            # The log it replaces, the image and the applied index change in
+            # one write: a crash between them would leave applied behind a
+            # log that no longer holds what lies between.
+            metadata = ready.snapshot.metadata
+            self.storage.stage_snapshot(raft_batch, metadata)
+            stage_install_snapshot_data(
+                self._engine, raft_batch, self.group_id, ready.snapshot.data
+            )
+            self.storage.stage_applied(raft_batch, metadata.index, metadata.conf_state)
+        if ready.entries:
+            self.storage.stage_append(raft_batch, ready.entries)
+        if ready.hard_state is not None:
+            self.storage.stage_hard_state(raft_batch, ready.hard_state)
+        return ready
+
+    def _maybe_snapshot(self, raft_batch: Batch) -> None:
+        """Snapshot at the applied index and compact the log behind it.
+
+        Called at the start of a round, when what the previous round applied
+        is on disk, so the image matches the index exactly (GroupStorage
+        requires it); it rides the round's synced batch.
+        """
+        snapshot_index = self.storage.snapshot_metadata().index
+        if self.applied - snapshot_index < self.options.snapshot_interval:
+            return
+        self.storage.stage_create_snapshot(raft_batch, self.applied, self.conf_state)
+        compact_to = self.applied - self.options.compaction_lag
+        if compact_to >= self.storage.first_index():
+            self.storage.stage_compact(raft_batch, compact_to)
+
+    def apply(self, ready: Ready, apply_batch: Batch) -> None:
+        if ready.snapshot is not None:
+            # Installed and written with the Raft batch; read it afresh.
+            self.machine = KeyValueStateMachine(self._engine, self.group_id)
+            self.applied = ready.snapshot.metadata.index
+            self.conf_state = ready.snapshot.metadata.conf_state
+        for entry in ready.committed_entries:
+            result: kv_pb2.CommandResult | None = None
+            if entry.type == EntryType.CONF_CHANGE:
+                self.conf_state = self.raw.apply_conf_change(ConfChange.decode(entry.data))
+            elif entry.data:
+                command = kv_pb2.Command.FromString(entry.data)
+                result = self.machine.apply(apply_batch, command)
+            self._settled.append((entry.index, entry.term, result))
+            self.applied = entry.index
+        if ready.committed_entries:
+            self.storage.stage_applied(apply_batch, self.applied, self.conf_state)
+        for read_state in ready.read_states:
+            read = self._reads.get(read_state.context)
+            if read is not None:
+                read.index = read_state.index
+
+    def finish(self, ready: Ready) -> None:
+        self.raw.advance(ready)
+        if ready.soft_state is not None:
+            self.leader_id = ready.soft_state.leader_id
+            was_leader = self.role == Role.LEADER
+            self.role = ready.soft_state.role
+            if was_leader and self.role != Role.LEADER:
+                # Raft forgot the reads it had not confirmed.
+                self._fail_reads(lambda: NotLeader(self.group_id, self.leader_id))
+        for index, term, result in self._settled:
+            pending = self._proposals.pop(index, None)
+            if pending is None or pending.future.done():
+                continue
+            if pending.term != term:
+                pending.future.set_exception(
+                    ProposalFailed(f"another entry took index {index} of group {self.group_id}")
+                )
+            elif result is not None:
+                pending.future.set_result(result)
+        self._settled.clear()
+        self._answer_reads()
+
+    def _answer_reads(self) -> None:
+        for context, read in list(self._reads.items()):
+            if read.future.done():
+                del self._reads[context]
+            elif read.index is not None and self.applied >= read.index:
+                del self._reads[context]
+                read.future.set_result(None)
+
+    def _fail_reads(self, error: Callable[[], Exception]) -> None:
+        for read in self._reads.values():
+            if not read.future.done():
+                read.future.set_exception(error())
+        self._reads.clear()
+
+    def stop(self) -> None:
+        """The node is stopping: nobody will settle what is pending."""
+        for pending in self._proposals.values():
+            if not pending.future.done():
+                pending.future.set_exception(
+                    OutcomeUnknown(f"the node stopped before group {self.group_id} applied it")
+                )
+        self._proposals.clear()
+        self._fail_reads(lambda: OutcomeUnknown("the node stopped"))

@@ -1,0 +1,207 @@
+"""The multi-raft runtime: every group of this node through one round at a time.
+
+``NodeRuntime`` hosts the node's ``Peer`` objects over one storage engine and
+one transport. One round (TiKV's raftstore loop, in one asyncio task):
+
+1. Step every message that arrived since the last round into its group.
+2. Tick every group whose tick is due (a tick of an idle group is a few
+   attribute updates: many groups per node stay cheap).
+3. Take every group's Ready and stage all of it into ONE batch, written with
+   ONE fsync (only if some group needs it: entries, a vote, a term, a snapshot).
+4. Hand every message to the transport and flush it once: one batch per
+   peer node, however many groups.
+5. Apply every group's committed entries into ONE more batch (state machine
+   writes and applied indexes together, so a crash never applies twice).
+   It is not synced: if it is lost, the synced log replays it.
+6. Advance every group and answer the callers the round settled; report
+   unreachable peers to every group they host.
+
+Callers (the gRPC service) propose and read between rounds, on the same event
+loop; ``propose`` and ``read_barrier`` wake the loop so that a write does not
+wait for the next tick. ``run()`` is the production loop on a wall-clock
+tick; tests call ``tick()`` and ``await round()`` themselves, so time there
+is whatever the test says.
+
+A failed write of the synced batch ends the runtime (``run`` raises): Raft
+cannot continue past a log it could not persist, as in etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shardkv.errors import UnknownGroup
+from shardkv.node.peer import Peer
+from shardkv.node.transport import Transport
+from shardkv.raft import Message, Ready
+from shardkv.storage import StorageEngine
+from shardkv.v1 import kv_pb2
+
+__all__ = ["NodeRuntime", "RoundStats"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RoundStats:
+    """Counters since start; they only grow."""
+
+    rounds: int = 0
+    ticks: int = 0
+    readies: int = 0
+    synced_writes: int = 0
+    unsynced_writes: int = 0
+    messages_stepped: int = 0
+    messages_sent: int = 0
+    entries_applied: int = 0
+
+
+class NodeRuntime:
+    def __init__(
+        self,
+        node_id: int,
+        engine: StorageEngine,
+        transport: Transport,
+        peers: Mapping[int, Peer],
+        *,
+        tick_interval: float = 0.1,
+    ) -> None:
+        self.node_id = node_id
+        self.engine = engine
+        self.transport = transport
+        self.peers = dict(peers)
+        self.tick_interval = tick_interval
+        self.stats = RoundStats()
+        self._inbox: list[tuple[int, int, Message]] = []
+        self._ticks_due = 0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        transport.set_handler(self._receive)
+
+    # -- callers ----------------------------------------------------------------
+
+    def peer(self, group_id: int) -> Peer:
+        peer = self.peers.get(group_id)
+        if peer is None:
+            raise UnknownGroup(group_id)
+        return peer
+
+    def propose(
+        self, group_id: int, command: kv_pb2.Command
+    ) -> asyncio.Future[kv_pb2.CommandResult]:
+        future = self.peer(group_id).propose(command)
+        self._wake.set()
+        return future
+
+    def read_barrier(self, group_id: int) -> asyncio.Future[None]:
+        future = self.peer(group_id).read_barrier()
+        self._wake.set()
+        return future
+
+    def _receive(self, from_node: int, group_id: int, message: Message) -> None:
+        self._inbox.append((from_node, group_id, message))
+        self._wake.set()
+
+    # -- the round ------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Make one tick due; the next round applies it to every group."""
+        self._ticks_due += 1
+        self._wake.set()
+
+    async def round(self) -> None:
+        stats = self.stats
+        stats.rounds += 1
+        inbox, self._inbox = self._inbox, []
+        for _, group_id, message in inbox:
+            peer = self.peers.get(group_id)
+            if peer is not None:
+                peer.raw.step(message)
+        stats.messages_stepped += len(inbox)
+        ticks, self._ticks_due = self._ticks_due, 0
+        if ticks:
+            stats.ticks += ticks
+            for peer in self.peers.values():
+                for _ in range(ticks):
+                    peer.raw.tick()
+
+        raft_batch = self.engine.new_batch()
+        readies: list[tuple[Peer, Ready]] = []
+        must_sync = False
+        for peer in self.peers.values():
+            ready = peer.take_ready(raft_batch)
+            if ready is not None:
+                readies.append((peer, ready))
+                must_sync = must_sync or ready.must_sync
+        if not readies:
+            raft_batch.discard()
+            self._report_unreachable()
+            return
+        stats.readies += len(readies)
+        if len(raft_batch):
+            self.engine.write(raft_batch, sync=must_sync)
+            stats.synced_writes += must_sync
+        else:
+            raft_batch.discard()
+
+        for peer, ready in readies:
+            for message in ready.messages:
+                self.transport.send(message.to, peer.group_id, message)
+            stats.messages_sent += len(ready.messages)
+        await self.transport.flush()
+
+        apply_batch = self.engine.new_batch()
+        for peer, ready in readies:
+            peer.apply(ready, apply_batch)
+            stats.entries_applied += len(ready.committed_entries)
+        if len(apply_batch):
+            self.engine.write(apply_batch, sync=False)
+            stats.unsynced_writes += 1
+        else:
+            apply_batch.discard()
+        for peer, ready in readies:
+            peer.finish(ready)
+        self._report_unreachable()
+
+    def _report_unreachable(self) -> None:
+        unreachable = self.transport.unreachable()
+        if not unreachable:
+            return
+        for peer in self.peers.values():
+            for node_id in unreachable:
+                peer.raw.report_unreachable(node_id)
+
+    def has_work(self) -> bool:
+        return bool(self._inbox or self._ticks_due) or any(
+            peer.raw.has_ready() for peer in self.peers.values()
+        )
+
+    # -- the production loop -----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Rounds until ``stop()``: on every wake-up, and a tick every ``tick_interval``."""
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + self.tick_interval
+        while not self._stopping:
+            timeout = max(0.0, next_tick - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            now = loop.time()
+            if now >= next_tick:
+                # Ticks lost to a long round are not made up: elections must
+                # not fire in a burst after a stall.
+                self._ticks_due += 1
+                next_tick = now + self.tick_interval
+            while self.has_work() and not self._stopping:
+                await self.round()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for peer in self.peers.values():
+            peer.stop()
