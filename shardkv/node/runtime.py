@@ -188,8 +188,11 @@ class NodeRuntime:
         next_tick = loop.time() + self.tick_interval
         while not self._stopping:
             timeout = max(0.0, next_tick - loop.time())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+            # cancellation that races with its result.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             self._wake.clear()
             now = loop.time()
             if now >= next_tick:
