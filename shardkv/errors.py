@@ -7,7 +7,8 @@
     ├── NotLeader            this replica does not lead the group: retry at ``leader_id``
     ├── ProposalFailed       the write was not applied and never will be: safe to retry
     ├── OutcomeUnknown       the write may or may not apply: retry with the same (client, seq)
-    └── UnknownGroup         this node hosts no replica of the group
+    ├── UnknownGroup         this node hosts no replica of the group
+    └── ConfigError          the node's config, data dir or port is unusable (shardkv.node.config)
 
 The router shares this module, so one request is judged the same on both sides.
 """
