@@ -1,0 +1,180 @@
+"""The node's gRPC service (``shardkv.v1.Node``): KV operations on its groups.
+
+``NodeService`` answers from the node's ``NodeRuntime``. The one place where
+shardkv's errors become gRPC answers:
+
+- routing errors travel in the response body as ``GroupError``: NOT_LEADER
+  (with the leader's id and address, when known) and UNKNOWN_GROUP, so the
+  router refreshes its cache and retries without parsing strings;
+- ``InvalidArgument`` (an empty or oversized key, ...) is INVALID_ARGUMENT;
+- ``ProposalFailed`` (the write lost its place in the log: never applied) and
+  ``OutcomeUnknown`` (the node stopped first) are UNAVAILABLE, each saying
+  how to retry; a retry with the same (client_id, seq) is exactly-once;
+- the caller's deadline is gRPC's: when it passes, the call ends with
+  DEADLINE_EXCEEDED and a write may still apply (retry with the same seq).
+
+Reads are linearizable: each waits for a ReadIndex barrier (or the leader's
+lease, when enabled) and then reads the applied state. Scans return one page
+at a time and say whether more may follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NoReturn
+
+import grpc
+
+from shardkv.errors import (
+    InvalidArgument,
+    NotLeader,
+    OutcomeUnknown,
+    ProposalFailed,
+    ShardKVError,
+    UnknownGroup,
+)
+from shardkv.limits import check_key
+from shardkv.node.runtime import NodeRuntime
+from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
+
+__all__ = ["DEFAULT_SCAN_PAGE", "NodeService"]
+
+DEFAULT_SCAN_PAGE = 1000
+_MAX_SCAN_PAGE = 10_000
+
+
+class NodeService(node_pb2_grpc.NodeServicer):
+    def __init__(self, runtime: NodeRuntime, addresses: Mapping[int, str]) -> None:
+        self.runtime = runtime
+        self.addresses = dict(addresses)
+
+    # -- errors --------------------------------------------------------------------
+
+    def _group_error(self, error: ShardKVError) -> node_pb2.GroupError | None:
+        if isinstance(error, NotLeader):
+            return node_pb2.GroupError(
+                not_leader=node_pb2.NotLeader(
+                    group_id=error.group_id,
+                    leader_id=error.leader_id,
+                    leader_address=self.addresses.get(error.leader_id, ""),
+                )
+            )
+        if isinstance(error, UnknownGroup):
+            return node_pb2.GroupError(unknown_group=node_pb2.UnknownGroup(group_id=error.group_id))
+        return None
+
+    async def _abort(self, context: grpc.aio.ServicerContext, error: ShardKVError) -> NoReturn:  # type: ignore[type-arg]
+        if isinstance(error, InvalidArgument):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if isinstance(error, ProposalFailed):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{error}; it was not applied: retry")
+        if isinstance(error, OutcomeUnknown):
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{error}; it may still apply: retry with the same client_id and seq",
+            )
+        await context.abort(grpc.StatusCode.INTERNAL, str(error))
+        raise AssertionError("unreachable")  # abort raises
+
+    # -- KV ---------------------------------------------------------------------------
+
+    async def Write(
+        self,
+        request: node_pb2.WriteRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.WriteResponse:
+        try:
+            future = self.runtime.propose(request.group_id, request.command)
+            result = await future
+        except ShardKVError as error:
+            group_error = self._group_error(error)
+            if group_error is None:
+                await self._abort(context, error)
+            return node_pb2.WriteResponse(error=group_error)
+        return node_pb2.WriteResponse(result=result)
+
+    async def _read_barrier(
+        self,
+        group_id: int,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.GroupError | None:
+        try:
+            await self.runtime.read_barrier(group_id)
+        except ShardKVError as error:
+            group_error = self._group_error(error)
+            if group_error is None:
+                await self._abort(context, error)
+            return group_error
+        return None
+
+    async def Read(
+        self,
+        request: node_pb2.ReadRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.ReadResponse:
+        try:
+            for key in request.keys:
+                check_key(key)
+        except InvalidArgument as error:
+            await self._abort(context, error)
+        group_error = await self._read_barrier(request.group_id, context)
+        if group_error is not None:
+            return node_pb2.ReadResponse(error=group_error)
+        machine = self.runtime.peer(request.group_id).machine
+        found = (machine.get(key) for key in request.keys)
+        return node_pb2.ReadResponse(kvs=[kv for kv in found if kv is not None])
+
+    async def Scan(
+        self,
+        request: node_pb2.ScanRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.ScanResponse:
+        if request.limit > _MAX_SCAN_PAGE:
+            await self._abort(
+                context,
+                InvalidArgument(
+                    f"limit {request.limit} is over the page size of {_MAX_SCAN_PAGE}: "
+                    "page with smaller limits"
+                ),
+            )
+        group_error = await self._read_barrier(request.group_id, context)
+        if group_error is not None:
+            return node_pb2.ScanResponse(error=group_error)
+        page = request.limit or DEFAULT_SCAN_PAGE
+        machine = self.runtime.peer(request.group_id).machine
+        prefix = request.prefix if request.HasField("prefix") else None
+        end = request.end or None
+        kvs: list[kv_pb2.KeyValue] = list(
+            machine.scan(request.start, end, prefix=prefix, limit=page + 1)
+        )
+        more = len(kvs) > page
+        return node_pb2.ScanResponse(kvs=kvs[:page], more=more)
+
+    # -- status ------------------------------------------------------------------------
+
+    async def Status(
+        self,
+        request: node_pb2.StatusRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.StatusResponse:
+        response = node_pb2.StatusResponse(node_id=self.runtime.node_id)
+        for group_id, peer in sorted(self.runtime.peers.items()):
+            status = peer.raw.status()
+            response.groups.append(
+                node_pb2.GroupStatus(
+                    group_id=group_id,
+                    role=status.role.name.lower(),
+                    leader_id=status.leader_id,
+                    term=status.term,
+                    commit=status.commit,
+                    applied=peer.applied,
+                    first_index=status.first_index,
+                    last_index=status.last_index,
+                    # A full count of the group's keys: fine for a status
+                    # call, not for a hot path.
+                    key_count=sum(1 for _ in peer.machine.scan()),
+                    voters=list(status.conf_state.voters),
+                    learners=list(status.conf_state.learners),
+                )
+            )
+        return response
