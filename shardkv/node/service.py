@@ -157,7 +157,18 @@ class NodeService(node_pb2_grpc.NodeServicer):
         request: node_pb2.StatusRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> node_pb2.StatusResponse:
-        response = node_pb2.StatusResponse(node_id=self.runtime.node_id)
+        stats = self.runtime.stats
+        response = node_pb2.StatusResponse(
+            node_id=self.runtime.node_id,
+            counters=node_pb2.RuntimeCounters(
+                rounds=stats.rounds,
+                synced_writes=stats.synced_writes,
+                unsynced_writes=stats.unsynced_writes,
+                messages_sent=stats.messages_sent,
+                messages_stepped=stats.messages_stepped,
+                entries_applied=stats.entries_applied,
+            ),
+        )
         for group_id, peer in sorted(self.runtime.peers.items()):
             status = peer.raw.status()
             response.groups.append(

@@ -117,10 +117,28 @@ class GroupStatus(_message.Message):
     learners: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, group_id: _Optional[int] = ..., role: _Optional[str] = ..., leader_id: _Optional[int] = ..., term: _Optional[int] = ..., commit: _Optional[int] = ..., applied: _Optional[int] = ..., first_index: _Optional[int] = ..., last_index: _Optional[int] = ..., key_count: _Optional[int] = ..., voters: _Optional[_Iterable[int]] = ..., learners: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class RuntimeCounters(_message.Message):
+    __slots__ = ("rounds", "synced_writes", "unsynced_writes", "messages_sent", "messages_stepped", "entries_applied")
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    SYNCED_WRITES_FIELD_NUMBER: _ClassVar[int]
+    UNSYNCED_WRITES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_SENT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_STEPPED_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    rounds: int
+    synced_writes: int
+    unsynced_writes: int
+    messages_sent: int
+    messages_stepped: int
+    entries_applied: int
+    def __init__(self, rounds: _Optional[int] = ..., synced_writes: _Optional[int] = ..., unsynced_writes: _Optional[int] = ..., messages_sent: _Optional[int] = ..., messages_stepped: _Optional[int] = ..., entries_applied: _Optional[int] = ...) -> None: ...
+
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "groups")
+    __slots__ = ("node_id", "groups", "counters")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     groups: _containers.RepeatedCompositeFieldContainer[GroupStatus]
-    def __init__(self, node_id: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[GroupStatus, _Mapping]]] = ...) -> None: ...
+    counters: RuntimeCounters
+    def __init__(self, node_id: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[GroupStatus, _Mapping]]] = ..., counters: _Optional[_Union[RuntimeCounters, _Mapping]] = ...) -> None: ...

@@ -110,3 +110,4 @@ async def test_status_reports_every_group(stub: node_pb2_grpc.NodeStub) -> None:
     first = status.groups[0]
     assert first.role == "leader" and first.leader_id == 1 and first.key_count == 1
     assert list(first.voters) == [1] and first.applied >= first.commit - 1
+    assert status.counters.synced_writes >= 1 and status.counters.entries_applied >= 1
