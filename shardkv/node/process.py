@@ -1,0 +1,270 @@
+"""One node process's life: open its data, bootstrap on first start, serve, stop.
+
+``NodeProcess.start(config)`` acquires, in this order (a failure releases
+what was acquired, in reverse):
+
+1. the listen port is checked free (``check_port_free``) and the data
+   directory claimed (``prepare_data_dir``), before anything is written;
+2. the RocksDB engine at ``<data_dir>/db``; a directory another process holds
+   is a ``ConfigError``;
+3. on a fresh data directory, the initial Raft state of every group this node
+   hosts (``GroupStorage.bootstrap`` with the group's replicas as voters),
+   then ``mark_bootstrapped``;
+4. one ``Peer`` per hosted group, the ``GrpcTransport`` and the
+   ``NodeRuntime`` on them;
+5. the gRPC server (``RaftTransport`` and ``Node`` services) bound to
+   ``listen``, and the runtime's loop as a task.
+
+Stopping: the server stops taking new calls first (calls in flight may
+finish), then the runtime stops (waiting callers get ``OutcomeUnknown``:
+retry with the same client id and seq), then the transport closes (which
+ends the inbound Raft streams the server would otherwise wait for), then the
+server finishes within a one-second grace, and the engine closes last.
+``serve(config)`` runs a node until SIGTERM or SIGINT.
+
+Decisions:
+
+- **Bootstrapping is repeatable.** A crash between two groups' bootstrap
+  writes leaves the directory fresh; the next start bootstraps again and
+  skips the groups that already hold their initial state
+  (``AlreadyBootstrapped``). Nothing but that initial state can be there,
+  since a fresh node never ran.
+- **Which groups.** A node hosts the groups whose replicas list it in the
+  configured layout (``NodeConfig.hosted_groups``). On a restart every one
+  of them must already have Raft state in the data directory; one without is
+  a ``ConfigError`` (the layout is read only at a node's first start).
+  TODO: on restart, take the hosted groups from storage (and later from the
+  meta group) instead of the config; safe for now because groups are only
+  ever created at bootstrap.
+- **Log compaction lag.** The config has no setting for it: a snapshot keeps
+  ``min(1000, snapshot_interval_entries)`` entries behind it for followers
+  only a little behind, so a small snapshot interval (as in tests) really
+  compacts and lagging followers catch up by snapshot.
+- **Exit statuses** (used by ``main``): 0 after a signal, 2 for a
+  ``ConfigError`` (bad settings, data dir, or port), 1 when the runtime
+  itself fails (a log write that did not persist).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+import grpc.aio
+
+from shardkv.node.config import ConfigError, NodeConfig
+from shardkv.node.data_dir import (
+    DataDirState,
+    check_port_free,
+    mark_bootstrapped,
+    prepare_data_dir,
+)
+from shardkv.node.peer import Peer, PeerOptions
+from shardkv.node.runtime import NodeRuntime
+from shardkv.node.service import NodeService
+from shardkv.node.transport_grpc import GrpcTransport, server_options
+from shardkv.storage import AlreadyBootstrapped, DataDirInUse, Engine, GroupStorage
+from shardkv.v1 import node_pb2_grpc
+
+__all__ = ["ENGINE_DIR", "STOP_GRACE_SECONDS", "NodeProcess", "peer_options", "serve"]
+
+_log = logging.getLogger(__name__)
+
+# The RocksDB directory inside the data directory, beside IDENTITY.
+ENGINE_DIR = "db"
+# How long calls in flight may take to finish once the node is stopping.
+STOP_GRACE_SECONDS = 1.0
+_MAX_COMPACTION_LAG = PeerOptions().compaction_lag
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def peer_options(config: NodeConfig) -> PeerOptions:
+    """The Raft and snapshot settings of every peer of this node."""
+    return PeerOptions(
+        election_ticks=config.election_ticks,
+        heartbeat_ticks=config.heartbeat_ticks,
+        lease_reads=config.lease_reads,
+        snapshot_interval=config.snapshot_interval_entries,
+        compaction_lag=min(_MAX_COMPACTION_LAG, config.snapshot_interval_entries),
+    )
+
+
+def _open_engine(config: NodeConfig, state: DataDirState) -> Engine:
+    try:
+        return Engine(state.path / ENGINE_DIR)
+    except DataDirInUse as exc:
+        raise ConfigError(
+            f"data dir {state.path} (from {config.origin('data_dir')}) is in use by another "
+            "process, most likely another shardkv-node; stop it or use another --data-dir",
+            setting="data_dir",
+        ) from exc
+
+
+def _bootstrap(config: NodeConfig, engine: Engine) -> None:
+    """Write the initial Raft state of every hosted group (repeatable, see the docstring)."""
+    for group_id in config.hosted_groups:
+        try:
+            GroupStorage(engine, group_id).bootstrap(config.groups[group_id])
+        except AlreadyBootstrapped:
+            _log.info("group %d was bootstrapped by an earlier, interrupted start", group_id)
+
+
+def _build_peers(config: NodeConfig, engine: Engine) -> dict[int, Peer]:
+    options = peer_options(config)
+    peers: dict[int, Peer] = {}
+    for group_id in config.hosted_groups:
+        peer = Peer(engine, group_id, config.node_id, options)
+        if peer.storage.snapshot_metadata().index == 0:
+            raise ConfigError(
+                f"group {group_id} has no Raft state in data dir {config.data_dir}, although "
+                f"the groups layout (from {config.origin('groups')}) puts it on node "
+                f"{config.node_id}; the layout is read only at a node's first start: restore "
+                "the layout the cluster started with",
+                setting="groups",
+            )
+        peers[group_id] = peer
+    return peers
+
+
+class NodeProcess:
+    """A started node: its engine, runtime, transport and gRPC server.
+
+    Create one with ``await NodeProcess.start(config)``; ``wait()`` returns
+    when the runtime's loop ends (it raises if the loop failed), and
+    ``stop()`` releases everything. Stopping twice is harmless.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        engine: Engine,
+        runtime: NodeRuntime,
+        transport: GrpcTransport,
+        server: grpc.aio.Server,
+        loop_task: asyncio.Task[None],
+    ) -> None:
+        self.config = config
+        self._engine = engine
+        self._runtime = runtime
+        self._transport = transport
+        self._server = server
+        self._loop_task = loop_task
+        self._stopped = False
+
+    @classmethod
+    async def start(cls, config: NodeConfig) -> NodeProcess:
+        """Open, bootstrap if fresh, and serve; ``ConfigError`` if the node cannot start."""
+        check_port_free(config.listen)
+        state = prepare_data_dir(config)
+        engine = _open_engine(config, state)
+        async with contextlib.AsyncExitStack() as undo:
+            undo.callback(engine.close)
+            if state.fresh:
+                _bootstrap(config, engine)
+                mark_bootstrapped(state)
+            peers = _build_peers(config, engine)
+            server = grpc.aio.server(options=[*server_options(), ("grpc.so_reuseport", 0)])
+            undo.push_async_callback(server.stop, None)
+            transport = GrpcTransport(config.node_id)
+            undo.push_async_callback(transport.close)
+            transport.register(server)
+            transport.update_peers(config.initial_cluster)
+            runtime = NodeRuntime(
+                config.node_id,
+                engine,
+                transport,
+                peers,
+                tick_interval=config.tick_interval_ms / 1000,
+            )
+            # The generated registration function carries no type hints.
+            node_pb2_grpc.add_NodeServicer_to_server(  # type: ignore[no-untyped-call]
+                NodeService(runtime, config.initial_cluster), server
+            )
+            try:
+                server.add_insecure_port(config.listen)
+            except RuntimeError as exc:
+                raise ConfigError(
+                    f"the gRPC server cannot bind listen address {config.listen} (from "
+                    f"{config.origin('listen')}): another process took it since the check, or "
+                    "it is not an address of this host; pick another --listen",
+                    setting="listen",
+                ) from exc
+            await server.start()
+            loop_task = asyncio.create_task(runtime.run(), name=f"node-{config.node_id}-loop")
+            undo.pop_all()
+        _log.info(
+            "node %d serving groups %s on %s",
+            config.node_id,
+            list(config.hosted_groups),
+            config.listen,
+        )
+        return cls(config, engine, runtime, transport, server, loop_task)
+
+    async def wait(self) -> None:
+        """Until the runtime's loop ends: after ``stop()``, or with its error."""
+        await asyncio.shield(self._loop_task)
+
+    async def stop(self) -> None:
+        """Stop serving and release everything, in the order the module docstring gives."""
+        if self._stopped:
+            return
+        self._stopped = True
+        # Stops taking new calls at once; the ones in flight get the grace.
+        server_stopped = asyncio.create_task(self._server.stop(STOP_GRACE_SECONDS))
+        self._runtime.stop()
+        with contextlib.suppress(Exception):
+            # Its error, if any, was reported by whoever awaited wait().
+            await self._loop_task
+        # Before the server's grace runs out: the inbound Raft streams end
+        # only when the transport closes them.
+        await self._transport.close()
+        await server_stopped
+        self._engine.close()
+        _log.info("node %d stopped", self.config.node_id)
+
+
+async def serve(config: NodeConfig) -> int:
+    """Run a node until SIGTERM or SIGINT; the process's exit status (see the docstring).
+
+    The signal handlers go in before the node starts, so a signal during
+    startup stops the node as soon as it is up instead of killing it midway.
+    """
+    loop = asyncio.get_running_loop()
+    received: list[signal.Signals] = []
+    signalled = asyncio.Event()
+
+    def on_signal(signum: signal.Signals) -> None:
+        received.append(signum)
+        signalled.set()
+
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        node = await NodeProcess.start(config)
+        try:
+            return await _until_stopped(node, signalled, received)
+        finally:
+            await node.stop()
+    finally:
+        for signum in _STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
+async def _until_stopped(
+    node: NodeProcess, signalled: asyncio.Event, received: list[signal.Signals]
+) -> int:
+    signal_wait = asyncio.create_task(signalled.wait())
+    node_wait = asyncio.create_task(node.wait())
+    await asyncio.wait({signal_wait, node_wait}, return_when=asyncio.FIRST_COMPLETED)
+    signal_wait.cancel()
+    node_id = node.config.node_id
+    if node_wait.done():
+        error = node_wait.exception()
+        _log.error("node %d: its loop failed; stopping", node_id, exc_info=error)
+        return 1
+    node_wait.cancel()
+    _log.info("node %d: received %s; stopping", node_id, received[0].name)
+    return 0
