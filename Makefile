@@ -9,7 +9,7 @@ SEEDS ?= 100000
 # Per-test limit in seconds: generous, it only catches a hang.
 TEST_TIMEOUT ?= 600
 
-.PHONY: all install test up lint format proto sim soak bench-raft clean distclean
+.PHONY: all install test up lint format proto sim soak bench-raft bench-node clean distclean
 
 all: test
 
@@ -51,6 +51,9 @@ soak: sim
 
 bench-raft: $(STAMP)
 	$(PY) bench/raft_core.py
+
+bench-node: $(STAMP)
+	$(PY) bench/node.py
 
 clean:
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
