@@ -53,7 +53,8 @@ def cluster(groups: int, tick_ms: int) -> Iterator[dict[int, str]]:
     """Three node processes hosting ``groups`` data groups on every node."""
     addresses = {node_id: f"127.0.0.1:{_free_port()}" for node_id in NODES}
     initial = ",".join(f"{node_id}={address}" for node_id, address in addresses.items())
-    layout = ";".join(f"{group_id}=1,2,3" for group_id in range(1, groups + 1))
+    # Group 0 is the meta group every cluster has; the load goes to 1..groups.
+    layout = ";".join(f"{group_id}=1,2,3" for group_id in range(groups + 1))
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="shardkv-bench-") as folder:
         try:
@@ -85,7 +86,21 @@ def cluster(groups: int, tick_ms: int) -> Iterator[dict[int, str]]:
                         env={**os.environ, "PYTHONUNBUFFERED": "1"},
                     )
                 )
-            yield addresses
+            time.sleep(0.5)
+            for node_id, process in zip(addresses, processes, strict=True):
+                if process.poll() is not None:
+                    log_text = (Path(folder) / f"node-{node_id}.log").read_text()
+                    raise SystemExit(f"node {node_id} exited at start:\n{log_text}")
+            try:
+                yield addresses
+            except BaseException:
+                for node_id, process in zip(addresses, processes, strict=True):
+                    if process.poll() is not None:
+                        log_text = (Path(folder) / f"node-{node_id}.log").read_text()
+                        print(
+                            f"node {node_id} exited with {process.returncode}:\n{log_text[-3000:]}"
+                        )
+                raise
         finally:
             for process in processes:
                 process.terminate()
@@ -132,7 +147,7 @@ class Bench:
                 for group in status.groups:
                     if group.role == "leader":
                         leaders[group.group_id] = status.node_id
-            if len(leaders) == groups:
+            if all(group_id in leaders for group_id in range(1, groups + 1)):
                 self.leaders = leaders
                 return
             await asyncio.sleep(0.1)
@@ -214,12 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="per case")
     parser.add_argument("--tick-ms", type=int, default=100)
+    parser.add_argument("--groups", type=int, nargs="+", default=[1, 16], help="cluster layouts")
     arguments = parser.parse_args(argv)
     print(
         f"3 shardkv-node processes on 127.0.0.1, 100-byte values, {arguments.seconds:.0f}s per case"
     )
     print(f"{'case':<40} {'writes/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'fsyncs/s':>9}")
-    for groups in (1, 16):
+    for groups in arguments.groups:
         for result in asyncio.run(measure(groups, arguments.seconds, arguments.tick_ms)):
             print(
                 f"{result.case:<40} {result.writes_per_second:>10,.0f} {result.p50_ms:>8.2f} "

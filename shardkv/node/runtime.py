@@ -200,7 +200,13 @@ class NodeRuntime:
                 # not fire in a burst after a stall.
                 self._ticks_due += 1
                 next_tick = now + self.tick_interval
-            while self.has_work() and not self._stopping:
+            while not self._stopping:
+                # Let every handler that is ready to run add its proposal or
+                # read first: a round per request would mean an fsync and a
+                # flush per request (group commit needs a group).
+                await asyncio.sleep(0)
+                if not self.has_work():
+                    break
                 await self.round()
 
     def stop(self) -> None:

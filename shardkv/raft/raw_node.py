@@ -55,11 +55,10 @@ class Ready:
     committed_entries: list[Entry] = field(default_factory=list)
     # Serve once applied through their index (step 5).
     read_states: list[ReadState] = field(default_factory=list)
-
-    @property
-    def must_sync(self) -> bool:
-        """Whether step 3 needs an fsync (only entries, votes and terms do)."""
-        return bool(self.entries) or self.snapshot is not None or self.hard_state is not None
+    # Whether step 3 must reach disk before step 4 (an fsync): new entries, a
+    # snapshot, or a changed term or vote. A commit index alone need not: it
+    # is recovered from a quorum after a crash (etcd's MustSync).
+    must_sync: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +164,12 @@ class RawNode:
         hard = raft.hard_state()
         if hard != self._previous_hard:
             ready.hard_state = hard
+        ready.must_sync = (
+            bool(ready.entries)
+            or ready.snapshot is not None
+            or hard.term != self._previous_hard.term
+            or hard.vote != self._previous_hard.vote
+        )
         log.unstable.accept_in_progress()
         if ready.committed_entries:
             log.accept_applying(ready.committed_entries[-1].index)
