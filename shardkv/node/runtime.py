@@ -69,12 +69,18 @@ class NodeRuntime:
         peers: Mapping[int, Peer],
         *,
         tick_interval: float = 0.1,
+        gather_window: float = 0.001,
     ) -> None:
         self.node_id = node_id
         self.engine = engine
         self.transport = transport
         self.peers = dict(peers)
         self.tick_interval = tick_interval
+        # How long run() lets requests gather before a round. Measured with
+        # bench/node.py (1 group, 64 writers): 0 -> 375 writes/s, p50 170 ms;
+        # 0.5 ms -> 815, 77 ms; 2 ms -> 1,379, 43 ms. A lone writer pays the
+        # window in latency (3.9 ms -> 5.9 ms at 2 ms).
+        self.gather_window = gather_window
         self.stats = RoundStats()
         self._inbox: list[tuple[int, int, Message]] = []
         self._ticks_due = 0
@@ -201,10 +207,10 @@ class NodeRuntime:
                 self._ticks_due += 1
                 next_tick = now + self.tick_interval
             while not self._stopping:
-                # Let every handler that is ready to run add its proposal or
-                # read first: a round per request would mean an fsync and a
-                # flush per request (group commit needs a group).
-                await asyncio.sleep(0)
+                # Gather first: let the requests arriving now add their
+                # proposals, or every request costs its own fsync and flush
+                # (group commit needs a group). See gather_window.
+                await asyncio.sleep(self.gather_window)
                 if not self.has_work():
                     break
                 await self.round()
