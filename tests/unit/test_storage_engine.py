@@ -20,30 +20,18 @@ from shardkv.storage import (
     Engine,
     EngineClosed,
     EngineError,
-    MemoryDisk,
     MemoryEngine,
     StorageEngine,
 )
+from tests.unit.engines import Opener, engine_opener
 
 RAFT, DATA, META = ColumnFamily.RAFT, ColumnFamily.DATA, ColumnFamily.META
-
-Opener = Callable[[], StorageEngine]
 
 
 @pytest.fixture(params=["memory", "rocksdb"])
 def open_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    opened: list[StorageEngine] = []
-    disk = MemoryDisk()
-
-    def open_() -> StorageEngine:
-        engine: StorageEngine
-        engine = MemoryEngine(disk) if request.param == "memory" else Engine(tmp_path / "db")
-        opened.append(engine)
-        return engine
-
-    yield open_
-    for engine in opened:
-        engine.close()
+    with engine_opener(request.param, tmp_path / "db") as opener:
+        yield opener
 
 
 @pytest.fixture

@@ -53,10 +53,9 @@ from shardkv.storage import (
     StorageEngine,
     keys,
 )
+from tests.unit.engines import Opener, engine_opener
 
 GROUP = 7
-
-Opener = Callable[[], StorageEngine]
 
 
 class FlakyMemoryEngine(MemoryEngine):
@@ -96,18 +95,8 @@ class CountingEngine(Engine):
 
 @pytest.fixture(params=["memory", "rocksdb"])
 def open_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    opened: list[StorageEngine] = []
-    disk = MemoryDisk()
-
-    def open_() -> StorageEngine:
-        engine: StorageEngine
-        engine = FlakyMemoryEngine(disk) if request.param == "memory" else Engine(tmp_path / "db")
-        opened.append(engine)
-        return engine
-
-    yield open_
-    for engine in opened:
-        engine.close()
+    with engine_opener(request.param, tmp_path / "db", memory_engine=FlakyMemoryEngine) as opener:
+        yield opener
 
 
 def write(engine: StorageEngine, stage: Callable[[Batch], object], sync: bool = False) -> None:
