@@ -494,8 +494,6 @@ class Raft:
 
         if message.type in (MessageType.VOTE, MessageType.PRE_VOTE):
             self._handle_vote_request(message)
-        elif message.type == MessageType.LOCAL_HUP:
-            self.hup()
         else:
             self._step_role(message)
 

@@ -100,8 +100,8 @@ class RawNode:
         self.raft.hup()
 
     def step(self, message: Message) -> None:
-        if message.type < message.type.APPEND:
-            raise ValueError(f"{message.type.name} is local and cannot arrive from a peer")
+        if message.type == message.type.NONE:
+            raise ValueError("a message without a type cannot come from a peer")
         if message.from_ not in self.raft.progress and _is_response(message):
             # An answer from a node that is no longer a member; nobody waits for it.
             return

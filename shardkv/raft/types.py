@@ -54,16 +54,9 @@ class EntryType(enum.IntEnum):
 
 
 class MessageType(enum.IntEnum):
-    """Kinds of messages. The ``LOCAL_*`` ones never leave the node."""
+    """Kinds of messages between peers of a group."""
 
-    LOCAL_HUP = 0  # start an election
-    LOCAL_BEAT = 1  # leader: broadcast heartbeats now
-    LOCAL_PROPOSE = 2  # append entries (leader only)
-    LOCAL_READ_INDEX = 3  # ask for a linearizable read point
-    LOCAL_CHECK_QUORUM = 4  # leader: step down if a quorum went quiet
-    LOCAL_TRANSFER_LEADER = 5  # leader: hand leadership to ``from_``
-    LOCAL_SNAPSHOT_STATUS = 6  # the runtime reports a failed snapshot send
-    LOCAL_UNREACHABLE = 7  # the runtime reports a peer unreachable
+    NONE = 0  # never sent: the zero value of the wire enum
     APPEND = 10
     APPEND_RESPONSE = 11
     VOTE = 12
@@ -76,8 +69,6 @@ class MessageType(enum.IntEnum):
     HEARTBEAT_RESPONSE = 19
     TIMEOUT_NOW = 20  # leader to transferee: campaign now
 
-
-LOCAL_MESSAGE_TYPES = frozenset(t for t in MessageType if t < MessageType.APPEND)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,14 +21,7 @@ class EntryType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 
 class MessageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    MESSAGE_TYPE_LOCAL_HUP: _ClassVar[MessageType]
-    MESSAGE_TYPE_LOCAL_BEAT: _ClassVar[MessageType]
-    MESSAGE_TYPE_LOCAL_PROPOSE: _ClassVar[MessageType]
-    MESSAGE_TYPE_LOCAL_READ_INDEX: _ClassVar[MessageType]
-    MESSAGE_TYPE_LOCAL_CHECK_QUORUM: _ClassVar[MessageType]
-    MESSAGE_TYPE_LOCAL_TRANSFER_LEADER: _ClassVar[MessageType]
-    MESSAGE_TYPE_LOCAL_SNAPSHOT_STATUS: _ClassVar[MessageType]
-    MESSAGE_TYPE_LOCAL_UNREACHABLE: _ClassVar[MessageType]
+    MESSAGE_TYPE_NONE: _ClassVar[MessageType]
     MESSAGE_TYPE_APPEND: _ClassVar[MessageType]
     MESSAGE_TYPE_APPEND_RESPONSE: _ClassVar[MessageType]
     MESSAGE_TYPE_VOTE: _ClassVar[MessageType]
@@ -52,14 +45,7 @@ ROLE_CANDIDATE: Role
 ROLE_LEADER: Role
 ENTRY_TYPE_NORMAL: EntryType
 ENTRY_TYPE_CONF_CHANGE: EntryType
-MESSAGE_TYPE_LOCAL_HUP: MessageType
-MESSAGE_TYPE_LOCAL_BEAT: MessageType
-MESSAGE_TYPE_LOCAL_PROPOSE: MessageType
-MESSAGE_TYPE_LOCAL_READ_INDEX: MessageType
-MESSAGE_TYPE_LOCAL_CHECK_QUORUM: MessageType
-MESSAGE_TYPE_LOCAL_TRANSFER_LEADER: MessageType
-MESSAGE_TYPE_LOCAL_SNAPSHOT_STATUS: MessageType
-MESSAGE_TYPE_LOCAL_UNREACHABLE: MessageType
+MESSAGE_TYPE_NONE: MessageType
 MESSAGE_TYPE_APPEND: MessageType
 MESSAGE_TYPE_APPEND_RESPONSE: MessageType
 MESSAGE_TYPE_VOTE: MessageType
