@@ -108,7 +108,6 @@ class Peer:
             ),
             self.storage,
         )
-        self.leader_id = 0
         self.role = Role.FOLLOWER
         self._proposals: dict[int, _PendingProposal] = {}
         self._reads: dict[bytes, _PendingRead] = {}
@@ -142,12 +141,6 @@ class Peer:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reads[context] = _PendingRead(future)
         return future
-
-    def propose_conf_change(self, change: ConfChange) -> int:
-        try:
-            return self.raw.propose_conf_change(change)[0]
-        except ProposalDropped as dropped:
-            raise NotLeader(self.group_id, dropped.leader_id) from dropped
 
     # -- the round ---------------------------------------------------------------
 
@@ -212,12 +205,12 @@ class Peer:
     def finish(self, ready: Ready) -> None:
         self.raw.advance(ready)
         if ready.soft_state is not None:
-            self.leader_id = ready.soft_state.leader_id
             was_leader = self.role == Role.LEADER
             self.role = ready.soft_state.role
             if was_leader and self.role != Role.LEADER:
                 # Raft forgot the reads it had not confirmed.
-                self._fail_reads(lambda: NotLeader(self.group_id, self.leader_id))
+                leader_id = ready.soft_state.leader_id
+                self._fail_reads(lambda: NotLeader(self.group_id, leader_id))
         for index, term, result in self._settled:
             pending = self._proposals.pop(index, None)
             if pending is None or pending.future.done():
@@ -229,6 +222,18 @@ class Peer:
             elif result is not None:
                 pending.future.set_result(result)
         self._settled.clear()
+        if ready.snapshot is not None:
+            # Entries a snapshot covered were never applied one by one here:
+            # whether a proposal among them took effect is not known.
+            for index in [index for index in self._proposals if index <= self.applied]:
+                future = self._proposals.pop(index).future
+                if not future.done():
+                    future.set_exception(
+                        OutcomeUnknown(
+                            f"group {self.group_id} caught up by a snapshot past index {index}; "
+                            "retry with the same client_id and seq"
+                        )
+                    )
         self._answer_reads()
 
     def _answer_reads(self) -> None:

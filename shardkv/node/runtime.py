@@ -143,16 +143,17 @@ class NodeRuntime:
             if ready is not None:
                 readies.append((peer, ready))
                 must_sync = must_sync or ready.must_sync
-        if not readies:
-            raft_batch.discard()
-            self._report_unreachable()
-            return
-        stats.readies += len(readies)
+        # Written whenever it holds anything: a snapshot a peer took this
+        # round is in it even when no group has a Ready.
         if len(raft_batch):
             self.engine.write(raft_batch, sync=must_sync)
             stats.synced_writes += must_sync
         else:
             raft_batch.discard()
+        if not readies:
+            self._report_unreachable()
+            return
+        stats.readies += len(readies)
 
         for peer, ready in readies:
             for message in ready.messages:

@@ -70,7 +70,6 @@ class MessageType(enum.IntEnum):
     TIMEOUT_NOW = 20  # leader to transferee: campaign now
 
 
-
 @dataclass(frozen=True, slots=True)
 class Entry:
     term: int

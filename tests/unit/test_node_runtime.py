@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from shardkv.errors import NotLeader
+from shardkv.errors import NotLeader, OutcomeUnknown, ProposalFailed
 from shardkv.node.peer import Peer, PeerOptions
 from shardkv.node.runtime import NodeRuntime
 from shardkv.node.transport_memory import MemoryNetwork, MemoryTransport
@@ -261,3 +261,33 @@ async def test_follower_with_a_wiped_data_dir_catches_up_by_snapshot() -> None:
     assert follower.storage.snapshot_metadata().index > 1, "it caught up by a snapshot"
     assert list(follower.machine.scan()) == list(leader.machine.scan())
     assert follower.machine.revision == leader.machine.revision
+
+
+async def test_a_proposal_a_snapshot_covers_settles_as_unknown() -> None:
+    """A deposed leader that catches up by snapshot still answers its callers."""
+    cluster = LocalCluster(MemoryNetwork(), options=COMPACTING)
+    await start_all(cluster)
+    leaders = await cluster.elect_all()
+    old = leaders[1]
+    cluster.network.isolate(old.node_id)
+    stranded = cluster.nodes[old.node_id].runtime.propose(1, put(b"lost", b"x", 6, 1))
+    new = None
+    for _ in range(300):
+        await cluster.step()
+        new = cluster.leader(1)
+        if new is not None and new.node_id != old.node_id:
+            break
+    assert new is not None and new.node_id != old.node_id
+    runtime = cluster.nodes[new.node_id].runtime
+    for i in range(20):
+        await cluster.settle(runtime.propose(1, put(b"k%d" % i, b"v", 7, i + 1)))
+    await cluster.step(3)
+    assert new.storage.first_index() > old.raw.raft.log.last_index(), "compacted past it"
+    cluster.network.heal()
+    for _ in range(300):
+        await cluster.step()
+        if stranded.done():
+            break
+    assert stranded.done()
+    assert isinstance(stranded.exception(), (OutcomeUnknown, ProposalFailed))
+    assert old.storage.snapshot_metadata().index > 1, "it caught up by a snapshot"
