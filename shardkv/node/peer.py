@@ -230,8 +230,7 @@ class Peer:
                 if not future.done():
                     future.set_exception(
                         OutcomeUnknown(
-                            f"group {self.group_id} caught up by a snapshot past index {index}; "
-                            "retry with the same client_id and seq"
+                            f"group {self.group_id} caught up by a snapshot past index {index}"
                         )
                     )
         self._answer_reads()

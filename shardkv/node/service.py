@@ -50,6 +50,17 @@ class NodeService(node_pb2_grpc.NodeServicer):
 
     # -- errors --------------------------------------------------------------------
 
+    async def _routing_error(
+        self,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        error: ShardKVError,
+    ) -> node_pb2.GroupError:
+        """The routing error to answer with; any other error ends the call."""
+        group_error = self._group_error(error)
+        if group_error is None:
+            await self._abort(context, error)
+        return group_error
+
     def _group_error(self, error: ShardKVError) -> node_pb2.GroupError | None:
         if isinstance(error, NotLeader):
             return node_pb2.GroupError(
@@ -87,10 +98,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
             future = self.runtime.propose(request.group_id, request.command)
             result = await future
         except ShardKVError as error:
-            group_error = self._group_error(error)
-            if group_error is None:
-                await self._abort(context, error)
-            return node_pb2.WriteResponse(error=group_error)
+            return node_pb2.WriteResponse(error=await self._routing_error(context, error))
         return node_pb2.WriteResponse(result=result)
 
     async def _read_barrier(
@@ -101,10 +109,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
         try:
             await self.runtime.read_barrier(group_id)
         except ShardKVError as error:
-            group_error = self._group_error(error)
-            if group_error is None:
-                await self._abort(context, error)
-            return group_error
+            return await self._routing_error(context, error)
         return None
 
     async def Read(
