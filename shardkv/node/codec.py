@@ -47,6 +47,7 @@ __all__ = [
     "conf_state_to_proto",
     "entry_from_proto",
     "entry_to_proto",
+    "fill_message",
     "hard_state_from_proto",
     "hard_state_to_proto",
     "message_from_proto",
@@ -255,6 +256,12 @@ def conf_change_from_proto(proto: raft_pb2.ConfChange) -> ConfChange:
 
 def message_to_proto(message: Message) -> raft_pb2.Message:
     proto = raft_pb2.Message()
+    fill_message(proto, message)
+    return proto
+
+
+def fill_message(proto: raft_pb2.Message, message: Message) -> None:
+    """Write ``message`` into an empty ``proto`` in place (say, one inside a batch)."""
     proto.type = _MESSAGE_TYPE_TO_PROTO[message.type]
     proto.to = message.to
     proto.from_node = message.from_
@@ -274,7 +281,6 @@ def message_to_proto(message: Message) -> raft_pb2.Message:
     proto.snapshot_done = message.snapshot_done
     proto.context = message.context
     proto.stamp = message.stamp
-    return proto
 
 
 def message_from_proto(proto: raft_pb2.Message) -> Message:

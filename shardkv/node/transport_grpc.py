@@ -68,10 +68,9 @@ from typing import NamedTuple
 import grpc
 import grpc.aio
 
-from shardkv.node.codec import message_from_proto, message_to_proto
+from shardkv.node.codec import fill_message, message_from_proto
 from shardkv.node.transport import MessageTooLarge, TransportBase, TransportStats
 from shardkv.raft.types import Message
-from shardkv.v1 import raft_pb2
 from shardkv.v1.raft_pb2 import DESCRIPTOR, RaftBatch, RaftBatchAck
 
 __all__ = ["GrpcTransport", "GrpcTransportOptions", "server_options"]
@@ -230,11 +229,7 @@ class GrpcTransport(TransportBase):
             self.stats.messages_dropped += 1
             self._lost_unknown.add(to_node)
             return
-        proto = message_to_proto(message)
-        size = proto.ByteSize() + _FRAMING_BYTES
-        if size > self._options.max_message_bytes:
-            raise MessageTooLarge(group_id, size, self._options.max_message_bytes)
-        link.buffer(group_id, proto, size)
+        link.buffer(group_id, message)
 
     async def flush(self) -> None:
         self._check_open()
@@ -444,16 +439,26 @@ class _PeerLink:
 
     # -- called by the transport, on the node's loop --------------------------------
 
-    def buffer(self, group_id: int, proto: raft_pb2.Message, size: int) -> None:
+    def buffer(self, group_id: int, message: Message) -> None:
+        """Encode ``message`` straight into the batch it travels in (no copy)."""
         pending = self._pending
-        if not pending or (
-            pending[-1].size + size > self._options.batch_bytes and pending[-1].messages
-        ):
+        if not pending:
             pending.append(_Batch())
         batch = pending[-1]
         group_message = batch.proto.messages.add()
         group_message.group_id = group_id
-        group_message.message.CopyFrom(proto)
+        fill_message(group_message.message, message)
+        size = group_message.message.ByteSize() + _FRAMING_BYTES
+        if size > self._options.max_message_bytes:
+            del batch.proto.messages[-1]
+            raise MessageTooLarge(group_id, size, self._options.max_message_bytes)
+        if batch.messages and batch.size + size > self._options.batch_bytes:
+            # Rare: the batch is full; this message opens the next one.
+            moved = _Batch()
+            moved.proto.messages.add().CopyFrom(group_message)
+            del batch.proto.messages[-1]
+            pending.append(moved)
+            batch = moved
         batch.messages += 1
         batch.size += size
 
