@@ -479,6 +479,21 @@ class Cluster:
         else:
             self.stats.completed_ops += 1
 
+    def converged(self) -> bool:
+        """A leader of the newest term, clients idle, every member applied all it committed."""
+        leader = self.leader()
+        if leader is None or leader.raw is None or not self.clients_idle():
+            return False
+        raft = leader.raw.raft
+        if raft.role != Role.LEADER or raft.log.term(raft.log.committed) != raft.term:
+            return False
+        committed = raft.log.committed
+        for node_id in raft.voters | raft.learners:
+            node = self.nodes.get(node_id)
+            if node is None or node.raw is None or node.applied < committed:
+                return False
+        return True
+
     def clients_idle(self) -> bool:
         return all(client.op is None for client in self.clients.values())
 

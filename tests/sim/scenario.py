@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from shardkv.raft import ConfChange, ConfChangeType, ProposalDropped, Role
+from shardkv.raft import ConfChange, ConfChangeType, ProposalDropped
 from tests.checkers import check_history
 from tests.sim.cluster import Cluster, ClusterOptions, SafetyViolation
 
@@ -240,7 +240,7 @@ def run_seed(seed: int, fault_steps: int | None = None) -> RunResult:
         quiet_since = cluster.now
         while True:
             cluster.step()
-            if _converged(cluster):
+            if cluster.converged():
                 break
             if cluster.now - quiet_since > liveness_bound:
                 raise SafetyViolation(
@@ -281,19 +281,3 @@ def _leader_id(cluster: Cluster) -> int | None:
 
 def _applied(cluster: Cluster) -> dict[int, int]:
     return {node.node_id: node.applied for node in cluster.running_nodes()}
-
-
-def _converged(cluster: Cluster) -> bool:
-    """A leader of the newest term, clients idle, every member applied all it committed."""
-    leader = cluster.leader()
-    if leader is None or leader.raw is None or not cluster.clients_idle():
-        return False
-    raft = leader.raw.raft
-    if raft.role != Role.LEADER or raft.log.term(raft.log.committed) != raft.term:
-        return False
-    committed = raft.log.committed
-    for node_id in raft.voters | raft.learners:
-        node = cluster.nodes.get(node_id)
-        if node is None or node.raw is None or node.applied < committed:
-            return False
-    return True

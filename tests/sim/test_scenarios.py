@@ -43,7 +43,7 @@ def _settle(cluster: Cluster, within: int = 300 * ELECTION_TICK) -> None:
     cluster.restart_all()
     for _ in range(within):
         cluster.step()
-        if all(client.ops_left == 0 for client in cluster.clients.values()) and _converged(cluster):
+        if all(client.ops_left == 0 for client in cluster.clients.values()) and cluster.converged():
             break
     else:
         raise AssertionError(f"the cluster did not settle within {within} ticks")
@@ -51,19 +51,6 @@ def _settle(cluster: Cluster, within: int = 300 * ELECTION_TICK) -> None:
     verdict = check_history(cluster.history)
     assert verdict.ok, verdict.explanation
     assert cluster.stats.completed_ops > 0
-
-
-def _converged(cluster: Cluster) -> bool:
-    leader = cluster.leader()
-    if leader is None or leader.raw is None or not cluster.clients_idle():
-        return False
-    raft = leader.raw.raft
-    if raft.log.term(raft.log.committed) != raft.term:
-        return False
-    return all(
-        cluster.nodes[node_id].applied >= raft.log.committed
-        for node_id in raft.voters | raft.learners
-    )
 
 
 def _uncommitted(node: SimNode) -> dict[int, int]:
