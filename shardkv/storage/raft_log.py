@@ -112,7 +112,8 @@ class _LogState:
     cache_size: int
 
     def copy(self) -> _LogState:
-        return replace(self, cache=list(self.cache))
+        """A view to stage into. It shares the cache: changes build a new list."""
+        return replace(self)
 
     def cache_first(self) -> int:
         return self.last_index - len(self.cache) + 1
@@ -229,8 +230,7 @@ class GroupStorage:
         # stagings into it read them from memory; it is trimmed on commit.
         cut = max(0, start - view.cache_first())
         view.cache_size -= sum(entry.size() for entry in view.cache[cut:])
-        del view.cache[cut:]
-        view.cache.extend(entries)
+        view.cache = view.cache[:cut] + entries
         view.cache_size += sum(entry.size() for entry in entries)
         view.last_index = last
 
@@ -250,7 +250,7 @@ class GroupStorage:
         self._stage_snapshot_metadata(batch, view, metadata)
         self._stage_log_start(batch, view, metadata.index, metadata.term)
         view.last_index = metadata.index
-        view.cache.clear()
+        view.cache = []
         view.cache_size = 0
 
     def stage_create_snapshot(
@@ -295,7 +295,7 @@ class GroupStorage:
         self._stage_log_start(batch, view, compact_index, term)
         cut = max(0, compact_index + 1 - view.cache_first())
         view.cache_size -= sum(entry.size() for entry in view.cache[:cut])
-        del view.cache[:cut]
+        view.cache = view.cache[cut:]
 
     def bootstrap(self, voters: tuple[int, ...]) -> None:
         """Make this replica one of the group's first ``voters``, durably."""
@@ -381,7 +381,8 @@ class GroupStorage:
         while size > self.cache_bytes and cut < len(state.cache):
             size -= state.cache[cut].size()
             cut += 1
-        del state.cache[:cut]
+        if cut:
+            state.cache = state.cache[cut:]
         state.cache_size = size
 
     def _stage_snapshot_metadata(
