@@ -154,7 +154,7 @@ class Peer:
             # one write: a crash between them would leave applied behind a
             # log that no longer holds what lies between.
             metadata = ready.snapshot.metadata
-            self.storage.stage_snapshot(raft_batch, metadata)
+            self.storage.stage_snapshot(raft_batch, metadata, ready.snapshot.data)
             stage_install_snapshot_data(
                 self._engine, raft_batch, self.group_id, ready.snapshot.data
             )

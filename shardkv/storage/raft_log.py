@@ -239,8 +239,14 @@ class GroupStorage:
         batch.put(_RAFT, keys.hard_state_key(self.group_id), values.encode_hard_state(hard_state))
         view.hard_state = hard_state
 
-    def stage_snapshot(self, batch: Batch, metadata: SnapshotMetadata) -> None:
-        """Install a snapshot: drop the whole log and record ``metadata``."""
+    def stage_snapshot(
+        self, batch: Batch, metadata: SnapshotMetadata, image: bytes | None = None
+    ) -> None:
+        """Install a snapshot: drop the whole log and record ``metadata``.
+
+        ``image`` is the received snapshot's data: kept as this snapshot's
+        image once the batch commits, so it is not built again by a scan.
+        """
         view = self._view(batch)
         if metadata.index < view.snapshot.index:
             raise SnapshotOutOfDate(
@@ -252,6 +258,9 @@ class GroupStorage:
         view.last_index = metadata.index
         view.cache = []
         view.cache_size = 0
+        if image is not None and self._snapshot_source is not None:
+            # Runs after the view's own commit hook, which resets the images.
+            batch.on_commit(lambda: self._images.__setitem__(metadata.index, image))
 
     def stage_create_snapshot(
         self, batch: Batch, index: int, conf_state: ConfState

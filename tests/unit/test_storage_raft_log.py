@@ -615,3 +615,25 @@ def test_a_raft_group_runs_on_it_and_survives_a_restart_of_every_node(tmp_path: 
             assert node.storages[group_id].applied_state()[0] >= index
     for node in nodes.values():
         node.engine.close()
+
+
+def test_an_installed_snapshot_keeps_the_received_image() -> None:
+    """A follower does not rebuild, by a full scan, the image it just received."""
+    engine = MemoryEngine()
+    builds: list[int] = []
+
+    def source() -> bytes:
+        builds.append(1)
+        return b"built by a scan"
+
+    storage = GroupStorage(engine, 5, snapshot_source=source)
+    metadata = SnapshotMetadata(index=10, term=2, conf_state=ConfState(voters=(1, 2, 3)))
+    batch = engine.new_batch()
+    storage.stage_snapshot(batch, metadata, b"received")
+    storage.stage_applied(batch, 10, metadata.conf_state)
+    engine.write(batch, sync=True)
+    batch = engine.new_batch()
+    storage.stage_applied(batch, 12, metadata.conf_state)
+    engine.write(batch, sync=False)
+    assert storage.snapshot().data == b"received"
+    assert builds == []
