@@ -37,6 +37,7 @@ from pathlib import Path
 
 import grpc
 
+from shardkv.node.config import format_groups, format_initial_cluster
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
 
 NODES = (1, 2, 3)
@@ -52,9 +53,9 @@ def _free_port() -> int:
 def cluster(groups: int, tick_ms: int) -> Iterator[dict[int, str]]:
     """Three node processes hosting ``groups`` data groups on every node."""
     addresses = {node_id: f"127.0.0.1:{_free_port()}" for node_id in NODES}
-    initial = ",".join(f"{node_id}={address}" for node_id, address in addresses.items())
+    initial = format_initial_cluster(addresses)
     # Group 0 is the meta group every cluster has; the load goes to 1..groups.
-    layout = ";".join(f"{group_id}=1,2,3" for group_id in range(groups + 1))
+    layout = format_groups({group_id: NODES for group_id in range(groups + 1)})
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="shardkv-bench-") as folder:
         try:
@@ -138,15 +139,18 @@ class Bench:
     async def wait_for_leaders(self, groups: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            leaders: dict[int, int] = {}
+            # A deposed leader may still claim a group: the newest term wins.
+            claims: dict[int, tuple[int, int]] = {}
             for stub in self.stubs.values():
                 try:
                     status = await stub.Status(node_pb2.StatusRequest(), timeout=1)
                 except grpc.aio.AioRpcError:
                     continue
                 for group in status.groups:
-                    if group.role == "leader":
-                        leaders[group.group_id] = status.node_id
+                    known = claims.get(group.group_id)
+                    if group.role == "leader" and (known is None or group.term > known[0]):
+                        claims[group.group_id] = (group.term, status.node_id)
+            leaders = {group_id: node_id for group_id, (_, node_id) in claims.items()}
             if all(group_id in leaders for group_id in range(1, groups + 1)):
                 self.leaders = leaders
                 return

@@ -166,9 +166,15 @@ class NodeProcess:
                 _bootstrap(config, engine)
                 mark_bootstrapped(state)
             peers = _build_peers(config, engine)
-            server = grpc.aio.server(options=[*server_options(), ("grpc.so_reuseport", 0)])
-            undo.push_async_callback(server.stop, None)
             transport = GrpcTransport(config.node_id)
+            # The server takes its limits from the transport, so that what one
+            # node sends the other accepts.
+            server = grpc.aio.server(
+                options=[*server_options(transport.options), ("grpc.so_reuseport", 0)]
+            )
+            undo.push_async_callback(server.stop, None)
+            # Unwound first: closing the transport ends the inbound Raft
+            # streams the server's stop would otherwise wait for.
             undo.push_async_callback(transport.close)
             transport.register(server)
             transport.update_peers(config.initial_cluster)

@@ -14,6 +14,11 @@ values give equal bytes. The layouts after the version byte::
     applied state    applied index u64, conf state
 
 The conf state is embedded without a version byte of its own.
+
+Why not the wire's protobuf (``shardkv.node.codec``)? The disk format lives
+longer than a release and is versioned apart from the wire; protobuf does not
+promise equal bytes for equal values; an entry here carries a 10-byte header
+with its index in the key; and storage may not import the node layer.
 """
 
 from __future__ import annotations
