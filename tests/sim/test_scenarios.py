@@ -231,8 +231,7 @@ def _figure_8_round(cluster: Cluster, lose: _OwnTermEntriesLost, filler_base: in
         lambda: cluster.nodes[rest].log_terms().get(last) == stranded[last],
         "old entries on a majority",
     )
-    for _ in range(5):
-        cluster.step()
+    cluster.run(5)
     assert y.raw.raft.log.committed < first, "an old-term entry committed by counting"
     # (d)
     cluster.crash(a.node_id)
@@ -262,9 +261,8 @@ def test_partitioned_leader_keeps_accepting_proposals_that_never_commit(
     cluster = Cluster(seed=7, voters=5, options=options)
     for _ in range(4):
         cluster.add_client(ops=40)
-    old = _leader(cluster)
-    for _ in range(20):
-        cluster.step()
+    _leader(cluster)  # wait for a first leader
+    cluster.run(20)
     old = _leader(cluster)
     assert old.raw is not None
     old_term = old.raw.raft.term
@@ -273,8 +271,7 @@ def test_partitioned_leader_keeps_accepting_proposals_that_never_commit(
     for seq in range(1, 6):
         ghost = Command(client_id=99, seq=seq, kind="put", key="k0", value=f"ghost {seq}")
         old.raw.propose(ghost.encode())
-    for _ in range(5):
-        cluster.step()
+    cluster.run(5)
     # Entries appended after the cut exist on the old leader alone.
     ghosts = {index: term for index, term in old.log_terms().items() if index > isolated_at}
     assert len(ghosts) >= 5
@@ -293,8 +290,7 @@ def test_partitioned_leader_keeps_accepting_proposals_that_never_commit(
         assert old.raw.raft.role == Role.LEADER, "without check-quorum it believes it leads"
 
     cluster.network.heal()
-    for _ in range(5 * ELECTION_TICK):
-        cluster.step()
+    cluster.run(5 * ELECTION_TICK)
     assert old.raw.raft.role == Role.FOLLOWER and old.raw.raft.term > old_term
     _settle(cluster)
     final_terms = old.log_terms()
@@ -324,13 +320,11 @@ def test_rejoining_node_does_not_disrupt_the_leader(
     term = leader.raw.raft.term
     rejoining = min(set(leader.raw.raft.voters) - {leader.node_id})
     cluster.network.isolate(rejoining, cluster.nodes)
-    for _ in range(10 * ELECTION_TICK):
-        cluster.step()
+    cluster.run(10 * ELECTION_TICK)
     assert cluster.leader() is leader and leader.raw.raft.term == term
 
     cluster.network.heal()
-    for _ in range(5 * ELECTION_TICK):
-        cluster.step()
+    cluster.run(5 * ELECTION_TICK)
     newest_term = max(cluster.leader_of_term)
     if disrupts:
         assert newest_term > term
