@@ -99,14 +99,12 @@ def build_snapshot_data(
     start, end = keys.group_range(group_id)
     # Both scans first, then the reading (promise 1).
     data_scan = engine.scan(ColumnFamily.DATA, start, end)
-    meta_scan = engine.scan(ColumnFamily.META, start, end)
-    applied_state_key = keys.applied_state_key(group_id)
+    meta_scan = engine.scan(ColumnFamily.META, *keys.state_machine_meta_range(group_id))
     writer = _ImageWriter(group_id, max_bytes)
     for key, value in data_scan:
         writer.add(ColumnFamily.DATA, key[keys.GROUP_KEY_SIZE :], value)
     for key, value in meta_scan:
-        if key != applied_state_key:
-            writer.add(ColumnFamily.META, key[keys.GROUP_KEY_SIZE :], value)
+        writer.add(ColumnFamily.META, key[keys.GROUP_KEY_SIZE :], value)
     return writer.finish()
 
 
@@ -125,12 +123,9 @@ def stage_install_snapshot_data(
     prefix, end = keys.group_range(group_id)
     if end is None:
         raise ValueError(f"group id {group_id} is out of range")
-    applied_state_key = keys.applied_state_key(group_id)
+    meta_start, _ = keys.state_machine_meta_range(group_id)
     batch.delete_range(ColumnFamily.DATA, prefix, end)
-    # Every meta record of the group but the applied state: the ranges on
-    # either side of its key (the smallest key after it is key + 0x00).
-    batch.delete_range(ColumnFamily.META, prefix, applied_state_key)
-    batch.delete_range(ColumnFamily.META, applied_state_key + b"\x00", end)
+    batch.delete_range(ColumnFamily.META, meta_start, end)
     for cf, key, value in records:
         batch.put(cf, prefix + key, value)
 
@@ -196,7 +191,7 @@ def _decode(group_id: int, data: bytes) -> list[_Record]:
         raise CorruptValue(f"{what} is an image of group {image_group}")
     count_offset = checksum_offset - _COUNT.size
     (count,) = _COUNT.unpack_from(data, count_offset)
-    applied_state_suffix = keys.applied_state_key(group_id)[keys.GROUP_KEY_SIZE :]
+    meta_start = keys.state_machine_meta_range(group_id)[0][keys.GROUP_KEY_SIZE :]
     records: list[_Record] = []
     previous: tuple[int, bytes] | None = None
     offset = _HEADER.size
@@ -212,7 +207,7 @@ def _decode(group_id: int, data: bytes) -> list[_Record]:
         cf = _TAG_CFS.get(tag)
         if cf is None:
             raise CorruptValue(f"{what} has a record of unknown column family tag {tag}")
-        if cf == ColumnFamily.META and key in (b"", applied_state_suffix):
+        if cf == ColumnFamily.META and key < meta_start:
             raise CorruptValue(f"{what} holds a meta record that is not the state machine's")
         if previous is not None and (tag, key) <= previous:
             raise CorruptValue(f"{what} has records out of order at {key!r}")

@@ -45,6 +45,7 @@ __all__ = [
     "revision_key",
     "session_key",
     "snapshot_metadata_key",
+    "state_machine_meta_range",
 ]
 
 _GROUP = struct.Struct(">Q")
@@ -128,6 +129,15 @@ def log_start_key(group_id: int) -> bytes:
 
 def applied_state_key(group_id: int) -> bytes:
     return group_prefix(group_id) + bytes((_META_APPLIED_STATE,))
+
+
+def state_machine_meta_range(group_id: int) -> tuple[bytes, bytes | None]:
+    """``[start, end)`` of the group's meta records that belong to its state machine.
+
+    Every meta record but the applied state (which is Raft storage's): its tag
+    is the lowest, so the state machine's records are the rest of the group.
+    """
+    return group_prefix(group_id) + bytes((_META_APPLIED_STATE + 1,)), group_range(group_id)[1]
 
 
 def revision_key(group_id: int) -> bytes:
