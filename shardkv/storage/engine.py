@@ -248,17 +248,17 @@ class StorageEngine(abc.ABC):
 class _RocksBatch(Batch):
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
-        self._engine = engine
+        self._handles = engine._handles
         self.write_batch = WriteBatch(raw_mode=True)
 
     def _put(self, cf: ColumnFamily, key: bytes, value: bytes) -> None:
-        self.write_batch.put(key, value, self._engine._handles[cf])
+        self.write_batch.put(key, value, self._handles[cf])
 
     def _delete(self, cf: ColumnFamily, key: bytes) -> None:
-        self.write_batch.delete(key, self._engine._handles[cf])
+        self.write_batch.delete(key, self._handles[cf])
 
     def _delete_range(self, cf: ColumnFamily, start: bytes, end: bytes) -> None:
-        self.write_batch.delete_range(start, end, self._engine._handles[cf])
+        self.write_batch.delete_range(start, end, self._handles[cf])
 
 
 class Engine(StorageEngine):
