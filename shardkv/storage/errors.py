@@ -7,7 +7,9 @@
     ├── EngineClosed         the engine was used after close()
     ├── CorruptValue         a stored key or value this version cannot decode
     ├── StagingConflict      a group's writes staged into two open batches at once
-    └── AlreadyBootstrapped  bootstrap() of a group that already has Raft state
+    ├── AlreadyBootstrapped  bootstrap() of a group that already has Raft state
+    └── SnapshotTooLarge     a group's snapshot image would pass MAX_SNAPSHOT_BYTES
+                             (defined in ``shardkv.fsm.snapshot``, not here)
 
 RocksDB's own exceptions are translated into these in ``engine`` only, with
 ``raise ... from exc``. The questions the Raft core asks of a group's log keep

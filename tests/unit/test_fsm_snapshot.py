@@ -11,6 +11,7 @@ through the chunked snapshot. Everything runs on ``MemoryEngine`` and RocksDB.
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from collections import deque
@@ -264,30 +265,27 @@ def write_late(engine: StorageEngine, scans: int) -> None:
         fill(engine, GROUP, [command(put(b"late", b"l"), client_id=77, seq=1)])
 
 
-class LateMemoryEngine(MemoryEngine):
+class LateWrites(StorageEngine):
+    """Mixin: once ``scans`` is set to 0, counts scans and calls ``write_late`` after each."""
+
     scans: int | None = None
 
     def _scan(
         self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
-        items = super()._scan(cf, start, end, reverse)
+        items = super()._scan(cf, start, end, reverse)  # type: ignore[safe-super]
         if self.scans is not None:
             self.scans += 1
             write_late(self, self.scans)
         return items
 
 
-class LateRocksEngine(Engine):
-    scans: int | None = None
+class LateMemoryEngine(LateWrites, MemoryEngine):
+    pass
 
-    def _scan(
-        self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
-    ) -> Iterator[tuple[bytes, bytes]]:
-        items = super()._scan(cf, start, end, reverse)
-        if self.scans is not None:
-            self.scans += 1
-            write_late(self, self.scans)
-        return items
+
+class LateRocksEngine(LateWrites, Engine):
+    pass
 
 
 @pytest.mark.parametrize("kind", ["memory", "rocksdb"])
@@ -343,22 +341,44 @@ def record(tag: int, key: bytes, value: bytes) -> bytes:
 
 
 APPLIED_SUFFIX = keys.applied_state_key(GROUP)[keys.GROUP_KEY_SIZE :]
+# name: (a well-sealed image, the reason it is refused, after "image for group 7 ")
 WELL_SEALED_BUT_WRONG = {
-    "another group's image": sealed(header(GROUP + 1) + struct.pack(">Q", 0)),
-    "a newer format": sealed(header(version=2) + struct.pack(">Q", 0)),
-    "a wrong count": sealed(header() + record(1, b"a", b"1") + struct.pack(">Q", 2)),
-    "records out of order": sealed(
-        header() + record(1, b"b", b"") + record(1, b"a", b"") + struct.pack(">Q", 2)
+    "another group's image": (
+        sealed(header(GROUP + 1) + struct.pack(">Q", 0)),
+        "is an image of group 8",
     ),
-    "a duplicate record": sealed(
-        header() + record(1, b"a", b"") + record(1, b"a", b"") + struct.pack(">Q", 2)
+    "a newer format": (
+        sealed(header(version=2) + struct.pack(">Q", 0)),
+        "has format version 2;",
     ),
-    "meta before data": sealed(
-        header() + record(2, b"\x02", b"") + record(1, b"a", b"") + struct.pack(">Q", 2)
+    "a wrong count": (
+        sealed(header() + record(1, b"a", b"1") + struct.pack(">Q", 2)),
+        "says 2 records but holds 1",
     ),
-    "an unknown column family": sealed(header() + record(3, b"a", b"") + struct.pack(">Q", 1)),
-    "the applied state": sealed(header() + record(2, APPLIED_SUFFIX, b"x") + struct.pack(">Q", 1)),
-    "a record past the end": sealed(header() + record(1, b"a", b"1")[:-1] + struct.pack(">Q", 1)),
+    "records out of order": (
+        sealed(header() + record(1, b"b", b"") + record(1, b"a", b"") + struct.pack(">Q", 2)),
+        "has records out of order at b'a'",
+    ),
+    "a duplicate record": (
+        sealed(header() + record(1, b"a", b"") + record(1, b"a", b"") + struct.pack(">Q", 2)),
+        "has records out of order at b'a'",
+    ),
+    "meta before data": (
+        sealed(header() + record(2, b"\x02", b"") + record(1, b"a", b"") + struct.pack(">Q", 2)),
+        "has records out of order at b'a'",
+    ),
+    "an unknown column family": (
+        sealed(header() + record(3, b"a", b"") + struct.pack(">Q", 1)),
+        "has a record of unknown column family tag 3",
+    ),
+    "the applied state": (
+        sealed(header() + record(2, APPLIED_SUFFIX, b"x") + struct.pack(">Q", 1)),
+        "holds a meta record that is not the state machine's",
+    ),
+    "a record past the end": (
+        sealed(header() + record(1, b"a", b"1")[:-1] + struct.pack(">Q", 1)),
+        "has a record cut short at byte 23",
+    ),
 }
 
 
@@ -387,7 +407,8 @@ def test_a_truncated_or_corrupt_image_is_refused_and_stages_nothing(engines: Eng
 @pytest.mark.parametrize("name", sorted(WELL_SEALED_BUT_WRONG))
 def test_a_well_sealed_image_that_breaks_the_format_is_refused(name: str) -> None:
     engine = MemoryEngine()
-    assert_refused_and_nothing_staged(engine, WELL_SEALED_BUT_WRONG[name], "image for group 7")
+    data, reason = WELL_SEALED_BUT_WRONG[name]
+    assert_refused_and_nothing_staged(engine, data, re.escape(f"image for group 7 {reason}"))
 
 
 def test_empty_data_names_the_missing_snapshot_source() -> None:

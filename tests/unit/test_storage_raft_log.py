@@ -184,29 +184,33 @@ class Operation:
             )
             self.snapshot = Snapshot(metadata, b"")
 
-    def apply_to_model(self, model: MemoryStorage) -> None:
+    def apply_to_model(self, model: MemoryStorage) -> SnapshotMetadata | None:
+        """Apply to ``model``; a snapshot created returns its metadata, to compare."""
         if self.kind == "append":
             model.append(self.entries)
         elif self.kind == "hard_state":
             model.set_hard_state(self.hard_state)
         elif self.kind == "create_snapshot":
-            model.create_snapshot(self.index, self.conf_state, b"")
+            return model.create_snapshot(self.index, self.conf_state, b"").metadata
         elif self.kind == "compact":
             model.compact(self.index)
         else:
             model.apply_snapshot(self.snapshot)
+        return None
 
-    def stage(self, storage: GroupStorage, batch: Batch) -> None:
+    def stage(self, storage: GroupStorage, batch: Batch) -> SnapshotMetadata | None:
+        """Stage into ``batch``; a snapshot created returns its metadata, to compare."""
         if self.kind == "append":
             storage.stage_append(batch, self.entries)
         elif self.kind == "hard_state":
             storage.stage_hard_state(batch, self.hard_state)
         elif self.kind == "create_snapshot":
-            storage.stage_create_snapshot(batch, self.index, self.conf_state)
+            return storage.stage_create_snapshot(batch, self.index, self.conf_state)
         elif self.kind == "compact":
             storage.stage_compact(batch, self.index)
         else:
             storage.stage_snapshot(batch, self.snapshot.metadata)
+        return None
 
 
 # Every seed on MemoryEngine, with a cache of nothing, of a few entries, and
