@@ -24,7 +24,14 @@ from shardkv.raft.types import (
     SnapshotMetadata,
 )
 
-__all__ = ["BOOTSTRAP_INDEX", "MemoryStorage", "Storage", "bootstrap_snapshot", "limit_size"]
+__all__ = [
+    "BOOTSTRAP_INDEX",
+    "MemoryStorage",
+    "Storage",
+    "bootstrap_hard_state",
+    "bootstrap_snapshot",
+    "limit_size",
+]
 
 # A group starts from a snapshot at index 1, term 1 that holds its first
 # voters. No log can then start before it, so a member added later, whose log
@@ -40,6 +47,11 @@ def bootstrap_snapshot(voters: tuple[int, ...], data: bytes = b"") -> Snapshot:
         index=BOOTSTRAP_INDEX, term=BOOTSTRAP_INDEX, conf_state=ConfState(voters=voters)
     )
     return Snapshot(metadata, data)
+
+
+def bootstrap_hard_state() -> HardState:
+    """The hard state every first member of a group starts with: the bootstrap committed."""
+    return HardState(term=BOOTSTRAP_INDEX, commit=BOOTSTRAP_INDEX)
 
 
 class Storage(Protocol):
@@ -92,7 +104,7 @@ class MemoryStorage:
         """A storage bootstrapped as one of the group's first ``voters``."""
         storage = cls()
         storage.apply_snapshot(bootstrap_snapshot(voters))
-        storage.hard_state = HardState(term=BOOTSTRAP_INDEX, commit=BOOTSTRAP_INDEX)
+        storage.hard_state = bootstrap_hard_state()
         return storage
 
     # -- Storage -----------------------------------------------------------

@@ -76,7 +76,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from shardkv.raft.errors import Compacted, SnapshotOutOfDate, Unavailable
-from shardkv.raft.storage import BOOTSTRAP_INDEX, bootstrap_snapshot, limit_size
+from shardkv.raft.storage import bootstrap_hard_state, bootstrap_snapshot, limit_size
 from shardkv.raft.types import (
     EMPTY_HARD_STATE,
     ConfState,
@@ -314,7 +314,7 @@ class GroupStorage:
         metadata = bootstrap_snapshot(voters).metadata
         batch = self.engine.new_batch()
         self.stage_snapshot(batch, metadata)
-        self.stage_hard_state(batch, HardState(term=BOOTSTRAP_INDEX, commit=BOOTSTRAP_INDEX))
+        self.stage_hard_state(batch, bootstrap_hard_state())
         self.stage_applied(batch, metadata.index, metadata.conf_state)
         self.engine.write(batch, sync=True)
 
