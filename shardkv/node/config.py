@@ -43,6 +43,7 @@ Decisions:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import ipaddress
 import re
@@ -426,6 +427,7 @@ class _Setting(Generic[_T]):
 
     name: str
     metavar: str
+    # "{default}" in it stands for NodeConfig's default (filled in by build_parser).
     help: str
     from_text: Callable[[str], _T]
     from_toml: Callable[[object], _T]
@@ -498,22 +500,26 @@ _REPLICATION = _Setting(
     _int_toml,
 )
 _TICK_INTERVAL_MS = _Setting(
-    "tick_interval_ms", "MS", "length of one Raft tick (default: 100)", _int_text, _int_toml
+    "tick_interval_ms", "MS", "length of one Raft tick (default: {default})", _int_text, _int_toml
 )
 _ELECTION_TICKS = _Setting(
     "election_ticks",
     "N",
-    "ticks without a leader before an election (default: 10)",
+    "ticks without a leader before an election (default: {default})",
     _int_text,
     _int_toml,
 )
 _HEARTBEAT_TICKS = _Setting(
-    "heartbeat_ticks", "N", "ticks between leader heartbeats (default: 1)", _int_text, _int_toml
+    "heartbeat_ticks",
+    "N",
+    "ticks between leader heartbeats (default: {default})",
+    _int_text,
+    _int_toml,
 )
 _SNAPSHOT_INTERVAL_ENTRIES = _Setting(
     "snapshot_interval_entries",
     "N",
-    "applied entries between snapshots of a group (default: 10000)",
+    "applied entries between snapshots of a group (default: {default})",
     _int_text,
     _int_toml,
 )
@@ -527,7 +533,7 @@ _LEASE_READS = _Setting(
 _LOG_LEVEL = _Setting(
     "log_level",
     "LEVEL",
-    "one of " + ", ".join(LOG_LEVELS) + " (default: INFO)",
+    "one of " + ", ".join(LOG_LEVELS) + " (default: {default})",
     _log_level_text,
     _log_level_toml,
 )
@@ -744,8 +750,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"TOML file of settings (environment: {CONFIG_ENV})",
     )
+    # A help text says "{default}" where NodeConfig's default goes, so the two cannot drift.
+    defaults = {
+        config_field.name: config_field.default
+        for config_field in dataclasses.fields(NodeConfig)
+        if config_field.default is not dataclasses.MISSING
+    }
     for setting in _SETTINGS.values():
-        help_text = f"{setting.help} [env {setting.env}]"
+        help_text = setting.help
+        if "{default}" in help_text:
+            help_text = help_text.replace("{default}", str(defaults[setting.name]))
+        help_text = f"{help_text} [env {setting.env}]"
         if setting is _LEASE_READS:
             parser.add_argument(setting.flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:

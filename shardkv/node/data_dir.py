@@ -196,7 +196,9 @@ def check_port_free(address: str) -> None:
     try:
         host, port = parse_address(address)
     except ValueError as exc:
-        raise ConfigError(f"listen address {address!r}: {exc}; fix --listen") from None
+        raise ConfigError(
+            f"listen address {address!r}: {exc}; fix --listen", setting="listen"
+        ) from None
     try:
         candidates = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE

@@ -172,7 +172,8 @@ class TransportBase:
 
     Not part of the seam: the node sees only ``Transport``. Subclasses
     implement ``send``, ``flush``, ``update_peers``, ``unreachable`` and
-    ``_close``.
+    ``_close``; ``_drop_for`` and ``_take_lost`` keep the nodes that lost
+    messages between two ``unreachable()`` calls.
     """
 
     def __init__(self, node_id: int) -> None:
@@ -182,6 +183,8 @@ class TransportBase:
         self._stats = TransportStats()
         self._handler: MessageHandler | None = None
         self._closed = False
+        # Nodes we dropped messages for since the last _take_lost().
+        self._lost: set[int] = set()
 
     @property
     def node_id(self) -> int:
@@ -206,6 +209,16 @@ class TransportBase:
         self._check_open()
         if to_node == self._node_id:
             raise ValueError(f"node {to_node} sent a message to itself through its transport")
+
+    def _drop_for(self, to_node: int, messages: int = 1) -> None:
+        """Drop ``messages`` for ``to_node``: count them, and report the node as unreachable."""
+        self._stats.messages_dropped += messages
+        self._lost.add(to_node)
+
+    def _take_lost(self) -> set[int]:
+        """The nodes ``_drop_for`` dropped messages for since the last call; resets them."""
+        lost, self._lost = self._lost, set()
+        return lost
 
     def _dispatch(self, from_node: int, group_id: int, message: Message) -> None:
         """Give one received message to the handler, counting what happens to it."""

@@ -186,8 +186,6 @@ class GrpcTransport(TransportBase):
         self._links: dict[int, _PeerLink] = {}
         # Stopped links still closing their channel; close() waits for them.
         self._retiring: set[asyncio.Task[None]] = set()
-        # Nodes sent to while they had no address, since the last unreachable().
-        self._lost_unknown: set[int] = set()
         self._inbound: set[asyncio.Task[None]] = set()
 
     @property
@@ -220,14 +218,12 @@ class GrpcTransport(TransportBase):
                 self._links[node_id] = _PeerLink(
                     self.node_id, node_id, address, self._options, self._rng, self.stats
                 )
-                self._lost_unknown.discard(node_id)
 
     def send(self, to_node: int, group_id: int, message: Message) -> None:
         self._check_send(to_node)
         link = self._links.get(to_node)
         if link is None:
-            self.stats.messages_dropped += 1
-            self._lost_unknown.add(to_node)
+            self._drop_for(to_node)
             return
         link.buffer(group_id, message)
 
@@ -237,8 +233,7 @@ class GrpcTransport(TransportBase):
             link.flush()
 
     def unreachable(self) -> frozenset[int]:
-        nodes = set(self._lost_unknown)
-        self._lost_unknown.clear()
+        nodes = self._take_lost()
         for node_id, link in self._links.items():
             if link.take_unreachable():
                 nodes.add(node_id)

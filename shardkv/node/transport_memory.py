@@ -283,7 +283,6 @@ class MemoryTransport(TransportBase):
         self._network = network
         self._peers: frozenset[int] = frozenset()
         self._pending: dict[int, list[_Packet]] = {}
-        self._lost: set[int] = set()
         network._attach(self)
 
     @property
@@ -297,8 +296,7 @@ class MemoryTransport(TransportBase):
     def send(self, to_node: int, group_id: int, message: Message) -> None:
         self._check_send(to_node)
         if to_node not in self._peers:
-            self.stats.messages_dropped += 1
-            self._lost.add(to_node)
+            self._drop_for(to_node)
             return
         packet = (self.node_id, to_node, group_id, self._network._wire_copy(message))
         self._pending.setdefault(to_node, []).append(packet)
@@ -308,16 +306,14 @@ class MemoryTransport(TransportBase):
         pending, self._pending = self._pending, {}
         for to_node, packets in pending.items():
             if not self._network.is_live(to_node):
-                self.stats.messages_dropped += len(packets)
-                self._lost.add(to_node)
+                self._drop_for(to_node, len(packets))
                 continue
             self.stats.batches_sent += self._network._carry(self.node_id, to_node, packets)
             self.stats.messages_sent += len(packets)
 
     def unreachable(self) -> frozenset[int]:
         down = {node_id for node_id in self._peers if not self._network.is_live(node_id)}
-        lost, self._lost = self._lost, set()
-        return frozenset(down | lost)
+        return frozenset(down | self._take_lost())
 
     def _receive(self, packets: list[_Packet]) -> None:
         self.stats.batches_received += 1

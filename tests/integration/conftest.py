@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,37 +30,14 @@ import grpc
 import pytest
 
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
+from tests.ports import free_ports
 
 POLL = 0.05
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 RPC_TIMEOUT = 2.0
-# Ports below Linux's ephemeral range (32768 and up), so that no outgoing
-# connection takes a node's port while the node is down for a restart.
-_PORT_RANGE = (20000, 32000)
-
 _T = TypeVar("_T")
 _Response = TypeVar("_Response", node_pb2.WriteResponse, node_pb2.ReadResponse)
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports on 127.0.0.1 that nothing listens on right now."""
-    rng = random.Random()
-    ports: list[int] = []
-    for _ in range(1000):
-        if len(ports) == count:
-            return ports
-        port = rng.randrange(*_PORT_RANGE)
-        if port in ports:
-            continue
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-    raise RuntimeError(f"found only {len(ports)} free ports of {count}")
 
 
 def wait_until(what: str, check: Callable[[], _T | None], timeout: float = READY_TIMEOUT) -> _T:

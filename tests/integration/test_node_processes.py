@@ -30,11 +30,11 @@ from tests.integration.conftest import (
     ClusterClient,
     Settings,
     clean_environment,
-    free_ports,
     node_command,
     put_command,
     wait_until,
 )
+from tests.ports import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -261,7 +261,14 @@ def test_bad_local_resources_stop_the_node_with_a_clear_message(
 
     # The data dir belongs to another cluster (the node stopped cleanly first).
     cluster.stop(1)
-    result = run_node("--cluster-id", "mine", "--data-dir", str(data_dir))
+    result = run_node(
+        "--cluster-id",
+        "mine",
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        f"127.0.0.1:{free_ports(1)[0]}",
+    )
     assert result.returncode == 2, result.stderr
     assert (
         f"data dir {data_dir} belongs to cluster other node 1, not to cluster mine node 1; "

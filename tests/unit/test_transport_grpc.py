@@ -30,6 +30,7 @@ from shardkv.raft.types import (
     Snapshot,
     SnapshotMetadata,
 )
+from tests.ports import free_ports
 
 # Fast reconnects and short connect timeouts keep the file well under 10 s.
 OPTIONS = GrpcTransportOptions(initial_backoff=0.02, max_backoff=0.2, connect_timeout=1.0)
@@ -127,14 +128,6 @@ async def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> No
     await asyncio.wait_for(poll(), timeout)
 
 
-def free_port() -> int:
-    """A port nothing listens on (bound to 0, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def varied_messages(from_node: int, to_node: int, count: int) -> Iterator[tuple[int, Message]]:
     """(group_id, message) of every shape the Raft core sends, with payloads."""
     rng = random.Random(from_node * 1000 + to_node)
@@ -192,7 +185,13 @@ def varied_messages(from_node: int, to_node: int, count: int) -> Iterator[tuple[
 
 
 async def test_is_a_transport() -> None:
-    assert isinstance(GrpcTransport(1), Transport)
+    # The annotation has mypy check every method against the protocol.
+    transport: Transport = GrpcTransport(1)
+    async with transport:
+        assert transport.node_id == 1
+        assert transport.unreachable() == frozenset()
+    with pytest.raises(TransportClosed):
+        await transport.flush()
 
 
 async def test_two_nodes_exchange_every_message_intact_and_in_order(cluster: Cluster) -> None:
@@ -300,7 +299,8 @@ async def test_a_message_larger_than_the_limit_is_refused_at_send(cluster: Clust
 
 
 async def test_a_restarted_peer_is_reconnected_and_later_messages_arrive(cluster: Cluster) -> None:
-    a, b = await cluster.start(1), await cluster.start(2)
+    # Not an ephemeral port: an outgoing connection could take it while b is down.
+    a, b = await cluster.start(1), await cluster.start(2, port=free_ports(1)[0])
     cluster.connect_all()
     a.transport.send(2, 1, Message(MessageType.HEARTBEAT, to=2, from_=1, commit=1))
     await a.transport.flush()
@@ -335,7 +335,7 @@ async def test_a_restarted_peer_is_reconnected_and_later_messages_arrive(cluster
 
 async def test_a_down_peer_does_not_block_the_others(cluster: Cluster) -> None:
     a, b = await cluster.start(1), await cluster.start(2)
-    a.transport.update_peers({2: b.address, 3: f"127.0.0.1:{free_port()}"})
+    a.transport.update_peers({2: b.address, 3: f"127.0.0.1:{free_ports(1)[0]}"})
     for number in range(100):
         heartbeat = Message(MessageType.HEARTBEAT, term=1, commit=number)
         a.transport.send(3, 1, heartbeat)
