@@ -133,6 +133,8 @@ class TransportStats:
     decode_errors: int = 0
     # Outgoing streams opened successfully (gRPC only).
     connects: int = 0
+    # Of messages_sent, those on the snapshot lane (gRPC only).
+    snapshot_messages_sent: int = 0
 
 
 @runtime_checkable

@@ -30,6 +30,16 @@ messages and one outgoing stream per peer node. What it promises:
   so a fast sender does not pay one ack write per batch. They feed
   ``stats.messages_acked``; the sender reads them also to notice promptly
   that a stream died.
+- **Snapshots out of band.** Snapshot chunks (``MessageType.SNAPSHOT``) ride a
+  second stream to the peer, on a channel (a TCP connection) of their own,
+  opened the first time a snapshot goes to that peer: megabytes of a snapshot
+  never queue in front of the heartbeats and appends of every other group
+  (TiKV sends snapshots on a separate connection for the same reason). The
+  stream says ``shardkv-lane: snapshot`` in its metadata; the receiver treats
+  both lanes alike. The two lanes are not ordered with respect to each other,
+  which Raft tolerates as it tolerates any reordering. The snapshot lane's
+  queue is short (``snapshot_queue_batches``): Raft keeps only a small window
+  of chunks in flight and resends what is lost.
 - **Per-peer sender task, bounded queue.** Each peer has a queue drained by
   its own task, so a slow or dead peer never blocks the others or the node's
   loop. The queue holds at most ``queue_batches`` batches and
@@ -58,6 +68,7 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections import deque
@@ -70,7 +81,7 @@ import grpc.aio
 
 from shardkv.node.codec import fill_message, message_from_proto
 from shardkv.node.transport import MessageTooLarge, TransportBase, TransportStats
-from shardkv.raft.types import Message
+from shardkv.raft.types import Message, MessageType
 from shardkv.v1.raft_pb2 import DESCRIPTOR, RaftBatch, RaftBatchAck
 
 __all__ = ["GrpcTransport", "GrpcTransportOptions", "server_options"]
@@ -84,6 +95,9 @@ _STREAM_PATH = f"/{_SERVICE.full_name}/{_METHOD_NAME}"
 FROM_NODE_KEY = "shardkv-from-node"
 TO_NODE_KEY = "shardkv-to-node"
 NODE_ID_KEY = "shardkv-node-id"
+LANE_KEY = "shardkv-lane"
+RAFT_LANE = "raft"
+SNAPSHOT_LANE = "snapshot"
 
 # Upper bound of what wrapping one Message into a GroupMessage inside a
 # RaftBatch adds: three tags, two length varints, the group id varint.
@@ -103,6 +117,8 @@ class GrpcTransportOptions:
     # Per-peer queue bounds; beyond either, the oldest batches are dropped.
     queue_batches: int = 1024
     queue_bytes: int = 64 * _MIB
+    # The snapshot lane's queue bound, in batches (its byte bound is queue_bytes).
+    snapshot_queue_batches: int = 16
     # Reconnect backoff: the first delay, doubling up to the cap.
     initial_backoff: float = 0.05
     max_backoff: float = 1.0
@@ -115,8 +131,10 @@ class GrpcTransportOptions:
     def __post_init__(self) -> None:
         if not 0 < self.batch_bytes <= self.max_message_bytes:
             raise ValueError("batch_bytes must be positive and at most max_message_bytes")
-        if self.queue_batches <= 0 or self.queue_bytes <= 0:
-            raise ValueError("queue_batches and queue_bytes must be positive")
+        if min(self.queue_batches, self.queue_bytes, self.snapshot_queue_batches) <= 0:
+            raise ValueError(
+                "queue_batches, queue_bytes and snapshot_queue_batches must be positive"
+            )
         if not 0 < self.initial_backoff <= self.max_backoff:
             raise ValueError("backoffs must satisfy 0 < initial_backoff <= max_backoff")
         if self.connect_timeout <= 0 or self.keepalive_time <= 0 or self.keepalive_timeout <= 0:
@@ -184,6 +202,12 @@ class GrpcTransport(TransportBase):
         self._options = options or GrpcTransportOptions()
         self._rng = rng or random.Random()
         self._links: dict[int, _PeerLink] = {}
+        # The snapshot lane: a second link to a peer, made when a snapshot first goes there.
+        self._snapshot_links: dict[int, _PeerLink] = {}
+        self._snapshot_options = dataclasses.replace(
+            self._options, queue_batches=self._options.snapshot_queue_batches
+        )
+        self._addresses: dict[int, str] = {}
         # Stopped links still closing their channel; close() waits for them.
         self._retiring: set[asyncio.Task[None]] = set()
         self._inbound: set[asyncio.Task[None]] = set()
@@ -208,16 +232,22 @@ class GrpcTransport(TransportBase):
     def update_peers(self, peers: Mapping[int, str]) -> None:
         """Replace the peer map; a new or changed address gets a fresh stream."""
         self._check_open()
-        for node_id in list(self._links):
-            link = self._links[node_id]
-            if peers.get(node_id) != link.address:
-                del self._links[node_id]
-                self._retire(link)
-        for node_id, address in peers.items():
-            if node_id != self.node_id and node_id not in self._links:
-                self._links[node_id] = _PeerLink(
-                    self.node_id, node_id, address, self._options, self._rng, self.stats
-                )
+        self._addresses = {
+            node_id: address for node_id, address in peers.items() if node_id != self.node_id
+        }
+        for links in (self._links, self._snapshot_links):
+            for node_id in list(links):
+                link = links[node_id]
+                if self._addresses.get(node_id) != link.address:
+                    del links[node_id]
+                    self._retire(link)
+        for node_id, address in self._addresses.items():
+            if node_id not in self._links:
+                self._links[node_id] = self._new_link(node_id, address, RAFT_LANE)
+
+    def _new_link(self, node_id: int, address: str, lane: str) -> _PeerLink:
+        options = self._snapshot_options if lane == SNAPSHOT_LANE else self._options
+        return _PeerLink(self.node_id, node_id, address, lane, options, self._rng, self.stats)
 
     def send(self, to_node: int, group_id: int, message: Message) -> None:
         self._check_send(to_node)
@@ -225,11 +255,20 @@ class GrpcTransport(TransportBase):
         if link is None:
             self._drop_for(to_node)
             return
+        if message.type == MessageType.SNAPSHOT:
+            link = self._snapshot_links.get(to_node) or self._open_snapshot_lane(to_node)
         link.buffer(group_id, message)
+
+    def _open_snapshot_lane(self, to_node: int) -> _PeerLink:
+        link = self._new_link(to_node, self._addresses[to_node], SNAPSHOT_LANE)
+        self._snapshot_links[to_node] = link
+        return link
 
     async def flush(self) -> None:
         self._check_open()
         for link in self._links.values():
+            link.flush()
+        for link in self._snapshot_links.values():
             link.flush()
 
     def unreachable(self) -> frozenset[int]:
@@ -237,12 +276,18 @@ class GrpcTransport(TransportBase):
         for node_id, link in self._links.items():
             if link.take_unreachable():
                 nodes.add(node_id)
+        # A snapshot lane that is only connecting has lost nothing yet: only
+        # what it dropped counts, or a first snapshot would stall the peer's appends.
+        for node_id, link in self._snapshot_links.items():
+            if link.take_lost():
+                nodes.add(node_id)
         return frozenset(nodes)
 
     async def _close(self) -> None:
-        for link in self._links.values():
-            self._retire(link)
-        self._links.clear()
+        for links in (self._links, self._snapshot_links):
+            for link in links.values():
+                self._retire(link)
+            links.clear()
         for task in self._inbound:
             task.cancel()
         await asyncio.gather(*self._retiring, *self._inbound, return_exceptions=True)
@@ -265,12 +310,13 @@ class GrpcTransport(TransportBase):
             )
         from_node = await self._check_caller(context)
         await context.send_initial_metadata(((NODE_ID_KEY, str(self.node_id)),))
+        lane = _metadata(context).get(LANE_KEY, RAFT_LANE)
         # The reading runs in a task of our own so that close() can end it by
         # cancelling: cancelling the servicer's task instead would leave the
         # call open (grpc.aio takes that for a cancellation by the client).
         # Returning from here then ends the stream with OK.
         reading = asyncio.create_task(
-            self._read_stream(from_node, requests, context), name=f"raft-from-{from_node}"
+            self._read_stream(from_node, requests, context), name=f"{lane}-from-{from_node}"
         )
         self._inbound.add(reading)
         reading.add_done_callback(self._inbound.discard)
@@ -299,7 +345,7 @@ class GrpcTransport(TransportBase):
         self, context: grpc.aio.ServicerContext[RaftBatch, RaftBatchAck]
     ) -> int:
         """The sender's node id from the stream's metadata; aborts the stream if it is wrong."""
-        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        metadata = _metadata(context)
         from_value = metadata.get(FROM_NODE_KEY)
         to_value = metadata.get(TO_NODE_KEY)
         if not isinstance(from_value, str) or not from_value.isdigit() or int(from_value) <= 0:
@@ -331,6 +377,10 @@ class GrpcTransport(TransportBase):
                 )
                 continue
             self._dispatch(from_node, group_message.group_id, message)
+
+
+def _metadata(context: grpc.aio.ServicerContext[RaftBatch, RaftBatchAck]) -> dict[str, object]:
+    return {key: value for key, value in context.invocation_metadata() or ()}
 
 
 class _AckWriter:
@@ -386,7 +436,7 @@ class _ConnectFailed(Exception):
 
 
 class _PeerLink:
-    """One peer node: its channel, its outgoing stream, and the queue its task drains.
+    """One lane to a peer node: its channel, its outgoing stream, and the queue its task drains.
 
     States: ``connecting`` (flushes queue up), ``up`` (the task writes the
     queue), ``down`` (backing off: flushes are dropped).
@@ -401,6 +451,7 @@ class _PeerLink:
         node_id: int,
         peer_id: int,
         address: str,
+        lane: str,
         options: GrpcTransportOptions,
         rng: random.Random,
         stats: TransportStats,
@@ -408,6 +459,7 @@ class _PeerLink:
         self.node_id = node_id
         self.peer_id = peer_id
         self.address = address
+        self.lane = lane
         self._options = options
         self._rng = rng
         self._stats = stats
@@ -430,7 +482,7 @@ class _PeerLink:
                 response_deserializer=RaftBatchAck.FromString,
             )
         )
-        self._task = asyncio.create_task(self._run(), name=f"raft-transport-to-{peer_id}")
+        self._task = asyncio.create_task(self._run(), name=f"{lane}-transport-to-{peer_id}")
 
     # -- called by the transport, on the node's loop --------------------------------
 
@@ -483,6 +535,11 @@ class _PeerLink:
         unreachable = self._lost or self._state != "up"
         self._lost = False
         return unreachable
+
+    def take_lost(self) -> bool:
+        """Whether messages were dropped since the last call; resets the mark."""
+        lost, self._lost = self._lost, False
+        return lost
 
     def stop(self) -> asyncio.Task[None]:
         self._drop(sum(batch.messages for batch in self._pending))
@@ -537,8 +594,9 @@ class _PeerLink:
                     attempt += 1
                     log = _log.warning if attempt == 1 else _log.debug
                     log(
-                        "node %d: cannot open a stream to node %d at %s (%s); retrying",
+                        "node %d: cannot open a %s stream to node %d at %s (%s); retrying",
                         self.node_id,
+                        self.lane,
                         self.peer_id,
                         self.address,
                         exc,
@@ -549,7 +607,9 @@ class _PeerLink:
                 self._state = "up"
                 self._stats.connects += 1
                 opened_at = loop.time()
-                _log.info("node %d: stream to node %d is up", self.node_id, self.peer_id)
+                _log.info(
+                    "node %d: %s stream to node %d is up", self.node_id, self.lane, self.peer_id
+                )
                 try:
                     reason = await self._pump(call)
                 except Exception as exc:  # a bug here must not end this peer's sender for good
@@ -561,7 +621,11 @@ class _PeerLink:
                 if self._stopping:
                     break
                 _log.warning(
-                    "node %d: stream to node %d broke (%s)", self.node_id, self.peer_id, reason
+                    "node %d: %s stream to node %d broke (%s)",
+                    self.node_id,
+                    self.lane,
+                    self.peer_id,
+                    reason,
                 )
                 if loop.time() - opened_at >= self._options.max_backoff:
                     attempt = 0
@@ -575,7 +639,11 @@ class _PeerLink:
     async def _open(self) -> grpc.aio.StreamStreamCall[bytes, RaftBatchAck]:
         call = self._stream(
             None,
-            metadata=((FROM_NODE_KEY, str(self.node_id)), (TO_NODE_KEY, str(self.peer_id))),
+            metadata=(
+                (FROM_NODE_KEY, str(self.node_id)),
+                (TO_NODE_KEY, str(self.peer_id)),
+                (LANE_KEY, self.lane),
+            ),
             wait_for_ready=False,
         )
         try:
@@ -620,6 +688,8 @@ class _PeerLink:
                     return _describe(exc)
                 self._stats.batches_sent += 1
                 self._stats.messages_sent += chunk.messages
+                if self.lane == SNAPSHOT_LANE:
+                    self._stats.snapshot_messages_sent += chunk.messages
             return reader.result()
         finally:
             reader.cancel()

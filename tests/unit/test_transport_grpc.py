@@ -181,6 +181,14 @@ def varied_messages(from_node: int, to_node: int, count: int) -> Iterator[tuple[
         yield group_id, message
 
 
+def lanes(
+    messages: list[tuple[int, Message]],
+) -> tuple[list[tuple[int, Message]], list[tuple[int, Message]]]:
+    """(group_id, message) pairs split by lane: order is kept within each, not across."""
+    snapshots = [pair for pair in messages if pair[1].type == MessageType.SNAPSHOT]
+    return [pair for pair in messages if pair[1].type != MessageType.SNAPSHOT], snapshots
+
+
 # Delivery
 
 
@@ -207,8 +215,10 @@ async def test_two_nodes_exchange_every_message_intact_and_in_order(cluster: Clu
     await b.transport.flush()
     await b.inbox.wait_for(len(to_b))
     await a.inbox.wait_for(len(to_a))
-    assert b.inbox.received == [(1, group_id, message) for group_id, message in to_b]
-    assert a.inbox.received == [(2, group_id, message) for group_id, message in to_a]
+    assert lanes([(group, m) for _, group, m in b.inbox.received]) == lanes(to_b)
+    assert lanes([(group, m) for _, group, m in a.inbox.received]) == lanes(to_a)
+    snapshots = sum(message.type == MessageType.SNAPSHOT for _, message in to_b)
+    assert snapshots and a.transport.stats.snapshot_messages_sent == snapshots
     await eventually(lambda: a.transport.stats.messages_acked == len(to_b))
     assert b.transport.stats.decode_errors == b.transport.stats.handler_errors == 0
 
@@ -237,7 +247,7 @@ async def test_three_nodes_each_sending_to_both_others(cluster: Cluster) -> None
                     for origin, group, message in node.inbox.received
                     if origin == sender.node_id
                 ]
-                assert got == sent[(sender.node_id, node.node_id)]
+                assert lanes(got) == lanes(sent[(sender.node_id, node.node_id)])
 
 
 # Batching
@@ -293,6 +303,69 @@ async def test_a_message_larger_than_the_limit_is_refused_at_send(cluster: Clust
     assert b.inbox.messages() == [fits, fits]
     await eventually(lambda: a.transport.stats.messages_sent == 2)
     assert a.transport.stats.batches_sent == 2
+
+
+async def test_snapshots_ride_their_own_stream_and_do_not_hold_back_heartbeats(
+    cluster: Cluster,
+) -> None:
+    a, b = await cluster.start(1), await cluster.start(2)
+    cluster.connect_all()
+    metadata = SnapshotMetadata(100, 3, ConfState((1, 2, 3), ()))
+
+    def snapshot_chunk(offset: int, data: bytes) -> Message:
+        return Message(
+            MessageType.SNAPSHOT,
+            to=2,
+            from_=1,
+            term=3,
+            snapshot=Snapshot(metadata, data),
+            snapshot_offset=offset,
+        )
+
+    heartbeat = Message(MessageType.HEARTBEAT, to=2, from_=1, term=3, commit=7)
+    # Both lanes up first.
+    a.transport.send(2, 1, snapshot_chunk(0, b"first"))
+    a.transport.send(2, 5, heartbeat)
+    await a.transport.flush()
+    await b.inbox.wait_for(2)
+    assert a.transport.stats.connects == 2
+    # 16 MiB of snapshot, then a heartbeat: it does not queue behind them.
+    chunk = b"s" * (1 << 20)
+    for number in range(16):
+        a.transport.send(2, number % 3, snapshot_chunk(number * len(chunk), chunk))
+    await a.transport.flush()
+    a.transport.send(2, 5, heartbeat)
+    await a.transport.flush()
+    await b.inbox.wait_for(2 + 17)
+    later = [m for _, _, m in b.inbox.received[2:]]
+    offsets = [m.snapshot_offset for m in later if m.type == MessageType.SNAPSHOT]
+    assert offsets == [number * len(chunk) for number in range(16)]
+    assert later.index(heartbeat) < len(later) - 1, "the heartbeat overtook the snapshot"
+    await eventually(lambda: a.transport.stats.snapshot_messages_sent == 17)
+    assert a.transport.stats.messages_dropped == 0
+    assert a.transport.unreachable() == frozenset()
+
+
+async def test_a_snapshot_to_a_down_peer_is_dropped_and_reported(cluster: Cluster) -> None:
+    a = await cluster.start(1)
+    (port,) = free_ports(1)
+    a.transport.update_peers({1: a.address, 2: f"127.0.0.1:{port}"})
+    snapshot = Snapshot(SnapshotMetadata(5, 1, ConfState((1, 2), ())), b"image")
+    message = Message(MessageType.SNAPSHOT, to=2, from_=1, term=1, snapshot=snapshot)
+
+    async def lost() -> bool:
+        a.transport.send(2, 1, message)
+        await a.transport.flush()
+        await asyncio.sleep(0.05)
+        return 2 in a.transport.unreachable()
+
+    async def until_lost() -> None:
+        while not await lost():
+            pass
+
+    await asyncio.wait_for(until_lost(), WAIT)
+    assert a.transport.stats.messages_dropped >= 1
+    assert a.transport.stats.snapshot_messages_sent == 0
 
 
 # Failures
