@@ -523,6 +523,14 @@ _SNAPSHOT_INTERVAL_ENTRIES = _Setting(
     _int_text,
     _int_toml,
 )
+_SNAPSHOT_INTERVAL_MB = _Setting(
+    "snapshot_interval_mb",
+    "MB",
+    "MiB of applied entry data between snapshots of a group, whichever of this and "
+    "the entry count comes first (default: {default})",
+    _int_text,
+    _int_toml,
+)
 _LEASE_READS = _Setting(
     "lease_reads",
     "",
@@ -554,6 +562,7 @@ _SETTINGS: dict[str, _Setting[Any]] = {
         _ELECTION_TICKS,
         _HEARTBEAT_TICKS,
         _SNAPSHOT_INTERVAL_ENTRIES,
+        _SNAPSHOT_INTERVAL_MB,
         _LEASE_READS,
         _LOG_LEVEL,
     )
@@ -594,6 +603,7 @@ class NodeConfig:
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     snapshot_interval_entries: int = 10_000
+    snapshot_interval_mb: int = 64
     lease_reads: bool = False
     log_level: str = "INFO"
     # Where each setting came from; a setting missing here was a constructor
@@ -622,7 +632,13 @@ class NodeConfig:
         return _error(setting, getattr(self, setting), self.origin(setting), problem, fix)
 
     def _check_scalars(self) -> None:
-        positive = ("node_id", "tick_interval_ms", "heartbeat_ticks", "snapshot_interval_entries")
+        positive = (
+            "node_id",
+            "tick_interval_ms",
+            "heartbeat_ticks",
+            "snapshot_interval_entries",
+            "snapshot_interval_mb",
+        )
         for setting in positive:
             if getattr(self, setting) <= 0:
                 raise self._invalid(setting, "must be a positive whole number")

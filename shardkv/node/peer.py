@@ -55,9 +55,12 @@ class PeerOptions:
     max_size_per_msg: int = 1 << 20
     max_inflight: int = 256
     snapshot_chunk_size: int = 1 << 20
-    # Take a snapshot once this many entries were applied since the last one,
-    # and keep this many entries behind it for followers only a little behind.
+    # Take a snapshot once this many entries, or this many bytes of entry
+    # data, were applied since the last one (whichever comes first; TiKV's
+    # raft_log_gc count and size limits), and keep compaction_lag entries
+    # behind it for followers only a little behind.
     snapshot_interval: int = 10_000
+    snapshot_log_bytes: int = 64 << 20
     compaction_lag: int = 1_000
 
 
@@ -109,6 +112,9 @@ class Peer:
             self.storage,
         )
         self.role = Role.FOLLOWER
+        # Entry bytes applied since the last snapshot. It starts from zero on
+        # a restart: the size trigger may then fire later, never sooner.
+        self.log_bytes = 0
         self._proposals: dict[int, _PendingProposal] = {}
         self._reads: dict[bytes, _PendingRead] = {}
         self._read_ids = itertools.count(1)
@@ -173,9 +179,13 @@ class Peer:
         requires it); it rides the round's synced batch.
         """
         snapshot_index = self.storage.snapshot_metadata().index
-        if self.applied - snapshot_index < self.options.snapshot_interval:
+        if self.applied == snapshot_index or (
+            self.applied - snapshot_index < self.options.snapshot_interval
+            and self.log_bytes < self.options.snapshot_log_bytes
+        ):
             return
         self.storage.stage_create_snapshot(raft_batch, self.applied, self.conf_state)
+        self.log_bytes = 0
         compact_to = self.applied - self.options.compaction_lag
         if compact_to >= self.storage.first_index():
             self.storage.stage_compact(raft_batch, compact_to)
@@ -186,6 +196,7 @@ class Peer:
             self.machine = KeyValueStateMachine(self._engine, self.group_id)
             self.applied = ready.snapshot.metadata.index
             self.conf_state = ready.snapshot.metadata.conf_state
+            self.log_bytes = 0
         for entry in ready.committed_entries:
             result: kv_pb2.CommandResult | None = None
             if entry.type == EntryType.CONF_CHANGE:
@@ -195,6 +206,7 @@ class Peer:
                 result = self.machine.apply(apply_batch, command)
             self._settled.append((entry.index, entry.term, result))
             self.applied = entry.index
+            self.log_bytes += len(entry.data)
         if ready.committed_entries:
             self.storage.stage_applied(apply_batch, self.applied, self.conf_state)
         for read_state in ready.read_states:

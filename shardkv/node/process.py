@@ -88,6 +88,7 @@ def peer_options(config: NodeConfig) -> PeerOptions:
         heartbeat_ticks=config.heartbeat_ticks,
         lease_reads=config.lease_reads,
         snapshot_interval=config.snapshot_interval_entries,
+        snapshot_log_bytes=config.snapshot_interval_mb << 20,
         compaction_lag=min(_MAX_COMPACTION_LAG, config.snapshot_interval_entries),
     )
 

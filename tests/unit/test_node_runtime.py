@@ -291,3 +291,36 @@ async def test_a_proposal_a_snapshot_covers_settles_as_unknown() -> None:
     assert stranded.done()
     assert isinstance(stranded.exception(), (OutcomeUnknown, ProposalFailed))
     assert old.storage.snapshot_metadata().index > 1, "it caught up by a snapshot"
+
+
+async def test_the_log_is_compacted_by_size_before_the_entry_count_is_reached() -> None:
+    by_size = PeerOptions(
+        election_ticks=10,
+        heartbeat_ticks=1,
+        snapshot_interval=1_000_000,
+        snapshot_log_bytes=4096,
+        compaction_lag=0,
+    )
+    cluster = LocalCluster(MemoryNetwork(), options=by_size)
+    await start_all(cluster)
+    leaders = await cluster.elect_all()
+    leader = leaders[1]
+    runtime = cluster.nodes[leader.node_id].runtime
+    value = b"v" * 1000
+    for seq in range(1, 4):
+        await cluster.settle(runtime.propose(1, put(b"k%d" % seq, value, 7, seq)))
+    # About 3 KiB of commands applied: not yet 4096 bytes of entry data.
+    assert leader.storage.snapshot_metadata().index == 1
+    for seq in range(4, 9):
+        await cluster.settle(runtime.propose(1, put(b"k%d" % seq, value, 7, seq)))
+    await cluster.step(2)
+    snapshot_index = leader.storage.snapshot_metadata().index
+    assert snapshot_index > 1, "8 KiB applied: a snapshot by size"
+    assert leader.storage.first_index() == snapshot_index + 1
+    assert leader.log_bytes < 4096
+    # A small group of small writes is not snapshotted by size.
+    small = leaders[2]
+    small_runtime = cluster.nodes[small.node_id].runtime
+    for seq in range(1, 20):
+        await cluster.settle(small_runtime.propose(2, put(b"s", b"x", 8, seq)))
+    assert small.storage.snapshot_metadata().index == 1
