@@ -21,7 +21,10 @@ What it promises:
    ``seq`` is above the session's last; a retry of the last one gets the
    recorded result back without writing; an older one is ``STALE`` and
    writes nothing (the client gave up on it long ago).
-4. Reads (``get``, ``scan``) see what the engine holds, i.e. the last applied
+4. ``key_count`` is the number of keys the group holds, kept as a counter
+   in ``meta`` beside the revision (so a status call does not scan the
+   group, and a snapshot carries it).
+5. Reads (``get``, ``scan``) see what the engine holds, i.e. the last applied
    round; the node serves them once applied covers the read's index.
 
 Commands are validated (key and value sizes, see ``shardkv.limits``) before
@@ -92,6 +95,12 @@ class KeyValueStateMachine:
         self._overlay_batch: Batch | None = None
         stored = engine.get(ColumnFamily.META, keys.revision_key(group_id))
         self.revision = _COUNTER.unpack(stored)[0] if stored is not None else 0
+        stored = engine.get(ColumnFamily.META, keys.key_count_key(group_id))
+        if stored is not None:
+            self.key_count: int = _COUNTER.unpack(stored)[0]
+        else:
+            # A group that never wrote has no counter: count what is there (nothing).
+            self.key_count = sum(1 for _ in self.scan())
 
     # -- applying ----------------------------------------------------------------
 
@@ -110,6 +119,7 @@ class KeyValueStateMachine:
         result = kv_pb2.CommandResult()
         revision = self.revision + 1
         wrote = False
+        key_count = self.key_count
         for operation in command.operations:
             outcome, written = self._apply_operation(batch, operation, revision)
             result.results.append(outcome)
@@ -118,6 +128,13 @@ class KeyValueStateMachine:
             self.revision = revision
             self._write(
                 batch, ColumnFamily.META, keys.revision_key(self.group_id), _COUNTER.pack(revision)
+            )
+        if self.key_count != key_count:
+            self._write(
+                batch,
+                ColumnFamily.META,
+                keys.key_count_key(self.group_id),
+                _COUNTER.pack(self.key_count),
             )
         result.revision = self.revision
         if session_key:
@@ -144,6 +161,7 @@ class KeyValueStateMachine:
             if previous is None:
                 return _result(False, key, None), False
             self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), None)
+            self.key_count -= 1
             return _result(True, key, previous), True
         if kind == "compare_and_set":
             cas = operation.compare_and_set
@@ -161,6 +179,7 @@ class KeyValueStateMachine:
     ) -> None:
         if previous is None:
             record = Record(value, version=1, create_revision=revision, mod_revision=revision)
+            self.key_count += 1
         else:
             record = Record(value, previous.version + 1, previous.create_revision, revision)
         self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), record.encode())

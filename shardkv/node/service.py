@@ -186,9 +186,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
                     applied=peer.applied,
                     first_index=status.first_index,
                     last_index=status.last_index,
-                    # A full count of the group's keys: fine for a status
-                    # call, not for a hot path.
-                    key_count=sum(1 for _ in peer.machine.scan()),
+                    key_count=peer.machine.key_count,
                     voters=list(status.conf_state.voters),
                     learners=list(status.conf_state.learners),
                 )

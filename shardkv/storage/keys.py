@@ -40,6 +40,7 @@ __all__ = [
     "group_prefix",
     "group_range",
     "hard_state_key",
+    "key_count_key",
     "log_start_key",
     "prefix_end",
     "revision_key",
@@ -63,6 +64,7 @@ _RAFT_LOG_START = 0x04
 _META_APPLIED_STATE = 0x01
 _META_REVISION = 0x02
 _META_SESSION = 0x03
+_META_KEY_COUNT = 0x04
 
 
 def group_prefix(group_id: int) -> bytes:
@@ -142,6 +144,10 @@ def state_machine_meta_range(group_id: int) -> tuple[bytes, bytes | None]:
 
 def revision_key(group_id: int) -> bytes:
     return group_prefix(group_id) + bytes((_META_REVISION,))
+
+
+def key_count_key(group_id: int) -> bytes:
+    return group_prefix(group_id) + bytes((_META_KEY_COUNT,))
 
 
 def session_key(group_id: int, client_id: int) -> bytes:

@@ -149,6 +149,30 @@ def test_sessions_and_revision_survive_a_restart(tmp_path: Path) -> None:
         assert retried.revision == 1
 
 
+def test_key_count_follows_creates_and_deletes_and_survives_a_restart(tmp_path: Path) -> None:
+    with Engine(tmp_path / "db") as engine:
+        machine = KeyValueStateMachine(engine, group_id=2)
+        assert machine.key_count == 0
+        apply(
+            engine,
+            machine,
+            command(put(b"a", b"1"), put(b"b", b"1"), put(b"a", b"2")),
+            command(cas(b"c", None, b"1"), cas(b"d", b"absent", b"1")),
+            command(delete(b"b"), delete(b"nothing")),
+            # A retry of an applied command changes nothing, the count included.
+            command(put(b"e", b"1"), client_id=4, seq=1),
+            command(put(b"e", b"1"), client_id=4, seq=1),
+        )
+        assert machine.key_count == 3 == len(list(machine.scan()))
+        other = KeyValueStateMachine(engine, group_id=3)
+        assert other.key_count == 0, "counts are per group"
+    with Engine(tmp_path / "db") as engine:
+        machine = KeyValueStateMachine(engine, group_id=2)
+        assert machine.key_count == 3
+        apply(engine, machine, command(delete(b"a"), delete(b"c"), delete(b"e")))
+        assert machine.key_count == 0
+
+
 def test_scan_by_prefix_range_and_limit_stays_in_its_group(engine: StorageEngine) -> None:
     left = KeyValueStateMachine(engine, group_id=1)
     right = KeyValueStateMachine(engine, group_id=2)

@@ -185,6 +185,8 @@ def test_an_installed_image_answers_as_its_source(engines: Engines) -> None:
     assert state_machine(target, GROUP) == state_machine(source, GROUP)
     assert raw_group(target, GROUP)[2] == [], "the applied state is not part of the image"
     assert_answers_alike(source, target)
+    counted = KeyValueStateMachine(target, GROUP)
+    assert counted.key_count == KeyValueStateMachine(source, GROUP).key_count > 0
 
 
 def test_install_replaces_other_content_and_spares_other_groups_and_applied_state(
@@ -256,7 +258,7 @@ def test_the_image_is_the_documented_encoding_and_deterministic(engines: Engines
             count += 1
     body += struct.pack(">Q", count)
     assert image == body + struct.pack(">I", zlib.crc32(body))
-    assert count == 5 + 1 + 3, "five keys, the revision, three sessions"
+    assert count == 5 + 1 + 3 + 1, "five keys, the revision, three sessions, the key count"
 
 
 def write_late(engine: StorageEngine, scans: int) -> None:
