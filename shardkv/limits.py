@@ -38,6 +38,15 @@ def _check_value(value: bytes) -> None:
 
 
 def check_command(command: kv_pb2.Command) -> None:
+    if command.client_id and command.acked_seq >= command.seq:
+        raise InvalidArgument(
+            f"acked_seq {command.acked_seq} is not below seq {command.seq}: a command "
+            "cannot be among its client's finished ones"
+        )
+    if command.HasField("ring"):
+        if command.operations:
+            raise InvalidArgument("a ring command carries no operations")
+        return
     if not command.operations:
         raise InvalidArgument("the command has no operations")
     if len(command.operations) > MAX_OPERATIONS:

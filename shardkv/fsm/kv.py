@@ -17,22 +17,37 @@ What it promises:
    creation and last write. The group revision rises by one for each
    command that writes. A delete removes the key; recreating it starts at
    version 1 again.
-3. Exactly once: a command with ``client_id`` != 0 is applied only if its
-   ``seq`` is above the session's last; a retry of the last one gets the
-   recorded result back without writing; an older one is ``STALE`` and
-   writes nothing (the client gave up on it long ago).
+3. Exactly once, with many commands of a client in flight (RIFL's
+   scheme): the group records the result of every command with a
+   ``client_id`` under (client_id, seq) and answers a retry from it without
+   writing. The client says with each command which seqs it will never retry
+   (``acked_seq``); the session's floor rises to it and the results at or
+   below are deleted. A command at or below the floor is answered ``stale``
+   and does nothing (its outcome is no longer known). The floor also rises
+   to ``seq - RESULT_WINDOW``, so a client that never acks keeps at most
+   that many results.
 4. ``key_count`` is the number of keys the group holds, kept as a counter
    in ``meta`` beside the revision (so a status call does not scan the
    group, and a snapshot carries it).
-5. Reads (``get``, ``scan``) see what the engine holds, i.e. the last applied
+5. Ownership: once the group has applied a ring (a ``Command`` carrying
+   ``ring``, proposed by its node; rings only move forward by epoch), a
+   command with a key the ring gives another group is refused whole with
+   ``wrong_group`` (the group, its epoch, the key) and writes nothing.
+   Before any ring (epoch 0) every key is accepted: the node applies the
+   cluster's first ring as soon as it leads the group, and a router routes
+   only with a ring, so nothing reaches a group it would not own.
+6. Put results carry the previous key's metadata but not its value (a
+   large value is not copied into every result); delete and
+   compare-and-set results carry the previous value too.
+7. Reads (``get``, ``scan``) see what the engine holds, i.e. the last applied
    round; the node serves them once applied covers the read's index.
 
 Commands are validated (key and value sizes, see ``shardkv.limits``) before
 they are proposed; ``apply`` trusts what committed.
 
-TODO: sessions never expire, so the dedup table grows with the number of
-clients ever seen. Safe for now (one small record per client); expiry by
-the leader's clock through the log comes with leases.
+TODO: sessions never expire, so the dedup table keeps one floor record per
+client ever seen (their results go as they are acked). Expiry by the
+leader's clock through the log comes with leases.
 """
 
 from __future__ import annotations
@@ -41,14 +56,20 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from shardkv.ring import KeyRing, build_ring
 from shardkv.storage import keys
 from shardkv.storage.engine import Batch, ColumnFamily, StorageEngine
-from shardkv.v1 import kv_pb2
+from shardkv.v1 import cluster_pb2, kv_pb2
 
-__all__ = ["STALE", "KeyValueStateMachine", "Record"]
+__all__ = ["RESULT_WINDOW", "STALE", "KeyValueStateMachine", "Record"]
 
-# The answer to a command older than its client's latest applied one.
-STALE = kv_pb2.CommandResult()
+# The answer to a command at or below its client's acked floor.
+STALE = kv_pb2.CommandResult(stale=True)
+# Results a client that never acks keeps per group.
+RESULT_WINDOW = 100_000
+# Above this many seqs to forget at once, one range delete instead of point deletes.
+_POINT_DELETES = 256
+_MAX_SEQ = (1 << 64) - 1
 
 _RECORD = struct.Struct(">BQQQ")
 _RECORD_FORMAT = 1
@@ -95,6 +116,9 @@ class KeyValueStateMachine:
         self._overlay_batch: Batch | None = None
         stored = engine.get(ColumnFamily.META, keys.revision_key(group_id))
         self.revision = _COUNTER.unpack(stored)[0] if stored is not None else 0
+        stored = engine.get(ColumnFamily.META, keys.ring_key(group_id))
+        self.ring: KeyRing | None = None
+        self._set_ring(cluster_pb2.Ring.FromString(stored) if stored is not None else None)
         stored = engine.get(ColumnFamily.META, keys.key_count_key(group_id))
         if stored is not None:
             self.key_count: int = _COUNTER.unpack(stored)[0]
@@ -106,16 +130,46 @@ class KeyValueStateMachine:
 
     def apply(self, batch: Batch, command: kv_pb2.Command) -> kv_pb2.CommandResult:
         self._track(batch)
-        session_key = b""
-        if command.client_id:
-            session_key = keys.session_key(self.group_id, command.client_id)
-            session = self._read(ColumnFamily.META, session_key)
-            if session is not None:
-                last_seq = _COUNTER.unpack_from(session)[0]
-                if command.seq == last_seq:
-                    return kv_pb2.CommandResult.FromString(session[_COUNTER.size :])
-                if command.seq < last_seq:
-                    return STALE
+        if command.HasField("ring"):
+            return self._apply_ring(batch, command.ring)
+        if not command.client_id:
+            return self._execute(batch, command)
+        client_id, seq = command.client_id, command.seq
+        floor_key = keys.session_key(self.group_id, client_id)
+        stored = self._read(ColumnFamily.META, floor_key)
+        floor = _COUNTER.unpack(stored)[0] if stored is not None else 0
+        if seq <= floor:
+            return STALE
+        result_key = keys.result_key(self.group_id, client_id, seq)
+        recorded = self._read(ColumnFamily.META, result_key)
+        if recorded is not None:
+            return kv_pb2.CommandResult.FromString(recorded)
+        result = self._execute(batch, command)
+        self._write(batch, ColumnFamily.META, result_key, result.SerializeToString())
+        new_floor = max(floor, min(command.acked_seq, seq - 1), seq - RESULT_WINDOW)
+        if new_floor > floor:
+            self._forget(batch, client_id, floor, new_floor)
+            self._write(batch, ColumnFamily.META, floor_key, _COUNTER.pack(new_floor))
+        return result
+
+    def _forget(self, batch: Batch, client_id: int, floor: int, new_floor: int) -> None:
+        """Delete the client's results for seqs in ``(floor, new_floor]``."""
+        if new_floor - floor <= _POINT_DELETES:
+            for old_seq in range(floor + 1, new_floor + 1):
+                key = keys.result_key(self.group_id, client_id, old_seq)
+                self._write(batch, ColumnFamily.META, key, None)
+            return
+        low, high = keys.result_range(
+            self.group_id, client_id, floor + 1, min(new_floor + 1, _MAX_SEQ)
+        )
+        batch.delete_range(ColumnFamily.META, low, high)
+        # Staged results of the range are unreachable now: seqs at or below
+        # the floor are answered stale before any result is looked up.
+
+    def _execute(self, batch: Batch, command: kv_pb2.Command) -> kv_pb2.CommandResult:
+        wrong_group = self._wrong_group(command)
+        if wrong_group is not None:
+            return kv_pb2.CommandResult(wrong_group=wrong_group, revision=self.revision)
         result = kv_pb2.CommandResult()
         revision = self.revision + 1
         wrote = False
@@ -137,14 +191,43 @@ class KeyValueStateMachine:
                 _COUNTER.pack(self.key_count),
             )
         result.revision = self.revision
-        if session_key:
-            self._write(
-                batch,
-                ColumnFamily.META,
-                session_key,
-                _COUNTER.pack(command.seq) + result.SerializeToString(),
-            )
         return result
+
+    # -- ownership -----------------------------------------------------------------------
+
+    def _apply_ring(self, batch: Batch, ring: cluster_pb2.Ring) -> kv_pb2.CommandResult:
+        if ring.epoch > self.epoch:
+            self._write(
+                batch, ColumnFamily.META, keys.ring_key(self.group_id), ring.SerializeToString()
+            )
+            self._set_ring(ring)
+        return kv_pb2.CommandResult(revision=self.revision)
+
+    def _set_ring(self, ring: cluster_pb2.Ring | None) -> None:
+        self.ring = build_ring(ring) if ring is not None else None
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the ring the group applied; 0 before any."""
+        return self.ring.epoch if self.ring is not None else 0
+
+    def wrong_group(self, key: bytes) -> kv_pb2.WrongGroup | None:
+        """Why ``key`` is not this group's in its applied ring, or None if it is."""
+        ring = self.ring
+        if ring is None or (ring.groups and ring.group_for(key) == self.group_id):
+            return None
+        return kv_pb2.WrongGroup(group_id=self.group_id, epoch=ring.epoch, key=key)
+
+    def _wrong_group(self, command: kv_pb2.Command) -> kv_pb2.WrongGroup | None:
+        if self.ring is None:
+            return None
+        for operation in command.operations:
+            kind = operation.WhichOneof("kind")
+            if kind is not None:
+                refused = self.wrong_group(getattr(operation, kind).key)
+                if refused is not None:
+                    return refused
+        return None
 
     def _apply_operation(
         self, batch: Batch, operation: kv_pb2.Operation, revision: int
@@ -154,7 +237,10 @@ class KeyValueStateMachine:
             key, value = operation.put.key, operation.put.value
             previous = self._get_staged(key)
             self._store(batch, key, previous, value, revision)
-            return _result(True, key, previous), True
+            outcome = _result(True, key, previous)
+            if previous is not None:
+                outcome.previous.value = b""  # metadata only: see the docstring
+            return outcome, True
         if kind == "delete":
             key = operation.delete.key
             previous = self._get_staged(key)

@@ -11,7 +11,10 @@ order is numeric order for group ids and Raft indexes alike::
     raft  group(8) 0x04                     the log start: (index, term) just before the first entry
     meta  group(8) 0x01                     the applied state: applied index and ConfState
     meta  group(8) 0x02                     the group's revision counter (shardkv.fsm)
-    meta  group(8) 0x03 client_id(8)        a client session of the dedup table (shardkv.fsm)
+    meta  group(8) 0x03 client_id(8)        a client session: its acked floor (shardkv.fsm)
+    meta  group(8) 0x04                     the group's key count (shardkv.fsm)
+    meta  group(8) 0x05                     the ring the group applied (shardkv.fsm)
+    meta  group(8) 0x06 client_id(8) seq(8) a client's recorded result (shardkv.fsm)
     data  group(8) user_key                 the user's value
 
 Within a group the data column family is ordered by user key, so a prefix or
@@ -43,7 +46,10 @@ __all__ = [
     "key_count_key",
     "log_start_key",
     "prefix_end",
+    "result_key",
+    "result_range",
     "revision_key",
+    "ring_key",
     "session_key",
     "snapshot_metadata_key",
     "state_machine_meta_range",
@@ -65,6 +71,10 @@ _META_APPLIED_STATE = 0x01
 _META_REVISION = 0x02
 _META_SESSION = 0x03
 _META_KEY_COUNT = 0x04
+_META_RING = 0x05
+_META_RESULT = 0x06
+# group id, record tag, client id, seq
+_GROUP_TAG_CLIENT_SEQ = struct.Struct(">QBQQ")
 
 
 def group_prefix(group_id: int) -> bytes:
@@ -152,6 +162,19 @@ def key_count_key(group_id: int) -> bytes:
 
 def session_key(group_id: int, client_id: int) -> bytes:
     return _GROUP_TAG_NUMBER.pack(group_id, _META_SESSION, client_id)
+
+
+def ring_key(group_id: int) -> bytes:
+    return group_prefix(group_id) + bytes((_META_RING,))
+
+
+def result_key(group_id: int, client_id: int, seq: int) -> bytes:
+    return _GROUP_TAG_CLIENT_SEQ.pack(group_id, _META_RESULT, client_id, seq)
+
+
+def result_range(group_id: int, client_id: int, low: int, high: int) -> tuple[bytes, bytes]:
+    """``[start, end)`` of a client's results for seqs in ``[low, high)``."""
+    return result_key(group_id, client_id, low), result_key(group_id, client_id, high)
 
 
 # -- data column family ------------------------------------------------------

@@ -22,29 +22,32 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from shardkv.v1 import cluster_pb2 as shardkv_dot_v1_dot_cluster__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shardkv/v1/kv.proto\x12\nshardkv.v1\"!\n\x03Put\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x15\n\x06\x44\x65lete\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"O\n\rCompareAndSet\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x15\n\x08\x65xpected\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05value\x18\x03 \x01(\x0c\x42\x0b\n\t_expected\"\x8f\x01\n\tOperation\x12\x1e\n\x03put\x18\x01 \x01(\x0b\x32\x0f.shardkv.v1.PutH\x00\x12$\n\x06\x64\x65lete\x18\x02 \x01(\x0b\x32\x12.shardkv.v1.DeleteH\x00\x12\x34\n\x0f\x63ompare_and_set\x18\x03 \x01(\x0b\x32\x19.shardkv.v1.CompareAndSetH\x00\x42\x06\n\x04kind\"T\n\x07\x43ommand\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12)\n\noperations\x18\x03 \x03(\x0b\x32\x15.shardkv.v1.Operation\"f\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x17\n\x0f\x63reate_revision\x18\x04 \x01(\x04\x12\x14\n\x0cmod_revision\x18\x05 \x01(\x04\"^\n\x0fOperationResult\x12\x11\n\tsucceeded\x18\x01 \x01(\x08\x12+\n\x08previous\x18\x02 \x01(\x0b\x32\x14.shardkv.v1.KeyValueH\x00\x88\x01\x01\x42\x0b\n\t_previous\"O\n\rCommandResult\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.shardkv.v1.OperationResult\x12\x10\n\x08revision\x18\x02 \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shardkv/v1/kv.proto\x12\nshardkv.v1\x1a\x18shardkv/v1/cluster.proto\"!\n\x03Put\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x15\n\x06\x44\x65lete\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"O\n\rCompareAndSet\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x15\n\x08\x65xpected\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05value\x18\x03 \x01(\x0c\x42\x0b\n\t_expected\"\x8f\x01\n\tOperation\x12\x1e\n\x03put\x18\x01 \x01(\x0b\x32\x0f.shardkv.v1.PutH\x00\x12$\n\x06\x64\x65lete\x18\x02 \x01(\x0b\x32\x12.shardkv.v1.DeleteH\x00\x12\x34\n\x0f\x63ompare_and_set\x18\x03 \x01(\x0b\x32\x19.shardkv.v1.CompareAndSetH\x00\x42\x06\n\x04kind\"\x87\x01\n\x07\x43ommand\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12)\n\noperations\x18\x03 \x03(\x0b\x32\x15.shardkv.v1.Operation\x12\x11\n\tacked_seq\x18\x04 \x01(\x04\x12\x1e\n\x04ring\x18\x05 \x01(\x0b\x32\x10.shardkv.v1.Ring\"f\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x17\n\x0f\x63reate_revision\x18\x04 \x01(\x04\x12\x14\n\x0cmod_revision\x18\x05 \x01(\x04\"^\n\x0fOperationResult\x12\x11\n\tsucceeded\x18\x01 \x01(\x08\x12+\n\x08previous\x18\x02 \x01(\x0b\x32\x14.shardkv.v1.KeyValueH\x00\x88\x01\x01\x42\x0b\n\t_previous\"\x8b\x01\n\rCommandResult\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.shardkv.v1.OperationResult\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12+\n\x0bwrong_group\x18\x03 \x01(\x0b\x32\x16.shardkv.v1.WrongGroup\x12\r\n\x05stale\x18\x04 \x01(\x08\":\n\nWrongGroup\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0b\n\x03key\x18\x03 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shardkv.v1.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUT']._serialized_start=35
-  _globals['_PUT']._serialized_end=68
-  _globals['_DELETE']._serialized_start=70
-  _globals['_DELETE']._serialized_end=91
-  _globals['_COMPAREANDSET']._serialized_start=93
-  _globals['_COMPAREANDSET']._serialized_end=172
-  _globals['_OPERATION']._serialized_start=175
-  _globals['_OPERATION']._serialized_end=318
-  _globals['_COMMAND']._serialized_start=320
-  _globals['_COMMAND']._serialized_end=404
-  _globals['_KEYVALUE']._serialized_start=406
-  _globals['_KEYVALUE']._serialized_end=508
-  _globals['_OPERATIONRESULT']._serialized_start=510
-  _globals['_OPERATIONRESULT']._serialized_end=604
-  _globals['_COMMANDRESULT']._serialized_start=606
-  _globals['_COMMANDRESULT']._serialized_end=685
+  _globals['_PUT']._serialized_start=61
+  _globals['_PUT']._serialized_end=94
+  _globals['_DELETE']._serialized_start=96
+  _globals['_DELETE']._serialized_end=117
+  _globals['_COMPAREANDSET']._serialized_start=119
+  _globals['_COMPAREANDSET']._serialized_end=198
+  _globals['_OPERATION']._serialized_start=201
+  _globals['_OPERATION']._serialized_end=344
+  _globals['_COMMAND']._serialized_start=347
+  _globals['_COMMAND']._serialized_end=482
+  _globals['_KEYVALUE']._serialized_start=484
+  _globals['_KEYVALUE']._serialized_end=586
+  _globals['_OPERATIONRESULT']._serialized_start=588
+  _globals['_OPERATIONRESULT']._serialized_end=682
+  _globals['_COMMANDRESULT']._serialized_start=685
+  _globals['_COMMANDRESULT']._serialized_end=824
+  _globals['_WRONGGROUP']._serialized_start=826
+  _globals['_WRONGGROUP']._serialized_end=884
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from shardkv.v1 import cluster_pb2 as _cluster_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -41,14 +42,18 @@ class Operation(_message.Message):
     def __init__(self, put: _Optional[_Union[Put, _Mapping]] = ..., delete: _Optional[_Union[Delete, _Mapping]] = ..., compare_and_set: _Optional[_Union[CompareAndSet, _Mapping]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("client_id", "seq", "operations")
+    __slots__ = ("client_id", "seq", "operations", "acked_seq", "ring")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RING_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     seq: int
     operations: _containers.RepeatedCompositeFieldContainer[Operation]
-    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ...) -> None: ...
+    acked_seq: int
+    ring: _cluster_pb2.Ring
+    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ...) -> None: ...
 
 class KeyValue(_message.Message):
     __slots__ = ("key", "value", "version", "create_revision", "mod_revision")
@@ -73,9 +78,23 @@ class OperationResult(_message.Message):
     def __init__(self, succeeded: _Optional[bool] = ..., previous: _Optional[_Union[KeyValue, _Mapping]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("results", "revision")
+    __slots__ = ("results", "revision", "wrong_group", "stale")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    WRONG_GROUP_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[OperationResult]
     revision: int
-    def __init__(self, results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+    wrong_group: WrongGroup
+    stale: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., revision: _Optional[int] = ..., wrong_group: _Optional[_Union[WrongGroup, _Mapping]] = ..., stale: _Optional[bool] = ...) -> None: ...
+
+class WrongGroup(_message.Message):
+    __slots__ = ("group_id", "epoch", "key")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    group_id: int
+    epoch: int
+    key: bytes
+    def __init__(self, group_id: _Optional[int] = ..., epoch: _Optional[int] = ..., key: _Optional[bytes] = ...) -> None: ...

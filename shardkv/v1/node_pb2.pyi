@@ -1,4 +1,5 @@
 from shardkv.v1 import kv_pb2 as _kv_pb2
+from shardkv.v1 import cluster_pb2 as _cluster_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -24,12 +25,52 @@ class UnknownGroup(_message.Message):
     def __init__(self, group_id: _Optional[int] = ...) -> None: ...
 
 class GroupError(_message.Message):
-    __slots__ = ("not_leader", "unknown_group")
+    __slots__ = ("not_leader", "unknown_group", "wrong_group")
     NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_GROUP_FIELD_NUMBER: _ClassVar[int]
+    WRONG_GROUP_FIELD_NUMBER: _ClassVar[int]
     not_leader: NotLeader
     unknown_group: UnknownGroup
-    def __init__(self, not_leader: _Optional[_Union[NotLeader, _Mapping]] = ..., unknown_group: _Optional[_Union[UnknownGroup, _Mapping]] = ...) -> None: ...
+    wrong_group: _kv_pb2.WrongGroup
+    def __init__(self, not_leader: _Optional[_Union[NotLeader, _Mapping]] = ..., unknown_group: _Optional[_Union[UnknownGroup, _Mapping]] = ..., wrong_group: _Optional[_Union[_kv_pb2.WrongGroup, _Mapping]] = ...) -> None: ...
+
+class WriteBatchRequest(_message.Message):
+    __slots__ = ("group_id", "commands")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    group_id: int
+    commands: _containers.RepeatedCompositeFieldContainer[_kv_pb2.Command]
+    def __init__(self, group_id: _Optional[int] = ..., commands: _Optional[_Iterable[_Union[_kv_pb2.Command, _Mapping]]] = ...) -> None: ...
+
+class WriteOutcome(_message.Message):
+    __slots__ = ("result", "code", "message")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    result: _kv_pb2.CommandResult
+    code: int
+    message: str
+    def __init__(self, result: _Optional[_Union[_kv_pb2.CommandResult, _Mapping]] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class WriteBatchResponse(_message.Message):
+    __slots__ = ("error", "outcomes")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    error: GroupError
+    outcomes: _containers.RepeatedCompositeFieldContainer[WriteOutcome]
+    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., outcomes: _Optional[_Iterable[_Union[WriteOutcome, _Mapping]]] = ...) -> None: ...
+
+class GetClusterMapRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetClusterMapResponse(_message.Message):
+    __slots__ = ("map", "node_id")
+    MAP_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    map: _cluster_pb2.ClusterMap
+    node_id: int
+    def __init__(self, map: _Optional[_Union[_cluster_pb2.ClusterMap, _Mapping]] = ..., node_id: _Optional[int] = ...) -> None: ...
 
 class WriteRequest(_message.Message):
     __slots__ = ("group_id", "command")
@@ -92,7 +133,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GroupStatus(_message.Message):
-    __slots__ = ("group_id", "role", "leader_id", "term", "commit", "applied", "first_index", "last_index", "key_count", "voters", "learners")
+    __slots__ = ("group_id", "role", "leader_id", "term", "commit", "applied", "first_index", "last_index", "key_count", "voters", "learners", "epoch")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +145,7 @@ class GroupStatus(_message.Message):
     KEY_COUNT_FIELD_NUMBER: _ClassVar[int]
     VOTERS_FIELD_NUMBER: _ClassVar[int]
     LEARNERS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     group_id: int
     role: str
     leader_id: int
@@ -115,7 +157,8 @@ class GroupStatus(_message.Message):
     key_count: int
     voters: _containers.RepeatedScalarFieldContainer[int]
     learners: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, group_id: _Optional[int] = ..., role: _Optional[str] = ..., leader_id: _Optional[int] = ..., term: _Optional[int] = ..., commit: _Optional[int] = ..., applied: _Optional[int] = ..., first_index: _Optional[int] = ..., last_index: _Optional[int] = ..., key_count: _Optional[int] = ..., voters: _Optional[_Iterable[int]] = ..., learners: _Optional[_Iterable[int]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, group_id: _Optional[int] = ..., role: _Optional[str] = ..., leader_id: _Optional[int] = ..., term: _Optional[int] = ..., commit: _Optional[int] = ..., applied: _Optional[int] = ..., first_index: _Optional[int] = ..., last_index: _Optional[int] = ..., key_count: _Optional[int] = ..., voters: _Optional[_Iterable[int]] = ..., learners: _Optional[_Iterable[int]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class RuntimeCounters(_message.Message):
     __slots__ = ("rounds", "synced_writes", "unsynced_writes", "messages_sent", "messages_stepped", "entries_applied")

@@ -39,6 +39,11 @@ class NodeStub:
                 request_serializer=shardkv_dot_v1_dot_node__pb2.WriteRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_node__pb2.WriteResponse.FromString,
                 _registered_method=True)
+        self.WriteBatch = channel.unary_unary(
+                '/shardkv.v1.Node/WriteBatch',
+                request_serializer=shardkv_dot_v1_dot_node__pb2.WriteBatchRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_node__pb2.WriteBatchResponse.FromString,
+                _registered_method=True)
         self.Read = channel.unary_unary(
                 '/shardkv.v1.Node/Read',
                 request_serializer=shardkv_dot_v1_dot_node__pb2.ReadRequest.SerializeToString,
@@ -54,6 +59,11 @@ class NodeStub:
                 request_serializer=shardkv_dot_v1_dot_node__pb2.StatusRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_node__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.GetClusterMap = channel.unary_unary(
+                '/shardkv.v1.Node/GetClusterMap',
+                request_serializer=shardkv_dot_v1_dot_node__pb2.GetClusterMapRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_node__pb2.GetClusterMapResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -62,6 +72,14 @@ class NodeServicer:
     def Write(self, request, context):
         """Propose one command (operations on keys of one group) and wait until it
         is applied. Retrying the same (client_id, seq) is exactly-once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteBatch(self, request, context):
+        """Many commands to one group in one call (a router's batch): all are
+        proposed at once and each gets its own outcome.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,6 +105,14 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetClusterMap(self, request, context):
+        """The cluster map as this node knows it (from its replica of the meta
+        group, or from polling one that has it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +120,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Write,
                     request_deserializer=shardkv_dot_v1_dot_node__pb2.WriteRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_node__pb2.WriteResponse.SerializeToString,
+            ),
+            'WriteBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteBatch,
+                    request_deserializer=shardkv_dot_v1_dot_node__pb2.WriteBatchRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_node__pb2.WriteBatchResponse.SerializeToString,
             ),
             'Read': grpc.unary_unary_rpc_method_handler(
                     servicer.Read,
@@ -109,6 +140,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=shardkv_dot_v1_dot_node__pb2.StatusRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_node__pb2.StatusResponse.SerializeToString,
+            ),
+            'GetClusterMap': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClusterMap,
+                    request_deserializer=shardkv_dot_v1_dot_node__pb2.GetClusterMapRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_node__pb2.GetClusterMapResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -138,6 +174,33 @@ class Node:
             '/shardkv.v1.Node/Write',
             shardkv_dot_v1_dot_node__pb2.WriteRequest.SerializeToString,
             shardkv_dot_v1_dot_node__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Node/WriteBatch',
+            shardkv_dot_v1_dot_node__pb2.WriteBatchRequest.SerializeToString,
+            shardkv_dot_v1_dot_node__pb2.WriteBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -219,6 +282,33 @@ class Node:
             '/shardkv.v1.Node/Status',
             shardkv_dot_v1_dot_node__pb2.StatusRequest.SerializeToString,
             shardkv_dot_v1_dot_node__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClusterMap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Node/GetClusterMap',
+            shardkv_dot_v1_dot_node__pb2.GetClusterMapRequest.SerializeToString,
+            shardkv_dot_v1_dot_node__pb2.GetClusterMapResponse.FromString,
             options,
             channel_credentials,
             insecure,

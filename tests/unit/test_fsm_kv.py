@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from shardkv.errors import InvalidArgument
-from shardkv.fsm.kv import STALE, KeyValueStateMachine
+from shardkv.fsm.kv import RESULT_WINDOW, STALE, KeyValueStateMachine
 from shardkv.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES, check_command
+from shardkv.ring import KeyRing, ring_of
+from shardkv.storage import keys
 from shardkv.storage.engine import ColumnFamily, Engine, MemoryEngine, StorageEngine
 from shardkv.v1 import kv_pb2
 
@@ -37,8 +39,12 @@ def cas(key: bytes, expected: bytes | None, value: bytes) -> kv_pb2.Operation:
     return kv_pb2.Operation(compare_and_set=operation)
 
 
-def command(*operations: kv_pb2.Operation, client_id: int = 0, seq: int = 0) -> kv_pb2.Command:
-    return kv_pb2.Command(client_id=client_id, seq=seq, operations=list(operations))
+def command(
+    *operations: kv_pb2.Operation, client_id: int = 0, seq: int = 0, acked_seq: int = 0
+) -> kv_pb2.Command:
+    return kv_pb2.Command(
+        client_id=client_id, seq=seq, acked_seq=acked_seq, operations=list(operations)
+    )
 
 
 def apply(
@@ -131,10 +137,71 @@ def test_a_retry_is_answered_from_the_session_without_writing(engine: StorageEng
     k = machine.get(b"k")
     assert k is not None
     assert k.value == b"other"
-    [next_one] = apply(engine, machine, command(put(b"k", b"2"), client_id=7, seq=2))
+    [next_one] = apply(engine, machine, command(put(b"k", b"2"), client_id=7, seq=2, acked_seq=1))
     [stale] = apply(engine, machine, first)
-    assert stale == STALE
+    assert stale == STALE and stale.stale
     assert next_one.revision == machine.revision == 3
+
+
+def test_many_commands_of_a_client_in_flight_each_exactly_once(engine: StorageEngine) -> None:
+    machine = KeyValueStateMachine(engine, group_id=1)
+    # seq 3 arrives before 1 and 2: all three apply, each once.
+    third = command(put(b"c", b"3"), client_id=7, seq=3)
+    first = command(put(b"a", b"1"), client_id=7, seq=1)
+    second = command(put(b"b", b"2"), client_id=7, seq=2)
+    results = apply(engine, machine, third, first, second)
+    assert [result.revision for result in results] == [1, 2, 3]
+    assert apply(engine, machine, third, first, second) == results, "retries are answered"
+    assert machine.revision == 3
+    # Acking 2 forgets 1 and 2, not 3.
+    apply(engine, machine, command(put(b"d", b"4"), client_id=7, seq=4, acked_seq=2))
+    assert apply(engine, machine, first, second) == [STALE, STALE]
+    assert apply(engine, machine, third) == [results[0]]
+    assert engine.get(ColumnFamily.META, keys.result_key(1, 7, 1)) is None
+    assert engine.get(ColumnFamily.META, keys.result_key(1, 7, 3)) is not None
+
+
+def test_a_large_ack_forgets_results_with_one_range_delete(engine: StorageEngine) -> None:
+    machine = KeyValueStateMachine(engine, group_id=1)
+    commands = [command(put(b"k%d" % seq, b"v"), client_id=9, seq=seq) for seq in range(1, 601)]
+    apply(engine, machine, *commands)
+    apply(engine, machine, command(put(b"z", b"v"), client_id=9, seq=700, acked_seq=599))
+    remaining = [
+        key for key, _ in engine.scan(ColumnFamily.META, *keys.result_range(1, 9, 0, 1 << 63))
+    ]
+    assert remaining == [keys.result_key(1, 9, 600), keys.result_key(1, 9, 700)]
+    assert apply(engine, machine, commands[0], commands[598]) == [STALE, STALE]
+    assert apply(engine, machine, commands[599])[0].revision == 600
+
+
+def test_a_client_that_never_acks_keeps_a_bounded_window(engine: StorageEngine) -> None:
+    machine = KeyValueStateMachine(engine, group_id=1)
+    apply(engine, machine, command(put(b"a", b"1"), client_id=5, seq=1))
+    apply(engine, machine, command(put(b"b", b"1"), client_id=5, seq=RESULT_WINDOW + 2))
+    assert apply(engine, machine, command(put(b"a", b"1"), client_id=5, seq=1)) == [STALE]
+
+
+def test_a_ring_refuses_keys_of_other_groups_and_only_moves_forward(
+    engine: StorageEngine,
+) -> None:
+    machine = KeyValueStateMachine(engine, group_id=2)
+    assert machine.epoch == 0 and machine.wrong_group(b"anything") is None
+    ring = KeyRing(1, {1: 1, 2: 1, 3: 1})
+    mine = next(k for k in (b"k%d" % n for n in range(100)) if ring.group_for(k) == 2)
+    theirs = next(k for k in (b"k%d" % n for n in range(100)) if ring.group_for(k) != 2)
+    apply(engine, machine, kv_pb2.Command(ring=ring_of(1, {1: 1, 2: 1, 3: 1})))
+    assert machine.epoch == 1
+    [refused] = apply(engine, machine, command(put(mine, b"1"), put(theirs, b"1")))
+    assert refused.wrong_group == kv_pb2.WrongGroup(group_id=2, epoch=1, key=theirs)
+    assert machine.get(mine) is None, "refused whole"
+    [accepted] = apply(engine, machine, command(put(mine, b"1")))
+    assert accepted.results[0].succeeded and not accepted.HasField("wrong_group")
+    # An older ring is ignored; the ring survives a reopen.
+    apply(engine, machine, kv_pb2.Command(ring=ring_of(0, {2: 1})))
+    assert KeyValueStateMachine(engine, group_id=2).epoch == 1
+    # A ring without the group: it owns nothing.
+    apply(engine, machine, kv_pb2.Command(ring=ring_of(2, {1: 1})))
+    assert machine.wrong_group(mine) == kv_pb2.WrongGroup(group_id=2, epoch=2, key=mine)
 
 
 def test_sessions_and_revision_survive_a_restart(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ from shardkv.storage import (
     keys,
 )
 from shardkv.v1 import kv_pb2
+from tests.unit.test_fsm_kv import command, delete, put
 
 GROUP = 7
 DATA, META = ColumnFamily.DATA, ColumnFamily.META
@@ -86,18 +87,6 @@ def engines(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engines]
 # -- helpers ---------------------------------------------------------------------
 
 
-def put(key: bytes, value: bytes) -> kv_pb2.Operation:
-    return kv_pb2.Operation(put=kv_pb2.Put(key=key, value=value))
-
-
-def delete(key: bytes) -> kv_pb2.Operation:
-    return kv_pb2.Operation(delete=kv_pb2.Delete(key=key))
-
-
-def command(*operations: kv_pb2.Operation, client_id: int = 0, seq: int = 0) -> kv_pb2.Command:
-    return kv_pb2.Command(client_id=client_id, seq=seq, operations=list(operations))
-
-
 def apply(engine: StorageEngine, group_id: int, *commands: kv_pb2.Command) -> None:
     machine = KeyValueStateMachine(engine, group_id)
     batch = engine.new_batch()
@@ -113,9 +102,9 @@ HISTORY = [
     command(put(b"alpha", b"1"), put(b"beta", b"2"), client_id=11, seq=1),
     command(put(b"alpha", b"3"), client_id=12, seq=1),
     command(put(b"\x00\xff binary", bytes(range(256))), put(b"empty", b"")),
-    command(delete(b"beta"), client_id=11, seq=2),
+    command(delete(b"beta"), client_id=11, seq=2, acked_seq=1),
     command(put(b"beta", b"again"), put(b"gamma", b"g" * 3000), client_id=13, seq=5),
-    command(delete(b"missing"), client_id=12, seq=2),
+    command(delete(b"missing"), client_id=12, seq=2, acked_seq=1),
 ]
 
 
@@ -258,7 +247,8 @@ def test_the_image_is_the_documented_encoding_and_deterministic(engines: Engines
             count += 1
     body += struct.pack(">Q", count)
     assert image == body + struct.pack(">I", zlib.crc32(body))
-    assert count == 5 + 1 + 3 + 1, "five keys, the revision, three sessions, the key count"
+    # Five keys; the revision; two floors and three results of the sessions; the key count.
+    assert count == 5 + 1 + 5 + 1
 
 
 def write_late(engine: StorageEngine, scans: int) -> None:

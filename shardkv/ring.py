@@ -1,0 +1,88 @@
+"""The consistent-hash ring: which data group owns a key, in one epoch.
+
+``build_ring(ring)`` turns a ``Ring`` (an epoch and group weights, as the meta
+group holds it) into a ``KeyRing``, the same way in every process: routers
+route with it, and data groups refuse keys it does not give them. It is the
+one place that decides ownership, so it is pure and shared.
+
+- uhashring (ketama-style md5 ring) over the group ids as strings, with
+  their weights: a group of weight 2 gets twice the points, and adding a group
+  moves keys only to it.
+- Keys are bytes. uhashring hashes ``str(key)``, so a key is first made a
+  string one way only: decoded as Latin-1 (every byte one character, so
+  distinct keys stay distinct and ``b"a"`` and ``"a"`` never differ).
+- Groups of weight 0 are off the ring; a ring with no group owns nothing
+  (``group_for`` raises ``LookupError``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from uhashring import HashRing
+
+from shardkv.v1 import cluster_pb2
+
+__all__ = ["KeyRing", "build_ring", "normalise_key", "ring_of"]
+
+
+def normalise_key(key: bytes) -> str:
+    """The one string form of a key the ring hashes."""
+    return key.decode("latin-1")
+
+
+class KeyRing:
+    """The ring of one epoch. Build it with ``build_ring``."""
+
+    def __init__(self, epoch: int, weights: Mapping[int, int]) -> None:
+        self.epoch = epoch
+        self.weights = {group: weight for group, weight in sorted(weights.items()) if weight > 0}
+        self._ring = HashRing(
+            nodes={str(group): {"weight": weight} for group, weight in self.weights.items()}
+        )
+
+    def __repr__(self) -> str:
+        return f"KeyRing(epoch={self.epoch}, weights={self.weights})"
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        return tuple(self.weights)
+
+    def group_for(self, key: bytes) -> int:
+        if not self.weights:
+            raise LookupError(f"the ring of epoch {self.epoch} has no groups")
+        return int(self._ring.get_node(normalise_key(key)))
+
+    def position(self, key: bytes) -> int:
+        """The key's position on the ring (for moving arcs: filter a group's keys by it)."""
+        return int(self._ring.get_key(normalise_key(key)))
+
+    def shares(self) -> dict[int, float]:
+        """Each group's fraction of the ring's positions, summing to 1."""
+        points = self._ring.get_points()
+        if not points:
+            return {}
+        space = 1 << 128  # md5 positions
+        owned = dict.fromkeys(self.weights, 0)
+        previous = points[-1][0] - space  # the arc that wraps around to the first point
+        for position, group in points:
+            owned[int(group)] += position - previous
+            previous = position
+        return {group: span / space for group, span in owned.items()}
+
+
+def build_ring(ring: cluster_pb2.Ring) -> KeyRing:
+    """The ``KeyRing`` of a stored ``Ring``: the same in every process."""
+    return KeyRing(ring.epoch, {entry.group_id: entry.weight for entry in ring.groups})
+
+
+def ring_of(epoch: int, weights: Mapping[int, int]) -> cluster_pb2.Ring:
+    """The stored form of a ring: groups sorted, weight 0 left out."""
+    return cluster_pb2.Ring(
+        epoch=epoch,
+        groups=[
+            cluster_pb2.GroupWeight(group_id=group, weight=weight)
+            for group, weight in sorted(weights.items())
+            if weight > 0
+        ],
+    )
