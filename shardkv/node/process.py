@@ -13,7 +13,8 @@ what was acquired, in reverse):
 4. one ``Peer`` per hosted group, the ``GrpcTransport`` and the
    ``NodeRuntime`` on them;
 5. the gRPC server (``RaftTransport`` and ``Node`` services) bound to
-   ``listen``, and the runtime's loop as a task.
+   ``listen``, the runtime's loop as a task, and the ``ClusterAgent``
+   (bootstraps the cluster map, learns it, keeps groups on its ring).
 
 Stopping: the server stops taking new calls first (calls in flight may
 finish), then the runtime stops (waiting callers get ``OutcomeUnknown``:
@@ -55,6 +56,7 @@ import signal
 import grpc
 import grpc.aio
 
+from shardkv.node.cluster import ClusterAgent, initial_map
 from shardkv.node.config import ConfigError, NodeConfig
 from shardkv.node.data_dir import (
     DataDirState,
@@ -146,6 +148,8 @@ class NodeProcess:
         transport: GrpcTransport,
         server: grpc.aio.Server,
         loop_task: asyncio.Task[None],
+        agent: ClusterAgent,
+        agent_task: asyncio.Task[None],
     ) -> None:
         self.config = config
         self._engine = engine
@@ -153,6 +157,8 @@ class NodeProcess:
         self._transport = transport
         self._server = server
         self._loop_task = loop_task
+        self._agent = agent
+        self._agent_task = agent_task
         self._stopped = False
 
     @classmethod
@@ -186,9 +192,11 @@ class NodeProcess:
                 peers,
                 tick_interval=config.tick_interval_ms / 1000,
             )
+            agent = ClusterAgent(runtime, initial_map(config), config.initial_cluster)
+            undo.push_async_callback(agent.stop)
             # The generated registration function carries no type hints.
             node_pb2_grpc.add_NodeServicer_to_server(  # type: ignore[no-untyped-call]
-                NodeService(runtime, config.initial_cluster), server
+                NodeService(runtime, config.initial_cluster, agent), server
             )
             try:
                 server.add_insecure_port(config.listen)
@@ -201,6 +209,7 @@ class NodeProcess:
                 ) from exc
             await server.start()
             loop_task = asyncio.create_task(runtime.run(), name=f"node-{config.node_id}-loop")
+            agent_task = asyncio.create_task(agent.run(), name=f"node-{config.node_id}-agent")
             undo.pop_all()
         _log.info(
             "node %d serving groups %s on %s",
@@ -208,7 +217,7 @@ class NodeProcess:
             list(config.hosted_groups),
             config.listen,
         )
-        return cls(config, engine, runtime, transport, server, loop_task)
+        return cls(config, engine, runtime, transport, server, loop_task, agent, agent_task)
 
     async def wait(self) -> None:
         """Until the runtime's loop ends: after ``stop()``, or with its error."""
@@ -221,6 +230,10 @@ class NodeProcess:
         self._stopped = True
         # Stops taking new calls at once; the ones in flight get the grace.
         server_stopped = asyncio.create_task(self._server.stop(STOP_GRACE_SECONDS))
+        await self._agent.stop()
+        self._agent_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._agent_task
         self._runtime.stop()
         with contextlib.suppress(Exception):
             # Its error, if any, was reported by whoever awaited wait().

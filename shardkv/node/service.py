@@ -14,14 +14,22 @@ shardkv's errors become gRPC answers:
   DEADLINE_EXCEEDED and a write may still apply (retry with the same seq).
 
 Reads are linearizable: each waits for a ReadIndex barrier (or the leader's
-lease, when enabled) and then reads the applied state. Scans return one page
+lease, when enabled) and then reads the applied state. A read of a key the
+group's applied ring gives another group answers WRONG_GROUP (writes get it
+in their ``CommandResult``, decided when they apply). Scans return one page
 at a time and say whether more may follow.
+
+``WriteBatch`` is the router's path: many commands for one group in one
+call, all proposed before the next round (so they share its fsync and its
+messages), each answered on its own. Commands carrying a ``ring`` are the
+node's own and are refused from callers.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import grpc
 
@@ -33,9 +41,12 @@ from shardkv.errors import (
     ShardKVError,
     UnknownGroup,
 )
-from shardkv.limits import check_key
+from shardkv.limits import check_command, check_key
 from shardkv.node.runtime import NodeRuntime
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
+
+if TYPE_CHECKING:
+    from shardkv.node.cluster import ClusterAgent
 
 __all__ = ["DEFAULT_SCAN_PAGE", "NodeService"]
 
@@ -44,9 +55,15 @@ _MAX_SCAN_PAGE = 10_000
 
 
 class NodeService(node_pb2_grpc.NodeServicer):
-    def __init__(self, runtime: NodeRuntime, addresses: Mapping[int, str]) -> None:
+    def __init__(
+        self,
+        runtime: NodeRuntime,
+        addresses: Mapping[int, str],
+        agent: ClusterAgent | None = None,
+    ) -> None:
         self.runtime = runtime
         self.addresses = dict(addresses)
+        self.agent = agent
 
     # -- errors --------------------------------------------------------------------
 
@@ -95,11 +112,49 @@ class NodeService(node_pb2_grpc.NodeServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> node_pb2.WriteResponse:
         try:
+            _refuse_ring(request.command)
             future = self.runtime.propose(request.group_id, request.command)
             result = await future
         except ShardKVError as error:
             return node_pb2.WriteResponse(error=await self._routing_error(context, error))
         return node_pb2.WriteResponse(result=result)
+
+    async def WriteBatch(
+        self,
+        request: node_pb2.WriteBatchRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.WriteBatchResponse:
+        try:
+            for command in request.commands:
+                _refuse_ring(command)
+                check_command(command)
+        except InvalidArgument as error:
+            await self._abort(context, error)
+        futures: list[asyncio.Future[kv_pb2.CommandResult]] = []
+        failed: ShardKVError | None = None
+        for command in request.commands:
+            try:
+                futures.append(self.runtime.propose(request.group_id, command))
+            except ShardKVError as error:
+                if not futures:
+                    return node_pb2.WriteBatchResponse(
+                        error=await self._routing_error(context, error)
+                    )
+                failed = error  # lost the lead midway: what was proposed stays proposed
+                break
+        response = node_pb2.WriteBatchResponse()
+        for future in futures:
+            outcome = response.outcomes.add()
+            try:
+                outcome.result.CopyFrom(await future)
+            except ShardKVError as error:
+                outcome.code, outcome.message = _unavailable(error)
+        if failed is not None:
+            for _ in range(len(request.commands) - len(futures)):
+                outcome = response.outcomes.add()
+                outcome.code = grpc.StatusCode.UNAVAILABLE.value[0]
+                outcome.message = f"{failed}; it was not proposed: retry"
+        return response
 
     async def _read_barrier(
         self,
@@ -126,6 +181,10 @@ class NodeService(node_pb2_grpc.NodeServicer):
         if group_error is not None:
             return node_pb2.ReadResponse(error=group_error)
         machine = self.runtime.peer(request.group_id).machine
+        for key in request.keys:
+            wrong_group = machine.wrong_group(key)
+            if wrong_group is not None:
+                return node_pb2.ReadResponse(error=node_pb2.GroupError(wrong_group=wrong_group))
         found = (machine.get(key) for key in request.keys)
         return node_pb2.ReadResponse(kvs=[kv for kv in found if kv is not None])
 
@@ -189,6 +248,32 @@ class NodeService(node_pb2_grpc.NodeServicer):
                     key_count=peer.machine.key_count,
                     voters=list(status.conf_state.voters),
                     learners=list(status.conf_state.learners),
+                    epoch=peer.machine.epoch,
                 )
             )
         return response
+
+    async def GetClusterMap(
+        self,
+        request: node_pb2.GetClusterMapRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.GetClusterMapResponse:
+        response = node_pb2.GetClusterMapResponse(node_id=self.runtime.node_id)
+        if self.agent is not None and self.agent.map is not None:
+            response.map.CopyFrom(self.agent.map)
+        return response
+
+
+def _refuse_ring(command: kv_pb2.Command) -> None:
+    if command.HasField("ring"):
+        raise InvalidArgument("ring commands are the node's own; a caller cannot send one")
+
+
+def _unavailable(error: ShardKVError) -> tuple[int, str]:
+    """A per-command outcome for an error after proposing: UNAVAILABLE and how to retry."""
+    code = grpc.StatusCode.UNAVAILABLE.value[0]
+    if isinstance(error, ProposalFailed):
+        return code, f"{error}; it was not applied: retry"
+    if isinstance(error, OutcomeUnknown):
+        return code, f"{error}; it may still apply: retry with the same client_id and seq"
+    return grpc.StatusCode.INTERNAL.value[0], str(error)

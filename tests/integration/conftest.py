@@ -29,6 +29,7 @@ from typing import TypeVar
 import grpc
 import pytest
 
+from shardkv.ring import KeyRing
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
 from tests.ports import free_ports
 
@@ -114,11 +115,21 @@ class Cluster:
             node_id: f"127.0.0.1:{port}" for node_id, port in zip(node_ids, ports, strict=True)
         }
         self.group_ids = tuple(range(1, settings.groups + 1))
+        # The ring the nodes bootstrap (every data group, weight 1).
+        self.ring = KeyRing(1, dict.fromkeys(self.group_ids, 1))
         self.config_path = root / "cluster.toml"
         self.config_path.write_text(settings.toml(self.addresses))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self._starts = itertools.count(1)
         self._channels: dict[int, grpc.Channel] = {}
+
+    def key(self, group_id: int, name: str) -> bytes:
+        """A key named after ``name`` that the cluster's ring gives ``group_id``."""
+        for suffix in itertools.count():
+            key = f"{name}#{suffix}".encode()
+            if self.ring.group_for(key) == group_id:
+                return key
+        raise AssertionError("unreachable")
 
     # -- files ------------------------------------------------------------------------
 
@@ -306,6 +317,7 @@ class ClusterClient:
             return response
 
         response = self._call(group_id, call)
+        assert not response.result.HasField("wrong_group"), response.result
         return response.result
 
     def read(self, group_id: int, keys: Sequence[bytes]) -> dict[bytes, kv_pb2.KeyValue]:

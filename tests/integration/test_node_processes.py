@@ -65,7 +65,7 @@ def test_every_group_takes_writes_through_its_leader(make_cluster: MakeCluster) 
     expected: dict[bytes, tuple[int, bytes]] = {}
     for group_id in cluster.group_ids:
         for index in range(5):
-            key = f"g{group_id:02d}/k{index}".encode()
+            key = cluster.key(group_id, f"k{index}")
             value = b"value of " + key
             client.put(group_id, key, value)
             expected[key] = (group_id, value)
@@ -97,7 +97,7 @@ def test_crash_of_the_busiest_leader_loses_no_acknowledged_write(
             cluster.kill(victim)
             killed_at = time.monotonic()
         group_id = cluster.group_ids[index % len(cluster.group_ids)]
-        key = f"w{index:04d}".encode()
+        key = cluster.key(group_id, f"w{index:04d}")
         value = f"{key.decode()} in group {group_id}".encode()
         # put() retries NOT_LEADER and UNAVAILABLE with the same seq, and
         # fails the test if the write is not acknowledged within its timeout.
@@ -133,16 +133,17 @@ def test_crash_of_every_node_keeps_every_write_exactly_once(make_cluster: MakeCl
     # key -> (group, value, version): "once" keys written once, "thrice" three times.
     expected: dict[bytes, tuple[int, bytes, int]] = {}
     for group_id in cluster.group_ids:
-        once = f"g{group_id:02d}/once".encode()
+        once = cluster.key(group_id, "once")
         client.put(group_id, once, b"only")
         expected[once] = (group_id, b"only", 1)
-        thrice = f"g{group_id:02d}/thrice".encode()
+        thrice = cluster.key(group_id, "thrice")
         for version in (1, 2, 3):
             client.put(group_id, thrice, f"v{version}".encode())
         expected[thrice] = (group_id, b"v3", 3)
-    last_command = put_command(client.client_id, client.next_seq(), b"g01/last", b"last")
+    last = cluster.key(1, "last")
+    last_command = put_command(client.client_id, client.next_seq(), last, b"last")
     last_result = client.write(1, last_command)
-    expected[b"g01/last"] = (1, b"last", 1)
+    expected[last] = (1, b"last", 1)
 
     for node_id in cluster.running():
         cluster.kill(node_id)
@@ -154,10 +155,11 @@ def test_crash_of_every_node_keeps_every_write_exactly_once(make_cluster: MakeCl
     # The session survived the crash: a retry of the last write is answered
     # from it, not applied again.
     assert client.write(1, last_command) == last_result
-    assert client.read(1, [b"g01/last"])[b"g01/last"].version == 1
+    assert client.read(1, [last])[last].version == 1
     # And the cluster takes new writes.
-    client.put(2, b"g02/after", b"after")
-    assert client.read(2, [b"g02/after"])[b"g02/after"].value == b"after"
+    after = cluster.key(2, "after")
+    client.put(2, after, b"after")
+    assert client.read(2, [after])[after].value == b"after"
 
 
 def test_wiped_follower_catches_up_by_snapshot(make_cluster: MakeCluster) -> None:
@@ -168,7 +170,7 @@ def test_wiped_follower_catches_up_by_snapshot(make_cluster: MakeCluster) -> Non
     leader = leaders[group_id]
     client = ClusterClient(cluster, client_id=4)
     for index in range(250):
-        client.put(group_id, f"s{index:04d}".encode(), b"x" * 100)
+        client.put(group_id, cluster.key(group_id, f"s{index:04d}"), b"x" * 100)
 
     def compacted() -> bool:
         statuses = cluster.group_statuses(leader)
@@ -182,7 +184,7 @@ def test_wiped_follower_catches_up_by_snapshot(make_cluster: MakeCluster) -> Non
     cluster.stop(follower)
     cluster.wipe(follower)
     for index in range(250, 270):
-        client.put(group_id, f"s{index:04d}".encode(), b"y" * 100)
+        client.put(group_id, cluster.key(group_id, f"s{index:04d}"), b"y" * 100)
     cluster.start(follower)
     wait_until(
         f"wiped node {follower} to catch up",
@@ -209,8 +211,9 @@ def test_start_interrupted_while_bootstrapping_bootstraps_the_rest(
     cluster.wait_leaders()
     client = ClusterClient(cluster, client_id=5)
     for group_id in cluster.group_ids:
-        client.put(group_id, b"k", b"v")
-        assert client.read(group_id, [b"k"])[b"k"].version == 1
+        key = cluster.key(group_id, "k")
+        client.put(group_id, key, b"v")
+        assert client.read(group_id, [key])[key].version == 1
     assert '"bootstrapped": true' in (state.path / "IDENTITY").read_text()
 
 

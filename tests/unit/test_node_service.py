@@ -7,47 +7,84 @@ the gRPC face: status codes, routing errors in the body, paging, retries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
 
+from shardkv.node.cluster import ClusterAgent, initial_map
+from shardkv.node.config import NodeConfig
 from shardkv.node.peer import Peer, PeerOptions
 from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import NodeService
 from shardkv.node.transport_memory import MemoryNetwork, MemoryTransport
 from shardkv.raft import Role
+from shardkv.ring import build_ring, ring_of
 from shardkv.storage import GroupStorage, MemoryEngine
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
 
 GROUPS = (1, 2)
 
 
-@pytest.fixture
-async def stub() -> AsyncIterator[node_pb2_grpc.NodeStub]:
+@dataclass
+class OneNode:
+    stub: node_pb2_grpc.NodeStub
+    runtime: NodeRuntime
+    agent: ClusterAgent | None
+
+
+@contextlib.asynccontextmanager
+async def one_node(groups: tuple[int, ...], *, with_agent: bool = False) -> AsyncIterator[OneNode]:
+    """A one-node runtime hosting ``groups`` behind the service on a real socket."""
     engine = MemoryEngine()
-    for group_id in GROUPS:
+    for group_id in groups:
         GroupStorage(engine, group_id).bootstrap((1,))
     options = PeerOptions(election_ticks=3, heartbeat_ticks=1)
-    peers = {group_id: Peer(engine, group_id, 1, options) for group_id in GROUPS}
+    peers = {group_id: Peer(engine, group_id, 1, options) for group_id in groups}
     transport = MemoryTransport(1, MemoryNetwork())
     runtime = NodeRuntime(1, engine, transport, peers, tick_interval=0.005)
     loop_task = asyncio.create_task(runtime.run())
+    agent = None
+    if with_agent:
+        config = NodeConfig(
+            node_id=1,
+            listen="127.0.0.1:1",
+            advertise="127.0.0.1:1",
+            data_dir=Path("unused"),
+            initial_cluster={1: "127.0.0.1:1"},
+            groups={group_id: (1,) for group_id in groups},
+        )
+        agent = ClusterAgent(runtime, initial_map(config), {}, interval=0.01)
     server = grpc.aio.server()
-    node_pb2_grpc.add_NodeServicer_to_server(NodeService(runtime, {1: "self"}), server)
+    node_pb2_grpc.add_NodeServicer_to_server(NodeService(runtime, {1: "self"}, agent), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with asyncio.timeout(5):
         while not all(peer.raw.raft.role == Role.LEADER for peer in peers.values()):
             await asyncio.sleep(0.005)
+    agent_task = asyncio.create_task(agent.run()) if agent is not None else None
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield node_pb2_grpc.NodeStub(channel)
-    await channel.close()
-    await server.stop(None)
-    runtime.stop()
-    await loop_task
-    await transport.close()
-    engine.close()
+    try:
+        yield OneNode(node_pb2_grpc.NodeStub(channel), runtime, agent)
+    finally:
+        if agent is not None and agent_task is not None:
+            await agent.stop()
+            await agent_task
+        await channel.close()
+        await server.stop(None)
+        runtime.stop()
+        await loop_task
+        await transport.close()
+        engine.close()
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[node_pb2_grpc.NodeStub]:
+    async with one_node(GROUPS) as node:
+        yield node.stub
 
 
 def put(key: bytes, value: bytes, seq: int) -> kv_pb2.Command:
@@ -111,3 +148,72 @@ async def test_status_reports_every_group(stub: node_pb2_grpc.NodeStub) -> None:
     assert first.role == "leader" and first.leader_id == 1 and first.key_count == 1
     assert list(first.voters) == [1] and first.applied >= first.commit - 1
     assert status.counters.synced_writes >= 1 and status.counters.entries_applied >= 1
+
+
+async def test_write_batch_answers_each_command_in_order(stub: node_pb2_grpc.NodeStub) -> None:
+    commands = [put(b"b%d" % n, b"v%d" % n, n) for n in range(1, 51)]
+    response = await stub.WriteBatch(node_pb2.WriteBatchRequest(group_id=1, commands=commands))
+    assert not response.HasField("error")
+    assert [outcome.code for outcome in response.outcomes] == [0] * 50
+    revisions = [outcome.result.revision for outcome in response.outcomes]
+    assert revisions == sorted(revisions) and len(set(revisions)) == 50
+    # The same batch again: every command answered from its session, nothing applied twice.
+    again = await stub.WriteBatch(node_pb2.WriteBatchRequest(group_id=1, commands=commands))
+    assert [outcome.result for outcome in again.outcomes] == [o.result for o in response.outcomes]
+    read = await stub.Read(node_pb2.ReadRequest(group_id=1, keys=[b"b1", b"b50"]))
+    assert [kv.version for kv in read.kvs] == [1, 1]
+
+
+async def test_write_batch_refuses_bad_commands_before_proposing_any(
+    stub: node_pb2_grpc.NodeStub,
+) -> None:
+    commands = [put(b"ok", b"v", 1), put(b"", b"v", 2)]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.WriteBatch(node_pb2.WriteBatchRequest(group_id=1, commands=commands))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    read = await stub.Read(node_pb2.ReadRequest(group_id=1, keys=[b"ok"]))
+    assert list(read.kvs) == []
+    unknown = await stub.WriteBatch(
+        node_pb2.WriteBatchRequest(group_id=99, commands=[put(b"k", b"v", 3)])
+    )
+    assert unknown.error.HasField("unknown_group")
+
+
+async def test_a_caller_cannot_send_a_ring(stub: node_pb2_grpc.NodeStub) -> None:
+    command = kv_pb2.Command(ring=ring_of(7, {1: 1}))
+    for call in (
+        stub.Write(node_pb2.WriteRequest(group_id=1, command=command)),
+        stub.WriteBatch(node_pb2.WriteBatchRequest(group_id=1, commands=[command])),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "ring" in (refused.value.details() or "")
+
+
+async def test_the_agent_bootstraps_the_map_and_puts_every_group_on_its_ring() -> None:
+    async with one_node((0, 1, 2), with_agent=True) as node:
+        async with asyncio.timeout(5):
+            while True:
+                status = await node.stub.Status(node_pb2.StatusRequest())
+                if all(group.epoch == 1 for group in status.groups if group.group_id != 0):
+                    break
+                await asyncio.sleep(0.01)
+        answer = await node.stub.GetClusterMap(node_pb2.GetClusterMapRequest())
+        assert answer.map.ring == ring_of(1, {1: 1, 2: 1})
+        assert [group.group_id for group in answer.map.groups] == [0, 1, 2]
+        assert [n.address for n in answer.map.nodes] == ["127.0.0.1:1"]
+        ring = build_ring(answer.map.ring)
+        keys = [b"key-%d" % n for n in range(20)]
+        mine = next(key for key in keys if ring.group_for(key) == 1)
+        theirs = next(key for key in keys if ring.group_for(key) == 2)
+        written = await node.stub.Write(
+            node_pb2.WriteRequest(group_id=1, command=put(theirs, b"v", 1))
+        )
+        assert written.result.wrong_group == kv_pb2.WrongGroup(group_id=1, epoch=1, key=theirs)
+        read = await node.stub.Read(node_pb2.ReadRequest(group_id=1, keys=[mine, theirs]))
+        assert read.error.wrong_group.key == theirs
+        written = await node.stub.Write(
+            node_pb2.WriteRequest(group_id=1, command=put(mine, b"v", 2))
+        )
+        assert written.result.results[0].succeeded

@@ -1,0 +1,198 @@
+"""The node's view of the cluster map, and the ring it keeps its groups on.
+
+The cluster map (``ClusterMap``: nodes, groups, the ring and its epoch) is one
+value in the meta group (group 0) under ``CLUSTER_MAP_KEY``, read and changed
+as a whole by compare-and-set. ``ClusterAgent`` runs beside a node's runtime,
+every ``interval`` seconds and whenever woken:
+
+1. **Bootstrap.** The leader of the meta group writes the initial map (from
+   the static configuration every first node shares, ``initial_map``) if the
+   meta group holds none: a compare-and-set on "absent", so several leaders
+   over time or a restart in the middle write it once.
+2. **Learn.** A node with a replica of the meta group reads the map from its
+   own applied state (never older than what it applied before: epochs only
+   rise); a node without one asks its peers (``GetClusterMap``) and keeps
+   the highest epoch it hears. ``map`` is what the node's service answers
+   routers with.
+3. **Ring.** For every data group this node leads whose applied ring is
+   older than the map's, it proposes the map's ring through the group's log
+   (one proposal at a time per group). From then on the group refuses keys
+   the ring gives another group (``WRONG_GROUP`` with its epoch).
+
+Decision: the meta group is a key-value group like the others, holding the
+map under a reserved key; it gets no ring and is never on one. The map is
+small (nodes and groups), so whole-value compare-and-set is simple and safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+
+import grpc
+import grpc.aio
+
+from shardkv.errors import ShardKVError
+from shardkv.node.config import NodeConfig
+from shardkv.node.runtime import NodeRuntime
+from shardkv.raft import Role
+from shardkv.ring import ring_of
+from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, node_pb2_grpc
+
+__all__ = ["CLUSTER_MAP_KEY", "META_GROUP", "ClusterAgent", "initial_map"]
+
+_log = logging.getLogger(__name__)
+
+META_GROUP = 0
+CLUSTER_MAP_KEY = b"\x00cluster/map"
+_POLL_TIMEOUT = 1.0
+
+
+def initial_map(config: NodeConfig) -> cluster_pb2.ClusterMap:
+    """The map the first nodes bootstrap: every data group on the ring with weight 1."""
+    data_groups = {group: 1 for group in config.groups if group != META_GROUP}
+    return cluster_pb2.ClusterMap(
+        cluster_id=config.cluster_id,
+        ring=ring_of(1, data_groups),
+        nodes=[
+            cluster_pb2.NodeInfo(node_id=node_id, address=address, state="up")
+            for node_id, address in sorted(config.initial_cluster.items())
+        ],
+        groups=[
+            cluster_pb2.GroupInfo(
+                group_id=group, replicas=list(replicas), weight=data_groups.get(group, 0)
+            )
+            for group, replicas in sorted(config.groups.items())
+        ],
+    )
+
+
+class ClusterAgent:
+    def __init__(
+        self,
+        runtime: NodeRuntime,
+        initial: cluster_pb2.ClusterMap,
+        peers: Mapping[int, str],
+        *,
+        interval: float = 0.2,
+    ) -> None:
+        self.runtime = runtime
+        self.initial = initial
+        self.interval = interval
+        self.map: cluster_pb2.ClusterMap | None = None
+        self._peers = {node: address for node, address in peers.items() if node != runtime.node_id}
+        self._channels: dict[int, grpc.aio.Channel] = {}
+        self._pending: dict[int, asyncio.Future[kv_pb2.CommandResult]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                await self.step()
+            except Exception:  # one bad step must not end the agent
+                _log.exception("node %d: cluster agent step failed", self.runtime.node_id)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()
+
+    async def step(self) -> None:
+        """One pass of bootstrap, learn and ring (see the module docstring)."""
+        meta = self.runtime.peers.get(META_GROUP)
+        if meta is not None:
+            self._maybe_bootstrap()
+            stored = meta.machine.get(CLUSTER_MAP_KEY)
+            if stored is not None:
+                self._learn(cluster_pb2.ClusterMap.FromString(stored.value))
+        else:
+            await self._poll()
+        self._push_ring()
+
+    def _learn(self, cluster_map: cluster_pb2.ClusterMap) -> None:
+        if self.map is None or cluster_map.ring.epoch >= self.map.ring.epoch:
+            if self.map != cluster_map:
+                _log.info(
+                    "node %d: cluster map of epoch %d",
+                    self.runtime.node_id,
+                    cluster_map.ring.epoch,
+                )
+            self.map = cluster_map
+
+    def _maybe_bootstrap(self) -> None:
+        meta = self.runtime.peers[META_GROUP]
+        if meta.role != Role.LEADER or META_GROUP in self._pending:
+            return
+        if meta.machine.get(CLUSTER_MAP_KEY) is not None:
+            return
+        command = kv_pb2.Command(
+            operations=[
+                kv_pb2.Operation(
+                    compare_and_set=kv_pb2.CompareAndSet(
+                        key=CLUSTER_MAP_KEY, value=self.initial.SerializeToString()
+                    )
+                )
+            ]
+        )
+        self._propose(META_GROUP, command)
+
+    def _push_ring(self) -> None:
+        if self.map is None:
+            return
+        ring = self.map.ring
+        for group_id, peer in self.runtime.peers.items():
+            if group_id == META_GROUP or group_id in self._pending:
+                continue
+            if peer.role == Role.LEADER and peer.machine.epoch < ring.epoch:
+                self._propose(group_id, kv_pb2.Command(ring=ring))
+
+    def _propose(self, group_id: int, command: kv_pb2.Command) -> None:
+        try:
+            future = self.runtime.propose(group_id, command)
+        except ShardKVError as error:  # lost the lead since the round: next pass
+            _log.debug("node %d: group %d: %s", self.runtime.node_id, group_id, error)
+            return
+        self._pending[group_id] = future
+
+        def done(settled: asyncio.Future[kv_pb2.CommandResult]) -> None:
+            self._pending.pop(group_id, None)
+            if not settled.cancelled():
+                settled.exception()  # retrieved: a failure is retried on a later pass
+            self._wake.set()
+
+        future.add_done_callback(done)
+
+    async def _poll(self) -> None:
+        """Ask the peers for their map; keep the highest epoch."""
+
+        async def ask(node_id: int, address: str) -> cluster_pb2.ClusterMap | None:
+            channel = self._channels.get(node_id)
+            if channel is None:
+                channel = self._channels[node_id] = grpc.aio.insecure_channel(address)
+            stub = node_pb2_grpc.NodeStub(channel)  # type: ignore[no-untyped-call]
+            try:
+                response: node_pb2.GetClusterMapResponse = await stub.GetClusterMap(
+                    node_pb2.GetClusterMapRequest(), timeout=_POLL_TIMEOUT
+                )
+            except grpc.aio.AioRpcError:
+                return None
+            return response.map if response.HasField("map") else None
+
+        answers = await asyncio.gather(
+            *(ask(node_id, address) for node_id, address in self._peers.items())
+        )
+        for answer in answers:
+            if answer is not None:
+                self._learn(answer)
