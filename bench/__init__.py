@@ -1,0 +1,1 @@
+"""Benchmarks: the Raft core, the node, and shardkv beside etcd."""

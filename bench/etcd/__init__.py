@@ -1,0 +1,13 @@
+"""The etcd half of the side-by-side benchmark: etcd 3.4 run as a real 3-member cluster.
+
+- ``EtcdCluster`` (``cluster``): starts and stops the ``etcd`` processes.
+- ``EtcdClient`` (``client``): put, get and one-Txn ``put_many`` over grpc.aio.
+- ``KVTarget``, ``measure_puts``, ``measure_gets``, ``measure_bulk``,
+  ``preload`` (``load``): the closed-loop measurements, for any store.
+- ``ensure_etcd`` (``install``): installs Debian's ``etcd-server`` if missing.
+- ``etcdpb``: Python generated from the etcd API subset in ``bench/proto/etcd``.
+
+Errors are drawn in ``errors``. Import from the modules: the package
+re-exports nothing, because ``load`` and ``install`` also run as
+``python -m bench.etcd.…``, which warns when the package imported them first.
+"""
