@@ -1,0 +1,226 @@
+"""Talking to groups: one request to a group's leader, retried; writes and reads batched.
+
+``GroupChannel.call`` sends one node RPC to a group and retries it until it is
+answered or the deadline passes: it follows NOT_LEADER hints, moves to the
+next replica when a node is down or says nothing useful, and refreshes the
+cluster map on UNKNOWN_GROUP. What it retries is the same request, so a
+write keeps its (client_id, seq) and applies at most once.
+
+``GroupBatcher`` is group commit at the router: requests for one group wait
+in a queue while ``max_in_flight`` node calls are out, then leave together
+in one ``WriteBatch`` (or one ``Read`` of many keys). Under load the batches
+grow, so the node sees few large calls instead of many small ones; a lone
+request leaves at once.
+
+Errors that reach callers (``RouteError`` and its kinds) carry what was tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import grpc
+import grpc.aio
+
+from router.topology import Topology
+from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
+
+__all__ = [
+    "GroupBatcher",
+    "GroupChannel",
+    "GroupUnavailable",
+    "Reroute",
+    "RouteError",
+]
+
+_log = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
+_T = TypeVar("_T")
+_V = TypeVar("_V")
+
+# One node call may take at most this long before the next candidate is tried.
+_ATTEMPT_TIMEOUT = 5.0
+_INITIAL_BACKOFF = 0.01
+_MAX_BACKOFF = 0.5
+
+
+class RouteError(Exception):
+    """The router could not get an answer; the service turns it into a status."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class GroupUnavailable(RouteError):
+    """No node of a group answered before the deadline."""
+
+
+class DeadlineExceeded(RouteError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class InvalidRequest(RouteError):
+    """A node refused the request as invalid: the caller's fault, never retried."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Reroute(Exception):
+    """The group does not own a key in its ring: route again with a newer map."""
+
+    def __init__(self, wrong_group: kv_pb2.WrongGroup) -> None:
+        super().__init__(
+            f"group {wrong_group.group_id} does not own the key in epoch {wrong_group.epoch}"
+        )
+        self.wrong_group = wrong_group
+
+
+def backoff(attempt: int) -> float:
+    return min(_MAX_BACKOFF, _INITIAL_BACKOFF * (1 << min(attempt, 10))) * random.uniform(0.5, 1.0)
+
+
+class GroupChannel:
+    """Sends one request to a group and retries it; see the module docstring."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+
+    async def call(
+        self,
+        group_id: int,
+        invoke: Callable[[node_pb2_grpc.NodeStub, float], Awaitable[_R]],
+        error_of: Callable[[_R], node_pb2.GroupError | None],
+        deadline: float,
+    ) -> _R:
+        """The first answer without a routing error, or ``RouteError``."""
+        loop = asyncio.get_running_loop()
+        tried: list[str] = []
+        for attempt in range(10_000):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            node_id = self.topology.next_candidate(group_id)
+            stub = self.topology.stub(node_id) if node_id is not None else None
+            if node_id is None or stub is None:
+                tried.append(
+                    f"group {group_id} is not in the cluster map (epoch {self.topology.epoch})"
+                )
+                self.topology.refresh()
+                await asyncio.sleep(min(remaining, backoff(attempt)))
+                continue
+            try:
+                response = await invoke(stub, min(remaining, _ATTEMPT_TIMEOUT))
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise InvalidRequest(error.details() or "invalid argument") from error
+                tried.append(f"node {node_id}: {code.name} {error.details() or ''}".strip())
+                self.topology.failed(group_id, node_id)
+                await asyncio.sleep(min(max(0.0, deadline - loop.time()), backoff(attempt)))
+                continue
+            group_error = error_of(response)
+            if group_error is None:
+                self.topology.leader_is(group_id, node_id)
+                return response
+            kind = group_error.WhichOneof("kind")
+            hint = group_error.not_leader.leader_id if kind == "not_leader" else 0
+            if hint:
+                tried.append(f"node {node_id}: not the leader (leader: node {hint})")
+                self.topology.leader_is(group_id, hint)
+                if hint == node_id:  # a stale hint: move on
+                    self.topology.failed(group_id, node_id)
+                continue
+            if kind == "wrong_group":
+                raise Reroute(group_error.wrong_group)
+            tried.append(f"node {node_id}: {kind or 'no answer'}")
+            self.topology.failed(group_id, node_id)
+            if kind == "unknown_group":
+                self.topology.refresh()
+            await asyncio.sleep(min(max(0.0, deadline - loop.time()), backoff(attempt)))
+        last = "; ".join(tried[-4:]) or "no attempt"
+        raise GroupUnavailable(
+            f"group {group_id} has no reachable leader (tried {len(tried)} times; last: {last}); "
+            "retry later"
+        )
+
+
+@dataclass(slots=True)
+class _Pending(Generic[_T, _V]):
+    item: _T
+    deadline: float
+    future: asyncio.Future[_V] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class GroupBatcher(Generic[_T, _V]):
+    """A queue of one group's requests, sent in batches by ``send``.
+
+    ``send(items, deadline)`` makes the node call for one batch and returns one
+    outcome per item: a value, or an exception for that item alone. An
+    exception raised by ``send`` fails the whole batch.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[_T], float], Awaitable[list[_V | BaseException]]],
+        *,
+        max_batch: int = 512,
+        max_in_flight: int = 2,
+    ) -> None:
+        self._send = send
+        self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._queue: list[_Pending[_T, _V]] = []
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, item: _T, deadline: float) -> asyncio.Future[_V]:
+        pending: _Pending[_T, _V] = _Pending(item, deadline)
+        self._queue.append(pending)
+        self._pump()
+        return pending.future
+
+    def _pump(self) -> None:
+        while self._queue and self._in_flight < self._max_in_flight:
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            batch = [pending for pending in batch if not pending.future.done()]
+            if not batch:
+                continue
+            self._in_flight += 1
+            task = asyncio.create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[_Pending[_T, _V]]) -> None:
+        try:
+            deadline = max(pending.deadline for pending in batch)
+            try:
+                outcomes = await self._send([pending.item for pending in batch], deadline)
+            except BaseException as error:  # handed to every caller of the batch
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+                return
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                if pending.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    pending.future.set_exception(outcome)
+                else:
+                    pending.future.set_result(outcome)
+        finally:
+            self._in_flight -= 1
+            self._pump()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

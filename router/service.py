@@ -1,0 +1,559 @@
+"""The router's gRPC service (``shardkv.v1.Router``): the cluster as one keyspace.
+
+For each key: ring -> group -> cached leader (``Topology``), through a
+per-group ``GroupBatcher`` so that concurrent requests for a group share one
+node call. Multi-key requests are split by group and sent in parallel. Scans
+go to every group and merge in key order.
+
+Status codes a caller sees:
+
+- INVALID_ARGUMENT: an empty or oversized key or value, too many items in one
+  call, a bad continuation token; checked here before any node is asked.
+- UNAVAILABLE: a group had no reachable leader before the deadline; the
+  message names the group and what was tried. Retry (a write with the same
+  session: exactly-once).
+- DEADLINE_EXCEEDED: the caller's deadline passed (a write may still apply).
+
+Writes carry the client's ``Session`` (client_id, seq, acked_seq) down to the
+groups, so a retry, by this router or by the client through another router,
+applies at most once. A request without a session gets one from the router
+(exactly-once then covers the router's own retries only).
+
+A write a group refuses as WRONG_GROUP (the ring moved) is routed again with
+the newer map. For one key this keeps its session (the key's new group never
+applied that seq for another key). A multi-key part routed again goes out
+under a fresh router session instead, since the new group may already hold
+the same seq for other keys of the request: during a ring change, those keys
+are at-least-once. (Rings change only with rebalancing; until then it does
+not arise.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import NoReturn, TypeVar
+
+import grpc
+import grpc.aio
+
+from router.groups import (
+    DeadlineExceeded,
+    GroupBatcher,
+    GroupChannel,
+    Reroute,
+    RouteError,
+)
+from router.topology import Topology
+from shardkv.errors import InvalidArgument
+from shardkv.limits import MAX_OPERATIONS, check_command, check_key
+from shardkv.storage.keys import prefix_end
+from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc, router_pb2, router_pb2_grpc
+
+__all__ = ["RouterService"]
+
+_log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+DEFAULT_DEADLINE = 30.0
+DEFAULT_PAGE = 1000
+MAX_PAGE = 10_000
+_MAP_WAIT = 0.05
+
+
+class _Sessions:
+    """The router's own session, for requests that bring none."""
+
+    def __init__(self) -> None:
+        self.client_id = random.getrandbits(63) | 1
+        self._seqs = itertools.count(1)
+        self._open: set[int] = set()
+        self._highest = 0
+
+    def issue(self) -> router_pb2.Session:
+        seq = next(self._seqs)
+        self._open.add(seq)
+        acked = (min(self._open) - 1) if self._open else self._highest
+        self._highest = seq
+        return router_pb2.Session(client_id=self.client_id, seq=seq, acked_seq=acked)
+
+    def finish(self, session: router_pb2.Session) -> None:
+        if session.client_id == self.client_id:
+            self._open.discard(session.seq)
+
+
+class RouterService(router_pb2_grpc.RouterServicer):
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.groups = GroupChannel(topology)
+        self._writers: dict[int, GroupBatcher[kv_pb2.Command, kv_pb2.CommandResult]] = {}
+        self._readers: dict[int, GroupBatcher[bytes, kv_pb2.KeyValue | None]] = {}
+        self._sessions = _Sessions()
+
+    async def close(self) -> None:
+        for writer in self._writers.values():
+            await writer.close()
+        for reader in self._readers.values():
+            await reader.close()
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:  # type: ignore[type-arg]
+        remaining = context.time_remaining()
+        budget = DEFAULT_DEADLINE if remaining is None else remaining
+        return asyncio.get_running_loop().time() + budget
+
+    async def _serve(
+        self,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        work: Callable[[float], Awaitable[_T]],
+    ) -> _T:
+        """Run ``work(deadline)``; turn what fails into the status the module docstring gives."""
+        deadline = self._deadline(context)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._wait_for_map()
+                return await work(deadline)
+        except TimeoutError:
+            await _abort(
+                context, DeadlineExceeded("the deadline passed before the cluster answered")
+            )
+        except InvalidArgument as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except RouteError as error:
+            await _abort(context, error)
+        raise AssertionError("unreachable")
+
+    async def _wait_for_map(self) -> None:
+        if self.topology.ring is None:
+            await self.topology.ready()
+
+    def _writer(self, group_id: int) -> GroupBatcher[kv_pb2.Command, kv_pb2.CommandResult]:
+        writer = self._writers.get(group_id)
+        if writer is None:
+
+            async def send(
+                commands: list[kv_pb2.Command], deadline: float
+            ) -> list[kv_pb2.CommandResult | BaseException]:
+                return await self._write_batch(group_id, commands, deadline)
+
+            writer = self._writers[group_id] = GroupBatcher(send)
+        return writer
+
+    def _reader(self, group_id: int) -> GroupBatcher[bytes, kv_pb2.KeyValue | None]:
+        reader = self._readers.get(group_id)
+        if reader is None:
+
+            async def send(
+                keys: list[bytes], deadline: float
+            ) -> list[kv_pb2.KeyValue | BaseException | None]:
+                return await self._read_batch(group_id, keys, deadline)
+
+            reader = self._readers[group_id] = GroupBatcher(send)
+        return reader
+
+    async def _write_batch(
+        self, group_id: int, commands: list[kv_pb2.Command], deadline: float
+    ) -> list[kv_pb2.CommandResult | BaseException]:
+        """One WriteBatch with retries; per-command UNAVAILABLE outcomes are retried too."""
+        loop = asyncio.get_running_loop()
+        outcomes: list[kv_pb2.CommandResult | BaseException | None] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        attempt = 0
+        while todo:
+            request = node_pb2.WriteBatchRequest(
+                group_id=group_id, commands=[commands[index] for index in todo]
+            )
+
+            async def invoke(
+                stub: node_pb2_grpc.NodeStub,
+                timeout: float,
+                request: node_pb2.WriteBatchRequest = request,
+            ) -> node_pb2.WriteBatchResponse:
+                response: node_pb2.WriteBatchResponse = await stub.WriteBatch(
+                    request, timeout=timeout
+                )
+                return response
+
+            response = await self.groups.call(
+                group_id, invoke, lambda r: r.error if r.HasField("error") else None, deadline
+            )
+            retry: list[int] = []
+            for index, outcome in zip(todo, response.outcomes, strict=True):
+                if outcome.code == 0:
+                    result = outcome.result
+                    outcomes[index] = (
+                        Reroute(result.wrong_group) if result.HasField("wrong_group") else result
+                    )
+                elif outcome.code == grpc.StatusCode.UNAVAILABLE.value[0]:
+                    retry.append(index)
+                else:
+                    outcomes[index] = RouteError(outcome.message)
+            todo = retry
+            if todo:
+                attempt += 1
+                if loop.time() >= deadline:
+                    for index in todo:
+                        outcomes[index] = DeadlineExceeded(
+                            f"group {group_id} did not settle the write before the deadline; "
+                            "it may still apply"
+                        )
+                    break
+                await asyncio.sleep(min(0.2, 0.005 * 2**attempt))
+        return [
+            outcome if outcome is not None else RouteError("no outcome") for outcome in outcomes
+        ]
+
+    async def _read_batch(
+        self, group_id: int, keys: list[bytes], deadline: float
+    ) -> list[kv_pb2.KeyValue | BaseException | None]:
+        request = node_pb2.ReadRequest(group_id=group_id, keys=list(dict.fromkeys(keys)))
+
+        async def invoke(stub: node_pb2_grpc.NodeStub, timeout: float) -> node_pb2.ReadResponse:
+            response: node_pb2.ReadResponse = await stub.Read(request, timeout=timeout)
+            return response
+
+        try:
+            response = await self.groups.call(
+                group_id, invoke, lambda r: r.error if r.HasField("error") else None, deadline
+            )
+        except Reroute as reroute:
+            # One key of the batch moved: every key of it is routed again on its own.
+            return [reroute] * len(keys)
+        found = {kv.key: kv for kv in response.kvs}
+        return [found.get(key) for key in keys]
+
+    async def _after_reroute(self, reroute: Reroute, attempt: int) -> None:
+        """Wait until routing again can go elsewhere: a newer map, or the group catching up."""
+        epoch = reroute.wrong_group.epoch
+        if epoch > self.topology.epoch:
+            self.topology.refresh()
+            for _ in range(100):
+                if self.topology.epoch >= epoch:
+                    return
+                await asyncio.sleep(_MAP_WAIT)
+        else:
+            # The group applies an older ring than ours: it will catch up.
+            self.topology.refresh()
+            await asyncio.sleep(min(0.5, 0.01 * 2**attempt))
+
+    def _session(self, session: router_pb2.Session) -> router_pb2.Session:
+        if session.client_id:
+            if session.acked_seq >= session.seq:
+                raise InvalidArgument(
+                    f"session seq {session.seq} must be above acked_seq {session.acked_seq}"
+                )
+            return session
+        return self._sessions.issue()
+
+    async def _write_key(
+        self, key: bytes, command: kv_pb2.Command, deadline: float
+    ) -> kv_pb2.CommandResult:
+        for attempt in itertools.count():
+            group_id = self.topology.group_for(key)
+            try:
+                return await self._writer(group_id).submit(command, deadline)
+            except Reroute as reroute:
+                await self._after_reroute(reroute, attempt)
+        raise AssertionError("unreachable")
+
+    async def _read_key(self, key: bytes, deadline: float) -> kv_pb2.KeyValue | None:
+        for attempt in itertools.count():
+            group_id = self.topology.group_for(key)
+            try:
+                return await self._reader(group_id).submit(key, deadline)
+            except Reroute as reroute:
+                await self._after_reroute(reroute, attempt)
+        raise AssertionError("unreachable")
+
+    async def _write_one(
+        self,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        key: bytes,
+        session: router_pb2.Session,
+        operation: kv_pb2.Operation,
+    ) -> kv_pb2.CommandResult:
+        """One single-key write: validated, given a session, routed and retried."""
+        try:
+            check_key(key)
+            resolved = self._session(session)
+        except InvalidArgument as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        command = kv_pb2.Command(
+            client_id=resolved.client_id,
+            seq=resolved.seq,
+            acked_seq=resolved.acked_seq,
+            operations=[operation],
+        )
+        try:
+            check_command(command)
+        except InvalidArgument as error:
+            self._sessions.finish(resolved)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+        async def work(deadline: float) -> kv_pb2.CommandResult:
+            return await self._write_key(key, command, deadline)
+
+        try:
+            return await self._serve(context, work)
+        finally:
+            self._sessions.finish(resolved)
+
+    # -- single keys ----------------------------------------------------------------------
+
+    async def Get(
+        self,
+        request: router_pb2.GetRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.GetResponse:
+        try:
+            check_key(request.key)
+        except InvalidArgument as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        kv = await self._serve(context, lambda deadline: self._read_key(request.key, deadline))
+        return router_pb2.GetResponse(kv=kv) if kv is not None else router_pb2.GetResponse()
+
+    async def Put(
+        self,
+        request: router_pb2.PutRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.PutResponse:
+        operation = kv_pb2.Operation(put=kv_pb2.Put(key=request.key, value=request.value))
+        result = await self._write_one(context, request.key, request.session, operation)
+        previous = (
+            result.results[0].previous
+            if result.results and result.results[0].HasField("previous")
+            else None
+        )
+        kv = kv_pb2.KeyValue(
+            key=request.key,
+            value=request.value,
+            version=previous.version + 1 if previous is not None else 1,
+            create_revision=previous.create_revision if previous is not None else result.revision,
+            mod_revision=result.revision,
+        )
+        return router_pb2.PutResponse(kv=kv)
+
+    async def Delete(
+        self,
+        request: router_pb2.DeleteRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.DeleteResponse:
+        operation = kv_pb2.Operation(delete=kv_pb2.Delete(key=request.key))
+        result = await self._write_one(context, request.key, request.session, operation)
+        return router_pb2.DeleteResponse(
+            deleted=bool(result.results and result.results[0].succeeded)
+        )
+
+    async def CompareAndSet(
+        self,
+        request: router_pb2.CompareAndSetRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.CompareAndSetResponse:
+        cas = kv_pb2.CompareAndSet(key=request.key, value=request.value)
+        if request.HasField("expected"):
+            cas.expected = request.expected
+        operation = kv_pb2.Operation(compare_and_set=cas)
+        result = await self._write_one(context, request.key, request.session, operation)
+        response = router_pb2.CompareAndSetResponse()
+        if result.results:
+            response.succeeded = result.results[0].succeeded
+            if result.results[0].HasField("previous"):
+                response.previous.CopyFrom(result.results[0].previous)
+        return response
+
+    # -- many keys ----------------------------------------------------------------------
+
+    async def PutMany(
+        self,
+        request: router_pb2.PutManyRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.PutManyResponse:
+        items = list(request.items)
+        try:
+            if len(items) > MAX_OPERATIONS:
+                raise InvalidArgument(
+                    f"{len(items)} items in one call; at most {MAX_OPERATIONS}: send several"
+                )
+            operations = [
+                kv_pb2.Operation(put=kv_pb2.Put(key=item.key, value=item.value)) for item in items
+            ]
+            check_command(kv_pb2.Command(operations=operations)) if operations else None
+            session = self._session(request.session)
+        except InvalidArgument as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+        async def work(deadline: float) -> int:
+            try:
+                await self._put_many(operations, session, deadline, reroutes=0)
+            finally:
+                self._sessions.finish(session)
+            return len(operations)
+
+        written = await self._serve(context, work) if operations else 0
+        return router_pb2.PutManyResponse(written=written)
+
+    async def _put_many(
+        self,
+        operations: Sequence[kv_pb2.Operation],
+        session: router_pb2.Session,
+        deadline: float,
+        reroutes: int,
+    ) -> None:
+        by_group: dict[int, list[kv_pb2.Operation]] = defaultdict(list)
+        for operation in operations:
+            by_group[self.topology.group_for(operation.put.key)].append(operation)
+        futures = [
+            self._writer(group_id).submit(
+                kv_pb2.Command(
+                    client_id=session.client_id,
+                    seq=session.seq,
+                    acked_seq=session.acked_seq,
+                    operations=group_operations,
+                ),
+                deadline,
+            )
+            for group_id, group_operations in by_group.items()
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        moved: list[kv_pb2.Operation] = []
+        for group_operations, result in zip(by_group.values(), results, strict=True):
+            if isinstance(result, Reroute):
+                await self._after_reroute(result, reroutes)
+                moved.extend(group_operations)
+            elif isinstance(result, BaseException):
+                raise result
+        if moved:
+            # See the module docstring: a fresh session for the moved part.
+            fresh = self._sessions.issue()
+            try:
+                await self._put_many(moved, fresh, deadline, reroutes + 1)
+            finally:
+                self._sessions.finish(fresh)
+
+    async def GetMany(
+        self,
+        request: router_pb2.GetManyRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.GetManyResponse:
+        keys = list(request.keys)
+        try:
+            if len(keys) > MAX_OPERATIONS:
+                raise InvalidArgument(f"{len(keys)} keys in one call; at most {MAX_OPERATIONS}")
+            for key in keys:
+                check_key(key)
+        except InvalidArgument as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+        async def work(deadline: float) -> list[kv_pb2.KeyValue | None]:
+            return await asyncio.gather(*(self._read_key(key, deadline) for key in keys))
+
+        found = await self._serve(context, work)
+        return router_pb2.GetManyResponse(kvs=[kv for kv in found if kv is not None])
+
+    # -- scans ----------------------------------------------------------------------------
+
+    async def ScanKeys(
+        self,
+        request: router_pb2.ScanKeysRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.ScanKeysResponse:
+        try:
+            if request.limit > MAX_PAGE:
+                raise InvalidArgument(f"limit {request.limit} is over the page size of {MAX_PAGE}")
+            start, end = _scan_range(request)
+        except InvalidArgument as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        page = request.limit or DEFAULT_PAGE
+
+        async def work(deadline: float) -> router_pb2.ScanKeysResponse:
+            return await self._scan(start, end, page, deadline)
+
+        return await self._serve(context, work)
+
+    async def _scan(
+        self, start: bytes, end: bytes | None, page: int, deadline: float
+    ) -> router_pb2.ScanKeysResponse:
+        ring = self.topology.ring
+        assert ring is not None
+        request = node_pb2.ScanRequest(start=start, end=end or b"", limit=page)
+
+        async def scan_group(group_id: int) -> node_pb2.ScanResponse:
+            group_request = node_pb2.ScanRequest()
+            group_request.CopyFrom(request)
+            group_request.group_id = group_id
+
+            async def invoke(stub: node_pb2_grpc.NodeStub, timeout: float) -> node_pb2.ScanResponse:
+                response: node_pb2.ScanResponse = await stub.Scan(group_request, timeout=timeout)
+                return response
+
+            return await self.groups.call(
+                group_id, invoke, lambda r: r.error if r.HasField("error") else None, deadline
+            )
+
+        pages = await asyncio.gather(*(scan_group(group_id) for group_id in ring.groups))
+        merged = list(
+            itertools.islice(heapq.merge(*(p.kvs for p in pages), key=lambda kv: kv.key), page + 1)
+        )
+        more = len(merged) > page or any(p.more for p in pages)
+        kvs = merged[:page]
+        response = router_pb2.ScanKeysResponse(kvs=kvs)
+        if more and kvs:
+            response.continuation = kvs[-1].key + b"\x00"
+        return response
+
+    # -- status ---------------------------------------------------------------------------
+
+    async def ClusterStatus(
+        self,
+        request: router_pb2.ClusterStatusRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.ClusterStatusResponse:
+        async def work(deadline: float) -> router_pb2.ClusterStatusResponse:
+            topology = self.topology
+            assert topology.map is not None and topology.ring is not None
+            response = router_pb2.ClusterStatusResponse(map=topology.map)
+            nodes = sorted(topology.nodes.items())
+            reports = await asyncio.gather(*(self._node_report(n, a) for n, a in nodes))
+            response.nodes.extend(reports)
+            for group_id, share in sorted(topology.ring.shares().items()):
+                response.shares.add(group_id=group_id, share=share)
+            return response
+
+        return await self._serve(context, work)
+
+    async def _node_report(self, node_id: int, address: str) -> router_pb2.NodeReport:
+        report = router_pb2.NodeReport(node_id=node_id, address=address)
+        try:
+            status: node_pb2.StatusResponse = await self.topology.stub_at(address).Status(
+                node_pb2.StatusRequest(), timeout=2.0
+            )
+        except grpc.aio.AioRpcError as error:
+            report.error = f"{error.code().name}: {error.details()}"
+        else:
+            report.status.CopyFrom(status)
+        return report
+
+
+def _scan_range(request: router_pb2.ScanKeysRequest) -> tuple[bytes, bytes | None]:
+    """``[start, end)`` of the page: the prefix as a range, from the continuation on."""
+    if request.HasField("prefix"):
+        start, end = request.prefix, prefix_end(request.prefix)
+    else:
+        start, end = request.start, request.end or None
+    if request.continuation:
+        if request.continuation < start or (end is not None and request.continuation > end):
+            raise InvalidArgument("the continuation token does not belong to this scan")
+        start = request.continuation
+    return start, end
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: RouteError) -> NoReturn:  # type: ignore[type-arg]
+    await context.abort(error.code, str(error))
+    raise AssertionError("unreachable")
