@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 import socket
@@ -38,9 +39,11 @@ from pathlib import Path
 import grpc
 
 from shardkv.node.config import format_groups, format_initial_cluster
+from shardkv.ring import KeyRing
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
 
 NODES = (1, 2, 3)
+VALUE = b"v" * 100
 
 
 def _free_port() -> int:
@@ -131,6 +134,20 @@ class Bench:
         }
         self.leaders: dict[int, int] = {}
         self.client_ids = itertools.count(1)
+        # Keys each group owns in the cluster's first ring (every group, weight 1):
+        # a Write goes straight to a group, so its keys must be the group's.
+        self.keys: dict[int, list[bytes]] = {}
+
+    def make_keys(self, groups: int, per_group: int = 5000) -> None:
+        ring = KeyRing(1, dict.fromkeys(range(1, groups + 1), 1))
+        self.keys = {group_id: [] for group_id in range(1, groups + 1)}
+        for number in itertools.count():
+            key = b"key-%08d" % number
+            pool = self.keys[ring.group_for(key)]
+            if len(pool) < per_group:
+                pool.append(key)
+            if all(len(pool) >= per_group for pool in self.keys.values()):
+                return
 
     async def close(self) -> None:
         for channel in self.channels.values():
@@ -157,6 +174,21 @@ class Bench:
             await asyncio.sleep(0.1)
         raise SystemExit(f"not every group elected a leader within {timeout:.0f}s")
 
+    async def wait_for_ring(self, groups: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            epochs = {}
+            for stub in self.stubs.values():
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    status = await stub.Status(node_pb2.StatusRequest(), timeout=1)
+                    for group in status.groups:
+                        if group.role == "leader":
+                            epochs[group.group_id] = group.epoch
+            if all(epochs.get(group_id) == 1 for group_id in range(1, groups + 1)):
+                return
+            await asyncio.sleep(0.1)
+        raise SystemExit(f"the groups did not apply the ring within {timeout:.0f}s")
+
     async def fsyncs(self) -> int:
         total = 0
         for stub in self.stubs.values():
@@ -171,10 +203,10 @@ class Bench:
             if time.monotonic() >= deadline:
                 return written
             group_id = (client_id + seq) % groups + 1
+            pool = self.keys[group_id]
+            start = (client_id * 7919 + seq * batch) % len(pool)
             operations = [
-                kv_pb2.Operation(
-                    put=kv_pb2.Put(key=b"c%d-s%d-%d" % (client_id, seq, i), value=b"v" * 100)
-                )
+                kv_pb2.Operation(put=kv_pb2.Put(key=pool[(start + i) % len(pool)], value=VALUE))
                 for i in range(batch)
             ]
             request = node_pb2.WriteRequest(
@@ -185,6 +217,8 @@ class Bench:
             response = await self.stubs[self.leaders[group_id]].Write(request, timeout=10)
             if response.HasField("error"):
                 raise SystemExit(f"leadership moved during the benchmark: {response.error}")
+            if response.result.HasField("wrong_group"):
+                raise SystemExit(f"a key went to the wrong group: {response.result.wrong_group}")
             latencies.append(time.perf_counter() - started)
             written += batch
         raise AssertionError("unreachable")
@@ -216,6 +250,9 @@ async def measure(groups: int, seconds: float, tick_ms: int) -> list[Result]:
         bench = Bench(addresses)
         try:
             await bench.wait_for_leaders(groups)
+            bench.make_keys(groups)
+            # The nodes put their groups on the ring once they lead them.
+            await bench.wait_for_ring(groups)
             results = []
             for writers, batch in ((1, 1), (64, 1), (64, 100)):
                 label = f"{groups} group(s), {writers} writer(s)"

@@ -76,11 +76,14 @@ class NodeRuntime:
         self.transport = transport
         self.peers = dict(peers)
         self.tick_interval = tick_interval
-        # How long run() lets requests gather before a round. Measured with
-        # bench/node.py (1 group, 64 writers): 0 -> 375 writes/s, p50 170 ms;
-        # 0.5 ms -> 815, 77 ms; 2 ms -> 1,379, 43 ms. A lone writer pays the
-        # window in latency (3.9 ms -> 5.9 ms at 2 ms).
+        # How long run() lets requests gather before a round, when requests
+        # contend (the previous round carried more than one; see run()).
+        # Measured with bench/node.py (1 group, 64 writers): 0 -> 375
+        # writes/s, p50 170 ms; 0.5 ms -> 815, 77 ms; 2 ms -> 1,379, 43 ms.
         self.gather_window = gather_window
+        # Proposals and reads since the last round, and in the last round.
+        self._requests = 0
+        self._last_round_requests = 0
         self.stats = RoundStats()
         self._inbox: list[tuple[int, int, Message]] = []
         self._ticks_due = 0
@@ -100,11 +103,13 @@ class NodeRuntime:
         self, group_id: int, command: kv_pb2.Command
     ) -> asyncio.Future[kv_pb2.CommandResult]:
         future = self.peer(group_id).propose(command)
+        self._requests += 1
         self._wake.set()
         return future
 
     def read_barrier(self, group_id: int) -> asyncio.Future[None]:
         future = self.peer(group_id).read_barrier()
+        self._requests += 1
         self._wake.set()
         return future
 
@@ -122,6 +127,7 @@ class NodeRuntime:
     async def round(self) -> None:
         stats = self.stats
         stats.rounds += 1
+        self._last_round_requests, self._requests = self._requests, 0
         inbox, self._inbox = self._inbox, []
         for _, group_id, message in inbox:
             peer = self.peers.get(group_id)
@@ -208,10 +214,14 @@ class NodeRuntime:
                 self._ticks_due += 1
                 next_tick = now + self.tick_interval
             while not self._stopping:
-                # Gather first: let the requests arriving now add their
-                # proposals, or every request costs its own fsync and flush
-                # (group commit needs a group). See gather_window.
-                await asyncio.sleep(self.gather_window)
+                # Gather first when requests contend: let the ones arriving
+                # now add their proposals, or every request costs its own
+                # fsync and flush (group commit needs a group). A lone request,
+                # or a round only for Raft messages (a follower appending, a
+                # leader counting acks), goes at once: waiting would only add
+                # latency to every hop.
+                contended = self._last_round_requests > 1 or self._requests > 1
+                await asyncio.sleep(self.gather_window if contended else 0)
                 if not self.has_work():
                     break
                 await self.round()
