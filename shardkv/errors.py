@@ -8,6 +8,7 @@
     ├── ProposalFailed       the write was not applied and never will be: safe to retry
     ├── OutcomeUnknown       the write may or may not apply: retry with the same (client, seq)
     ├── UnknownGroup         this node hosts no replica of the group
+    ├── FailedPrecondition   the cluster is not in a state that allows it (a node id taken, ...)
     └── ConfigError          the node's config, data dir or port is unusable (shardkv.node.config)
 
 The router shares this module, so one request is judged the same on both sides.
@@ -16,6 +17,7 @@ The router shares this module, so one request is judged the same on both sides.
 from __future__ import annotations
 
 __all__ = [
+    "FailedPrecondition",
     "InvalidArgument",
     "NotLeader",
     "OutcomeUnknown",
@@ -49,6 +51,10 @@ class ProposalFailed(ShardKVError):
 
 class OutcomeUnknown(ShardKVError):
     """The write may yet apply (leadership changed, or the node is stopping)."""
+
+
+class FailedPrecondition(ShardKVError):
+    """The request is well formed but the cluster's state refuses it; fix that state first."""
 
 
 class UnknownGroup(ShardKVError):

@@ -19,6 +19,13 @@ every ``interval`` seconds and whenever woken:
    (one proposal at a time per group). From then on the group refuses keys
    the ring gives another group (``WRONG_GROUP`` with its epoch).
 
+Joining (``add_node``): a new node asks any member; the leader of the meta
+group reads the map after a ReadIndex barrier, adds the node, and writes it
+back by compare-and-set on the value it read (retrying if the map moved).
+Adding a node again with the same address answers the current map; another
+node's id or address is a ``FailedPrecondition``. Every node dials the nodes
+the map names (``transport.update_peers``), so later placement can use them.
+
 Decision: the meta group is a key-value group like the others, holding the
 map under a reserved key; it gets no ring and is never on one. The map is
 small (nodes and groups), so whole-value compare-and-set is simple and safe.
@@ -34,7 +41,7 @@ from collections.abc import Mapping
 import grpc
 import grpc.aio
 
-from shardkv.errors import ShardKVError
+from shardkv.errors import FailedPrecondition, NotLeader, ProposalFailed, ShardKVError
 from shardkv.node.config import NodeConfig
 from shardkv.node.runtime import NodeRuntime
 from shardkv.raft import Role
@@ -82,6 +89,7 @@ class ClusterAgent:
         self.initial = initial
         self.interval = interval
         self.map: cluster_pb2.ClusterMap | None = None
+        self._initial_peers = dict(peers)
         self._peers = {node: address for node, address in peers.items() if node != runtime.node_id}
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._pending: dict[int, asyncio.Future[kv_pb2.CommandResult]] = {}
@@ -116,20 +124,74 @@ class ClusterAgent:
             self._maybe_bootstrap()
             stored = meta.machine.get(CLUSTER_MAP_KEY)
             if stored is not None:
-                self._learn(cluster_pb2.ClusterMap.FromString(stored.value))
+                self.learn(cluster_pb2.ClusterMap.FromString(stored.value))
         else:
             await self._poll()
         self._push_ring()
 
-    def _learn(self, cluster_map: cluster_pb2.ClusterMap) -> None:
-        if self.map is None or cluster_map.ring.epoch >= self.map.ring.epoch:
-            if self.map != cluster_map:
-                _log.info(
-                    "node %d: cluster map of epoch %d",
-                    self.runtime.node_id,
-                    cluster_map.ring.epoch,
+    def learn(self, cluster_map: cluster_pb2.ClusterMap) -> None:
+        """Take ``cluster_map`` unless ours is newer; dial the nodes it names."""
+        if self.map is not None and cluster_map.ring.epoch < self.map.ring.epoch:
+            return
+        if self.map == cluster_map:
+            return
+        _log.info(
+            "node %d: cluster map of epoch %d with %d nodes",
+            self.runtime.node_id,
+            cluster_map.ring.epoch,
+            len(cluster_map.nodes),
+        )
+        self.map = cluster_map
+        addresses = {node.node_id: node.address for node in cluster_map.nodes}
+        self._peers.update(
+            (node, address) for node, address in addresses.items() if node != self.runtime.node_id
+        )
+        self.runtime.transport.update_peers({**self._initial_peers, **addresses})
+
+    async def add_node(self, node_id: int, address: str, cluster_id: str) -> cluster_pb2.ClusterMap:
+        """Put a node in the cluster map; see the module docstring."""
+        meta = self.runtime.peer(META_GROUP)
+        for _ in range(5):
+            if meta.role != Role.LEADER:
+                raise NotLeader(META_GROUP, meta.raw.status().leader_id)
+            await self.runtime.read_barrier(META_GROUP)
+            stored = meta.machine.get(CLUSTER_MAP_KEY)
+            if stored is None:
+                raise ProposalFailed("the cluster map is not written yet: retry shortly")
+            current = cluster_pb2.ClusterMap.FromString(stored.value)
+            if cluster_id != current.cluster_id:
+                raise FailedPrecondition(
+                    f"node {node_id} belongs to cluster {cluster_id!r}, this is "
+                    f"{current.cluster_id!r}: check its cluster_id"
                 )
-            self.map = cluster_map
+            for node in current.nodes:
+                if node.node_id == node_id and node.address == address:
+                    return current
+                if node.node_id == node_id or node.address == address:
+                    raise FailedPrecondition(
+                        f"node {node.node_id} at {node.address} is already a member: "
+                        f"pick another node id or address than {node_id} at {address}"
+                    )
+            changed = cluster_pb2.ClusterMap()
+            changed.CopyFrom(current)
+            changed.nodes.add(node_id=node_id, address=address, state="up")
+            changed.nodes.sort(key=lambda node: node.node_id)
+            command = kv_pb2.Command(
+                operations=[
+                    kv_pb2.Operation(
+                        compare_and_set=kv_pb2.CompareAndSet(
+                            key=CLUSTER_MAP_KEY,
+                            expected=stored.value,
+                            value=changed.SerializeToString(),
+                        )
+                    )
+                ]
+            )
+            result = await self.runtime.propose(META_GROUP, command)
+            if result.results and result.results[0].succeeded:
+                self.learn(changed)
+                return changed
+        raise ProposalFailed("the cluster map kept changing while adding the node: retry")
 
     def _maybe_bootstrap(self) -> None:
         meta = self.runtime.peers[META_GROUP]
@@ -195,4 +257,4 @@ class ClusterAgent:
         )
         for answer in answers:
             if answer is not None:
-                self._learn(answer)
+                self.learn(answer)

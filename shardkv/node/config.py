@@ -538,6 +538,15 @@ _LEASE_READS = _Setting(
     _bool_text,
     _bool_toml,
 )
+_JOIN = _Setting(
+    "join",
+    "HOST:PORT",
+    "at the first start, join the running cluster of the member at this address instead "
+    "of bootstrapping one; the node then hosts no group until one is placed on it "
+    "(default: bootstrap from initial_cluster)",
+    _address_text,
+    _address_toml,
+)
 _LOG_LEVEL = _Setting(
     "log_level",
     "LEVEL",
@@ -564,6 +573,7 @@ _SETTINGS: dict[str, _Setting[Any]] = {
         _SNAPSHOT_INTERVAL_ENTRIES,
         _SNAPSHOT_INTERVAL_MB,
         _LEASE_READS,
+        _JOIN,
         _LOG_LEVEL,
     )
 }
@@ -606,6 +616,7 @@ class NodeConfig:
     snapshot_interval_mb: int = 64
     lease_reads: bool = False
     log_level: str = "INFO"
+    join: str | None = None
     # Where each setting came from; a setting missing here was a constructor
     # argument. Not part of equality: the same config is the same config.
     origins: Mapping[str, Origin] = field(default_factory=dict, compare=False, repr=False)
@@ -621,7 +632,9 @@ class NodeConfig:
 
     @property
     def hosted_groups(self) -> tuple[int, ...]:
-        """The groups with a replica on this node, ascending."""
+        """The groups with a replica on this node, ascending; none for a joining node."""
+        if self.join is not None:
+            return ()
         return tuple(
             sorted(
                 group_id for group_id, replicas in self.groups.items() if self.node_id in replicas
@@ -697,6 +710,8 @@ class NodeConfig:
                     "every node needs its own",
                 )
             seen[key] = node_id
+        if self.join is not None:
+            return  # the cluster it joins has its own members
         if self.node_id not in self.initial_cluster:
             raise self._invalid(
                 "initial_cluster",

@@ -30,6 +30,14 @@ Decisions:
   skips the groups that already hold their initial state
   (``AlreadyBootstrapped``). Nothing but that initial state can be there,
   since a fresh node never ran.
+- **Joining** (``join`` set): the node bootstraps no group. At every start
+  it first calls ``Join`` on the member named by ``join`` (before claiming
+  the data dir, so a refusal leaves nothing behind) (following NOT_LEADER to
+  the meta group's leader, and retrying while the cluster answers
+  UNAVAILABLE, for up to ``JOIN_TIMEOUT`` seconds) and learns the map it
+  answers; the same id and address joining again is a no-op, so a restart
+  joins again. A refusal (id or address taken, another cluster) is a
+  ``ConfigError``.
 - **Which groups.** A node hosts the groups whose replicas list it in the
   configured layout (``NodeConfig.hosted_groups``). On a restart every one
   of them must already have Raft state in the data directory; one without is
@@ -69,7 +77,7 @@ from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import NodeService
 from shardkv.node.transport_grpc import GrpcTransport, server_options
 from shardkv.storage import AlreadyBootstrapped, DataDirInUse, Engine, GroupStorage
-from shardkv.v1 import node_pb2_grpc
+from shardkv.v1 import cluster_pb2, node_pb2, node_pb2_grpc
 
 __all__ = ["ENGINE_DIR", "STOP_GRACE_SECONDS", "NodeProcess", "peer_options", "serve"]
 
@@ -165,12 +173,15 @@ class NodeProcess:
     async def start(cls, config: NodeConfig) -> NodeProcess:
         """Open, bootstrap if fresh, and serve; ``ConfigError`` if the node cannot start."""
         check_port_free(config.listen)
+        # Before the data dir is claimed: a refused join leaves nothing behind.
+        joined = await join_cluster(config) if config.join is not None else None
         state = prepare_data_dir(config)
         engine = _open_engine(config, state)
         async with contextlib.AsyncExitStack() as undo:
             undo.callback(engine.close)
             if state.fresh:
-                _bootstrap(config, engine)
+                if config.join is None:
+                    _bootstrap(config, engine)
                 mark_bootstrapped(state)
             peers = _build_peers(config, engine)
             transport = GrpcTransport(config.node_id)
@@ -209,6 +220,8 @@ class NodeProcess:
                 ) from exc
             await server.start()
             loop_task = asyncio.create_task(runtime.run(), name=f"node-{config.node_id}-loop")
+            if joined is not None:
+                agent.learn(joined)
             agent_task = asyncio.create_task(agent.run(), name=f"node-{config.node_id}-agent")
             undo.pop_all()
         _log.info(
@@ -244,6 +257,51 @@ class NodeProcess:
         await server_stopped
         self._engine.close()
         _log.info("node %d stopped", self.config.node_id)
+
+
+JOIN_TIMEOUT = 60.0
+
+
+async def join_cluster(config: NodeConfig) -> cluster_pb2.ClusterMap:
+    """Ask the member at ``config.join`` to add this node; the map with it (see the docstring)."""
+    assert config.join is not None
+    request = node_pb2.JoinRequest(
+        node_id=config.node_id, address=config.advertise, cluster_id=config.cluster_id
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + JOIN_TIMEOUT
+    target = config.join
+    problem = "no answer yet"
+    while loop.time() < deadline:
+        response: node_pb2.JoinResponse | None
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = node_pb2_grpc.NodeStub(channel)  # type: ignore[no-untyped-call]
+            try:
+                response = await stub.Join(request, timeout=5.0)
+            except grpc.aio.AioRpcError as error:
+                if error.code() in (
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                ):
+                    raise ConfigError(
+                        f"the cluster at {target} refused node {config.node_id}: {error.details()}",
+                        setting="join",
+                    ) from error
+                problem = f"{target}: {error.code().name} {error.details()}"
+                response = None
+        if response is not None and not response.HasField("error"):
+            _log.info("node %d joined the cluster through %s", config.node_id, target)
+            return response.map
+        if response is not None:
+            hint = response.error.not_leader.leader_address
+            problem = f"{target}: {response.error}"
+            target = hint or config.join
+        await asyncio.sleep(0.2)
+    raise ConfigError(
+        f"could not join the cluster through {config.join} (from {config.origin('join')}) "
+        f"in {JOIN_TIMEOUT:.0f} s; last: {problem}",
+        setting="join",
+    )
 
 
 async def serve(config: NodeConfig) -> int:

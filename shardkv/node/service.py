@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, NoReturn
 import grpc
 
 from shardkv.errors import (
+    FailedPrecondition,
     InvalidArgument,
     NotLeader,
     OutcomeUnknown,
@@ -94,6 +95,8 @@ class NodeService(node_pb2_grpc.NodeServicer):
     async def _abort(self, context: grpc.aio.ServicerContext, error: ShardKVError) -> NoReturn:  # type: ignore[type-arg]
         if isinstance(error, InvalidArgument):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if isinstance(error, FailedPrecondition):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         if isinstance(error, ProposalFailed):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{error}; it was not applied: retry")
         if isinstance(error, OutcomeUnknown):
@@ -262,6 +265,24 @@ class NodeService(node_pb2_grpc.NodeServicer):
         if self.agent is not None and self.agent.map is not None:
             response.map.CopyFrom(self.agent.map)
         return response
+
+    async def Join(
+        self,
+        request: node_pb2.JoinRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.JoinResponse:
+        if request.node_id <= 0 or not request.address:
+            await self._abort(context, InvalidArgument("a joining node needs an id and an address"))
+        if self.agent is None:
+            await self._abort(context, UnknownGroup(0))
+        assert self.agent is not None
+        try:
+            cluster_map = await self.agent.add_node(
+                request.node_id, request.address, request.cluster_id
+            )
+        except ShardKVError as error:
+            return node_pb2.JoinResponse(error=await self._routing_error(context, error))
+        return node_pb2.JoinResponse(map=cluster_map)
 
 
 def _refuse_ring(command: kv_pb2.Command) -> None:

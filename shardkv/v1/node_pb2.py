@@ -26,7 +26,7 @@ from shardkv.v1 import kv_pb2 as shardkv_dot_v1_dot_kv__pb2
 from shardkv.v1 import cluster_pb2 as shardkv_dot_v1_dot_cluster__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15shardkv/v1/node.proto\x12\nshardkv.v1\x1a\x13shardkv/v1/kv.proto\x1a\x18shardkv/v1/cluster.proto\"H\n\tNotLeader\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\" \n\x0cUnknownGroup\x12\x10\n\x08group_id\x18\x01 \x01(\x04\"\xa3\x01\n\nGroupError\x12+\n\nnot_leader\x18\x01 \x01(\x0b\x32\x15.shardkv.v1.NotLeaderH\x00\x12\x31\n\runknown_group\x18\x02 \x01(\x0b\x32\x18.shardkv.v1.UnknownGroupH\x00\x12-\n\x0bwrong_group\x18\x03 \x01(\x0b\x32\x16.shardkv.v1.WrongGroupH\x00\x42\x06\n\x04kind\"L\n\x11WriteBatchRequest\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12%\n\x08\x63ommands\x18\x02 \x03(\x0b\x32\x13.shardkv.v1.Command\"X\n\x0cWriteOutcome\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.shardkv.v1.CommandResult\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"g\n\x12WriteBatchResponse\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.shardkv.v1.GroupError\x12*\n\x08outcomes\x18\x02 \x03(\x0b\x32\x18.shardkv.v1.WriteOutcome\"\x16\n\x14GetClusterMapRequest\"M\n\x15GetClusterMapResponse\x12#\n\x03map\x18\x01 \x01(\x0b\x32\x16.shardkv.v1.ClusterMap\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\"F\n\x0cWriteRequest\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12$\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x13.shardkv.v1.Command\"a\n\rWriteResponse\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.shardkv.v1.GroupError\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x19.shardkv.v1.CommandResult\"-\n\x0bReadRequest\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\"X\n\x0cReadResponse\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.shardkv.v1.GroupError\x12!\n\x03kvs\x18\x02 \x03(\x0b\x32\x14.shardkv.v1.KeyValue\"j\n\x0bScanRequest\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\r\n\x05start\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x0c\x12\x13\n\x06prefix\x18\x04 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05limit\x18\x05 \x01(\rB\t\n\x07_prefix\"f\n\x0cScanResponse\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.shardkv.v1.GroupError\x12!\n\x03kvs\x18\x02 \x03(\x0b\x32\x14.shardkv.v1.KeyValue\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\x0f\n\rStatusRequest\"\xdc\x01\n\x0bGroupStatus\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x0e\n\x06\x63ommit\x18\x05 \x01(\x04\x12\x0f\n\x07\x61pplied\x18\x06 \x01(\x04\x12\x13\n\x0b\x66irst_index\x18\x07 \x01(\x04\x12\x12\n\nlast_index\x18\x08 \x01(\x04\x12\x11\n\tkey_count\x18\t \x01(\x04\x12\x0e\n\x06voters\x18\n \x03(\x04\x12\x10\n\x08learners\x18\x0b \x03(\x04\x12\r\n\x05\x65poch\x18\x0c \x01(\x04\"\x9b\x01\n\x0fRuntimeCounters\x12\x0e\n\x06rounds\x18\x01 \x01(\x04\x12\x15\n\rsynced_writes\x18\x02 \x01(\x04\x12\x17\n\x0funsynced_writes\x18\x03 \x01(\x04\x12\x15\n\rmessages_sent\x18\x04 \x01(\x04\x12\x18\n\x10messages_stepped\x18\x05 \x01(\x04\x12\x17\n\x0f\x65ntries_applied\x18\x06 \x01(\x04\"y\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\'\n\x06groups\x18\x02 \x03(\x0b\x32\x17.shardkv.v1.GroupStatus\x12-\n\x08\x63ounters\x18\x03 \x01(\x0b\x32\x1b.shardkv.v1.RuntimeCounters2\x9e\x03\n\x04Node\x12<\n\x05Write\x12\x18.shardkv.v1.WriteRequest\x1a\x19.shardkv.v1.WriteResponse\x12K\n\nWriteBatch\x12\x1d.shardkv.v1.WriteBatchRequest\x1a\x1e.shardkv.v1.WriteBatchResponse\x12\x39\n\x04Read\x12\x17.shardkv.v1.ReadRequest\x1a\x18.shardkv.v1.ReadResponse\x12\x39\n\x04Scan\x12\x17.shardkv.v1.ScanRequest\x1a\x18.shardkv.v1.ScanResponse\x12?\n\x06Status\x12\x19.shardkv.v1.StatusRequest\x1a\x1a.shardkv.v1.StatusResponse\x12T\n\rGetClusterMap\x12 .shardkv.v1.GetClusterMapRequest\x1a!.shardkv.v1.GetClusterMapResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15shardkv/v1/node.proto\x12\nshardkv.v1\x1a\x13shardkv/v1/kv.proto\x1a\x18shardkv/v1/cluster.proto\"H\n\tNotLeader\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\" \n\x0cUnknownGroup\x12\x10\n\x08group_id\x18\x01 \x01(\x04\"\xa3\x01\n\nGroupError\x12+\n\nnot_leader\x18\x01 \x01(\x0b\x32\x15.shardkv.v1.NotLeaderH\x00\x12\x31\n\runknown_group\x18\x02 \x01(\x0b\x32\x18.shardkv.v1.UnknownGroupH\x00\x12-\n\x0bwrong_group\x18\x03 \x01(\x0b\x32\x16.shardkv.v1.WrongGroupH\x00\x42\x06\n\x04kind\"L\n\x11WriteBatchRequest\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12%\n\x08\x63ommands\x18\x02 \x03(\x0b\x32\x13.shardkv.v1.Command\"X\n\x0cWriteOutcome\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.shardkv.v1.CommandResult\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"g\n\x12WriteBatchResponse\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.shardkv.v1.GroupError\x12*\n\x08outcomes\x18\x02 \x03(\x0b\x32\x18.shardkv.v1.WriteOutcome\"C\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"Z\n\x0cJoinResponse\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.shardkv.v1.GroupError\x12#\n\x03map\x18\x02 \x01(\x0b\x32\x16.shardkv.v1.ClusterMap\"\x16\n\x14GetClusterMapRequest\"M\n\x15GetClusterMapResponse\x12#\n\x03map\x18\x01 \x01(\x0b\x32\x16.shardkv.v1.ClusterMap\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\"F\n\x0cWriteRequest\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12$\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x13.shardkv.v1.Command\"a\n\rWriteResponse\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.shardkv.v1.GroupError\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x19.shardkv.v1.CommandResult\"-\n\x0bReadRequest\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\"X\n\x0cReadResponse\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.shardkv.v1.GroupError\x12!\n\x03kvs\x18\x02 \x03(\x0b\x32\x14.shardkv.v1.KeyValue\"j\n\x0bScanRequest\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\r\n\x05start\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x0c\x12\x13\n\x06prefix\x18\x04 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05limit\x18\x05 \x01(\rB\t\n\x07_prefix\"f\n\x0cScanResponse\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.shardkv.v1.GroupError\x12!\n\x03kvs\x18\x02 \x03(\x0b\x32\x14.shardkv.v1.KeyValue\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\x0f\n\rStatusRequest\"\xdc\x01\n\x0bGroupStatus\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x0e\n\x06\x63ommit\x18\x05 \x01(\x04\x12\x0f\n\x07\x61pplied\x18\x06 \x01(\x04\x12\x13\n\x0b\x66irst_index\x18\x07 \x01(\x04\x12\x12\n\nlast_index\x18\x08 \x01(\x04\x12\x11\n\tkey_count\x18\t \x01(\x04\x12\x0e\n\x06voters\x18\n \x03(\x04\x12\x10\n\x08learners\x18\x0b \x03(\x04\x12\r\n\x05\x65poch\x18\x0c \x01(\x04\"\x9b\x01\n\x0fRuntimeCounters\x12\x0e\n\x06rounds\x18\x01 \x01(\x04\x12\x15\n\rsynced_writes\x18\x02 \x01(\x04\x12\x17\n\x0funsynced_writes\x18\x03 \x01(\x04\x12\x15\n\rmessages_sent\x18\x04 \x01(\x04\x12\x18\n\x10messages_stepped\x18\x05 \x01(\x04\x12\x17\n\x0f\x65ntries_applied\x18\x06 \x01(\x04\"y\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\'\n\x06groups\x18\x02 \x03(\x0b\x32\x17.shardkv.v1.GroupStatus\x12-\n\x08\x63ounters\x18\x03 \x01(\x0b\x32\x1b.shardkv.v1.RuntimeCounters2\xd9\x03\n\x04Node\x12<\n\x05Write\x12\x18.shardkv.v1.WriteRequest\x1a\x19.shardkv.v1.WriteResponse\x12K\n\nWriteBatch\x12\x1d.shardkv.v1.WriteBatchRequest\x1a\x1e.shardkv.v1.WriteBatchResponse\x12\x39\n\x04Read\x12\x17.shardkv.v1.ReadRequest\x1a\x18.shardkv.v1.ReadResponse\x12\x39\n\x04Scan\x12\x17.shardkv.v1.ScanRequest\x1a\x18.shardkv.v1.ScanResponse\x12?\n\x06Status\x12\x19.shardkv.v1.StatusRequest\x1a\x1a.shardkv.v1.StatusResponse\x12T\n\rGetClusterMap\x12 .shardkv.v1.GetClusterMapRequest\x1a!.shardkv.v1.GetClusterMapResponse\x12\x39\n\x04Join\x12\x17.shardkv.v1.JoinRequest\x1a\x18.shardkv.v1.JoinResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,30 +45,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WRITEOUTCOME']._serialized_end=524
   _globals['_WRITEBATCHRESPONSE']._serialized_start=526
   _globals['_WRITEBATCHRESPONSE']._serialized_end=629
-  _globals['_GETCLUSTERMAPREQUEST']._serialized_start=631
-  _globals['_GETCLUSTERMAPREQUEST']._serialized_end=653
-  _globals['_GETCLUSTERMAPRESPONSE']._serialized_start=655
-  _globals['_GETCLUSTERMAPRESPONSE']._serialized_end=732
-  _globals['_WRITEREQUEST']._serialized_start=734
-  _globals['_WRITEREQUEST']._serialized_end=804
-  _globals['_WRITERESPONSE']._serialized_start=806
-  _globals['_WRITERESPONSE']._serialized_end=903
-  _globals['_READREQUEST']._serialized_start=905
-  _globals['_READREQUEST']._serialized_end=950
-  _globals['_READRESPONSE']._serialized_start=952
-  _globals['_READRESPONSE']._serialized_end=1040
-  _globals['_SCANREQUEST']._serialized_start=1042
-  _globals['_SCANREQUEST']._serialized_end=1148
-  _globals['_SCANRESPONSE']._serialized_start=1150
-  _globals['_SCANRESPONSE']._serialized_end=1252
-  _globals['_STATUSREQUEST']._serialized_start=1254
-  _globals['_STATUSREQUEST']._serialized_end=1269
-  _globals['_GROUPSTATUS']._serialized_start=1272
-  _globals['_GROUPSTATUS']._serialized_end=1492
-  _globals['_RUNTIMECOUNTERS']._serialized_start=1495
-  _globals['_RUNTIMECOUNTERS']._serialized_end=1650
-  _globals['_STATUSRESPONSE']._serialized_start=1652
-  _globals['_STATUSRESPONSE']._serialized_end=1773
-  _globals['_NODE']._serialized_start=1776
-  _globals['_NODE']._serialized_end=2190
+  _globals['_JOINREQUEST']._serialized_start=631
+  _globals['_JOINREQUEST']._serialized_end=698
+  _globals['_JOINRESPONSE']._serialized_start=700
+  _globals['_JOINRESPONSE']._serialized_end=790
+  _globals['_GETCLUSTERMAPREQUEST']._serialized_start=792
+  _globals['_GETCLUSTERMAPREQUEST']._serialized_end=814
+  _globals['_GETCLUSTERMAPRESPONSE']._serialized_start=816
+  _globals['_GETCLUSTERMAPRESPONSE']._serialized_end=893
+  _globals['_WRITEREQUEST']._serialized_start=895
+  _globals['_WRITEREQUEST']._serialized_end=965
+  _globals['_WRITERESPONSE']._serialized_start=967
+  _globals['_WRITERESPONSE']._serialized_end=1064
+  _globals['_READREQUEST']._serialized_start=1066
+  _globals['_READREQUEST']._serialized_end=1111
+  _globals['_READRESPONSE']._serialized_start=1113
+  _globals['_READRESPONSE']._serialized_end=1201
+  _globals['_SCANREQUEST']._serialized_start=1203
+  _globals['_SCANREQUEST']._serialized_end=1309
+  _globals['_SCANRESPONSE']._serialized_start=1311
+  _globals['_SCANRESPONSE']._serialized_end=1413
+  _globals['_STATUSREQUEST']._serialized_start=1415
+  _globals['_STATUSREQUEST']._serialized_end=1430
+  _globals['_GROUPSTATUS']._serialized_start=1433
+  _globals['_GROUPSTATUS']._serialized_end=1653
+  _globals['_RUNTIMECOUNTERS']._serialized_start=1656
+  _globals['_RUNTIMECOUNTERS']._serialized_end=1811
+  _globals['_STATUSRESPONSE']._serialized_start=1813
+  _globals['_STATUSRESPONSE']._serialized_end=1934
+  _globals['_NODE']._serialized_start=1937
+  _globals['_NODE']._serialized_end=2410
 # @@protoc_insertion_point(module_scope)

@@ -60,6 +60,24 @@ class WriteBatchResponse(_message.Message):
     outcomes: _containers.RepeatedCompositeFieldContainer[WriteOutcome]
     def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., outcomes: _Optional[_Iterable[_Union[WriteOutcome, _Mapping]]] = ...) -> None: ...
 
+class JoinRequest(_message.Message):
+    __slots__ = ("node_id", "address", "cluster_id")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    address: str
+    cluster_id: str
+    def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+
+class JoinResponse(_message.Message):
+    __slots__ = ("error", "map")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MAP_FIELD_NUMBER: _ClassVar[int]
+    error: GroupError
+    map: _cluster_pb2.ClusterMap
+    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., map: _Optional[_Union[_cluster_pb2.ClusterMap, _Mapping]] = ...) -> None: ...
+
 class GetClusterMapRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -64,6 +64,11 @@ class NodeStub:
                 request_serializer=shardkv_dot_v1_dot_node__pb2.GetClusterMapRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_node__pb2.GetClusterMapResponse.FromString,
                 _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/shardkv.v1.Node/Join',
+                request_serializer=shardkv_dot_v1_dot_node__pb2.JoinRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_node__pb2.JoinResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -113,6 +118,16 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Join(self, request, context):
+        """Add a node to the cluster map (a new node calls it on any member at its
+        first start). Served by the meta group's leader; others answer NOT_LEADER.
+        FAILED_PRECONDITION when the id or address is another node's, or the
+        cluster id differs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +160,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.GetClusterMap,
                     request_deserializer=shardkv_dot_v1_dot_node__pb2.GetClusterMapRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_node__pb2.GetClusterMapResponse.SerializeToString,
+            ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=shardkv_dot_v1_dot_node__pb2.JoinRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_node__pb2.JoinResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +329,33 @@ class Node:
             '/shardkv.v1.Node/GetClusterMap',
             shardkv_dot_v1_dot_node__pb2.GetClusterMapRequest.SerializeToString,
             shardkv_dot_v1_dot_node__pb2.GetClusterMapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Node/Join',
+            shardkv_dot_v1_dot_node__pb2.JoinRequest.SerializeToString,
+            shardkv_dot_v1_dot_node__pb2.JoinResponse.FromString,
             options,
             channel_credentials,
             insecure,

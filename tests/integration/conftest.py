@@ -120,6 +120,8 @@ class Cluster:
         self.config_path = root / "cluster.toml"
         self.config_path.write_text(settings.toml(self.addresses))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        # Flags of nodes that join instead of being in the initial cluster.
+        self.joiners: dict[int, list[str]] = {}
         self._starts = itertools.count(1)
         self._channels: dict[int, grpc.Channel] = {}
 
@@ -154,7 +156,14 @@ class Cluster:
             str(node_id),
             "--data-dir",
             str(self.data_dir(node_id)),
+            *self.joiners.get(node_id, []),
         ]
+
+    def add_joiner(self, node_id: int, via: int) -> None:
+        """A node outside the initial cluster that joins through node ``via``."""
+        (port,) = free_ports(1)
+        self.addresses[node_id] = f"127.0.0.1:{port}"
+        self.joiners[node_id] = ["--listen", self.addresses[node_id], "--join", self.addresses[via]]
 
     # -- processes ---------------------------------------------------------------------
 

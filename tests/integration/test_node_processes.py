@@ -24,6 +24,7 @@ from shardkv.node.config import load_config
 from shardkv.node.data_dir import prepare_data_dir
 from shardkv.node.process import ENGINE_DIR
 from shardkv.storage import Engine, GroupStorage
+from shardkv.v1 import node_pb2
 from tests.integration.conftest import (
     READY_TIMEOUT,
     Cluster,
@@ -277,3 +278,54 @@ def test_bad_local_resources_stop_the_node_with_a_clear_message(
         f"data dir {data_dir} belongs to cluster other node 1, not to cluster mine node 1; "
         "use another --data-dir or remove it"
     ) in result.stderr
+
+
+def test_a_new_node_joins_through_any_member(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(Settings(nodes=3, groups=2))
+    cluster.start_all()
+    leaders = cluster.wait_leaders()
+    # Through a member that does not lead the meta group: it answers NOT_LEADER.
+    via = next(node_id for node_id in (1, 2, 3) if node_id != leaders[0])
+    cluster.add_joiner(4, via=via)
+    cluster.start(4)
+
+    def members(node_id: int) -> list[int]:
+        response = cluster.stub(node_id).GetClusterMap(node_pb2.GetClusterMapRequest(), timeout=2)
+        return [node.node_id for node in response.map.nodes]
+
+    wait_until(
+        "every node to know node 4",
+        lambda: all(members(node_id) == [1, 2, 3, 4] for node_id in (1, 2, 3, 4)),
+    )
+    statuses = cluster.group_statuses(4)
+    assert statuses == {}, "a joined node hosts no group until one is placed on it"
+    # A restart joins again: a no-op.
+    cluster.stop(4)
+    cluster.start(4)
+    assert members(4) == [1, 2, 3, 4]
+
+    # Refused with exit status 2: a node of another cluster, and a node
+    # claiming node 4's address.
+    (port,) = free_ports(1)
+    for cluster_id, reason in (
+        ("other", "belongs to cluster 'other'"),
+        ("itest", "already a member"),
+    ):
+        refused = subprocess.run(
+            node_command(
+                "--node-id=5",
+                f"--cluster-id={cluster_id}",
+                f"--listen=127.0.0.1:{port}",
+                f"--advertise={cluster.addresses[4]}",
+                f"--join={cluster.addresses[1]}",
+                f"--data-dir={cluster.root / 'node-5'}",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=READY_TIMEOUT,
+            env=clean_environment(),
+            cwd=cluster.root,
+            check=False,
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert reason in refused.stderr

@@ -83,6 +83,23 @@ def test_defaults_fill_every_setting_but_the_node_id() -> None:
     assert config.origin("node_id") == Origin("flag", "--node-id")
 
 
+def test_a_joining_node_hosts_nothing_and_needs_no_place_in_the_initial_cluster() -> None:
+    config = load(
+        [
+            "--node-id=9",
+            "--listen=127.0.0.1:7109",
+            f"--initial-cluster={THREE_NODES}",
+            "--join=127.0.0.1:7101",
+        ]
+    )
+    assert config.join == "127.0.0.1:7101"
+    assert config.hosted_groups == ()
+    assert config.origin("join") == Origin("flag", "--join")
+    assert load(["--node-id", "1"]).join is None
+    with pytest.raises(ConfigError, match="has no entry for this node"):
+        load(["--node-id=9", "--listen=127.0.0.1:7109", f"--initial-cluster={THREE_NODES}"])
+
+
 def test_each_layer_overrides_the_one_before(tmp_path: Path) -> None:
     path = write_toml(tmp_path, "node_id = 1\ntick_interval_ms = 200\nelection_ticks = 20\n")
     file_only = load(["--config", str(path)])
