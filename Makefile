@@ -9,7 +9,7 @@ SEEDS ?= 100000
 # Per-test limit in seconds: generous, it only catches a hang.
 TEST_TIMEOUT ?= 600
 
-.PHONY: all install test up lint format proto sim soak bench-raft bench-node clean distclean
+.PHONY: all install test up lint format proto sim soak bench-raft bench-node bench-compare clean distclean
 
 all: test
 
@@ -54,6 +54,11 @@ bench-raft: $(STAMP)
 
 bench-node: $(STAMP)
 	$(PY) bench/node.py
+
+# Installs Debian's etcd-server first if etcd is missing (needs root).
+bench-compare: $(STAMP)
+	$(PY) -m bench.etcd.install
+	$(PY) -m bench.compare
 
 clean:
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
