@@ -14,6 +14,11 @@ of its own: the node's runtime drives every peer through the same round
 4. ``finish(ready)``: advance Raft, then answer the callers whose proposals
    or reads the round settled.
 
+``propose_many`` puts several commands in ONE log entry (a ``Command`` with
+``batch``), chunked at ``max_entry_bytes``: a router's batch then costs one
+entry to append, replicate, persist and decode, not one per command. Each
+command keeps its own session and gets its own result.
+
 Outcomes a proposal can have (after hashicorp/raft: "the cluster failed" is
 kept apart from "the state machine answered"): the ``CommandResult``; or
 ``ProposalFailed`` when another entry took its index (it never applies); or
@@ -24,11 +29,12 @@ leader: the entry may still commit, and its index settles it either way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from shardkv.errors import NotLeader, OutcomeUnknown, ProposalFailed
+from shardkv.errors import InvalidArgument, NotLeader, OutcomeUnknown, ProposalFailed
 from shardkv.fsm.kv import KeyValueStateMachine
 from shardkv.fsm.snapshot import snapshot_source, stage_install_snapshot_data
 from shardkv.limits import check_command
@@ -55,6 +61,8 @@ class PeerOptions:
     max_size_per_msg: int = 1 << 20
     max_inflight: int = 256
     snapshot_chunk_size: int = 1 << 20
+    # propose_many starts a new entry past this many bytes of commands.
+    max_entry_bytes: int = 1 << 20
     # Take a snapshot once this many entries, or this many bytes of entry
     # data, were applied since the last one (whichever comes first; TiKV's
     # raft_log_gc count and size limits), and keep compaction_lag entries
@@ -67,7 +75,13 @@ class PeerOptions:
 @dataclass(slots=True)
 class _PendingProposal:
     term: int
-    future: asyncio.Future[kv_pb2.CommandResult]
+    # One per command of the entry, in order.
+    futures: list[asyncio.Future[kv_pb2.CommandResult]]
+
+    def fail(self, error: Callable[[], Exception]) -> None:
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(error())
 
 
 @dataclass(slots=True)
@@ -119,7 +133,7 @@ class Peer:
         self._reads: dict[bytes, _PendingRead] = {}
         self._read_ids = itertools.count(1)
         # Results of the round being applied, answered in finish().
-        self._settled: list[tuple[int, int, kv_pb2.CommandResult | None]] = []
+        self._settled: list[tuple[int, int, list[kv_pb2.CommandResult] | None]] = []
 
     def __repr__(self) -> str:
         return f"Peer(group={self.group_id}, node={self.node_id}, {self.raw.raft!r})"
@@ -134,8 +148,42 @@ class Peer:
         except ProposalDropped as dropped:
             raise NotLeader(self.group_id, dropped.leader_id) from dropped
         future: asyncio.Future[kv_pb2.CommandResult] = asyncio.get_running_loop().create_future()
-        self._proposals[index] = _PendingProposal(term, future)
+        self._proposals[index] = _PendingProposal(term, [future])
         return future
+
+    def propose_many(
+        self, commands: Sequence[kv_pb2.Command]
+    ) -> list[asyncio.Future[kv_pb2.CommandResult]]:
+        """Append ``commands`` in as few entries as fit; one future per command.
+
+        All are checked before any is proposed. If the lead is lost midway,
+        ``NotLeader`` is raised only when nothing was proposed; otherwise the
+        futures of the commands not proposed fail with ``NotLeader``.
+        """
+        for command in commands:
+            check_command(command)
+            if command.HasField("ring") or command.batch:
+                raise InvalidArgument("node-internal commands are proposed alone")
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[kv_pb2.CommandResult]] = []
+        for chunk in _chunks(commands, self.options.max_entry_bytes):
+            data = (
+                chunk[0].SerializeToString()
+                if len(chunk) == 1
+                else kv_pb2.Command(batch=chunk).SerializeToString()
+            )
+            chunk_futures = [loop.create_future() for _ in chunk]
+            try:
+                index, term = self.raw.propose(data)
+            except ProposalDropped as dropped:
+                if not futures:
+                    raise NotLeader(self.group_id, dropped.leader_id) from dropped
+                for future in chunk_futures:
+                    future.set_exception(NotLeader(self.group_id, dropped.leader_id))
+            else:
+                self._proposals[index] = _PendingProposal(term, chunk_futures)
+            futures.extend(chunk_futures)
+        return futures
 
     def read_barrier(self) -> asyncio.Future[None]:
         """§6.4: settles once this replica may serve a linearizable read."""
@@ -198,13 +246,16 @@ class Peer:
             self.conf_state = ready.snapshot.metadata.conf_state
             self.log_bytes = 0
         for entry in ready.committed_entries:
-            result: kv_pb2.CommandResult | None = None
+            results: list[kv_pb2.CommandResult] | None = None
             if entry.type == EntryType.CONF_CHANGE:
                 self.conf_state = self.raw.apply_conf_change(ConfChange.decode(entry.data))
             elif entry.data:
                 command = kv_pb2.Command.FromString(entry.data)
-                result = self.machine.apply(apply_batch, command)
-            self._settled.append((entry.index, entry.term, result))
+                if command.batch:
+                    results = [self.machine.apply(apply_batch, inner) for inner in command.batch]
+                else:
+                    results = [self.machine.apply(apply_batch, command)]
+            self._settled.append((entry.index, entry.term, results))
             self.applied = entry.index
             self.log_bytes += len(entry.data)
         if ready.committed_entries:
@@ -223,28 +274,32 @@ class Peer:
                 # Raft forgot the reads it had not confirmed.
                 leader_id = ready.soft_state.leader_id
                 self._fail_reads(lambda: NotLeader(self.group_id, leader_id))
-        for index, term, result in self._settled:
+        for index, term, results in self._settled:
             pending = self._proposals.pop(index, None)
-            if pending is None or pending.future.done():
+            if pending is None:
                 continue
             if pending.term != term:
-                pending.future.set_exception(
-                    ProposalFailed(f"another entry took index {index} of group {self.group_id}")
+                pending.fail(
+                    functools.partial(
+                        ProposalFailed,
+                        f"another entry took index {index} of group {self.group_id}",
+                    )
                 )
-            elif result is not None:
-                pending.future.set_result(result)
+            elif results is not None:
+                for future, result in zip(pending.futures, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
         self._settled.clear()
         if ready.snapshot is not None:
             # Entries a snapshot covered were never applied one by one here:
             # whether a proposal among them took effect is not known.
             for index in [index for index in self._proposals if index <= self.applied]:
-                future = self._proposals.pop(index).future
-                if not future.done():
-                    future.set_exception(
-                        OutcomeUnknown(
-                            f"group {self.group_id} caught up by a snapshot past index {index}"
-                        )
+                self._proposals.pop(index).fail(
+                    functools.partial(
+                        OutcomeUnknown,
+                        f"group {self.group_id} caught up by a snapshot past index {index}",
                     )
+                )
         self._answer_reads()
 
     def _answer_reads(self) -> None:
@@ -264,9 +319,23 @@ class Peer:
     def stop(self) -> None:
         """The node is stopping: nobody will settle what is pending."""
         for pending in self._proposals.values():
-            if not pending.future.done():
-                pending.future.set_exception(
-                    OutcomeUnknown(f"the node stopped before group {self.group_id} applied it")
-                )
+            pending.fail(
+                lambda: OutcomeUnknown(f"the node stopped before group {self.group_id} applied it")
+            )
         self._proposals.clear()
         self._fail_reads(lambda: OutcomeUnknown("the node stopped"))
+
+
+def _chunks(commands: Sequence[kv_pb2.Command], max_bytes: int) -> Iterator[list[kv_pb2.Command]]:
+    """Consecutive runs of ``commands`` of at most ``max_bytes`` each (at least one command)."""
+    chunk: list[kv_pb2.Command] = []
+    size = 0
+    for command in commands:
+        command_size = command.ByteSize()
+        if chunk and size + command_size > max_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(command)
+        size += command_size
+    if chunk:
+        yield chunk

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from shardkv.errors import UnknownGroup
@@ -106,6 +106,15 @@ class NodeRuntime:
         self._requests += 1
         self._wake.set()
         return future
+
+    def propose_many(
+        self, group_id: int, commands: Sequence[kv_pb2.Command]
+    ) -> list[asyncio.Future[kv_pb2.CommandResult]]:
+        """Several commands in as few log entries as fit (``Peer.propose_many``)."""
+        futures = self.peer(group_id).propose_many(commands)
+        self._requests += len(commands)
+        self._wake.set()
+        return futures
 
     def read_barrier(self, group_id: int) -> asyncio.Future[None]:
         future = self.peer(group_id).read_barrier()

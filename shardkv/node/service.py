@@ -27,7 +27,6 @@ node's own and are refused from callers.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, NoReturn
 
@@ -42,7 +41,7 @@ from shardkv.errors import (
     ShardKVError,
     UnknownGroup,
 )
-from shardkv.limits import check_command, check_key
+from shardkv.limits import check_key
 from shardkv.node.runtime import NodeRuntime
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
 
@@ -115,7 +114,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> node_pb2.WriteResponse:
         try:
-            _refuse_ring(request.command)
+            _refuse_internal(request.command)
             future = self.runtime.propose(request.group_id, request.command)
             result = await future
         except ShardKVError as error:
@@ -129,22 +128,12 @@ class NodeService(node_pb2_grpc.NodeServicer):
     ) -> node_pb2.WriteBatchResponse:
         try:
             for command in request.commands:
-                _refuse_ring(command)
-                check_command(command)
+                _refuse_internal(command)
+            futures = self.runtime.propose_many(request.group_id, request.commands)
         except InvalidArgument as error:
             await self._abort(context, error)
-        futures: list[asyncio.Future[kv_pb2.CommandResult]] = []
-        failed: ShardKVError | None = None
-        for command in request.commands:
-            try:
-                futures.append(self.runtime.propose(request.group_id, command))
-            except ShardKVError as error:
-                if not futures:
-                    return node_pb2.WriteBatchResponse(
-                        error=await self._routing_error(context, error)
-                    )
-                failed = error  # lost the lead midway: what was proposed stays proposed
-                break
+        except ShardKVError as error:
+            return node_pb2.WriteBatchResponse(error=await self._routing_error(context, error))
         response = node_pb2.WriteBatchResponse()
         for future in futures:
             outcome = response.outcomes.add()
@@ -152,11 +141,6 @@ class NodeService(node_pb2_grpc.NodeServicer):
                 outcome.result.CopyFrom(await future)
             except ShardKVError as error:
                 outcome.code, outcome.message = _unavailable(error)
-        if failed is not None:
-            for _ in range(len(request.commands) - len(futures)):
-                outcome = response.outcomes.add()
-                outcome.code = grpc.StatusCode.UNAVAILABLE.value[0]
-                outcome.message = f"{failed}; it was not proposed: retry"
         return response
 
     async def _read_barrier(
@@ -285,9 +269,11 @@ class NodeService(node_pb2_grpc.NodeServicer):
         return node_pb2.JoinResponse(map=cluster_map)
 
 
-def _refuse_ring(command: kv_pb2.Command) -> None:
-    if command.HasField("ring"):
-        raise InvalidArgument("ring commands are the node's own; a caller cannot send one")
+def _refuse_internal(command: kv_pb2.Command) -> None:
+    if command.HasField("ring") or command.batch:
+        raise InvalidArgument(
+            "ring and batch commands are the node's own; a caller cannot send one"
+        )
 
 
 def _unavailable(error: ShardKVError) -> tuple[int, str]:
@@ -297,4 +283,6 @@ def _unavailable(error: ShardKVError) -> tuple[int, str]:
         return code, f"{error}; it was not applied: retry"
     if isinstance(error, OutcomeUnknown):
         return code, f"{error}; it may still apply: retry with the same client_id and seq"
+    if isinstance(error, NotLeader):
+        return code, f"{error}; it was not proposed: retry"
     return grpc.StatusCode.INTERNAL.value[0], str(error)

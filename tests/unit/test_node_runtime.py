@@ -324,3 +324,27 @@ async def test_the_log_is_compacted_by_size_before_the_entry_count_is_reached() 
     for seq in range(1, 20):
         await cluster.settle(small_runtime.propose(2, put(b"s", b"x", 8, seq)))
     assert small.storage.snapshot_metadata().index == 1
+
+
+async def test_many_commands_ride_few_entries_each_with_its_own_result() -> None:
+    chunked = PeerOptions(election_ticks=10, heartbeat_ticks=1, max_entry_bytes=3100)
+    cluster = LocalCluster(MemoryNetwork(), options=chunked)
+    await start_all(cluster)
+    leaders = await cluster.elect_all()
+    leader = leaders[3]
+    runtime = cluster.nodes[leader.node_id].runtime
+    commands = [put(b"m%d" % n, b"x" * 1000, 21, n) for n in range(1, 11)]
+    before = leader.storage.last_index()
+    futures = runtime.propose_many(3, commands)
+    results = [await cluster.settle(future) for future in futures]
+    # Three commands of about 1 KB fit in 3,100 bytes: entries of 3, 3, 3 and 1.
+    assert leader.storage.last_index() - before == 4
+    revisions = [result.revision for result in results]  # type: ignore[attr-defined]
+    assert revisions == sorted(set(revisions)) and len(revisions) == 10
+    # Again: every command answered from its session, nothing applied twice.
+    again = [await cluster.settle(f) for f in runtime.propose_many(3, commands)]
+    assert again == results
+    await cluster.step(3)
+    for node in cluster.nodes.values():
+        kv = node.runtime.peers[3].machine.get(b"m10")
+        assert kv is not None and kv.version == 1

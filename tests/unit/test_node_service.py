@@ -152,8 +152,11 @@ async def test_status_reports_every_group(stub: node_pb2_grpc.NodeStub) -> None:
 
 async def test_write_batch_answers_each_command_in_order(stub: node_pb2_grpc.NodeStub) -> None:
     commands = [put(b"b%d" % n, b"v%d" % n, n) for n in range(1, 51)]
+    before = (await stub.Status(node_pb2.StatusRequest())).groups[0].last_index
     response = await stub.WriteBatch(node_pb2.WriteBatchRequest(group_id=1, commands=commands))
     assert not response.HasField("error")
+    after = (await stub.Status(node_pb2.StatusRequest())).groups[0].last_index
+    assert after == before + 1, "fifty commands, one log entry"
     assert [outcome.code for outcome in response.outcomes] == [0] * 50
     revisions = [outcome.result.revision for outcome in response.outcomes]
     assert revisions == sorted(revisions) and len(set(revisions)) == 50
@@ -179,16 +182,19 @@ async def test_write_batch_refuses_bad_commands_before_proposing_any(
     assert unknown.error.HasField("unknown_group")
 
 
-async def test_a_caller_cannot_send_a_ring(stub: node_pb2_grpc.NodeStub) -> None:
-    command = kv_pb2.Command(ring=ring_of(7, {1: 1}))
+async def test_a_caller_cannot_send_a_ring_or_a_batch(stub: node_pb2_grpc.NodeStub) -> None:
+    ring = kv_pb2.Command(ring=ring_of(7, {1: 1}))
+    batch = kv_pb2.Command(batch=[put(b"k", b"v", 1)])
     for call in (
-        stub.Write(node_pb2.WriteRequest(group_id=1, command=command)),
-        stub.WriteBatch(node_pb2.WriteBatchRequest(group_id=1, commands=[command])),
+        stub.Write(node_pb2.WriteRequest(group_id=1, command=ring)),
+        stub.WriteBatch(node_pb2.WriteBatchRequest(group_id=1, commands=[ring])),
+        stub.Write(node_pb2.WriteRequest(group_id=1, command=batch)),
+        stub.WriteBatch(node_pb2.WriteBatchRequest(group_id=1, commands=[batch])),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await call
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "ring" in (refused.value.details() or "")
+        assert "node's own" in (refused.value.details() or "")
 
 
 async def test_the_agent_bootstraps_the_map_and_puts_every_group_on_its_ring() -> None:
