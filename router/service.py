@@ -62,6 +62,7 @@ _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 DEFAULT_DEADLINE = 30.0
+_DEADLINE_PASSED = "the deadline passed before the cluster answered; a write may still apply"
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
 _MAP_WAIT = 0.05
@@ -118,12 +119,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
         deadline = self._deadline(context)
         try:
             async with asyncio.timeout_at(deadline):
-                await self._wait_for_map()
                 return await work(deadline)
         except TimeoutError:
-            await _abort(
-                context, DeadlineExceeded("the deadline passed before the cluster answered")
-            )
+            await _abort(context, DeadlineExceeded(_DEADLINE_PASSED))
         except InvalidArgument as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except RouteError as error:
@@ -255,6 +253,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
     async def _write_key(
         self, key: bytes, command: kv_pb2.Command, deadline: float
     ) -> kv_pb2.CommandResult:
+        await self._wait_for_map()
         for attempt in itertools.count():
             group_id = self.topology.group_for(key)
             try:
@@ -264,6 +263,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         raise AssertionError("unreachable")
 
     async def _read_key(self, key: bytes, deadline: float) -> kv_pb2.KeyValue | None:
+        await self._wait_for_map()
         for attempt in itertools.count():
             group_id = self.topology.group_for(key)
             try:
@@ -273,59 +273,31 @@ class RouterService(router_pb2_grpc.RouterServicer):
         raise AssertionError("unreachable")
 
     async def _write_one(
-        self,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-        key: bytes,
-        session: router_pb2.Session,
-        operation: kv_pb2.Operation,
+        self, key: bytes, session: router_pb2.Session, operation: kv_pb2.Operation, deadline: float
     ) -> kv_pb2.CommandResult:
         """One single-key write: validated, given a session, routed and retried."""
+        check_key(key)
+        resolved = self._session(session)
         try:
-            check_key(key)
-            resolved = self._session(session)
-        except InvalidArgument as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        command = kv_pb2.Command(
-            client_id=resolved.client_id,
-            seq=resolved.seq,
-            acked_seq=resolved.acked_seq,
-            operations=[operation],
-        )
-        try:
+            command = kv_pb2.Command(
+                client_id=resolved.client_id,
+                seq=resolved.seq,
+                acked_seq=resolved.acked_seq,
+                operations=[operation],
+            )
             check_command(command)
-        except InvalidArgument as error:
-            self._sessions.finish(resolved)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-
-        async def work(deadline: float) -> kv_pb2.CommandResult:
             return await self._write_key(key, command, deadline)
-
-        try:
-            return await self._serve(context, work)
         finally:
             self._sessions.finish(resolved)
 
-    # -- single keys ----------------------------------------------------------------------
-
-    async def Get(
-        self,
-        request: router_pb2.GetRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> router_pb2.GetResponse:
-        try:
-            check_key(request.key)
-        except InvalidArgument as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        kv = await self._serve(context, lambda deadline: self._read_key(request.key, deadline))
+    async def _get(self, request: router_pb2.GetRequest, deadline: float) -> router_pb2.GetResponse:
+        check_key(request.key)
+        kv = await self._read_key(request.key, deadline)
         return router_pb2.GetResponse(kv=kv) if kv is not None else router_pb2.GetResponse()
 
-    async def Put(
-        self,
-        request: router_pb2.PutRequest,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> router_pb2.PutResponse:
+    async def _put(self, request: router_pb2.PutRequest, deadline: float) -> router_pb2.PutResponse:
         operation = kv_pb2.Operation(put=kv_pb2.Put(key=request.key, value=request.value))
-        result = await self._write_one(context, request.key, request.session, operation)
+        result = await self._write_one(request.key, request.session, operation, deadline)
         previous = (
             result.results[0].previous
             if result.results and result.results[0].HasField("previous")
@@ -340,32 +312,101 @@ class RouterService(router_pb2_grpc.RouterServicer):
         )
         return router_pb2.PutResponse(kv=kv)
 
+    async def _delete(
+        self, request: router_pb2.DeleteRequest, deadline: float
+    ) -> router_pb2.DeleteResponse:
+        operation = kv_pb2.Operation(delete=kv_pb2.Delete(key=request.key))
+        result = await self._write_one(request.key, request.session, operation, deadline)
+        return router_pb2.DeleteResponse(
+            deleted=bool(result.results and result.results[0].succeeded)
+        )
+
+    async def _compare_and_set(
+        self, request: router_pb2.CompareAndSetRequest, deadline: float
+    ) -> router_pb2.CompareAndSetResponse:
+        cas = kv_pb2.CompareAndSet(key=request.key, value=request.value)
+        if request.HasField("expected"):
+            cas.expected = request.expected
+        operation = kv_pb2.Operation(compare_and_set=cas)
+        result = await self._write_one(request.key, request.session, operation, deadline)
+        response = router_pb2.CompareAndSetResponse()
+        if result.results:
+            response.succeeded = result.results[0].succeeded
+            if result.results[0].HasField("previous"):
+                response.previous.CopyFrom(result.results[0].previous)
+        return response
+
+    # -- single keys ----------------------------------------------------------------------
+
+    async def Get(
+        self,
+        request: router_pb2.GetRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.GetResponse:
+        return await self._serve(context, lambda deadline: self._get(request, deadline))
+
+    async def Put(
+        self,
+        request: router_pb2.PutRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.PutResponse:
+        return await self._serve(context, lambda deadline: self._put(request, deadline))
+
     async def Delete(
         self,
         request: router_pb2.DeleteRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.DeleteResponse:
-        operation = kv_pb2.Operation(delete=kv_pb2.Delete(key=request.key))
-        result = await self._write_one(context, request.key, request.session, operation)
-        return router_pb2.DeleteResponse(
-            deleted=bool(result.results and result.results[0].succeeded)
-        )
+        return await self._serve(context, lambda deadline: self._delete(request, deadline))
 
     async def CompareAndSet(
         self,
         request: router_pb2.CompareAndSetRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.CompareAndSetResponse:
-        cas = kv_pb2.CompareAndSet(key=request.key, value=request.value)
-        if request.HasField("expected"):
-            cas.expected = request.expected
-        operation = kv_pb2.Operation(compare_and_set=cas)
-        result = await self._write_one(context, request.key, request.session, operation)
-        response = router_pb2.CompareAndSetResponse()
-        if result.results:
-            response.succeeded = result.results[0].succeeded
-            if result.results[0].HasField("previous"):
-                response.previous.CopyFrom(result.results[0].previous)
+        return await self._serve(context, lambda deadline: self._compare_and_set(request, deadline))
+
+    async def Batch(
+        self,
+        request: router_pb2.BatchRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.BatchResponse:
+        if len(request.requests) > MAX_OPERATIONS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(request.requests)} requests in one batch; at most {MAX_OPERATIONS}",
+            )
+        deadline = self._deadline(context)
+        responses = await asyncio.gather(*(self._one(item, deadline) for item in request.requests))
+        return router_pb2.BatchResponse(responses=responses)
+
+    async def _one(self, item: router_pb2.Request, deadline: float) -> router_pb2.Response:
+        """One request of a batch, answered as the single call would be."""
+        response = router_pb2.Response()
+        kind = item.WhichOneof("kind")
+        try:
+            async with asyncio.timeout_at(deadline):
+                if kind == "get":
+                    response.get.CopyFrom(await self._get(item.get, deadline))
+                elif kind == "put":
+                    response.put.CopyFrom(await self._put(item.put, deadline))
+                elif kind == "delete":
+                    response.delete.CopyFrom(await self._delete(item.delete, deadline))
+                elif kind == "compare_and_set":
+                    response.compare_and_set.CopyFrom(
+                        await self._compare_and_set(item.compare_and_set, deadline)
+                    )
+                else:
+                    raise InvalidArgument("a request of the batch names no kind")
+        except TimeoutError:
+            response.code = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+            response.message = _DEADLINE_PASSED
+        except InvalidArgument as error:
+            response.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            response.message = str(error)
+        except RouteError as error:
+            response.code = error.code.value[0]
+            response.message = str(error)
         return response
 
     # -- many keys ----------------------------------------------------------------------
@@ -406,6 +447,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         deadline: float,
         reroutes: int,
     ) -> None:
+        await self._wait_for_map()
         by_group: dict[int, list[kv_pb2.Operation]] = defaultdict(list)
         for operation in operations:
             by_group[self.topology.group_for(operation.put.key)].append(operation)
@@ -480,6 +522,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
     async def _scan(
         self, start: bytes, end: bytes | None, page: int, deadline: float
     ) -> router_pb2.ScanKeysResponse:
+        await self._wait_for_map()
         ring = self.topology.ring
         assert ring is not None
         request = node_pb2.ScanRequest(start=start, end=end or b"", limit=page)
@@ -516,6 +559,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.ClusterStatusResponse:
         async def work(deadline: float) -> router_pb2.ClusterStatusResponse:
+            await self._wait_for_map()
             topology = self.topology
             assert topology.map is not None and topology.ring is not None
             response = router_pb2.ClusterStatusResponse(map=topology.map)

@@ -74,6 +74,11 @@ class RouterStub:
                 request_serializer=shardkv_dot_v1_dot_router__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_router__pb2.ClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.Batch = channel.unary_unary(
+                '/shardkv.v1.Router/Batch',
+                request_serializer=shardkv_dot_v1_dot_router__pb2.BatchRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_router__pb2.BatchResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -130,6 +135,16 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Batch(self, request, context):
+        """Many independent single-key requests in one call (a client coalescing
+        its concurrent calls): each is routed, retried and answered on its own,
+        exactly as if it had been sent alone; the call itself fails only when
+        the whole batch is malformed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +187,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.ClusterStatus,
                     request_deserializer=shardkv_dot_v1_dot_router__pb2.ClusterStatusRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_router__pb2.ClusterStatusResponse.SerializeToString,
+            ),
+            'Batch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Batch,
+                    request_deserializer=shardkv_dot_v1_dot_router__pb2.BatchRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_router__pb2.BatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -390,6 +410,33 @@ class Router:
             '/shardkv.v1.Router/ClusterStatus',
             shardkv_dot_v1_dot_router__pb2.ClusterStatusRequest.SerializeToString,
             shardkv_dot_v1_dot_router__pb2.ClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Batch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Router/Batch',
+            shardkv_dot_v1_dot_router__pb2.BatchRequest.SerializeToString,
+            shardkv_dot_v1_dot_router__pb2.BatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

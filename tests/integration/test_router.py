@@ -221,3 +221,44 @@ def test_a_node_killed_and_back(routed: tuple[Cluster, RouterProcess]) -> None:
         *cluster.group_ids,
     }
     assert isinstance(reports[victim].status, node_pb2.StatusResponse)
+
+
+def test_a_batch_answers_each_request_as_if_sent_alone(
+    routed: tuple[Cluster, RouterProcess],
+) -> None:
+    _, router = routed
+    stub = router.stub()
+    session = router_pb2.Session(client_id=91, seq=1)
+    requests = [
+        router_pb2.Request(put=router_pb2.PutRequest(key=b"b/1", value=b"one", session=session)),
+        router_pb2.Request(put=router_pb2.PutRequest(key=b"b/2", value=b"two")),
+        router_pb2.Request(get=router_pb2.GetRequest(key=b"b/missing")),
+        router_pb2.Request(put=router_pb2.PutRequest(key=b"", value=b"bad")),
+        router_pb2.Request(
+            compare_and_set=router_pb2.CompareAndSetRequest(key=b"b/3", value=b"three")
+        ),
+        router_pb2.Request(delete=router_pb2.DeleteRequest(key=b"b/missing")),
+        router_pb2.Request(),
+    ]
+    response = stub.Batch(router_pb2.BatchRequest(requests=requests), timeout=DEADLINE)
+    codes = [item.code for item in response.responses]
+    invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert codes == [0, 0, 0, invalid, 0, 0, invalid]
+    assert "empty" in response.responses[3].message
+    assert response.responses[0].put.kv.version == 1
+    assert not response.responses[2].get.HasField("kv")
+    assert response.responses[4].compare_and_set.succeeded
+    assert not response.responses[5].delete.deleted
+    # The same session again: answered from it, not applied twice.
+    again = stub.Batch(router_pb2.BatchRequest(requests=requests[:1]), timeout=DEADLINE)
+    assert again.responses[0].put.kv.version == 1
+    reads = stub.Batch(
+        router_pb2.BatchRequest(
+            requests=[
+                router_pb2.Request(get=router_pb2.GetRequest(key=key))
+                for key in (b"b/1", b"b/2", b"b/3")
+            ]
+        ),
+        timeout=DEADLINE,
+    )
+    assert [item.get.kv.value for item in reads.responses] == [b"one", b"two", b"three"]
