@@ -6,10 +6,11 @@ PY = $(VENV)/bin/python
 PYTHON ?= python3
 STAMP = $(VENV)/.installed
 SEEDS ?= 100000
+NODE_SEEDS ?= 10000
 # Per-test limit in seconds: generous, it only catches a hang.
 TEST_TIMEOUT ?= 600
 
-.PHONY: all install test up lint format proto sim soak bench-raft bench-node bench-compare clean distclean
+.PHONY: all install test up lint format proto sim node-sim soak bench-raft bench-node bench-compare clean distclean
 
 all: test
 
@@ -47,7 +48,10 @@ proto: $(STAMP)
 sim: $(STAMP)
 	$(PY) -m tests.sim.soak --seeds $(SEEDS) --jobs 2
 
-soak: sim
+node-sim: $(STAMP)
+	$(PY) -m tests.sim.node_sim --seeds 0 $(NODE_SEEDS) --jobs 2
+
+soak: sim node-sim
 
 bench-raft: $(STAMP)
 	$(PY) bench/raft_core.py

@@ -129,7 +129,10 @@ class Peer:
         # Entry bytes applied since the last snapshot. It starts from zero on
         # a restart: the size trigger may then fire later, never sooner.
         self.log_bytes = 0
-        self._proposals: dict[int, _PendingProposal] = {}
+        # By index, a list: after losing and regaining the lead, this node may
+        # propose again at an index whose earlier entry (another term) was
+        # cut from its log but may still commit from another node's.
+        self._proposals: dict[int, list[_PendingProposal]] = {}
         self._reads: dict[bytes, _PendingRead] = {}
         self._read_ids = itertools.count(1)
         # Results of the round being applied, answered in finish().
@@ -148,7 +151,7 @@ class Peer:
         except ProposalDropped as dropped:
             raise NotLeader(self.group_id, dropped.leader_id) from dropped
         future: asyncio.Future[kv_pb2.CommandResult] = asyncio.get_running_loop().create_future()
-        self._proposals[index] = _PendingProposal(term, [future])
+        self._proposals.setdefault(index, []).append(_PendingProposal(term, [future]))
         return future
 
     def propose_many(
@@ -181,7 +184,7 @@ class Peer:
                 for future in chunk_futures:
                     future.set_exception(NotLeader(self.group_id, dropped.leader_id))
             else:
-                self._proposals[index] = _PendingProposal(term, chunk_futures)
+                self._proposals.setdefault(index, []).append(_PendingProposal(term, chunk_futures))
             futures.extend(chunk_futures)
         return futures
 
@@ -275,31 +278,30 @@ class Peer:
                 leader_id = ready.soft_state.leader_id
                 self._fail_reads(lambda: NotLeader(self.group_id, leader_id))
         for index, term, results in self._settled:
-            pending = self._proposals.pop(index, None)
-            if pending is None:
-                continue
-            if pending.term != term:
-                pending.fail(
-                    functools.partial(
-                        ProposalFailed,
-                        f"another entry took index {index} of group {self.group_id}",
+            for pending in self._proposals.pop(index, ()):
+                if pending.term != term:
+                    pending.fail(
+                        functools.partial(
+                            ProposalFailed,
+                            f"another entry took index {index} of group {self.group_id}",
+                        )
                     )
-                )
-            elif results is not None:
-                for future, result in zip(pending.futures, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
+                elif results is not None:
+                    for future, result in zip(pending.futures, results, strict=True):
+                        if not future.done():
+                            future.set_result(result)
         self._settled.clear()
         if ready.snapshot is not None:
             # Entries a snapshot covered were never applied one by one here:
             # whether a proposal among them took effect is not known.
             for index in [index for index in self._proposals if index <= self.applied]:
-                self._proposals.pop(index).fail(
-                    functools.partial(
-                        OutcomeUnknown,
-                        f"group {self.group_id} caught up by a snapshot past index {index}",
+                for pending in self._proposals.pop(index):
+                    pending.fail(
+                        functools.partial(
+                            OutcomeUnknown,
+                            f"group {self.group_id} caught up by a snapshot past index {index}",
+                        )
                     )
-                )
         self._answer_reads()
 
     def _answer_reads(self) -> None:
@@ -318,10 +320,13 @@ class Peer:
 
     def stop(self) -> None:
         """The node is stopping: nobody will settle what is pending."""
-        for pending in self._proposals.values():
-            pending.fail(
-                lambda: OutcomeUnknown(f"the node stopped before group {self.group_id} applied it")
-            )
+        for pendings in self._proposals.values():
+            for pending in pendings:
+                pending.fail(
+                    lambda: OutcomeUnknown(
+                        f"the node stopped before group {self.group_id} applied it"
+                    )
+                )
         self._proposals.clear()
         self._fail_reads(lambda: OutcomeUnknown("the node stopped"))
 
