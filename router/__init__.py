@@ -4,6 +4,31 @@ It owns the ring, the routing cache, the two-phase-commit coordinator and the
 rebalancing planner. It talks to nodes only through gRPC and imports from
 ``shardkv`` only the pure pieces both sides must share exactly (ring function,
 key encoding, generated protocol, error types). See docs/design.md.
+
+Users import the client from here: ``from router import Client, AsyncClient``
+(docs/client.md), and catch ``router.ClientError`` and its subclasses.
 """
 
-__all__: list[str] = []
+from router.client import AsyncClient, Client, RetryPolicy
+from router.errors import (
+    Aborted,
+    ClientError,
+    ClusterError,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+
+__all__ = [
+    "Aborted",
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "ClusterError",
+    "DeadlineExceeded",
+    "InvalidArgument",
+    "NotFound",
+    "RetryPolicy",
+    "Unavailable",
+]

@@ -1,0 +1,804 @@
+"""The shardkv client: ``AsyncClient`` (asyncio) and ``Client`` (blocking), over routers.
+
+What it promises:
+
+1. **Keys and values are bytes.** ``str`` is encoded as UTF-8; values come
+   back as ``bytes``. An empty key raises ``InvalidArgument`` and a key or
+   value of another type ``TypeError`` before anything is sent; sizes are
+   left to the router, which knows the limits.
+2. **Exactly-once writes.** Each client picks a random 63-bit ``client_id``
+   and numbers its writes 1, 2, 3, ... Every write RPC carries
+   ``Session(client_id, seq, acked_seq)``, where ``acked_seq`` is the highest
+   seq at or below which every write has finished (answered or given up), so
+   the cluster may forget those results. A retry of a write reuses its seq,
+   so the cluster applies it at most once whichever router it reaches.
+3. **Retries within one deadline.** UNAVAILABLE (which is also how gRPC
+   reports a router it cannot connect to) is retried with jittered, capped
+   exponential backoff, each retry at the next router address, until the
+   call's deadline (``timeout`` of the constructor, default 10 s, or of the
+   call). Other errors are raised at once. A read that runs out of time
+   raises ``Unavailable`` with the router's last message; a write raises
+   ``DeadlineExceeded`` saying it may or may not have applied.
+4. **Errors** are ``router.errors.ClientError`` and its subclasses, made in
+   one place (``router.errors.from_rpc_error``).
+5. **One implementation.** ``AsyncClient`` holds all the logic. ``Client``
+   runs an ``AsyncClient`` on a private event loop in a daemon thread and
+   waits for each call; ``close()`` stops that thread. A ``Client`` may be
+   used from any thread, including one that runs its own event loop (the
+   call then blocks that loop: in async code use ``AsyncClient``), but not
+   from inside a ``progress`` callback, which runs on the client's thread.
+
+Channels: one ``grpc.aio`` channel per router address, made on first use and
+kept until ``close()``, with 64 MiB message limits. Calls stick to one router
+until it fails, then move to the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import threading
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+    Sized,
+)
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from router.errors import InvalidArgument, from_rpc_error
+from shardkv.v1 import router_pb2, router_pb2_grpc
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_PAGE_SIZE",
+    "DEFAULT_TIMEOUT",
+    "AsyncClient",
+    "Client",
+    "Progress",
+    "RetryPolicy",
+]
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_PAGE_SIZE = 1000
+DEFAULT_BATCH_SIZE = 1000
+DEFAULT_CONCURRENCY = 4
+
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+)
+
+Key = bytes | str
+# ``True`` for a live line on stderr, or a callable ``(done, total)``; total
+# is None when the items have no length (a generator).
+Progress = bool | Callable[[int, int | None], object]
+
+_T = TypeVar("_T")
+# Mapping is invariant in its key type: these let dict[str, str], dict[bytes, bytes]
+# and mixed dicts all type-check as put_many's items.
+_KeyT = TypeVar("_KeyT", bound=bytes | str)
+_ValueT = TypeVar("_ValueT", bound=bytes | str)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff between retries of one call.
+
+    Retry n (from 0) waits a random time in [c/2, c] with
+    c = min(max_backoff, initial_backoff * multiplier**n).
+    """
+
+    initial_backoff: float = 0.05
+    max_backoff: float = 1.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial_backoff <= self.max_backoff:
+            raise ValueError("RetryPolicy needs 0 < initial_backoff <= max_backoff")
+        if self.multiplier < 1:
+            raise ValueError("RetryPolicy needs multiplier >= 1")
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        # Capping the exponent keeps the float finite however long a call retries.
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** min(attempt, 64))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+# -- what users pass in -------------------------------------------------------------
+
+
+def _to_bytes(data: object, what: str) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode()
+    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
+
+
+def _key(key: object) -> bytes:
+    encoded = _to_bytes(key, "a key")
+    if not encoded:
+        details = "the key is empty; keys must be 1 or more bytes"
+        raise InvalidArgument(details, grpc.StatusCode.INVALID_ARGUMENT, details)
+    return encoded
+
+
+def _positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be 1 or more, not {value}")
+    return value
+
+
+def _timeout(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"timeout must be a number of seconds, not {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"timeout must be more than 0 seconds, not {value}")
+    return float(value)
+
+
+def parse_addresses(addresses: str | Sequence[str]) -> tuple[str, ...]:
+    """Router addresses ``host:port``: one, a comma-separated list, or a sequence of them."""
+    if isinstance(addresses, str):
+        items: Sequence[object] = addresses.split(",")
+    elif isinstance(addresses, Sequence):
+        items = addresses
+    else:
+        raise TypeError(f"addresses must be a str or a sequence of str, not {type(addresses)}")
+    parsed: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"a router address must be a str, not {type(item).__name__}")
+        address = item.strip()
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"router address {item!r} is not host:port (e.g. 127.0.0.1:7000)")
+        parsed.append(address)
+    if not parsed:
+        raise ValueError("no router address given")
+    return tuple(parsed)
+
+
+# -- sessions -----------------------------------------------------------------------
+
+
+class _Sessions:
+    """Numbers one client's writes and knows the floor below which all are finished."""
+
+    def __init__(self, client_id: int) -> None:
+        self.client_id = client_id
+        self.acked_seq = 0
+        self._next_seq = 1
+        # Finished seqs above acked_seq, waiting for the ones below them.
+        self._finished_above: set[int] = set()
+
+    def begin(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def finish(self, seq: int) -> None:
+        """``seq`` was answered or given up: it is never sent again."""
+        self._finished_above.add(seq)
+        while self.acked_seq + 1 in self._finished_above:
+            self.acked_seq += 1
+            self._finished_above.remove(self.acked_seq)
+
+    def stamp(self, session: router_pb2.Session, seq: int) -> None:
+        session.client_id = self.client_id
+        session.seq = seq
+        session.acked_seq = self.acked_seq
+
+
+def _new_client_id() -> int:
+    return random.SystemRandom().randrange(1, 1 << 63)
+
+
+# -- progress -----------------------------------------------------------------------
+
+
+class _ProgressLine:
+    """``done / total keys, N keys/s`` on stderr: rewritten in place on a terminal."""
+
+    _INTERVAL_TTY = 0.2
+    _INTERVAL_LOG = 5.0
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._shown_at = 0.0
+        self._last = ""
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        tty = sys.stderr.isatty()
+        if now - self._shown_at < (self._INTERVAL_TTY if tty else self._INTERVAL_LOG):
+            self._last = self._text(done, total, now)
+            return
+        self._shown_at = now
+        self._last = ""
+        self._write(self._text(done, total, now), tty)
+
+    def close(self, done: int, total: int | None) -> None:
+        self._write(self._text(done, total, time.monotonic()), sys.stderr.isatty())
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    def _text(self, done: int, total: int | None, now: float) -> str:
+        elapsed = max(now - self._started, 1e-9)
+        of_total = f" / {total}" if total is not None else ""
+        return f"put_many: {done}{of_total} keys, {done / elapsed:,.0f} keys/s"
+
+    @staticmethod
+    def _write(text: str, tty: bool) -> None:
+        sys.stderr.write(f"\r{text}\x1b[K" if tty else f"{text}\n")
+        sys.stderr.flush()
+
+
+# -- running many calls -------------------------------------------------------------
+
+
+async def _run_bounded(jobs: Iterable[Awaitable[None]], concurrency: int) -> None:
+    """Await ``jobs`` with at most ``concurrency`` at once; the first failure cancels the rest.
+
+    ``jobs`` is consumed lazily, so a long generator of batches is never all in memory.
+    """
+    pending: set[asyncio.Future[None]] = set()
+
+    async def drain(until: int) -> None:
+        nonlocal pending
+        while len(pending) > until:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            # Every failure is retrieved (asyncio warns of unretrieved ones); the first is raised.
+            failures = [
+                error
+                for error in (task.exception() for task in done if not task.cancelled())
+                if error is not None
+            ]
+            if failures:
+                raise failures[0]
+
+    iterator = iter(jobs)
+    try:
+        while True:
+            # A slot first, then the next job: a job made is a job awaited.
+            await drain(concurrency - 1)
+            job = next(iterator, None)
+            if job is None:
+                break
+            pending.add(asyncio.ensure_future(job))
+        await drain(0)
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _batches(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    batch: list[_T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# -- the client ---------------------------------------------------------------------
+
+
+class AsyncClient:
+    """The asyncio client. ``async with AsyncClient("127.0.0.1:7000") as client: ...``."""
+
+    def __init__(
+        self,
+        addresses: str | Sequence[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._addresses = parse_addresses(addresses)
+        self._timeout = _timeout(timeout)
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._rng = random.Random()
+        self._sessions = _Sessions(_new_client_id())
+        self._channels: list[grpc.aio.Channel | None] = [None] * len(self._addresses)
+        self._stubs: list[Any] = [None] * len(self._addresses)
+        # The router calls go to until it fails.
+        self._current = 0
+        self._closed = False
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return self._addresses
+
+    @property
+    def client_id(self) -> int:
+        return self._sessions.client_id
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every channel. Closing twice is harmless; calls after it raise RuntimeError."""
+        self._closed = True
+        channels = [channel for channel in self._channels if channel is not None]
+        self._channels = [None] * len(self._addresses)
+        self._stubs = [None] * len(self._addresses)
+        for channel in channels:
+            await channel.close(grace=None)
+
+    # -- single keys --
+
+    async def get(self, key: Key, *, timeout: float | None = None) -> bytes | None:
+        """The key's value, or None when it does not exist."""
+        request = router_pb2.GetRequest(key=_key(key))
+        response: router_pb2.GetResponse = await self._call("Get", request, timeout, None)
+        return response.kv.value if response.HasField("kv") else None
+
+    async def put(self, key: Key, value: Key, *, timeout: float | None = None) -> None:
+        request = router_pb2.PutRequest(key=_key(key), value=_to_bytes(value, "a value"))
+        await self._write("Put", request, timeout)
+
+    async def delete(self, key: Key, *, timeout: float | None = None) -> bool:
+        """Delete the key; True if it existed."""
+        request = router_pb2.DeleteRequest(key=_key(key))
+        response: router_pb2.DeleteResponse = await self._write("Delete", request, timeout)
+        return response.deleted
+
+    async def cas(
+        self, key: Key, expected: Key | None, value: Key, *, timeout: float | None = None
+    ) -> bool:
+        """Write ``value`` if the key holds ``expected`` (None: if absent); True if written."""
+        request = router_pb2.CompareAndSetRequest(key=_key(key), value=_to_bytes(value, "a value"))
+        if expected is not None:
+            request.expected = _to_bytes(expected, "expected")
+        response: router_pb2.CompareAndSetResponse = await self._write(
+            "CompareAndSet", request, timeout
+        )
+        return response.succeeded
+
+    # -- many keys --
+
+    async def put_many(
+        self,
+        items: Mapping[_KeyT, _ValueT] | Iterable[tuple[Key, Key]],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        progress: Progress = False,
+        timeout: float | None = None,
+    ) -> int:
+        """Write many keys, ``batch_size`` per PutMany call, ``concurrency`` calls at once.
+
+        Each batch is one write with its own seq and its own deadline
+        (``timeout``); batches are atomic per group, not across groups. Items
+        are read and checked lazily, so a generator works and a bad item
+        fails the call after the batches before it were sent. On the first
+        failure the batches in flight are given up and the error raised.
+        Returns the number of items written.
+        """
+        _positive("batch_size", batch_size)
+        _positive("concurrency", concurrency)
+        total = len(items) if isinstance(items, Sized) else None
+        pairs: Iterable[tuple[Key, Key]] = items.items() if isinstance(items, Mapping) else items
+        line = _ProgressLine() if progress is True else None
+        report = _progress_callback(progress, line)
+        done = 0
+
+        async def send(request: router_pb2.PutManyRequest) -> None:
+            nonlocal done
+            await self._write("PutMany", request, timeout)
+            done += len(request.items)
+            if report is not None:
+                report(done, total)
+
+        try:
+            await _run_bounded(
+                (send(request) for request in _put_many_requests(pairs, batch_size)), concurrency
+            )
+        finally:
+            if line is not None:
+                line.close(done, total)
+        return done
+
+    async def get_many(
+        self,
+        keys: Iterable[Key],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeout: float | None = None,
+    ) -> dict[bytes, bytes]:
+        """The values of the keys that exist (missing keys are absent from the dict)."""
+        _positive("batch_size", batch_size)
+        _positive("concurrency", concurrency)
+        found: dict[bytes, bytes] = {}
+
+        async def fetch(batch: list[bytes]) -> None:
+            request = router_pb2.GetManyRequest(keys=batch)
+            response: router_pb2.GetManyResponse = await self._call(
+                "GetMany", request, timeout, None
+            )
+            for kv in response.kvs:
+                found[kv.key] = kv.value
+
+        await _run_bounded(
+            (fetch(batch) for batch in _batches(map(_key, keys), batch_size)), concurrency
+        )
+        return found
+
+    def scan(
+        self,
+        prefix: Key | None = None,
+        start: Key | None = None,
+        end: Key | None = None,
+        limit: int | None = None,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
+        """``(key, value)`` in key order: keys with ``prefix``, or in [start, end).
+
+        Pages of ``page_size`` keys are fetched as the iteration goes, each
+        with its own deadline; ``limit`` caps the keys yielded in all.
+        """
+        request = _scan_request(prefix, start, end, limit, page_size)
+        return _flatten(self._scan_pages(request, limit, page_size, timeout))
+
+    async def _scan_pages(
+        self,
+        request: router_pb2.ScanKeysRequest,
+        limit: int | None,
+        page_size: int,
+        timeout: float | None,
+    ) -> AsyncGenerator[list[tuple[bytes, bytes]], None]:
+        remaining = limit
+        while remaining is None or remaining > 0:
+            request.limit = page_size if remaining is None else min(page_size, remaining)
+            response: router_pb2.ScanKeysResponse = await self._call(
+                "ScanKeys", request, timeout, None
+            )
+            page = [(kv.key, kv.value) for kv in response.kvs]
+            if remaining is not None:
+                # The router sends at most request.limit keys.
+                remaining -= len(page)
+            if page:
+                yield page
+            if not response.continuation:
+                return
+            request.continuation = response.continuation
+
+    async def status(self, *, timeout: float | None = None) -> router_pb2.ClusterStatusResponse:
+        """The cluster map, every node's report and every group's share of the ring."""
+        response: router_pb2.ClusterStatusResponse = await self._call(
+            "ClusterStatus", router_pb2.ClusterStatusRequest(), timeout, None
+        )
+        return response
+
+    # -- calls --
+
+    async def _write(self, method: str, request: Any, timeout: float | None) -> Any:
+        seq = self._sessions.begin()
+        try:
+            return await self._call(method, request, timeout, seq)
+        finally:
+            self._sessions.finish(seq)
+
+    def _stub(self, index: int) -> Any:
+        stub = self._stubs[index]
+        if stub is None:
+            channel = grpc.aio.insecure_channel(self._addresses[index], options=_CHANNEL_OPTIONS)
+            stub = router_pb2_grpc.RouterStub(channel)  # type: ignore[no-untyped-call]
+            self._channels[index] = channel
+            self._stubs[index] = stub
+        return stub
+
+    async def _call(self, method: str, request: Any, timeout: float | None, seq: int | None) -> Any:
+        """One RPC, retried on UNAVAILABLE at the next router until the deadline.
+
+        ``seq`` is the write's number (None for reads); every attempt carries
+        it, with the acked floor as it is at that attempt.
+        """
+        if self._closed:
+            raise RuntimeError("the shardkv client is closed")
+        loop = asyncio.get_running_loop()
+        budget = self._timeout if timeout is None else _timeout(timeout)
+        deadline = loop.time() + budget
+        write = seq is not None
+        attempt = 0
+        # The router's last UNAVAILABLE message: once there is one, running out
+        # of time is "gave up retrying", whether it happens while backing off
+        # or during the last attempt.
+        unavailable: str | None = None
+        while True:
+            index = self._current
+            if seq is not None:
+                self._sessions.stamp(request.session, seq)
+            attempt += 1
+            try:
+                return await getattr(self._stub(index), method)(
+                    request, timeout=max(deadline - loop.time(), 0.001)
+                )
+            except asyncio.CancelledError:
+                # close() cancels the calls in flight on its channels; that is
+                # not a cancellation of the caller's task.
+                task = asyncio.current_task()
+                if self._closed and task is not None and not task.cancelling():
+                    raise RuntimeError(
+                        f"{method}: the shardkv client was closed during the call"
+                    ) from None
+                raise
+            except grpc.aio.AioRpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                address = self._addresses[index]
+                if code is grpc.StatusCode.UNAVAILABLE:
+                    unavailable = details
+                    if self._current == index:
+                        self._current = (index + 1) % len(self._addresses)
+                    delay = self._retry.backoff(attempt - 1, self._rng)
+                    if loop.time() + delay < deadline:
+                        await asyncio.sleep(delay)
+                        continue
+                elif code is not grpc.StatusCode.DEADLINE_EXCEEDED or unavailable is None:
+                    where = f"at {address}" if attempt == 1 else f"attempt {attempt}, at {address}"
+                    raise from_rpc_error(
+                        code, details, method=method, write=write, context=where
+                    ) from exc
+                # A read that gave up reports why the router could not serve
+                # it; a write reports the deadline, since it may yet apply.
+                raise from_rpc_error(
+                    grpc.StatusCode.DEADLINE_EXCEEDED if write else grpc.StatusCode.UNAVAILABLE,
+                    unavailable,
+                    method=method,
+                    write=write,
+                    context=f"gave up after {attempt} attempts in {budget:g} s, "
+                    f"the last at {address}",
+                ) from exc
+
+
+def _progress_callback(
+    progress: Progress, line: _ProgressLine | None
+) -> Callable[[int, int | None], object] | None:
+    if line is not None:
+        return line
+    if progress is False:
+        return None
+    if progress is True or not callable(progress):
+        raise TypeError(f"progress must be a bool or a callable(done, total), not {progress!r}")
+    return progress
+
+
+def _scan_request(
+    prefix: Key | None, start: Key | None, end: Key | None, limit: int | None, page_size: int
+) -> router_pb2.ScanKeysRequest:
+    """The first page's request; checks the arguments so that ``scan`` fails when called."""
+    _positive("page_size", page_size)
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int or None, not {type(limit).__name__}")
+        if limit < 0:
+            raise ValueError(f"limit must be 0 or more, not {limit}")
+    if prefix is not None:
+        if start is not None or end is not None:
+            raise ValueError("scan takes a prefix or a start and end, not both")
+        return router_pb2.ScanKeysRequest(prefix=_to_bytes(prefix, "prefix"))
+    return router_pb2.ScanKeysRequest(
+        start=b"" if start is None else _to_bytes(start, "start"),
+        end=b"" if end is None else _to_bytes(end, "end"),
+    )
+
+
+async def _flatten(
+    pages: AsyncIterator[list[tuple[bytes, bytes]]],
+) -> AsyncIterator[tuple[bytes, bytes]]:
+    async for page in pages:
+        for pair in page:
+            yield pair
+
+
+def _put_many_requests(
+    pairs: Iterable[tuple[Key, Key]], batch_size: int
+) -> Iterator[router_pb2.PutManyRequest]:
+    request = router_pb2.PutManyRequest()
+    add = request.items.add
+    for pair in pairs:
+        key, value = pair
+        add(key=_key(key), value=_to_bytes(value, "a value"))
+        if len(request.items) == batch_size:
+            yield request
+            request = router_pb2.PutManyRequest()
+            add = request.items.add
+    if request.items:
+        yield request
+
+
+# -- the blocking face --------------------------------------------------------------
+
+
+class Client:
+    """The blocking client: an ``AsyncClient`` on a private event loop in a daemon thread.
+
+    ``with Client("127.0.0.1:7000") as client: client.put("k", "v")``. Every
+    method has the ``AsyncClient`` method's arguments and meaning.
+    """
+
+    def __init__(
+        self,
+        addresses: str | Sequence[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        # Made first, so that bad arguments raise before a thread exists.
+        self._async = AsyncClient(addresses, timeout=timeout, retry=retry)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="shardkv-client", daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    def _run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        if self._closed:
+            coroutine.close()
+            raise RuntimeError("the shardkv client is closed")
+        if threading.get_ident() == self._thread.ident:
+            coroutine.close()
+            raise RuntimeError("a Client cannot be called from its own callbacks (progress)")
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Interrupted while waiting (Ctrl-C): do not leave the call running.
+            future.cancel()
+            raise
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return self._async.addresses
+
+    @property
+    def client_id(self) -> int:
+        return self._async.client_id
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channels and stop the thread. Closing twice is harmless."""
+        if self._closed:
+            return
+        try:
+            self._run(self._async.close())
+        finally:
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+
+    def get(self, key: Key, *, timeout: float | None = None) -> bytes | None:
+        return self._run(self._async.get(key, timeout=timeout))
+
+    def put(self, key: Key, value: Key, *, timeout: float | None = None) -> None:
+        self._run(self._async.put(key, value, timeout=timeout))
+
+    def delete(self, key: Key, *, timeout: float | None = None) -> bool:
+        return self._run(self._async.delete(key, timeout=timeout))
+
+    def cas(
+        self, key: Key, expected: Key | None, value: Key, *, timeout: float | None = None
+    ) -> bool:
+        return self._run(self._async.cas(key, expected, value, timeout=timeout))
+
+    def put_many(
+        self,
+        items: Mapping[_KeyT, _ValueT] | Iterable[tuple[Key, Key]],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        progress: Progress = False,
+        timeout: float | None = None,
+    ) -> int:
+        """As ``AsyncClient.put_many``; items are read and progress called on the client thread."""
+        return self._run(
+            self._async.put_many(
+                items,
+                batch_size=batch_size,
+                concurrency=concurrency,
+                progress=progress,
+                timeout=timeout,
+            )
+        )
+
+    def get_many(
+        self,
+        keys: Iterable[Key],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeout: float | None = None,
+    ) -> dict[bytes, bytes]:
+        return self._run(
+            self._async.get_many(
+                keys, batch_size=batch_size, concurrency=concurrency, timeout=timeout
+            )
+        )
+
+    def scan(
+        self,
+        prefix: Key | None = None,
+        start: Key | None = None,
+        end: Key | None = None,
+        limit: int | None = None,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        timeout: float | None = None,
+    ) -> Generator[tuple[bytes, bytes], None, None]:
+        """As ``AsyncClient.scan``; ``close()`` the generator to stop early before its end."""
+        request = _scan_request(prefix, start, end, limit, page_size)
+        # Pages cross the thread boundary, not single keys: one hop per page.
+        return self._iterate(self._async._scan_pages(request, limit, page_size, timeout))
+
+    def _iterate(
+        self, pages: AsyncGenerator[list[tuple[bytes, bytes]], None]
+    ) -> Generator[tuple[bytes, bytes], None, None]:
+        try:
+            while True:
+                page = self._run(_next_page(pages))
+                if page is None:
+                    return
+                yield from page
+        finally:
+            if not self._closed:
+                self._run(pages.aclose())
+
+    def status(self, *, timeout: float | None = None) -> router_pb2.ClusterStatusResponse:
+        return self._run(self._async.status(timeout=timeout))
+
+
+async def _next_page(
+    pages: AsyncGenerator[list[tuple[bytes, bytes]], None],
+) -> list[tuple[bytes, bytes]] | None:
+    return await anext(pages, None)

@@ -1,0 +1,95 @@
+"""Errors the shardkv client raises: one tree, one root, each with its gRPC status.
+
+::
+
+    ClientError              root: .code (grpc.StatusCode) and .details (the server's message)
+    ├── InvalidArgument      the request breaks a rule (empty key, oversized value, ...): fix it
+    │                        (also a ValueError; raised locally for what is obviously bad)
+    ├── NotFound             what the request names does not exist
+    ├── Unavailable          no router or group served the call before its deadline: retry later
+    ├── DeadlineExceeded     the call's deadline passed; a write may or may not have applied
+    ├── Aborted              a conflict (transactions): retry the whole transaction
+    └── ClusterError         anything else the cluster answered (INTERNAL, UNKNOWN, ...)
+
+``from_rpc_error`` is the one place where a gRPC error becomes one of these;
+the client raises its result ``from`` the original ``grpc.aio.AioRpcError``.
+Keys that are of the wrong type raise ``TypeError``, not a ``ClientError``.
+The server side has its own tree (``shardkv.errors.ShardKVError``); the
+client's is separate so that users never need the server's modules.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "Aborted",
+    "ClientError",
+    "ClusterError",
+    "DeadlineExceeded",
+    "InvalidArgument",
+    "NotFound",
+    "Unavailable",
+    "from_rpc_error",
+]
+
+
+class ClientError(Exception):
+    """Root of the client's errors: the gRPC ``code`` and the server's ``details``."""
+
+    def __init__(self, message: str, code: grpc.StatusCode, details: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+
+class InvalidArgument(ClientError, ValueError):
+    """The request is malformed or breaks a limit; retrying it unchanged fails again."""
+
+
+class NotFound(ClientError):
+    """What the request names does not exist."""
+
+
+class Unavailable(ClientError):
+    """No router, or no leader of a group, answered before the deadline; retrying later may work."""
+
+
+class DeadlineExceeded(ClientError):
+    """The call's deadline passed. For a write the outcome is unknown: it may yet apply."""
+
+
+class Aborted(ClientError):
+    """The request conflicted with another (transactions) and was not applied."""
+
+
+class ClusterError(ClientError):
+    """The cluster failed the call in a way the other classes do not name (INTERNAL, ...)."""
+
+
+_CLASS_OF_CODE: dict[grpc.StatusCode, type[ClientError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.ABORTED: Aborted,
+}
+
+WRITE_OUTCOME_UNKNOWN = "the write may or may not have applied"
+
+
+def from_rpc_error(
+    code: grpc.StatusCode, details: str, *, method: str, write: bool, context: str = ""
+) -> ClientError:
+    """The client error for a call of ``method`` that ended with ``code`` and ``details``.
+
+    ``context`` says what the client already tried (attempts, addresses); a
+    write that ends in DEADLINE_EXCEEDED says that its outcome is unknown.
+    """
+    error_class = _CLASS_OF_CODE.get(code, ClusterError)
+    parts = [f"{method}: {code.name}: {details or 'no details'}"]
+    if context:
+        parts.append(context)
+    if write and error_class is DeadlineExceeded:
+        parts.append(WRITE_OUTCOME_UNKNOWN)
+    return error_class("; ".join(parts), code, details)

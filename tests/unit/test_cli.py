@@ -1,0 +1,566 @@
+"""The ``shardkv`` CLI against the fake router, and ``shardkv up``'s launcher pieces.
+
+The launcher's supervision is tested with stand-in children (tiny Python
+processes that sleep, exit or ignore SIGTERM), so these tests show crash
+reporting and shutdown without a real cluster; a real ``shardkv up`` is the
+integration tests' job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import io
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from router import cli
+from router.cli import (
+    DEFAULT_ROUTER,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    escape,
+    main,
+    resolve_router,
+    summarize_status,
+)
+from router.launcher import (
+    ChildSpec,
+    LaunchError,
+    Layout,
+    check_ports_free,
+    child_specs,
+    resolve_layout,
+    run_up,
+    supervise,
+    wait_ready,
+    write_layout,
+)
+from shardkv.v1 import node_pb2, router_pb2
+from tests.ports import free_ports
+from tests.unit.test_client import FakeRouter, RouterThread
+
+
+@pytest.fixture
+def fake() -> FakeRouter:
+    return FakeRouter()
+
+
+@pytest.fixture
+def router(fake: FakeRouter, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The fake router's address, also in $SHARDKV_ROUTER (as a user would set it)."""
+    server = RouterThread(fake)
+    monkeypatch.setenv("SHARDKV_ROUTER", server.address)
+    yield server.address
+    server.stop()
+
+
+class _Stdout(io.TextIOWrapper):
+    """A stdout with a byte buffer that can claim to be a terminal."""
+
+    def __init__(self, tty: bool) -> None:
+        super().__init__(io.BytesIO(), encoding="utf-8")
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+    def written(self) -> bytes:
+        self.flush()
+        raw = self.buffer
+        assert isinstance(raw, io.BytesIO)
+        return raw.getvalue()
+
+
+class _Stdin:
+    def __init__(self, data: bytes, tty: bool = False) -> None:
+        self.buffer = io.BytesIO(data)
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def run(monkeypatch: pytest.MonkeyPatch, *argv: str, tty: bool = False) -> tuple[int, bytes]:
+    stdout = _Stdout(tty)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    status = main(list(argv))
+    return status, stdout.written()
+
+
+# -- arguments --------------------------------------------------------------------------
+
+
+def test_router_address_from_flag_then_environment_then_default() -> None:
+    assert resolve_router("10.0.0.1:1", {"SHARDKV_ROUTER": "10.0.0.2:2"}) == "10.0.0.1:1"
+    assert resolve_router(None, {"SHARDKV_ROUTER": "10.0.0.2:2"}) == "10.0.0.2:2"
+    assert resolve_router(None, {"SHARDKV_ROUTER": ""}) == DEFAULT_ROUTER == "127.0.0.1:7000"
+
+
+def test_router_flag_before_or_after_the_command() -> None:
+    parser = cli.build_parser()
+    assert parser.parse_args(["--router", "a:1", "get", "k"]).router == "a:1"
+    assert parser.parse_args(["get", "k", "--router", "b:2"]).router == "b:2"
+    assert parser.parse_args(["--router", "a:1", "get", "--router", "b:2", "k"]).router == "b:2"
+    assert not hasattr(parser.parse_args(["get", "k"]), "router")
+
+
+def test_up_flags_left_out_are_none_so_a_stored_layout_wins() -> None:
+    args = cli.build_parser().parse_args(["up"])
+    assert (args.nodes, args.groups, args.port, args.data_dir) == (
+        None,
+        None,
+        None,
+        Path("shardkv-data"),
+    )
+    args = cli.build_parser().parse_args(["up", "--nodes", "5", "--groups", "8", "--port", "9000"])
+    assert (args.nodes, args.groups, args.port) == (5, 8, 9000)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["frobnicate"], ["get"], ["put"], ["scan", "--limit", "0"], ["up", "--nodes", "x"]],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == EXIT_USAGE
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == EXIT_OK
+    assert "exit status" in capsys.readouterr().out
+
+
+def test_a_bad_router_address_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--router", "nohost", "get", "k"]) == EXIT_USAGE
+    assert "host:port" in capsys.readouterr().err
+
+
+# -- commands against the fake router ---------------------------------------------------
+
+
+def test_put_then_get_prints_the_raw_value(
+    router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run(monkeypatch, "put", "greeting", "hello world") == (EXIT_OK, b"")
+    assert fake.data == {b"greeting": b"hello world"}
+    assert run(monkeypatch, "get", "greeting") == (EXIT_OK, b"hello world")
+    assert run(monkeypatch, "get", "greeting", tty=True) == (EXIT_OK, b"hello world\n")
+
+
+def test_get_passes_bytes_through_untouched(
+    router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.data[b"bin"] = b"\x00\xff\n"
+    assert run(monkeypatch, "get", "bin") == (EXIT_OK, b"\x00\xff\n")
+    # An argument that is not UTF-8 reaches the cluster as the bytes the shell gave.
+    assert run(monkeypatch, "put", os.fsdecode(b"k\xff"), "v")[0] == EXIT_OK
+    assert fake.data[b"k\xff"] == b"v"
+
+
+def test_put_reads_the_value_from_stdin(
+    router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", _Stdin(b"from\x00stdin"))
+    assert run(monkeypatch, "put", "k")[0] == EXIT_OK
+    assert fake.data[b"k"] == b"from\x00stdin"
+    monkeypatch.setattr(sys, "stdin", _Stdin(b"", tty=True))
+    assert run(monkeypatch, "put", "k")[0] == EXIT_USAGE
+
+
+def test_get_and_delete_of_a_missing_key_exit_1_with_a_note(
+    router: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(monkeypatch, "get", "nope") == (EXIT_NOT_FOUND, b"")
+    assert "not found" in capsys.readouterr().err
+    assert run(monkeypatch, "delete", "nope") == (EXIT_NOT_FOUND, b"")
+    assert "not found" in capsys.readouterr().err
+
+
+def test_delete_of_an_existing_key(
+    router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.data[b"k"] = b"v"
+    assert run(monkeypatch, "delete", "k") == (EXIT_OK, b"")
+    assert fake.data == {}
+
+
+def test_scan_prints_escaped_tab_separated_lines(
+    router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.data.update({b"a/1": b"one", b"a/2": b"tab\there\n", b"b": "ключ".encode(), b"c": b"\xff"})
+    status, out = run(monkeypatch, "scan")
+    assert status == EXIT_OK
+    assert out.decode().splitlines() == ["a/1\tone", "a/2\ttab\\there\\n", "b\tключ", "c\t\\xff"]
+    assert run(monkeypatch, "scan", "--prefix", "a/", "--limit", "1") == (EXIT_OK, b"a/1\tone\n")
+    assert run(monkeypatch, "scan", "--start", "a/2", "--end", "c")[1] == (
+        "a/2\ttab\\there\\n\nb\tключ\n".encode()
+    )
+    assert run(monkeypatch, "scan", "--prefix", "a", "--start", "b")[0] == EXIT_USAGE
+
+
+def test_escape_is_unambiguous() -> None:
+    assert escape(b"plain text") == "plain text"
+    assert escape("ключ".encode()) == "ключ"
+    assert escape(b"back\\slash") == "back\\\\slash"
+    assert escape(b"\x00\x1b\t\r\n") == "\\x00\\x1b\\t\\r\\n"
+    assert escape(b"\xff\xc3") == "\\xff\\xc3"
+    # U+0085 is not printable: written as the character, not as the byte 0x85.
+    assert escape("\u0085".encode()) == "\\u0085"
+    assert escape(b"\x85") == "\\x85"
+
+
+def _status_response() -> router_pb2.ClusterStatusResponse:
+    response = router_pb2.ClusterStatusResponse()
+    response.map.cluster_id = "demo"
+    response.map.ring.epoch = 7
+    for node_id in (1, 2, 3):
+        response.map.nodes.add(node_id=node_id, address=f"127.0.0.1:700{node_id}", state="up")
+    for group_id in (0, 1, 2):
+        response.map.groups.add(
+            group_id=group_id, replicas=[1, 2, 3], weight=0 if group_id == 0 else 1
+        )
+    response.shares.add(group_id=1, share=0.25)
+    response.shares.add(group_id=2, share=0.75)
+
+    def group(
+        group_id: int, role: str, leader_id: int, term: int, applied: int
+    ) -> node_pb2.GroupStatus:
+        return node_pb2.GroupStatus(
+            group_id=group_id,
+            role=role,
+            leader_id=leader_id,
+            term=term,
+            applied=applied,
+            key_count=applied * 10,
+            epoch=7 if group_id else 0,
+        )
+
+    response.nodes.add(
+        node_id=1,
+        address="127.0.0.1:7001",
+        status=node_pb2.StatusResponse(
+            node_id=1,
+            groups=[
+                group(0, "leader", 1, 2, 30),
+                # A deposed leader at an older term: the newer one wins.
+                group(1, "leader", 1, 3, 40),
+                group(2, "follower", 0, 5, 50),
+            ],
+        ),
+    )
+    response.nodes.add(
+        node_id=2,
+        address="127.0.0.1:7002",
+        status=node_pb2.StatusResponse(
+            node_id=2,
+            groups=[
+                group(0, "follower", 1, 2, 30),
+                group(1, "leader", 2, 4, 41),
+                group(2, "candidate", 0, 6, 52),
+            ],
+        ),
+    )
+    response.nodes.add(node_id=3, address="127.0.0.1:7003", error="UNAVAILABLE: connection refused")
+    return response
+
+
+def test_summarize_status_picks_the_current_leader_and_marks_leaderless_groups() -> None:
+    summary = summarize_status(_status_response())
+    assert (summary.cluster_id, summary.epoch) == ("demo", 7)
+    assert [(node.node_id, node.reachable) for node in summary.nodes] == [
+        (1, True),
+        (2, True),
+        (3, False),
+    ]
+    assert summary.nodes[2].error == "UNAVAILABLE: connection refused"
+    groups = {group.group_id: group for group in summary.groups}
+    assert (groups[0].leader, groups[0].share) == (1, None)
+    assert (groups[1].leader, groups[1].term, groups[1].applied_index, groups[1].key_count) == (
+        2,
+        4,
+        41,
+        410,
+    )
+    assert (groups[2].leader, groups[2].term, groups[2].applied_index) == (None, 6, 52)
+    assert groups[2].share == 0.75
+
+
+def test_status_prints_a_table(
+    router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.status = _status_response()
+    status, out = run(monkeypatch, "status")
+    assert status == EXIT_OK
+    lines = out.decode().splitlines()
+    assert lines[0] == "cluster demo, ring epoch 7"
+    assert lines[3].split() == ["1", "127.0.0.1:7001", "yes"]
+    assert lines[5].split()[:3] == ["3", "127.0.0.1:7003", "no:"]
+    assert lines[7].split() == [
+        "GROUP",
+        "REPLICAS",
+        "LEADER",
+        "TERM",
+        "APPLIED",
+        "KEYS",
+        "EPOCH",
+        "SHARE",
+    ]
+    assert lines[8].split() == ["0", "1,2,3", "1", "2", "30", "300", "0", "-"]
+    assert lines[9].split() == ["1", "1,2,3", "2", "4", "41", "410", "7", "25.0%"]
+    assert lines[10].split() == ["2", "1,2,3", "-", "6", "52", "520", "7", "75.0%"]
+
+
+def test_status_json_is_the_same_summary(
+    router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.status = _status_response()
+    status, out = run(monkeypatch, "status", "--json")
+    assert status == EXIT_OK
+    document = json.loads(out)
+    assert document["cluster_id"] == "demo"
+    assert document["nodes"][2] == {
+        "node_id": 3,
+        "address": "127.0.0.1:7003",
+        "reachable": False,
+        "error": "UNAVAILABLE: connection refused",
+    }
+    assert document["groups"][1] == {
+        "group_id": 1,
+        "replicas": [1, 2, 3],
+        "leader": 2,
+        "term": 4,
+        "applied_index": 41,
+        "key_count": 410,
+        "epoch": 7,
+        "share": 0.25,
+    }
+    assert document["groups"][2]["leader"] is None
+
+
+# -- errors and exit statuses -----------------------------------------------------------
+
+
+def test_no_router_exits_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dead = f"127.0.0.1:{free_ports(1)[0]}"
+    assert run(monkeypatch, "--router", dead, "--timeout", "0.2", "get", "k") == (
+        EXIT_UNAVAILABLE,
+        b"",
+    )
+    assert "cluster unavailable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("code", "exit_status"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, EXIT_USAGE),
+        (grpc.StatusCode.NOT_FOUND, EXIT_NOT_FOUND),
+        (grpc.StatusCode.INTERNAL, EXIT_FAILED),
+        (grpc.StatusCode.ABORTED, EXIT_FAILED),
+    ],
+)
+def test_cluster_errors_map_to_exit_statuses(
+    router: str,
+    fake: FakeRouter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    code: grpc.StatusCode,
+    exit_status: int,
+) -> None:
+    fake.fail("Put", code, "the router says no")
+    assert run(monkeypatch, "put", "k", "v") == (exit_status, b"")
+    assert "the router says no" in capsys.readouterr().err
+
+
+def test_a_router_unavailable_until_the_timeout_exits_3(
+    router: str,
+    fake: FakeRouter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.fail("Get", grpc.StatusCode.UNAVAILABLE, "group 2 has no leader", times=1000)
+    assert run(monkeypatch, "--timeout", "0.2", "get", "k") == (EXIT_UNAVAILABLE, b"")
+    assert "group 2 has no leader" in capsys.readouterr().err
+
+
+# -- shardkv up: layout, ports, children ------------------------------------------------
+
+
+def test_layout_defaults_are_stored_and_reused(tmp_path: Path) -> None:
+    layout, new = resolve_layout(tmp_path, None, None, None)
+    assert (layout, new) == (Layout(nodes=3, groups=4, port=7000), True)
+    write_layout(tmp_path, Layout(nodes=5, groups=2, port=9000))
+    assert resolve_layout(tmp_path, None, None, None) == (
+        Layout(nodes=5, groups=2, port=9000),
+        False,
+    )
+    assert resolve_layout(tmp_path, 5, 2, 9000) == (Layout(nodes=5, groups=2, port=9000), False)
+
+
+def test_layout_flags_that_disagree_with_the_stored_one_are_refused(tmp_path: Path) -> None:
+    write_layout(tmp_path, Layout(nodes=3, groups=4, port=7000))
+    with pytest.raises(LaunchError, match=r"--nodes 5 \(stored: 3\), --port 7100 \(stored: 7000\)"):
+        resolve_layout(tmp_path, 5, 4, 7100)
+
+
+def test_layout_checks(tmp_path: Path) -> None:
+    with pytest.raises(LaunchError, match="--port"):
+        resolve_layout(tmp_path, 3, 4, 65534)
+    with pytest.raises(LaunchError, match="--nodes"):
+        resolve_layout(tmp_path, 100, 4, 7000)
+    (tmp_path / "cluster.json").write_text("{not json")
+    with pytest.raises(LaunchError, match="unreadable"):
+        resolve_layout(tmp_path, None, None, None)
+
+
+def test_busy_ports_are_named() -> None:
+    ports = free_ports(3)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", ports[1]))
+        holder.listen()
+        with pytest.raises(LaunchError, match=f"port {ports[1]} on 127.0.0.1 is in use"):
+            check_ports_free(ports)
+    check_ports_free(ports)
+
+
+def test_up_refuses_a_busy_port_and_starts_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_ports(1)[0]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port + 2))
+        holder.listen()
+        status = main(
+            ["up", "--data-dir", str(tmp_path / "data"), "--port", str(port), "--nodes", "2"]
+        )
+    assert status == EXIT_USAGE
+    assert "in use" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "cluster.json").exists()
+
+
+def test_up_refuses_flags_that_disagree_with_the_data_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_layout(tmp_path, Layout(nodes=3, groups=4, port=7000))
+    assert run_up(tmp_path, None, 8, None) == EXIT_USAGE
+    assert "--groups 8 (stored: 4)" in capsys.readouterr().err
+
+
+def test_children_are_the_nodes_then_the_router(tmp_path: Path) -> None:
+    specs = child_specs(Layout(nodes=2, groups=4, port=9000), tmp_path)
+    assert [spec.name for spec in specs] == ["node-1", "node-2", "router"]
+    node_2 = specs[1].argv
+    assert node_2[:3] == (sys.executable, "-m", "shardkv.node.main")
+    flags = dict(zip(node_2[3::2], node_2[4::2], strict=True))
+    assert flags == {
+        "--node-id": "2",
+        "--listen": "127.0.0.1:9002",
+        "--data-dir": str(tmp_path / "node-2"),
+        "--initial-cluster": "1=127.0.0.1:9001,2=127.0.0.1:9002",
+        "--groups-count": "4",
+        "--replication": "2",
+    }
+    assert specs[2].argv[1:] == (
+        "-m",
+        "router.server",
+        "--listen",
+        "127.0.0.1:9000",
+        "--nodes",
+        "127.0.0.1:9001,127.0.0.1:9002",
+    )
+    assert specs[2].log_path == tmp_path / "logs" / "router.log"
+    # The modules the children run exist and have an entry point.
+    for module in ("shardkv.node.main", "router.server"):
+        assert callable(importlib.import_module(module).main)
+
+
+# What stand-in children print once they are set up. Spelled so that the log's
+# header line (which repeats the child's command) does not contain it.
+_SET_UP = "print('-'.join('ok'), flush=True)"
+
+
+def _python(name: str, code: str, tmp_path: Path) -> ChildSpec:
+    return ChildSpec(name, (sys.executable, "-c", code), tmp_path / "logs" / f"{name}.log")
+
+
+def _wait_for_text(path: Path, text: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in (path.read_text() if path.exists() else ""):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+        time.sleep(0.01)
+
+
+async def test_supervise_reports_a_crash_keeps_the_others_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    sleeper = _python("sleeper", f"import time; {_SET_UP}; time.sleep(60)", tmp_path)
+    stubborn = _python(
+        "stubborn",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"{_SET_UP}; time.sleep(60)",
+        tmp_path,
+    )
+    crasher = _python("crasher", "import sys; sys.exit(3)", tmp_path)
+    out, err = io.StringIO(), io.StringIO()
+    pids: list[int] = []
+
+    async def when_started(supervisor: object) -> None:
+        for spec in (sleeper, stubborn):
+            await asyncio.to_thread(_wait_for_text, spec.log_path, "o-k")
+        while "crasher" not in err.getvalue():
+            await asyncio.sleep(0.01)
+        pids.extend(int(line.split()[2].rstrip(",")) for line in out.getvalue().splitlines())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    status = await supervise(
+        [sleeper, stubborn, crasher], out=out, err=err, when_started=when_started, grace=0.3
+    )
+    assert status == 0
+    assert "crasher (pid" in err.getvalue()
+    assert (
+        "exited with status 3; not restarting it, 2 other processes keep running" in err.getvalue()
+    )
+    assert "stubborn did not stop within 0.3 s: killing it" in err.getvalue()
+    assert "sleeper did not stop" not in err.getvalue()
+    assert len(pids) == 3
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert "sys.exit(3)" in crasher.log_path.read_text()  # the header line of each start
+
+
+async def test_supervise_exits_1_when_every_child_has_exited(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    specs = [_python(f"quitter-{index}", "pass", tmp_path) for index in range(2)]
+    assert await supervise(specs, out=out, err=err) == 1
+    assert "every process has exited" in err.getvalue()
+
+
+async def test_wait_ready_prints_hints_once_every_group_has_a_leader(fake: FakeRouter) -> None:
+    server = RouterThread(fake)
+    try:
+        out, err = io.StringIO(), io.StringIO()
+        fake.status = _status_response()  # group 2 has no leader
+        assert not await wait_ready(server.address, lambda: True, out=out, err=err, timeout=0.5)
+        assert "not ready after 0.5 s (groups without a leader: 2)" in err.getvalue()
+        fake.status.nodes[0].status.groups[2].role = "leader"
+        assert await wait_ready(server.address, lambda: True, out=out, err=err, timeout=5)
+        assert f"ready: shardkv --router {server.address} put hello world" in out.getvalue()
+        assert not await wait_ready(server.address, lambda: False, out=out, err=err)
+        assert "the router is not running" in err.getvalue()
+    finally:
+        server.stop()

@@ -1,0 +1,681 @@
+"""The client (``router.Client``, ``router.AsyncClient``) against a fake router.
+
+``FakeRouter`` is a ``RouterServicer`` that keeps keys in a dict, deduplicates
+writes by ``(client_id, seq)`` as the cluster does, records every request, and
+fails or delays calls on demand. ``RouterThread`` serves it from its own
+event loop in a thread, so that the blocking ``Client`` (which waits on the
+calling thread) and the ``AsyncClient`` (on the test's loop) both reach it.
+The CLI tests use them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import threading
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from router import (
+    Aborted,
+    AsyncClient,
+    Client,
+    ClientError,
+    ClusterError,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    RetryPolicy,
+    Unavailable,
+)
+from router.client import _Sessions
+from shardkv.v1 import kv_pb2, router_pb2, router_pb2_grpc
+from tests.ports import free_ports
+
+# Retries in these tests back off for milliseconds, not the default 50 ms .. 1 s.
+FAST_RETRY = RetryPolicy(initial_backoff=0.005, max_backoff=0.02)
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class FakeRouter(router_pb2_grpc.RouterServicer):
+    """A router with one dict for a cluster. Exactly-once by (client_id, seq), like a group."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        # Method name -> every request received, in order (retries included).
+        self.requests: dict[str, list[Any]] = defaultdict(list)
+        # Method name -> errors to answer the next calls with, first first. With
+        # ``after_apply`` the call is applied before it fails (a lost answer).
+        self.failures: dict[str, list[tuple[grpc.StatusCode, str, bool]]] = defaultdict(list)
+        self.delays: dict[str, float] = {}
+        # Keys whose Put waits until the event is set.
+        self.holds: dict[bytes, threading.Event] = {}
+        self.status = router_pb2.ClusterStatusResponse()
+        self.in_flight: dict[str, int] = defaultdict(int)
+        self.max_in_flight: dict[str, int] = defaultdict(int)
+        self._applied: dict[tuple[int, int], Any] = {}
+        self.applied_count = 0
+
+    def fail(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        details: str,
+        *,
+        times: int = 1,
+        after_apply: bool = False,
+    ) -> None:
+        self.failures[method].extend([(code, details, after_apply)] * times)
+
+    async def _enter(self, method: str, request: Any, context: Any) -> bool:
+        """Record the call; True if it must fail after applying."""
+        self.requests[method].append(request)
+        hold = self.holds.get(getattr(request, "key", b""))
+        if hold is not None:
+            await asyncio.to_thread(hold.wait, 5)
+        delay = self.delays.get(method)
+        if delay:
+            await asyncio.sleep(delay)
+        if self.failures[method]:
+            code, details, after_apply = self.failures[method].pop(0)
+            if not after_apply:
+                await context.abort(code, details)
+            return True
+        return False
+
+    async def _write(self, method: str, request: Any, context: Any, apply: Any) -> Any:
+        self.in_flight[method] += 1
+        self.max_in_flight[method] = max(self.max_in_flight[method], self.in_flight[method])
+        try:
+            fail_after = await self._enter(method, request, context)
+            session = request.session
+            assert session.client_id != 0 and session.acked_seq < session.seq
+            dedup_key = (session.client_id, session.seq)
+            if dedup_key not in self._applied:
+                self._applied[dedup_key] = apply()
+                self.applied_count += 1
+            if fail_after:
+                code, details, _ = (grpc.StatusCode.UNAVAILABLE, "answer lost", True)
+                await context.abort(code, details)
+            return self._applied[dedup_key]
+        finally:
+            self.in_flight[method] -= 1
+
+    async def Get(self, request: Any, context: Any) -> router_pb2.GetResponse:
+        await self._enter("Get", request, context)
+        if request.key not in self.data:
+            return router_pb2.GetResponse()
+        return router_pb2.GetResponse(
+            kv=kv_pb2.KeyValue(key=request.key, value=self.data[request.key])
+        )
+
+    async def Put(self, request: Any, context: Any) -> router_pb2.PutResponse:
+        def apply() -> router_pb2.PutResponse:
+            self.data[request.key] = request.value
+            return router_pb2.PutResponse(kv=kv_pb2.KeyValue(key=request.key, value=request.value))
+
+        response: router_pb2.PutResponse = await self._write("Put", request, context, apply)
+        return response
+
+    async def Delete(self, request: Any, context: Any) -> router_pb2.DeleteResponse:
+        def apply() -> router_pb2.DeleteResponse:
+            return router_pb2.DeleteResponse(deleted=self.data.pop(request.key, None) is not None)
+
+        response: router_pb2.DeleteResponse = await self._write("Delete", request, context, apply)
+        return response
+
+    async def CompareAndSet(self, request: Any, context: Any) -> router_pb2.CompareAndSetResponse:
+        def apply() -> router_pb2.CompareAndSetResponse:
+            current = self.data.get(request.key)
+            expected = request.expected if request.HasField("expected") else None
+            if current != expected:
+                return router_pb2.CompareAndSetResponse(succeeded=False)
+            self.data[request.key] = request.value
+            return router_pb2.CompareAndSetResponse(succeeded=True)
+
+        response: router_pb2.CompareAndSetResponse = await self._write(
+            "CompareAndSet", request, context, apply
+        )
+        return response
+
+    async def PutMany(self, request: Any, context: Any) -> router_pb2.PutManyResponse:
+        def apply() -> router_pb2.PutManyResponse:
+            for kv in request.items:
+                self.data[kv.key] = kv.value
+            return router_pb2.PutManyResponse(written=len(request.items))
+
+        response: router_pb2.PutManyResponse = await self._write("PutMany", request, context, apply)
+        return response
+
+    async def GetMany(self, request: Any, context: Any) -> router_pb2.GetManyResponse:
+        await self._enter("GetMany", request, context)
+        return router_pb2.GetManyResponse(
+            kvs=[
+                kv_pb2.KeyValue(key=key, value=self.data[key])
+                for key in request.keys
+                if key in self.data
+            ]
+        )
+
+    async def ScanKeys(self, request: Any, context: Any) -> router_pb2.ScanKeysResponse:
+        await self._enter("ScanKeys", request, context)
+        keys = sorted(self.data)
+        if request.HasField("prefix"):
+            keys = [key for key in keys if key.startswith(request.prefix)]
+        else:
+            keys = [
+                key
+                for key in keys
+                if key >= request.start and (not request.end or key < request.end)
+            ]
+        if request.continuation:
+            keys = keys[bisect.bisect_right(keys, request.continuation) :]
+        limit = request.limit or 1000
+        page = keys[:limit]
+        continuation = page[-1] if len(keys) > limit else b""
+        return router_pb2.ScanKeysResponse(
+            kvs=[kv_pb2.KeyValue(key=key, value=self.data[key]) for key in page],
+            continuation=continuation,
+        )
+
+    async def ClusterStatus(self, request: Any, context: Any) -> router_pb2.ClusterStatusResponse:
+        await self._enter("ClusterStatus", request, context)
+        return self.status
+
+
+class RouterThread:
+    """Serves a ``FakeRouter`` on 127.0.0.1:<free port> from an event loop in its own thread."""
+
+    def __init__(self, servicer: FakeRouter) -> None:
+        self.servicer = servicer
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server: grpc.aio.Server | None = None
+        self.port = self._run(self._start())
+        self.address = f"127.0.0.1:{self.port}"
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
+
+    async def _start(self) -> int:
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+            ]
+        )
+        router_pb2_grpc.add_RouterServicer_to_server(self.servicer, self._server)  # type: ignore[no-untyped-call]
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+        return port
+
+    def stop(self) -> None:
+        assert self._server is not None
+        self._run(self._server.stop(None))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+@pytest.fixture
+def fake() -> FakeRouter:
+    return FakeRouter()
+
+
+@pytest.fixture
+def router_thread(fake: FakeRouter) -> Iterator[RouterThread]:
+    server = RouterThread(fake)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def address(router_thread: RouterThread) -> str:
+    return router_thread.address
+
+
+@pytest.fixture
+def dead_address() -> str:
+    """An address nothing listens on: connecting is refused, gRPC says UNAVAILABLE."""
+    return f"127.0.0.1:{free_ports(1)[0]}"
+
+
+@pytest.fixture
+async def client(address: str) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(address, retry=FAST_RETRY) as async_client:
+        yield async_client
+
+
+@pytest.fixture
+def sync_client(address: str) -> Iterator[Client]:
+    with Client(address, retry=FAST_RETRY) as blocking_client:
+        yield blocking_client
+
+
+# -- single keys ----------------------------------------------------------------------
+
+
+async def test_put_get_delete_round_trip(client: AsyncClient, fake: FakeRouter) -> None:
+    assert await client.get(b"k") is None
+    await client.put(b"k", b"v")
+    assert fake.data == {b"k": b"v"}
+    assert await client.get(b"k") == b"v"
+    assert await client.delete(b"k") is True
+    assert await client.delete(b"k") is False
+    assert await client.get(b"k") is None
+
+
+async def test_str_is_utf8_and_values_come_back_as_bytes(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    await client.put("ключ", "значение")
+    assert fake.data == {"ключ".encode(): "значение".encode()}
+    assert await client.get("ключ") == "значение".encode()
+
+
+async def test_empty_value_is_a_value_not_absence(client: AsyncClient) -> None:
+    await client.put(b"k", b"")
+    assert await client.get(b"k") == b""
+
+
+async def test_obviously_bad_keys_fail_before_any_call(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    with pytest.raises(InvalidArgument, match="empty") as excinfo:
+        await client.put(b"", b"v")
+    assert isinstance(excinfo.value, ValueError)
+    assert excinfo.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(TypeError, match="int"):
+        await client.get(5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="a value"):
+        await client.put(b"k", 1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await client.get_many([b"a", None])  # type: ignore[list-item]
+    assert not fake.requests
+
+
+async def test_cas_expected_none_means_absent_and_empty_bytes_is_a_value(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    assert await client.cas(b"k", None, b"1") is True
+    assert not fake.requests["CompareAndSet"][0].HasField("expected")
+    assert await client.cas(b"k", None, b"2") is False
+    assert await client.cas(b"k", b"1", b"2") is True
+    assert await client.cas(b"k", b"1", b"3") is False
+    assert await client.get(b"k") == b"2"
+    assert await client.cas(b"k", b"", b"4") is False
+    assert fake.requests["CompareAndSet"][-1].HasField("expected")
+
+
+# -- sessions ---------------------------------------------------------------------------
+
+
+def test_sessions_acked_floor_waits_for_every_seq_below() -> None:
+    sessions = _Sessions(client_id=7)
+    seqs = [sessions.begin() for _ in range(4)]
+    assert seqs == [1, 2, 3, 4]
+    sessions.finish(2)
+    sessions.finish(3)
+    assert sessions.acked_seq == 0
+    sessions.finish(1)
+    assert sessions.acked_seq == 3
+    sessions.finish(4)
+    assert sessions.acked_seq == 4
+
+
+async def test_writes_carry_one_client_id_and_rising_seqs(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    await client.put(b"a", b"1")
+    await client.delete(b"a")
+    await client.cas(b"a", None, b"2")
+    sessions = [fake.requests[method][0].session for method in ("Put", "Delete", "CompareAndSet")]
+    assert {session.client_id for session in sessions} == {client.client_id}
+    assert 0 < client.client_id < 1 << 63
+    assert [(session.seq, session.acked_seq) for session in sessions] == [(1, 0), (2, 1), (3, 2)]
+
+
+async def test_client_ids_differ_between_clients(address: str) -> None:
+    ids = {AsyncClient(address).client_id for _ in range(5)}
+    assert len(ids) == 5
+
+
+async def test_acked_seq_stays_below_a_write_in_flight(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    hold = threading.Event()
+    fake.holds[b"slow"] = hold
+    slow = asyncio.create_task(client.put(b"slow", b"1"))  # seq 1, held by the router
+    while not any(request.key == b"slow" for request in fake.requests["Put"]):
+        await asyncio.sleep(0.001)
+    await client.put(b"b", b"2")  # seq 2, finished
+    await client.put(b"c", b"3")  # seq 3: 2 finished, 1 not
+    hold.set()
+    await slow
+    await client.put(b"d", b"4")  # seq 4: 1..3 finished
+    sessions = {request.key: request.session for request in fake.requests["Put"]}
+    assert (sessions[b"c"].seq, sessions[b"c"].acked_seq) == (3, 0)
+    assert (sessions[b"d"].seq, sessions[b"d"].acked_seq) == (4, 3)
+
+
+async def test_a_retried_write_reuses_its_seq_and_applies_once(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    # The router applies the write, then its answer is lost (UNAVAILABLE).
+    fake.fail("PutMany", grpc.StatusCode.UNAVAILABLE, "answer lost", after_apply=True)
+    await client.put_many({b"a": b"1"})
+    attempts = fake.requests["PutMany"]
+    assert len(attempts) == 2
+    assert attempts[0].session.seq == attempts[1].session.seq == 1
+    assert attempts[0].session.client_id == attempts[1].session.client_id
+    assert fake.applied_count == 1
+
+
+# -- retries, deadlines, errors ---------------------------------------------------------
+
+
+async def test_unavailable_is_retried_at_the_next_router(
+    dead_address: str, address: str, fake: FakeRouter
+) -> None:
+    async with AsyncClient([dead_address, address], retry=FAST_RETRY) as client:
+        await client.put(b"k", b"v")
+        assert await client.get(b"k") == b"v"
+    assert len(fake.requests["Put"]) == 1
+
+
+async def test_router_unavailable_is_retried_until_it_answers(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    fake.fail("Get", grpc.StatusCode.UNAVAILABLE, "group 3 has no leader", times=3)
+    await client.put(b"k", b"v")
+    assert await client.get(b"k") == b"v"
+    assert len(fake.requests["Get"]) == 4
+
+
+async def test_a_read_out_of_time_raises_unavailable_with_the_router_message(
+    address: str, fake: FakeRouter
+) -> None:
+    fake.fail("Get", grpc.StatusCode.UNAVAILABLE, "group 3 has no leader", times=1000)
+    async with AsyncClient(address, timeout=0.2, retry=FAST_RETRY) as client:
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="group 3 has no leader") as excinfo:
+            await client.get(b"k")
+    assert 0.1 < time.monotonic() - started < 1.0
+    assert excinfo.value.code is grpc.StatusCode.UNAVAILABLE
+    assert excinfo.value.details == "group 3 has no leader"
+    assert len(fake.requests["Get"]) > 2
+    assert isinstance(excinfo.value.__cause__, grpc.aio.AioRpcError)
+
+
+async def test_a_write_out_of_time_says_it_may_have_applied(address: str, fake: FakeRouter) -> None:
+    fake.fail("Put", grpc.StatusCode.UNAVAILABLE, "group 3 has no leader", times=1000)
+    async with AsyncClient(address, timeout=5, retry=FAST_RETRY) as client:
+        with pytest.raises(DeadlineExceeded, match="may or may not have applied") as excinfo:
+            await client.put(b"k", b"v", timeout=0.2)  # the call's timeout wins
+        assert "group 3 has no leader" in str(excinfo.value)
+        assert excinfo.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert {request.session.seq for request in fake.requests["Put"]} == {1}
+        # Given up: the next write acknowledges it.
+        fake.failures["Put"].clear()
+        await client.put(b"k", b"v")
+    assert fake.requests["Put"][-1].session.acked_seq == 1
+
+
+async def test_a_slow_router_runs_into_the_call_deadline(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    fake.delays["Get"] = 2.0
+    fake.delays["Delete"] = 2.0
+    with pytest.raises(DeadlineExceeded) as read_error:
+        await client.get(b"k", timeout=0.1)
+    assert "may or may not" not in str(read_error.value)
+    with pytest.raises(DeadlineExceeded, match="may or may not have applied"):
+        await client.delete(b"k", timeout=0.1)
+
+
+async def test_no_router_at_all_is_unavailable(dead_address: str) -> None:
+    async with AsyncClient([dead_address], timeout=0.2, retry=FAST_RETRY) as client:
+        with pytest.raises(Unavailable, match="gave up after"):
+            await client.status()
+
+
+@pytest.mark.parametrize(
+    ("code", "error_class"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
+        (grpc.StatusCode.NOT_FOUND, NotFound),
+        (grpc.StatusCode.ABORTED, Aborted),
+        (grpc.StatusCode.INTERNAL, ClusterError),
+        (grpc.StatusCode.UNKNOWN, ClusterError),
+        (grpc.StatusCode.FAILED_PRECONDITION, ClusterError),
+    ],
+)
+async def test_other_errors_are_typed_and_never_retried(
+    client: AsyncClient, fake: FakeRouter, code: grpc.StatusCode, error_class: type[ClientError]
+) -> None:
+    fake.fail("Put", code, "the value is 2000000 bytes; at most 1048576")
+    with pytest.raises(error_class) as excinfo:
+        await client.put(b"k", b"v")
+    assert type(excinfo.value) is error_class
+    assert excinfo.value.code is code
+    assert excinfo.value.details == "the value is 2000000 bytes; at most 1048576"
+    assert "Put" in str(excinfo.value)
+    assert len(fake.requests["Put"]) == 1
+
+
+async def test_messages_up_to_64_mib_pass(client: AsyncClient) -> None:
+    value = b"x" * (5 * 1024 * 1024)  # above gRPC's default 4 MiB receive limit
+    await client.put(b"big", value)
+    assert await client.get(b"big") == value
+
+
+# -- many keys --------------------------------------------------------------------------
+
+
+async def test_put_many_sends_batches_each_its_own_seq(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    items = {f"k{index:05}": f"v{index}" for index in range(2500)}
+    reports: list[tuple[int, int | None]] = []
+    written = await client.put_many(
+        items, batch_size=1000, progress=lambda done, total: reports.append((done, total))
+    )
+    assert written == 2500
+    assert fake.data == {key.encode(): value.encode() for key, value in items.items()}
+    requests = fake.requests["PutMany"]
+    assert sorted(len(request.items) for request in requests) == [500, 1000, 1000]
+    assert sorted(request.session.seq for request in requests) == [1, 2, 3]
+    assert sorted(done for done, _ in reports) == [done for done, _ in reports]
+    assert reports[-1] == (2500, 2500)
+    assert len(reports) == 3
+
+
+async def test_put_many_takes_a_generator_and_bounds_concurrency(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    fake.delays["PutMany"] = 0.02
+    pairs = ((b"k%03d" % index, b"v") for index in range(100))
+    totals: list[int | None] = []
+    written = await client.put_many(
+        pairs, batch_size=10, concurrency=3, progress=lambda _, total: totals.append(total)
+    )
+    assert written == 100
+    assert len(fake.data) == 100
+    assert fake.max_in_flight["PutMany"] == 3
+    assert set(totals) == {None}
+
+
+async def test_put_many_stops_at_the_first_failure(client: AsyncClient, fake: FakeRouter) -> None:
+    fake.fail("PutMany", grpc.StatusCode.INVALID_ARGUMENT, "value too large")
+    with pytest.raises(InvalidArgument, match="value too large"):
+        await client.put_many(
+            [(b"k%03d" % index, b"v") for index in range(100)], batch_size=10, concurrency=1
+        )
+    assert len(fake.requests["PutMany"]) == 1
+
+
+async def test_put_many_progress_line_on_stderr(
+    client: AsyncClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await client.put_many([(b"a", b"1"), (b"b", b"2"), (b"c", b"3")], batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "3 / 3 keys" in err
+    assert "keys/s" in err
+
+
+async def test_get_many_returns_the_keys_that_exist(client: AsyncClient, fake: FakeRouter) -> None:
+    fake.data.update({b"a": b"1", b"c": b"3", b"e": b"5"})
+    found = await client.get_many(["a", b"b", b"c", b"d", b"e"], batch_size=2)
+    assert found == {b"a": b"1", b"c": b"3", b"e": b"5"}
+    assert sorted(list(request.keys) for request in fake.requests["GetMany"]) == [
+        [b"a", b"b"],
+        [b"c", b"d"],
+        [b"e"],
+    ]
+
+
+async def test_scan_pages_with_the_continuation_in_key_order(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    fake.data.update({b"k%02d" % index: b"v%d" % index for index in range(25)})
+    fake.data[b"other"] = b"x"
+    pairs = [pair async for pair in client.scan(prefix=b"k", page_size=10)]
+    assert pairs == [(b"k%02d" % index, b"v%d" % index) for index in range(25)]
+    requests = fake.requests["ScanKeys"]
+    assert len(requests) == 3
+    assert [request.continuation for request in requests] == [b"", b"k09", b"k19"]
+
+
+async def test_scan_limit_and_range(client: AsyncClient, fake: FakeRouter) -> None:
+    fake.data.update({b"k%02d" % index: b"v" for index in range(25)})
+    limited = [key async for key, _ in client.scan(limit=15, page_size=10)]
+    assert limited == [b"k%02d" % index for index in range(15)]
+    assert [request.limit for request in fake.requests["ScanKeys"]] == [10, 5]
+    ranged = [key async for key, _ in client.scan(start=b"k05", end=b"k08")]
+    assert ranged == [b"k05", b"k06", b"k07"]
+    assert [pair async for pair in client.scan(limit=0)] == []
+
+
+async def test_scan_arguments_are_checked_when_called(client: AsyncClient) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        client.scan(prefix=b"a", start=b"b")
+    with pytest.raises(ValueError, match="limit"):
+        client.scan(limit=-1)
+    with pytest.raises(ValueError, match="page_size"):
+        client.scan(page_size=0)
+
+
+async def test_status_returns_the_router_answer(client: AsyncClient, fake: FakeRouter) -> None:
+    fake.status.map.cluster_id = "test"
+    fake.status.shares.add(group_id=1, share=1.0)
+    status = await client.status()
+    assert status.map.cluster_id == "test"
+    assert [(share.group_id, share.share) for share in status.shares] == [(1, 1.0)]
+
+
+# -- lifecycle and the blocking face ----------------------------------------------------
+
+
+async def test_async_client_after_close_is_a_clear_error(address: str) -> None:
+    client = AsyncClient(address)
+    await client.put(b"k", b"v")
+    await client.close()
+    await client.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.get(b"k")
+
+
+async def test_closing_ends_calls_in_flight_with_a_clear_error(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    fake.delays["Get"] = 5.0
+    call = asyncio.create_task(client.get(b"k"))
+    while not fake.requests["Get"]:
+        await asyncio.sleep(0.001)
+    await client.close()
+    with pytest.raises(RuntimeError, match="closed during the call"):
+        await call
+
+
+async def test_cancelling_the_caller_still_cancels(client: AsyncClient, fake: FakeRouter) -> None:
+    fake.delays["Put"] = 5.0
+    call = asyncio.create_task(client.put(b"k", b"v"))
+    while not fake.requests["Put"]:
+        await asyncio.sleep(0.001)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    del fake.delays["Put"]
+    await client.put(b"k2", b"v")  # the cancelled write counts as finished
+    assert fake.requests["Put"][-1].session.acked_seq == 1
+
+
+def test_constructor_checks_addresses_and_timeout() -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        AsyncClient("localhost")
+    with pytest.raises(ValueError, match="host:port"):
+        Client(["127.0.0.1:7000", "127.0.0.1:x"])
+    with pytest.raises(TypeError):
+        AsyncClient(7000)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout"):
+        AsyncClient("127.0.0.1:7000", timeout=0)
+    assert AsyncClient("a:1, b:2").addresses == ("a:1", "b:2")
+
+
+def test_blocking_client_does_everything_the_async_one_does(
+    sync_client: Client, fake: FakeRouter
+) -> None:
+    sync_client.put("a", "1")
+    assert sync_client.get("a") == b"1"
+    assert sync_client.cas("a", "1", "2") is True
+    assert sync_client.put_many({b"b": b"2", b"c": b"3"}) == 2
+    assert sync_client.get_many([b"a", b"b", b"zz"]) == {b"a": b"2", b"b": b"2"}
+    assert list(sync_client.scan()) == [(b"a", b"2"), (b"b", b"2"), (b"c", b"3")]
+    assert sync_client.delete("a") is True
+    fake.status.map.cluster_id = "sync"
+    assert sync_client.status().map.cluster_id == "sync"
+    sessions = [fake.requests[method][0].session for method in ("Put", "CompareAndSet", "PutMany")]
+    assert [session.seq for session in sessions] == [1, 2, 3]
+
+
+def test_blocking_client_raises_the_same_errors(sync_client: Client, fake: FakeRouter) -> None:
+    fake.fail("Get", grpc.StatusCode.INTERNAL, "boom")
+    with pytest.raises(ClusterError, match="boom"):
+        sync_client.get("a")
+
+
+def test_blocking_scan_fetches_pages_as_it_goes(sync_client: Client, fake: FakeRouter) -> None:
+    fake.data.update({b"k%02d" % index: b"v" for index in range(30)})
+    scan = sync_client.scan(page_size=10)
+    first = [next(scan) for _ in range(3)]
+    assert first == [(b"k00", b"v"), (b"k01", b"v"), (b"k02", b"v")]
+    scan.close()
+    assert len(fake.requests["ScanKeys"]) == 1
+
+
+def test_blocking_client_close_stops_its_thread(address: str) -> None:
+    before = threading.active_count()
+    client = Client(address)
+    client.put("k", "v")
+    assert threading.active_count() == before + 1
+    client.close()
+    client.close()
+    assert threading.active_count() == before
+    with pytest.raises(RuntimeError, match="closed"):
+        client.get("k")
+
+
+def test_blocking_client_works_inside_a_running_loop(address: str) -> None:
+    async def main() -> bytes | None:
+        with Client(address) as client:
+            client.put("k", "v")
+            return client.get("k")
+
+    assert asyncio.run(main()) == b"v"
