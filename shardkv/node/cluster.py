@@ -26,6 +26,14 @@ Adding a node again with the same address answers the current map; another
 node's id or address is a ``FailedPrecondition``. Every node dials the nodes
 the map names (``transport.update_peers``), so later placement can use them.
 
+4. **Leaders spread.** Each group has a preferred leader, the voter at
+   position ``group_id mod voters`` of its sorted voters, so the groups'
+   leaders spread over the nodes instead of piling on whichever node won
+   the first elections. A leader that is not the preferred one hands the
+   lead over (Raft's leadership transfer) when the preferred node is
+   reachable and caught up, at most once per ``transfer_backoff`` seconds
+   per group, so a flapping node cannot make the lead ping-pong.
+
 Decision: the meta group is a key-value group like the others, holding the
 map under a reserved key; it gets no ring and is never on one. The map is
 small (nodes and groups), so whole-value compare-and-set is simple and safe.
@@ -84,6 +92,7 @@ class ClusterAgent:
         peers: Mapping[int, str],
         *,
         interval: float = 0.2,
+        transfer_backoff: float = 10.0,
     ) -> None:
         self.runtime = runtime
         self.initial = initial
@@ -93,6 +102,8 @@ class ClusterAgent:
         self._peers = {node: address for node, address in peers.items() if node != runtime.node_id}
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._pending: dict[int, asyncio.Future[kv_pb2.CommandResult]] = {}
+        self.transfer_backoff = transfer_backoff
+        self._next_transfer: dict[int, float] = {}
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -128,6 +139,31 @@ class ClusterAgent:
         else:
             await self._poll()
         self._push_ring()
+        self._balance_leaders()
+
+    def _balance_leaders(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for group_id, peer in self.runtime.peers.items():
+            if peer.role != Role.LEADER or now < self._next_transfer.get(group_id, 0.0):
+                continue
+            raft = peer.raw.raft
+            voters = sorted(peer.conf_state.voters)
+            if not voters:
+                continue
+            preferred = voters[group_id % len(voters)]
+            progress = raft.progress.get(preferred)
+            if preferred == self.runtime.node_id or progress is None:
+                continue
+            if not progress.recent_active or progress.match < raft.log.last_index():
+                continue
+            self._next_transfer[group_id] = now + self.transfer_backoff
+            _log.info(
+                "node %d: handing group %d's lead to node %d",
+                self.runtime.node_id,
+                group_id,
+                preferred,
+            )
+            self.runtime.transfer_leadership(group_id, preferred)
 
     def learn(self, cluster_map: cluster_pb2.ClusterMap) -> None:
         """Take ``cluster_map`` unless ours is newer; dial the nodes it names."""

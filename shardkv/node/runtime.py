@@ -116,6 +116,10 @@ class NodeRuntime:
         self._wake.set()
         return futures
 
+    def transfer_leadership(self, group_id: int, to_node: int) -> None:
+        self.peer(group_id).raw.transfer_leadership(to_node)
+        self._wake.set()
+
     def read_barrier(self, group_id: int) -> asyncio.Future[None]:
         future = self.peer(group_id).read_barrier()
         self._requests += 1

@@ -329,3 +329,15 @@ def test_a_new_node_joins_through_any_member(make_cluster: MakeCluster) -> None:
         )
         assert refused.returncode == 2, refused.stderr
         assert reason in refused.stderr
+
+
+def test_leaders_spread_to_each_groups_preferred_node(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(Settings(nodes=3, groups=8))
+    cluster.start_all()
+    # Every group is on nodes 1, 2, 3; group g prefers the (g mod 3)-th of them.
+    preferred = {group_id: (1, 2, 3)[group_id % 3] for group_id in (0, *cluster.group_ids)}
+    wait_until(
+        "every group to be led by its preferred node", lambda: cluster.leaders() == preferred
+    )
+    counts = collections.Counter(preferred.values())
+    assert min(counts.values()) >= 2, "the lead is spread over all three nodes"
