@@ -31,6 +31,14 @@ What it promises:
 Channels: one ``grpc.aio`` channel per router address, made on first use and
 kept until ``close()``, with 64 MiB message limits. Calls stick to one router
 until it fails, then move to the next.
+
+Coalescing (``get``, ``put``, ``delete``, ``cas``): while fewer than
+``max_in_flight`` of these calls are out, each goes alone as its own RPC;
+calls made while that many are out wait and leave together in one ``Batch``
+RPC (at most ``max_batch`` per call), each answered, retried and timed out
+on its own exactly as if sent alone. So one client used by many tasks at
+once costs the router a few calls, not one per operation, and a lone caller
+pays nothing for it.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from router.errors import InvalidArgument, from_rpc_error
+from router.errors import ClientError, InvalidArgument, from_rpc_error
 from shardkv.v1 import router_pb2, router_pb2_grpc
 
 __all__ = [
@@ -78,6 +86,14 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_PAGE_SIZE = 1000
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_CONCURRENCY = 4
+DEFAULT_MAX_IN_FLIGHT = 4
+_MAX_BATCH = 1000
+_KIND_OF_METHOD = {
+    "Get": "get",
+    "Put": "put",
+    "Delete": "delete",
+    "CompareAndSet": "compare_and_set",
+}
 
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _CHANNEL_OPTIONS = (
@@ -176,6 +192,32 @@ def parse_addresses(addresses: str | Sequence[str]) -> tuple[str, ...]:
     if not parsed:
         raise ValueError("no router address given")
     return tuple(parsed)
+
+
+# -- coalescing -------------------------------------------------------------------
+
+_STATUS_OF_VALUE = {status.value[0]: status for status in grpc.StatusCode}
+
+
+@dataclass(slots=True)
+class _Queued:
+    """A single-key call waiting to leave in a Batch, or to be retried in one."""
+
+    method: str
+    request: Any
+    seq: int | None
+    deadline: float
+    future: asyncio.Future[Any]
+    attempt: int = 0
+    unavailable: str | None = None
+
+    def succeed(self, response: Any) -> None:
+        if not self.future.done():
+            self.future.set_result(response)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
 
 
 # -- sessions -----------------------------------------------------------------------
@@ -327,6 +369,11 @@ class AsyncClient:
         # The router calls go to until it fails.
         self._current = 0
         self._closed = False
+        # Coalescing of single-key calls (see the module docstring).
+        self._max_in_flight = DEFAULT_MAX_IN_FLIGHT
+        self._in_flight = 0
+        self._queue: list[_Queued] = []
+        self._batches: set[asyncio.Task[None]] = set()
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -350,6 +397,9 @@ class AsyncClient:
     async def close(self) -> None:
         """Close every channel. Closing twice is harmless; calls after it raise RuntimeError."""
         self._closed = True
+        queued, self._queue = self._queue, []
+        for waiting in queued:
+            waiting.fail(RuntimeError(f"{waiting.method}: the shardkv client was closed"))
         channels = [channel for channel in self._channels if channel is not None]
         self._channels = [None] * len(self._addresses)
         self._stubs = [None] * len(self._addresses)
@@ -361,7 +411,7 @@ class AsyncClient:
     async def get(self, key: Key, *, timeout: float | None = None) -> bytes | None:
         """The key's value, or None when it does not exist."""
         request = router_pb2.GetRequest(key=_key(key))
-        response: router_pb2.GetResponse = await self._call("Get", request, timeout, None)
+        response: router_pb2.GetResponse = await self._single("Get", request, timeout, None)
         return response.kv.value if response.HasField("kv") else None
 
     async def put(self, key: Key, value: Key, *, timeout: float | None = None) -> None:
@@ -509,9 +559,114 @@ class AsyncClient:
     async def _write(self, method: str, request: Any, timeout: float | None) -> Any:
         seq = self._sessions.begin()
         try:
+            if method in _KIND_OF_METHOD:
+                return await self._single(method, request, timeout, seq)
             return await self._call(method, request, timeout, seq)
         finally:
             self._sessions.finish(seq)
+
+    async def _single(
+        self, method: str, request: Any, timeout: float | None, seq: int | None
+    ) -> Any:
+        """A single-key call: alone when few are out, else coalesced into a Batch."""
+        if self._closed:
+            raise RuntimeError("the shardkv client is closed")
+        if self._in_flight < self._max_in_flight and not self._queue:
+            self._in_flight += 1
+            try:
+                return await self._call(method, request, timeout, seq)
+            finally:
+                self._in_flight -= 1
+                self._send_queued()
+        loop = asyncio.get_running_loop()
+        budget = self._timeout if timeout is None else _timeout(timeout)
+        queued = _Queued(method, request, seq, loop.time() + budget, loop.create_future())
+        self._queue.append(queued)
+        self._send_queued()
+        try:
+            return await queued.future
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                raise RuntimeError(
+                    f"{method}: the shardkv client was closed during the call"
+                ) from None
+            raise
+
+    def _send_queued(self) -> None:
+        while self._queue and self._in_flight < self._max_in_flight and not self._closed:
+            batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+            self._in_flight += 1
+            task = asyncio.create_task(self._send_batch(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _send_batch(self, batch: list[_Queued]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            request = router_pb2.BatchRequest()
+            for queued in batch:
+                item = request.requests.add()
+                getattr(item, _KIND_OF_METHOD[queued.method]).CopyFrom(queued.request)
+                if queued.seq is not None:
+                    self._sessions.stamp(
+                        getattr(item, _KIND_OF_METHOD[queued.method]).session, queued.seq
+                    )
+            deadline = max(queued.deadline for queued in batch)
+            try:
+                response: router_pb2.BatchResponse = await self._call(
+                    "Batch", request, max(deadline - loop.time(), 0.001), None
+                )
+            except ClientError as error:
+                for queued in batch:
+                    code = error.code
+                    if queued.seq is not None and code is grpc.StatusCode.UNAVAILABLE:
+                        code = grpc.StatusCode.DEADLINE_EXCEEDED  # a write may have applied
+                    queued.fail(
+                        from_rpc_error(
+                            code, error.details, method=queued.method, write=queued.seq is not None
+                        )
+                    )
+                return
+            except BaseException as error:  # closed, or cancelled: every caller hears of it
+                for queued in batch:
+                    queued.fail(error)
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+                return
+            for queued, answer in zip(batch, response.responses, strict=True):
+                self._settle(queued, answer)
+        finally:
+            self._in_flight -= 1
+            self._send_queued()
+
+    def _settle(self, queued: _Queued, answer: router_pb2.Response) -> None:
+        if answer.code == 0:
+            queued.succeed(getattr(answer, _KIND_OF_METHOD[queued.method]))
+            return
+        code = _STATUS_OF_VALUE.get(answer.code, grpc.StatusCode.UNKNOWN)
+        write = queued.seq is not None
+        if code is grpc.StatusCode.UNAVAILABLE:
+            queued.attempt += 1
+            queued.unavailable = answer.message
+            loop = asyncio.get_running_loop()
+            delay = self._retry.backoff(queued.attempt - 1, self._rng)
+            if loop.time() + delay < queued.deadline:
+                loop.call_later(delay, self._requeue, queued)
+                return
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if write else code
+        queued.fail(from_rpc_error(code, answer.message, method=queued.method, write=write))
+
+    def _requeue(self, queued: _Queued) -> None:
+        if queued.future.done():
+            return
+        if self._closed:
+            queued.fail(
+                RuntimeError(f"{queued.method}: the shardkv client was closed during the call")
+            )
+            return
+        self._queue.append(queued)
+        self._send_queued()
 
     def _stub(self, index: int) -> Any:
         stub = self._stubs[index]

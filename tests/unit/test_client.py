@@ -61,6 +61,8 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
         self.max_in_flight: dict[str, int] = defaultdict(int)
         self._applied: dict[tuple[int, int], Any] = {}
         self.applied_count = 0
+        # Requests that came inside Batch calls (they are in ``requests`` too).
+        self.batched = 0
 
     def fail(
         self,
@@ -187,6 +189,47 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
     async def ClusterStatus(self, request: Any, context: Any) -> router_pb2.ClusterStatusResponse:
         await self._enter("ClusterStatus", request, context)
         return self.status
+
+    async def Batch(self, request: Any, context: Any) -> router_pb2.BatchResponse:
+        """Each request through its single method, as the real router answers a batch."""
+        await self._enter("Batch", request, context)
+        self.batched += len(request.requests)
+        handlers = {
+            "get": self.Get,
+            "put": self.Put,
+            "delete": self.Delete,
+            "compare_and_set": self.CompareAndSet,
+        }
+
+        async def one(item: router_pb2.Request) -> router_pb2.Response:
+            kind = item.WhichOneof("kind")
+            assert kind is not None
+            response = router_pb2.Response()
+            try:
+                answer = await handlers[kind](getattr(item, kind), _ItemContext())
+            except _ItemAborted as aborted:
+                response.code = aborted.code.value[0]
+                response.message = aborted.details
+            else:
+                getattr(response, kind).CopyFrom(answer)
+            return response
+
+        answers = await asyncio.gather(*(one(item) for item in request.requests))
+        return router_pb2.BatchResponse(responses=answers)
+
+
+class _ItemAborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _ItemContext:
+    """What a single method needs of a context, for one request of a batch."""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _ItemAborted(code, details)
 
 
 class RouterThread:
@@ -679,3 +722,48 @@ def test_blocking_client_works_inside_a_running_loop(address: str) -> None:
             return client.get("k")
 
     assert asyncio.run(main()) == b"v"
+
+
+# -- coalescing of single-key calls --
+
+
+async def test_concurrent_single_key_calls_share_few_rpcs_and_apply_once(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    fake.delays["Put"] = 0.02  # so that calls pile up behind the first few
+    await asyncio.gather(*(client.put(b"k%d" % n, b"v%d" % n) for n in range(200)))
+    alone = len(fake.requests["Put"]) - fake.batched
+    rpcs = alone + len(fake.requests["Batch"])
+    assert rpcs <= 40, f"200 puts took {rpcs} calls"
+    assert fake.requests["Batch"], "calls made while others were out left in batches"
+    assert fake.applied_count == 200
+    assert fake.data == {b"k%d" % n: b"v%d" % n for n in range(200)}
+    sessions = [request.session.seq for request in fake.requests["Put"]]
+    assert sorted(sessions) == list(range(1, 201)), "each write its own seq, sent once"
+    values = await asyncio.gather(*(client.get(b"k%d" % n) for n in range(200)))
+    assert values == [b"v%d" % n for n in range(200)]
+
+
+async def test_a_lone_call_goes_as_its_own_rpc(client: AsyncClient, fake: FakeRouter) -> None:
+    await client.put(b"a", b"1")
+    assert await client.get(b"a") == b"1"
+    assert len(fake.requests["Put"]) == len(fake.requests["Get"]) == 1
+    assert not fake.requests["Batch"]
+
+
+async def test_a_call_of_a_batch_is_retried_alone_and_errors_stay_its_own(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    fake.delays["Put"] = 0.02
+    # The first five Puts the router sees (the four sent alone and one in the
+    # batch behind them) fail with UNAVAILABLE after applying (answers lost):
+    # each retry is answered from the session, not applied again.
+    fake.fail("Put", grpc.StatusCode.UNAVAILABLE, "leader moved", times=5, after_apply=True)
+    fake.fail("CompareAndSet", grpc.StatusCode.FAILED_PRECONDITION, "no way")
+    calls = [client.put(b"p%d" % n, b"v") for n in range(20)]
+    results = await asyncio.gather(*calls, client.cas(b"c", None, b"v"), return_exceptions=True)
+    assert results[:20] == [None] * 20
+    assert isinstance(results[20], ClientError) and "no way" in str(results[20])
+    assert fake.requests["Batch"], "the later calls went in batches"
+    assert len(fake.requests["Put"]) == 25, "five retried, each once"
+    assert fake.applied_count == 20
