@@ -7,8 +7,10 @@ one transport. One round (TiKV's raftstore loop, in one asyncio task):
 2. Tick every group whose tick is due (a tick of an idle group is a few
    attribute updates: many groups per node stay cheap).
 3. Take every group's Ready and stage all of it into ONE batch, written with
-   ONE fsync (only if some group needs it: entries, a vote, a term, a snapshot).
-4. Hand every message to the transport and flush it once: one batch per
+   ONE fsync (only if some group needs it: entries, a vote, a term, a
+   snapshot). A leader's messages leave before the fsync (``send_early``),
+   so the followers persist while the leader does.
+4. Hand every other message to the transport and flush it: one batch per
    peer node, however many groups.
 5. Apply every group's committed entries into ONE more batch (state machine
    writes and applied indexes together, so a crash never applies twice).
@@ -162,11 +164,23 @@ class NodeRuntime:
             if ready is not None:
                 readies.append((peer, ready))
                 must_sync = must_sync or ready.must_sync
+        # Leaders' appends leave now, to be persisted by the followers while
+        # this node persists them too (Ready.send_early); the rest after the
+        # fsync. The next round steps the answers only once this one is
+        # durable, so a leader never counts an entry of its own not on disk.
+        self._send([(peer, ready) for peer, ready in readies if ready.send_early])
+        await self.transport.flush()
         # Written whenever it holds anything: a snapshot a peer took this
-        # round is in it even when no group has a Ready.
+        # round is in it even when no group has a Ready. The fsync runs in a
+        # worker thread: meanwhile the loop takes in messages and requests,
+        # which the next round then carries (Raft may take proposals between
+        # Ready and advance). Nothing of this round is sent or applied before
+        # it is durable.
         if len(raft_batch):
-            self.engine.write(raft_batch, sync=must_sync)
-            stats.synced_writes += must_sync
+            self.engine.write(raft_batch, sync=False)
+            if must_sync:
+                await self.engine.sync()
+                stats.synced_writes += 1
         else:
             raft_batch.discard()
         if not readies:
@@ -174,10 +188,7 @@ class NodeRuntime:
             return
         stats.readies += len(readies)
 
-        for peer, ready in readies:
-            for message in ready.messages:
-                self.transport.send(message.to, peer.group_id, message)
-            stats.messages_sent += len(ready.messages)
+        self._send([(peer, ready) for peer, ready in readies if not ready.send_early])
         await self.transport.flush()
 
         apply_batch = self.engine.new_batch()
@@ -192,6 +203,12 @@ class NodeRuntime:
         for peer, ready in readies:
             peer.finish(ready)
         self._report_unreachable()
+
+    def _send(self, readies: list[tuple[Peer, Ready]]) -> None:
+        for peer, ready in readies:
+            for message in ready.messages:
+                self.transport.send(message.to, peer.group_id, message)
+            self.stats.messages_sent += len(ready.messages)
 
     def _report_unreachable(self) -> None:
         unreachable = self.transport.unreachable()

@@ -8,7 +8,13 @@ The contract, for every round of the runtime (etcd's RawNode contract):
 3. Persist, durably and in this order: ``ready.snapshot`` (if any) then
    ``ready.entries`` (truncating any conflicting persisted suffix) and
    ``ready.hard_state`` (if not None). Nothing of this Ready may be sent or
-   applied before this is on disk.
+   applied before this is on disk, with one exception: when
+   ``ready.send_early`` is set, the messages may be sent while the entries
+   are being persisted (a leader's appends: Raft thesis §10.2.1, etcd's
+   "messages may be sent while entries from the same batch are being
+   persisted"). The runtime must still persist them before it steps the
+   next inputs, because the leader counts its own entries toward the commit
+   index as soon as it appends them.
 4. Send ``ready.messages``.
 5. Apply: restore ``ready.snapshot`` into the state machine, then apply
    ``ready.committed_entries`` in order; for a CONF_CHANGE entry call
@@ -59,6 +65,11 @@ class Ready:
     # snapshot, or a changed term or vote. A commit index alone need not: it
     # is recovered from a quorum after a crash (etcd's MustSync).
     must_sync: bool = False
+    # Whether the messages may leave while step 3 is on its way to disk: the
+    # Ready of a leader with no snapshot and no new term or vote (its
+    # messages are appends, heartbeats and answers that promise nothing
+    # about its own disk). See the module docstring, step 3.
+    send_early: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,11 +175,12 @@ class RawNode:
         hard = raft.hard_state()
         if hard != self._previous_hard:
             ready.hard_state = hard
-        ready.must_sync = (
-            bool(ready.entries)
-            or ready.snapshot is not None
-            or hard.term != self._previous_hard.term
-            or hard.vote != self._previous_hard.vote
+        new_term_or_vote = (
+            hard.term != self._previous_hard.term or hard.vote != self._previous_hard.vote
+        )
+        ready.must_sync = bool(ready.entries) or ready.snapshot is not None or new_term_or_vote
+        ready.send_early = (
+            raft.role == Role.LEADER and ready.snapshot is None and not new_term_or_vote
         )
         log.unstable.accept_in_progress()
         if ready.committed_entries:

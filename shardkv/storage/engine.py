@@ -11,7 +11,9 @@ What an engine promises:
 
 1. A ``Batch`` (from ``new_batch()``) reaches disk all at once or not at all,
    with one ``write(batch, sync)``. With ``sync=True`` it is durable (WAL
-   fsynced) when ``write`` returns. The node puts a whole round of every
+   fsynced) when ``write`` returns; ``await sync()`` makes every earlier
+   write durable without blocking the event loop (the node's round writes
+   unsynced, then awaits ``sync``). The node puts a whole round of every
    group's Raft output into one batch and one fsync.
 2. Hooks registered with ``Batch.on_commit`` run in order right after the
    write succeeds, and never if it fails. In-memory views of what is on disk
@@ -36,6 +38,7 @@ Engines are not thread-safe: the node's loop owns its engine.
 from __future__ import annotations
 
 import abc
+import asyncio
 import bisect
 import enum
 import os
@@ -187,6 +190,16 @@ class StorageEngine(abc.ABC):
         self._write(batch, sync)
         batch._run_hooks()
 
+    async def sync(self) -> None:
+        """Make every write so far durable; the event loop runs on while the disk syncs.
+
+        ``write(batch, sync=False)`` then ``await sync()`` is ``write(batch,
+        sync=True)`` without holding the event loop (and the GIL) for the
+        fsync: RocksDB syncs its write-ahead log in a worker thread.
+        """
+        self._check_open()
+        await self._sync()
+
     def get(self, cf: ColumnFamily, key: bytes) -> bytes | None:
         self._check_open()
         return self._get(cf, key)
@@ -229,6 +242,9 @@ class StorageEngine(abc.ABC):
 
     @abc.abstractmethod
     def _write(self, batch: Batch, sync: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def _sync(self) -> None: ...
 
     @abc.abstractmethod
     def _get(self, cf: ColumnFamily, key: bytes) -> bytes | None: ...
@@ -302,6 +318,13 @@ class Engine(StorageEngine):
             self._db.write(batch.write_batch, self._write_options[sync])
         except Exception as exc:
             raise EngineError(f"RocksDB write to {self.path} failed: {exc}") from exc
+
+    async def _sync(self) -> None:
+        try:
+            # flush_wal releases the GIL while it syncs.
+            await asyncio.to_thread(self._db.flush_wal, True)
+        except Exception as exc:
+            raise EngineError(f"syncing RocksDB's log at {self.path} failed: {exc}") from exc
 
     def _get(self, cf: ColumnFamily, key: bytes) -> bytes | None:
         try:
@@ -445,6 +468,9 @@ class MemoryEngine(StorageEngine):
         assert isinstance(batch, _MemoryBatch)
         for operation, arguments in batch.operations:
             operation(*arguments)
+
+    async def _sync(self) -> None:
+        return None  # a MemoryDisk keeps every write
 
     def _get(self, cf: ColumnFamily, key: bytes) -> bytes | None:
         return self.disk.tables[cf].values.get(key)

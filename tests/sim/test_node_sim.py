@@ -147,7 +147,11 @@ def _no_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
     def write_unsynced(self: CrashEngine, batch: Batch, sync: bool) -> None:
         write(self, batch, False)
 
+    async def sync_nothing(self: CrashEngine) -> None:
+        return None
+
     monkeypatch.setattr(CrashEngine, "_write", write_unsynced)
+    monkeypatch.setattr(CrashEngine, "_sync", sync_nothing)
 
 
 @pytest.mark.sim
