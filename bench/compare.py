@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from bench.etcd.errors import EtcdError
 from bench.etcd.load import KVTarget, Result, measure_bulk, measure_gets, measure_puts, preload
 from router import AsyncClient, ClientError
 from router.launcher import Layout, child_specs
-from tests.ports import free_ports
+from tests.ports import free_port_run
 
 CLIENTS = (1, 16, 64)
 
@@ -69,11 +68,7 @@ class ShardKV:
 @contextmanager
 def shardkv_cluster(folder: Path, groups: int) -> Iterator[str]:
     """3 nodes and a router as child processes; yields the router's address."""
-    ports = free_ports(4)
-    # The launcher's layout wants consecutive ports: find a free run of four.
-    base = next((port for port in range(ports[0], ports[0] + 2000, 7) if _free_run(port, 4)), None)
-    if base is None:
-        raise SystemExit("no four consecutive free ports for the shardkv cluster")
+    base = free_port_run(4)
     layout = Layout(nodes=3, groups=groups, port=base)
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -98,16 +93,6 @@ def shardkv_cluster(folder: Path, groups: int) -> Iterator[str]:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-def _free_run(start: int, count: int) -> bool:
-    for port in range(start, start + count):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
 
 
 async def wait_ready(client: AsyncClient, groups: int, timeout: float = 60.0) -> None:
