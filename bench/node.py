@@ -214,9 +214,15 @@ class Bench:
                 command=kv_pb2.Command(client_id=client_id, seq=seq, operations=operations),
             )
             started = time.perf_counter()
-            response = await self.stubs[self.leaders[group_id]].Write(request, timeout=10)
+            for _ in range(100):
+                response = await self.stubs[self.leaders[group_id]].Write(request, timeout=10)
+                hint = response.error.not_leader.leader_id if response.HasField("error") else 0
+                if not hint:
+                    break
+                # The lead moved (nodes spread their leaders): follow it, same seq.
+                self.leaders[group_id] = hint
             if response.HasField("error"):
-                raise SystemExit(f"leadership moved during the benchmark: {response.error}")
+                raise SystemExit(f"no leader to write to: {response.error}")
             if response.result.HasField("wrong_group"):
                 raise SystemExit(f"a key went to the wrong group: {response.result.wrong_group}")
             latencies.append(time.perf_counter() - started)
