@@ -121,4 +121,3 @@ def test_concurrent_clients_through_two_routers_with_a_node_crash_are_linearizab
     result = check_history(history)
     assert result.ok, result.explanation
     assert not result.timed_out
-
