@@ -40,6 +40,7 @@ from bench.etcd.client import EtcdClient
 from bench.etcd.cluster import EtcdCluster
 from bench.etcd.errors import EtcdError
 from bench.etcd.load import KVTarget, Result, measure_bulk, measure_gets, measure_puts, preload
+from bench.node import stop_all
 from router import AsyncClient, ClientError
 from router.launcher import Layout, child_specs
 from tests.ports import free_port_run
@@ -86,13 +87,7 @@ def shardkv_cluster(folder: Path, groups: int) -> Iterator[str]:
                 )
         yield layout.router_address
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
 
 
 async def wait_ready(client: AsyncClient, groups: int, timeout: float = 60.0) -> None:
