@@ -5,7 +5,7 @@ Starts a 3-member etcd cluster (Debian's etcd-server, fsync on every commit,
 cluster of 3 nodes with ``--groups`` data groups and one router (the
 processes ``shardkv up`` starts), both on 127.0.0.1 with fresh data dirs,
 both running throughout. Then, cell by cell, the same load from this one
-Python process against each (``bench.etcd.load``):
+Python process against each (``bench.load``):
 
 - single-key puts and gets at 1, 16 and 64 concurrent clients: keys/s, p50
   and p99 of one call (etcd: to its leader; shardkv: through the router with
@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,31 +39,21 @@ from pathlib import Path
 from bench.etcd.client import EtcdClient
 from bench.etcd.cluster import EtcdCluster
 from bench.etcd.errors import EtcdError
-from bench.etcd.load import KVTarget, Result, measure_bulk, measure_gets, measure_puts, preload
+from bench.load import (
+    KVTarget,
+    Result,
+    ShardKVTarget,
+    measure_bulk,
+    measure_gets,
+    measure_puts,
+    preload,
+)
 from bench.node import stop_all
 from router import AsyncClient, ClientError
 from router.launcher import Layout, child_specs
 from tests.ports import free_port_run
 
 CLIENTS = (1, 16, 64)
-
-
-class ShardKV:
-    """``KVTarget`` over the router client."""
-
-    def __init__(self, client: AsyncClient, batch_size: int = 1000, concurrency: int = 4) -> None:
-        self.client = client
-        self.batch_size = batch_size
-        self.concurrency = concurrency
-
-    async def put(self, key: bytes, value: bytes) -> None:
-        await self.client.put(key, value)
-
-    async def get(self, key: bytes) -> bytes | None:
-        return await self.client.get(key)
-
-    async def put_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        await self.client.put_many(items, batch_size=self.batch_size, concurrency=self.concurrency)
 
 
 @contextmanager
@@ -156,7 +146,7 @@ async def run(arguments: argparse.Namespace) -> list[Row]:
                     AsyncClient(router_address, timeout=30.0) as client,
                 ):
                     await wait_ready(client, arguments.groups)
-                    shardkv = ShardKV(client)
+                    shardkv = ShardKVTarget(client)
                     status = await etcd.status()
                     print(
                         f"etcd {status.version} (3 members, --max-txn-ops "
@@ -223,7 +213,7 @@ async def run(arguments: argparse.Namespace) -> list[Row]:
                                 best_etcd = (result, note)
                     best_shardkv: tuple[Result, str] | None = None
                     for batch, concurrency in arguments.shardkv_bulk:
-                        target = ShardKV(client, batch, concurrency)
+                        target = ShardKVTarget(client, batch, concurrency)
                         # One put_many of the whole load per cell, as a user would call it.
                         result = await measure_bulk(
                             target,
