@@ -255,7 +255,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
     ) -> kv_pb2.CommandResult:
         await self._wait_for_map()
         for attempt in itertools.count():
-            group_id = self.topology.group_for(key)
+            ring = self.topology.current_ring()
+            group_id = ring.group_for(key)
+            command.epoch = ring.epoch  # routed with this ring: see Command.epoch
             try:
                 return await self._writer(group_id).submit(command, deadline)
             except Reroute as reroute:
@@ -422,53 +424,54 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 raise InvalidArgument(
                     f"{len(items)} items in one call; at most {MAX_OPERATIONS}: send several"
                 )
-            operations = [
-                kv_pb2.Operation(put=kv_pb2.Put(key=item.key, value=item.value)) for item in items
-            ]
-            check_command(kv_pb2.Command(operations=operations)) if operations else None
+            if items:
+                check_command(kv_pb2.Command(puts=items))
             session = self._session(request.session)
         except InvalidArgument as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
         async def work(deadline: float) -> int:
             try:
-                await self._put_many(operations, session, deadline, reroutes=0)
+                await self._put_many(items, session, deadline, reroutes=0)
             finally:
                 self._sessions.finish(session)
-            return len(operations)
+            return len(items)
 
-        written = await self._serve(context, work) if operations else 0
+        written = await self._serve(context, work) if items else 0
         return router_pb2.PutManyResponse(written=written)
 
     async def _put_many(
         self,
-        operations: Sequence[kv_pb2.Operation],
+        items: Sequence[kv_pb2.KeyValue],
         session: router_pb2.Session,
         deadline: float,
         reroutes: int,
     ) -> None:
+        """The items as one command per group (its ``puts``: no result per key), in parallel."""
         await self._wait_for_map()
-        by_group: dict[int, list[kv_pb2.Operation]] = defaultdict(list)
-        for operation in operations:
-            by_group[self.topology.group_for(operation.put.key)].append(operation)
+        ring = self.topology.current_ring()
+        by_group: dict[int, list[kv_pb2.KeyValue]] = defaultdict(list)
+        for item in items:
+            by_group[ring.group_for(item.key)].append(item)
         futures = [
             self._writer(group_id).submit(
                 kv_pb2.Command(
                     client_id=session.client_id,
                     seq=session.seq,
                     acked_seq=session.acked_seq,
-                    operations=group_operations,
+                    puts=group_items,
+                    epoch=ring.epoch,
                 ),
                 deadline,
             )
-            for group_id, group_operations in by_group.items()
+            for group_id, group_items in by_group.items()
         ]
         results = await asyncio.gather(*futures, return_exceptions=True)
-        moved: list[kv_pb2.Operation] = []
-        for group_operations, result in zip(by_group.values(), results, strict=True):
+        moved: list[kv_pb2.KeyValue] = []
+        for group_items, result in zip(by_group.values(), results, strict=True):
             if isinstance(result, Reroute):
                 await self._after_reroute(result, reroutes)
-                moved.extend(group_operations)
+                moved.extend(group_items)
             elif isinstance(result, BaseException):
                 raise result
         if moved:

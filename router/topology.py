@@ -107,10 +107,13 @@ class Topology:
     def epoch(self) -> int:
         return self.map.ring.epoch if self.map is not None else 0
 
-    def group_for(self, key: bytes) -> int:
+    def current_ring(self) -> KeyRing:
         if self.ring is None:
             raise LookupError("no cluster map yet")
-        return self.ring.group_for(key)
+        return self.ring
+
+    def group_for(self, key: bytes) -> int:
+        return self.current_ring().group_for(key)
 
     def replicas(self, group_id: int) -> tuple[int, ...]:
         return self._replicas.get(group_id, ())

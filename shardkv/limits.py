@@ -52,16 +52,19 @@ def check_command(command: kv_pb2.Command) -> None:
             "cannot be among its client's finished ones"
         )
     if command.HasField("ring"):
-        if command.operations:
+        if command.operations or command.puts:
             raise InvalidArgument("a ring command carries no operations")
         return
-    if not command.operations:
+    count = len(command.operations) + len(command.puts)
+    if not count:
         raise InvalidArgument("the command has no operations")
-    if len(command.operations) > MAX_OPERATIONS:
+    if count > MAX_OPERATIONS:
         raise InvalidArgument(
-            f"the command has {len(command.operations)} operations; at most "
-            f"{MAX_OPERATIONS} fit in one: send several"
+            f"the command has {count} operations; at most {MAX_OPERATIONS} fit in one: send several"
         )
+    for put in command.puts:
+        check_key(put.key)
+        _check_value(put.value)
     for operation in command.operations:
         kind = operation.WhichOneof("kind")
         if kind == "put":

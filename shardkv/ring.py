@@ -13,10 +13,16 @@ one place that decides ownership, so it is pure and shared.
   distinct keys stay distinct and ``b"a"`` and ``"a"`` never differ).
 - Groups of weight 0 are off the ring; a ring with no group owns nothing
   (``group_for`` raises ``LookupError``).
+- ``group_for`` is uhashring's lookup (md5 of the key's string, the first
+  ring point above it, wrapping around) done over the ring's points with
+  ``bisect``, which is about three times faster than asking uhashring for
+  every key; a test holds the two to the same answer.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 from collections.abc import Mapping
 
 from uhashring import HashRing
@@ -40,6 +46,9 @@ class KeyRing:
         self._ring = HashRing(
             nodes={str(group): {"weight": weight} for group, weight in self.weights.items()}
         )
+        points = self._ring.get_points()
+        self._positions = [position for position, _ in points]
+        self._owners = [int(name) for _, name in points]
 
     def __repr__(self) -> str:
         return f"KeyRing(epoch={self.epoch}, weights={self.weights})"
@@ -51,6 +60,12 @@ class KeyRing:
     def group_for(self, key: bytes) -> int:
         if not self.weights:
             raise LookupError(f"the ring of epoch {self.epoch} has no groups")
+        digest = hashlib.md5(normalise_key(key).encode("utf-8")).digest()
+        index = bisect.bisect(self._positions, int.from_bytes(digest, "big"))
+        return self._owners[index if index < len(self._owners) else 0]
+
+    def group_by_uhashring(self, key: bytes) -> int:
+        """``group_for`` as uhashring itself answers it (the reference for tests)."""
         return int(self._ring.get_node(normalise_key(key)))
 
     def position(self, key: bytes) -> int:

@@ -129,6 +129,8 @@ class Peer:
         # Entry bytes applied since the last snapshot. It starts from zero on
         # a restart: the size trigger may then fire later, never sooner.
         self.log_bytes = 0
+        # Size of the last snapshot image this peer built (0: none since start).
+        self.image_bytes = 0
         # By index, a list: after losing and regaining the lead, this node may
         # propose again at an index whose earlier entry (another term) was
         # cut from its log but may still commit from another node's.
@@ -235,7 +237,13 @@ class Peer:
             and self.log_bytes < self.options.snapshot_log_bytes
         ):
             return
-        self.storage.stage_create_snapshot(raft_batch, self.applied, self.conf_state)
+        # Building an image costs as much as the group is large: wait until the
+        # log holds a quarter of the last image, so that snapshot work stays
+        # proportional to what is written, however large the group grows.
+        if self.log_bytes < self.image_bytes // 4:
+            return
+        metadata = self.storage.stage_create_snapshot(raft_batch, self.applied, self.conf_state)
+        self.image_bytes = len(self.storage.image_at(metadata.index))
         self.log_bytes = 0
         compact_to = self.applied - self.options.compaction_lag
         if compact_to >= self.storage.first_index():

@@ -351,6 +351,10 @@ class GroupStorage:
             return self._pending[1].snapshot.index
         return self._state.snapshot.index
 
+    def image_at(self, index: int) -> bytes:
+        """The image of the snapshot at ``index``, built now if the engine holds that state."""
+        return self._image(index)
+
     def _image(self, index: int) -> bytes:
         """The state machine's image at snapshot ``index``, built now if the engine holds it."""
         assert self._snapshot_source is not None

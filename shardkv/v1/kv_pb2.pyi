@@ -42,20 +42,24 @@ class Operation(_message.Message):
     def __init__(self, put: _Optional[_Union[Put, _Mapping]] = ..., delete: _Optional[_Union[Delete, _Mapping]] = ..., compare_and_set: _Optional[_Union[CompareAndSet, _Mapping]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("client_id", "seq", "operations", "acked_seq", "ring", "batch")
+    __slots__ = ("client_id", "seq", "operations", "acked_seq", "ring", "batch", "epoch", "puts")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     RING_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PUTS_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     seq: int
     operations: _containers.RepeatedCompositeFieldContainer[Operation]
     acked_seq: int
     ring: _cluster_pb2.Ring
     batch: _containers.RepeatedCompositeFieldContainer[Command]
-    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., batch: _Optional[_Iterable[_Union[Command, _Mapping]]] = ...) -> None: ...
+    epoch: int
+    puts: _containers.RepeatedCompositeFieldContainer[KeyValue]
+    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., batch: _Optional[_Iterable[_Union[Command, _Mapping]]] = ..., epoch: _Optional[int] = ..., puts: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ...) -> None: ...
 
 class KeyValue(_message.Message):
     __slots__ = ("key", "value", "version", "create_revision", "mod_revision")
@@ -80,16 +84,18 @@ class OperationResult(_message.Message):
     def __init__(self, succeeded: _Optional[bool] = ..., previous: _Optional[_Union[KeyValue, _Mapping]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("results", "revision", "wrong_group", "stale")
+    __slots__ = ("results", "revision", "wrong_group", "stale", "puts_written")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     WRONG_GROUP_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
+    PUTS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[OperationResult]
     revision: int
     wrong_group: WrongGroup
     stale: bool
-    def __init__(self, results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., revision: _Optional[int] = ..., wrong_group: _Optional[_Union[WrongGroup, _Mapping]] = ..., stale: _Optional[bool] = ...) -> None: ...
+    puts_written: int
+    def __init__(self, results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., revision: _Optional[int] = ..., wrong_group: _Optional[_Union[WrongGroup, _Mapping]] = ..., stale: _Optional[bool] = ..., puts_written: _Optional[int] = ...) -> None: ...
 
 class WrongGroup(_message.Message):
     __slots__ = ("group_id", "epoch", "key")

@@ -196,6 +196,15 @@ def test_a_ring_refuses_keys_of_other_groups_and_only_moves_forward(
     assert machine.get(mine) is None, "refused whole"
     [accepted] = apply(engine, machine, command(put(mine, b"1")))
     assert accepted.results[0].succeeded and not accepted.HasField("wrong_group")
+    # Routed with the group's own ring (epoch 1): keys are not checked one by one.
+    trusted = command(put(theirs, b"routed"))
+    trusted.epoch = 1
+    [taken] = apply(engine, machine, trusted)
+    assert taken.results[0].succeeded
+    stale = command(put(theirs, b"stale router"))
+    stale.epoch = 7
+    [checked] = apply(engine, machine, stale)
+    assert checked.wrong_group.key == theirs, "another epoch: every key is checked"
     # An older ring is ignored; the ring survives a reopen.
     apply(engine, machine, kv_pb2.Command(ring=ring_of(0, {2: 1})))
     assert KeyValueStateMachine(engine, group_id=2).epoch == 1
@@ -307,3 +316,35 @@ def test_limits_name_the_rule_broken() -> None:
     with pytest.raises(InvalidArgument, match="names no kind"):
         check_command(command(kv_pb2.Operation()))
     check_command(command(put(b"k" * MAX_KEY_BYTES, b"v" * MAX_VALUE_BYTES)))
+
+
+def test_puts_write_like_put_operations_and_are_only_counted(engine: StorageEngine) -> None:
+    machine = KeyValueStateMachine(engine, group_id=1)
+    apply(engine, machine, command(put(b"a", b"old")))
+    bulk = kv_pb2.Command(
+        client_id=3,
+        seq=1,
+        operations=[put(b"first", b"1")],
+        puts=[kv_pb2.KeyValue(key=b"a", value=b"new"), kv_pb2.KeyValue(key=b"b", value=b"2")],
+    )
+    [result] = apply(engine, machine, bulk)
+    assert (len(result.results), result.puts_written, result.revision) == (1, 2, 2)
+    a, b = machine.get(b"a"), machine.get(b"b")
+    assert a is not None and (a.value, a.version, a.create_revision, a.mod_revision) == (
+        b"new",
+        2,
+        1,
+        2,
+    )
+    assert b is not None and (b.value, b.version) == (b"2", 1)
+    assert machine.key_count == 3
+    assert apply(engine, machine, bulk) == [result], "a retry is answered, not applied"
+    assert machine.get(b"a").version == 2  # type: ignore[union-attr]
+    # Puts are checked against the ring like operations.
+    ring = KeyRing(1, {1: 1, 2: 1})
+    theirs = next(k for k in (b"k%d" % n for n in range(100)) if ring.group_for(k) == 2)
+    apply(engine, machine, kv_pb2.Command(ring=ring_of(1, {1: 1, 2: 1})))
+    [refused] = apply(engine, machine, kv_pb2.Command(puts=[kv_pb2.KeyValue(key=theirs)]))
+    assert refused.wrong_group.key == theirs
+    with pytest.raises(InvalidArgument, match="empty"):
+        check_command(kv_pb2.Command(puts=[kv_pb2.KeyValue(key=b"", value=b"v")]))

@@ -348,3 +348,29 @@ async def test_many_commands_ride_few_entries_each_with_its_own_result() -> None
     for node in cluster.nodes.values():
         kv = node.runtime.peers[3].machine.get(b"m10")
         assert kv is not None and kv.version == 1
+
+
+async def test_a_large_group_waits_for_a_log_a_quarter_of_its_image_before_snapshotting() -> None:
+    by_count = PeerOptions(
+        election_ticks=10, heartbeat_ticks=1, snapshot_interval=5, compaction_lag=0
+    )
+    cluster = LocalCluster(MemoryNetwork(), options=by_count)
+    await start_all(cluster)
+    leaders = await cluster.elect_all()
+    leader = leaders[1]
+    runtime = cluster.nodes[leader.node_id].runtime
+    for seq in range(1, 11):
+        await cluster.settle(runtime.propose(1, put(b"big%d" % seq, b"x" * 10_000, 31, seq)))
+    await cluster.step(2)
+    first = leader.storage.snapshot_metadata().index
+    assert first > 1 and leader.image_bytes > 50_000
+    # Small writes: the entry count passes the interval many times over, but
+    # a new image (about 100 KB) waits until the log holds a quarter of it.
+    for seq in range(11, 61):
+        await cluster.settle(runtime.propose(1, put(b"small", b"s", 31, seq)))
+    await cluster.step(2)
+    assert leader.storage.snapshot_metadata().index == first
+    for seq in range(61, 64):
+        await cluster.settle(runtime.propose(1, put(b"big%d" % seq, b"y" * 10_000, 31, seq)))
+    await cluster.step(2)
+    assert leader.storage.snapshot_metadata().index > first

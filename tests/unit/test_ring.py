@@ -67,3 +67,9 @@ def test_keys_are_bytes_normalised_one_way() -> None:
     assert len({normalise_key(bytes([byte])) for byte in range(256)}) == 256
     assert ring.position(b"abc") == ring.position(b"abc")
     assert ring.group_for(b"\xff" * 10) in (1, 2, 3)
+
+
+def test_the_fast_lookup_is_uhashrings_own() -> None:
+    ring = KeyRing(9, {1: 1, 2: 3, 5: 2, 11: 1})
+    keys = [*KEYS, *(bytes([byte]) * 3 for byte in range(256)), b"\xff\xfe\x00 not utf-8"]
+    assert [ring.group_for(key) for key in keys] == [ring.group_by_uhashring(key) for key in keys]
