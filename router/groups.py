@@ -47,6 +47,7 @@ _V = TypeVar("_V")
 # One node call may take at most this long before the next candidate is tried.
 _ATTEMPT_TIMEOUT = 5.0
 _INITIAL_BACKOFF = 0.01
+_GIVE_UP_MARGIN = 0.25
 _MAX_BACKOFF = 0.5
 
 
@@ -97,8 +98,14 @@ class GroupChannel:
         error_of: Callable[[_R], node_pb2.GroupError | None],
         deadline: float,
     ) -> _R:
-        """The first answer without a routing error, or ``RouteError``."""
+        """The first answer without a routing error, or ``RouteError``.
+
+        Retrying stops a little before ``deadline`` (a tenth of the time left,
+        at most a quarter second), so that the caller hears UNAVAILABLE with
+        what was tried rather than a bare DEADLINE_EXCEEDED.
+        """
         loop = asyncio.get_running_loop()
+        deadline -= min(_GIVE_UP_MARGIN, max(0.0, deadline - loop.time()) / 10)
         tried: list[str] = []
         for attempt in range(10_000):
             remaining = deadline - loop.time()

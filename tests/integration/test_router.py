@@ -263,3 +263,21 @@ def test_a_batch_answers_each_request_as_if_sent_alone(
         timeout=DEADLINE,
     )
     assert [item.get.kv.value for item in reads.responses] == [b"one", b"two", b"three"]
+
+
+def test_a_group_without_quorum_is_unavailable_with_what_was_tried(
+    routed: tuple[Cluster, RouterProcess],
+) -> None:
+    cluster, router = routed
+    stub = router.stub()
+    stub.Put(router_pb2.PutRequest(key=b"before", value=b"1"), timeout=DEADLINE)
+    survivor, *others = cluster.running()
+    for node_id in others:
+        cluster.kill(node_id)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Put(router_pb2.PutRequest(key=b"k", value=b"v"), timeout=3.0)
+    error = refused.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE, error  # type: ignore[attr-defined]
+    details = error.details() or ""  # type: ignore[attr-defined]
+    assert "no reachable leader" in details and "tried" in details, details
+    assert router.alive() and cluster.processes[survivor].poll() is None
