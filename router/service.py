@@ -259,7 +259,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
             group_id = ring.group_for(key)
             command.epoch = ring.epoch  # routed with this ring: see Command.epoch
             try:
-                return await self._writer(group_id).submit(command, deadline)
+                return await self._writer(group_id).call(command, deadline)
             except Reroute as reroute:
                 await self._after_reroute(reroute, attempt)
         raise AssertionError("unreachable")
@@ -269,7 +269,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         for attempt in itertools.count():
             group_id = self.topology.group_for(key)
             try:
-                return await self._reader(group_id).submit(key, deadline)
+                return await self._reader(group_id).call(key, deadline)
             except Reroute as reroute:
                 await self._after_reroute(reroute, attempt)
         raise AssertionError("unreachable")
