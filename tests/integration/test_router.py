@@ -7,6 +7,8 @@ routers over gRPC, as the client library does.
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -281,3 +283,31 @@ def test_a_group_without_quorum_is_unavailable_with_what_was_tried(
     details = error.details() or ""  # type: ignore[attr-defined]
     assert "no reachable leader" in details and "tried" in details, details
     assert router.alive() and cluster.processes[survivor].poll() is None
+
+
+def test_a_paused_leader_stalls_writes_no_longer_than_one_attempt(
+    routed: tuple[Cluster, RouterProcess],
+) -> None:
+    cluster, router = routed
+    stub = router.stub()
+    victim = cluster.wait_leaders()[1]
+    process = cluster.processes[victim]
+    worst = 0.0
+    acknowledged: dict[bytes, bytes] = {}
+    try:
+        for number in range(60):
+            if number == 10:
+                process.send_signal(signal.SIGSTOP)
+                paused_at = time.monotonic()
+            if number > 10 and time.monotonic() - paused_at > 4.0:
+                process.send_signal(signal.SIGCONT)
+            key = b"paused/%03d" % number
+            started = time.monotonic()
+            stub.Put(router_pb2.PutRequest(key=key, value=key), timeout=DEADLINE)
+            worst = max(worst, time.monotonic() - started)
+            acknowledged[key] = key
+    finally:
+        process.send_signal(signal.SIGCONT)
+    assert worst < 4.0, f"a write waited {worst:.1f} s behind a paused leader"
+    many = stub.GetMany(router_pb2.GetManyRequest(keys=list(acknowledged)), timeout=DEADLINE)
+    assert {kv.key: kv.value for kv in many.kvs} == acknowledged
