@@ -119,17 +119,25 @@ class RetryPolicy:
 
     Retry n (from 0) waits a random time in [c/2, c] with
     c = min(max_backoff, initial_backoff * multiplier**n).
+
+    With more than one router address, one attempt at one router lasts at
+    most ``attempt_timeout``; past it the next router is tried (with the same
+    session), so a paused or wedged router costs that long, not the whole
+    deadline.
     """
 
     initial_backoff: float = 0.05
     max_backoff: float = 1.0
     multiplier: float = 2.0
+    attempt_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if not 0 < self.initial_backoff <= self.max_backoff:
             raise ValueError("RetryPolicy needs 0 < initial_backoff <= max_backoff")
         if self.multiplier < 1:
             raise ValueError("RetryPolicy needs multiplier >= 1")
+        if not self.attempt_timeout > 0:
+            raise ValueError("RetryPolicy needs attempt_timeout > 0")
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         # Capping the exponent keeps the float finite however long a call retries.
@@ -699,9 +707,12 @@ class AsyncClient:
             if seq is not None:
                 self._sessions.stamp(request.session, seq)
             attempt += 1
+            attempt_deadline = deadline
+            if len(self._addresses) > 1:
+                attempt_deadline = min(deadline, loop.time() + self._retry.attempt_timeout)
             try:
                 return await getattr(self._stub(index), method)(
-                    request, timeout=max(deadline - loop.time(), 0.001)
+                    request, timeout=max(attempt_deadline - loop.time(), 0.001)
                 )
             except asyncio.CancelledError:
                 # close() cancels the calls in flight on its channels; that is
@@ -715,6 +726,14 @@ class AsyncClient:
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""
                 address = self._addresses[index]
+                if code is grpc.StatusCode.DEADLINE_EXCEEDED and loop.time() < deadline - 0.001:
+                    # Only this attempt ran out: that router is slow or wedged.
+                    unavailable = (
+                        f"router {address} gave no answer in {self._retry.attempt_timeout:g} s"
+                    )
+                    if self._current == index:
+                        self._current = (index + 1) % len(self._addresses)
+                    continue
                 if code is grpc.StatusCode.UNAVAILABLE:
                     unavailable = details
                     if self._current == index:

@@ -433,6 +433,32 @@ async def test_unavailable_is_retried_at_the_next_router(
     assert len(fake.requests["Put"]) == 1
 
 
+class StuckRouter(FakeRouter):
+    """A router that takes calls and never answers them (paused, wedged)."""
+
+    async def Put(self, request: Any, context: Any) -> router_pb2.PutResponse:
+        self.requests["Put"].append(request)
+        await asyncio.sleep(30)
+        raise AssertionError("unreachable")
+
+
+async def test_a_router_that_does_not_answer_is_left_after_one_attempt(
+    address: str, fake: FakeRouter
+) -> None:
+    stuck = RouterThread(StuckRouter())
+    try:
+        retry = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, attempt_timeout=0.3)
+        async with AsyncClient([stuck.address, address], retry=retry, timeout=5) as client:
+            started = time.monotonic()
+            await client.put(b"k", b"v")
+            assert time.monotonic() - started < 2.0
+        assert stuck.servicer.requests["Put"][0].session.seq == 1
+        assert [request.session.seq for request in fake.requests["Put"]] == [1]
+        assert fake.data == {b"k": b"v"}
+    finally:
+        stuck.stop()
+
+
 async def test_router_unavailable_is_retried_until_it_answers(
     client: AsyncClient, fake: FakeRouter
 ) -> None:
