@@ -80,6 +80,7 @@ __all__ = [
     "Client",
     "Progress",
     "RetryPolicy",
+    "SessionNumbers",
 ]
 
 DEFAULT_TIMEOUT = 10.0
@@ -217,7 +218,6 @@ class _Queued:
     deadline: float
     future: asyncio.Future[Any]
     attempt: int = 0
-    unavailable: str | None = None
 
     def succeed(self, response: Any) -> None:
         if not self.future.done():
@@ -231,8 +231,11 @@ class _Queued:
 # -- sessions -----------------------------------------------------------------------
 
 
-class _Sessions:
-    """Numbers one client's writes and knows the floor below which all are finished."""
+class SessionNumbers:
+    """Numbers one client's writes and knows the floor below which all are finished.
+
+    Shared with the router, which numbers the writes that come without a session.
+    """
 
     def __init__(self, client_id: int) -> None:
         self.client_id = client_id
@@ -371,7 +374,7 @@ class AsyncClient:
         self._timeout = _timeout(timeout)
         self._retry = retry if retry is not None else RetryPolicy()
         self._rng = random.Random()
-        self._sessions = _Sessions(_new_client_id())
+        self._sessions = SessionNumbers(_new_client_id())
         self._channels: list[grpc.aio.Channel | None] = [None] * len(self._addresses)
         self._stubs: list[Any] = [None] * len(self._addresses)
         # The router calls go to until it fails.
@@ -656,7 +659,6 @@ class AsyncClient:
         write = queued.seq is not None
         if code is grpc.StatusCode.UNAVAILABLE:
             queued.attempt += 1
-            queued.unavailable = answer.message
             loop = asyncio.get_running_loop()
             delay = self._retry.backoff(queued.attempt - 1, self._rng)
             if loop.time() + delay < queued.deadline:
@@ -726,7 +728,11 @@ class AsyncClient:
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""
                 address = self._addresses[index]
-                if code is grpc.StatusCode.DEADLINE_EXCEEDED and loop.time() < deadline - 0.001:
+                if (
+                    code is grpc.StatusCode.DEADLINE_EXCEEDED
+                    and attempt_deadline < deadline
+                    and loop.time() >= attempt_deadline
+                ):
                     # Only this attempt ran out: that router is slow or wedged.
                     unavailable = (
                         f"router {address} gave no answer in {self._retry.attempt_timeout:g} s"

@@ -34,6 +34,8 @@ __all__ = [
     "GroupBatcher",
     "GroupChannel",
     "GroupUnavailable",
+    "InvalidRequest",
+    "NodeError",
     "Reroute",
     "RouteError",
 ]
@@ -74,6 +76,12 @@ class InvalidRequest(RouteError):
     """A node refused the request as invalid: the caller's fault, never retried."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NodeError(RouteError):
+    """A node refused a command for a reason of its own (not "retry elsewhere")."""
+
+    code = grpc.StatusCode.INTERNAL
 
 
 class Reroute(Exception):

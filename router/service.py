@@ -42,10 +42,13 @@ from typing import NoReturn, TypeVar
 import grpc
 import grpc.aio
 
+from router.client import SessionNumbers
 from router.groups import (
     DeadlineExceeded,
     GroupBatcher,
     GroupChannel,
+    InvalidRequest,
+    NodeError,
     Reroute,
     RouteError,
 )
@@ -69,24 +72,26 @@ _MAP_WAIT = 0.05
 
 
 class _Sessions:
-    """The router's own session, for requests that bring none."""
+    """The router's own session, for requests that bring none (numbered as a client's)."""
 
     def __init__(self) -> None:
-        self.client_id = random.getrandbits(63) | 1
-        self._seqs = itertools.count(1)
-        self._open: set[int] = set()
-        self._highest = 0
+        self._numbers = SessionNumbers(random.getrandbits(63) | 1)
 
     def issue(self) -> router_pb2.Session:
-        seq = next(self._seqs)
-        self._open.add(seq)
-        acked = (min(self._open) - 1) if self._open else self._highest
-        self._highest = seq
-        return router_pb2.Session(client_id=self.client_id, seq=seq, acked_seq=acked)
+        session = router_pb2.Session()
+        self._numbers.stamp(session, self._numbers.begin())
+        return session
 
     def finish(self, session: router_pb2.Session) -> None:
-        if session.client_id == self.client_id:
-            self._open.discard(session.seq)
+        if session.client_id == self._numbers.client_id:
+            self._numbers.finish(session.seq)
+
+
+def _node_error(code: int, message: str) -> RouteError:
+    """A node's per-command refusal as the error the caller gets (never retried as UNAVAILABLE)."""
+    if code == grpc.StatusCode.INVALID_ARGUMENT.value[0]:
+        return InvalidRequest(message)
+    return NodeError(message)
 
 
 class RouterService(router_pb2_grpc.RouterServicer):
@@ -179,9 +184,15 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 )
                 return response
 
-            response = await self.groups.call(
-                group_id, invoke, lambda r: r.error if r.HasField("error") else None, deadline
-            )
+            try:
+                response = await self.groups.call(
+                    group_id, invoke, lambda r: r.error if r.HasField("error") else None, deadline
+                )
+            except (RouteError, Reroute) as error:
+                # Only the commands still open fail; the settled keep their outcome.
+                for index in todo:
+                    outcomes[index] = error
+                break
             retry: list[int] = []
             for index, outcome in zip(todo, response.outcomes, strict=True):
                 if outcome.code == 0:
@@ -192,7 +203,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 elif outcome.code == grpc.StatusCode.UNAVAILABLE.value[0]:
                     retry.append(index)
                 else:
-                    outcomes[index] = RouteError(outcome.message)
+                    outcomes[index] = _node_error(outcome.code, outcome.message)
             todo = retry
             if todo:
                 attempt += 1
@@ -204,9 +215,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
                         )
                     break
                 await asyncio.sleep(min(0.2, 0.005 * 2**attempt))
-        return [
-            outcome if outcome is not None else RouteError("no outcome") for outcome in outcomes
-        ]
+        settled = [outcome for outcome in outcomes if outcome is not None]
+        assert len(settled) == len(commands), "every command has an outcome"
+        return settled
 
     async def _read_batch(
         self, group_id: int, keys: list[bytes], deadline: float
@@ -267,7 +278,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
     async def _read_key(self, key: bytes, deadline: float) -> kv_pb2.KeyValue | None:
         await self._wait_for_map()
         for attempt in itertools.count():
-            group_id = self.topology.group_for(key)
+            group_id = self.topology.current_ring().group_for(key)
             try:
                 return await self._reader(group_id).call(key, deadline)
             except Reroute as reroute:
@@ -419,13 +430,14 @@ class RouterService(router_pb2_grpc.RouterServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.PutManyResponse:
         items = list(request.items)
+        if not items:
+            return router_pb2.PutManyResponse()
         try:
             if len(items) > MAX_OPERATIONS:
                 raise InvalidArgument(
                     f"{len(items)} items in one call; at most {MAX_OPERATIONS}: send several"
                 )
-            if items:
-                check_command(kv_pb2.Command(puts=items))
+            check_command(kv_pb2.Command(puts=items))
             session = self._session(request.session)
         except InvalidArgument as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
@@ -437,8 +449,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 self._sessions.finish(session)
             return len(items)
 
-        written = await self._serve(context, work) if items else 0
-        return router_pb2.PutManyResponse(written=written)
+        return router_pb2.PutManyResponse(written=await self._serve(context, work))
 
     async def _put_many(
         self,

@@ -112,9 +112,6 @@ class Topology:
             raise LookupError("no cluster map yet")
         return self.ring
 
-    def group_for(self, key: bytes) -> int:
-        return self.current_ring().group_for(key)
-
     def replicas(self, group_id: int) -> tuple[int, ...]:
         return self._replicas.get(group_id, ())
 

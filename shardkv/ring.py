@@ -64,10 +64,6 @@ class KeyRing:
         index = bisect.bisect(self._positions, int.from_bytes(digest, "big"))
         return self._owners[index if index < len(self._owners) else 0]
 
-    def group_by_uhashring(self, key: bytes) -> int:
-        """``group_for`` as uhashring itself answers it (the reference for tests)."""
-        return int(self._ring.get_node(normalise_key(key)))
-
     def position(self, key: bytes) -> int:
         """The key's position on the ring (for moving arcs: filter a group's keys by it)."""
         return int(self._ring.get_key(normalise_key(key)))

@@ -336,8 +336,11 @@ def test_leaders_spread_to_each_groups_preferred_node(make_cluster: MakeCluster)
     cluster.start_all()
     # Every group is on nodes 1, 2, 3; group g prefers the (g mod 3)-th of them.
     preferred = {group_id: (1, 2, 3)[group_id % 3] for group_id in (0, *cluster.group_ids)}
-    wait_until(
-        "every group to be led by its preferred node", lambda: cluster.leaders() == preferred
-    )
-    counts = collections.Counter(preferred.values())
+
+    def spread() -> dict[int, int] | None:
+        leaders = cluster.leaders()
+        return leaders if leaders == preferred else None
+
+    leaders = wait_until("every group to be led by its preferred node", spread)
+    counts = collections.Counter(leaders.values())
     assert min(counts.values()) >= 2, "the lead is spread over all three nodes"

@@ -104,7 +104,7 @@ def test_concurrent_clients_through_two_routers_with_a_node_crash_are_linearizab
                 for number in range(CLIENTS)
             ]
             await asyncio.sleep(SECONDS / 4)
-            victim = cluster.wait_leaders()[1]
+            victim = (await asyncio.to_thread(cluster.wait_leaders))[1]
             await asyncio.to_thread(cluster.kill, victim)
             await asyncio.sleep(SECONDS / 4)
             await asyncio.to_thread(cluster.start, victim)

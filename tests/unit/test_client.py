@@ -34,7 +34,7 @@ from router import (
     RetryPolicy,
     Unavailable,
 )
-from router.client import _Sessions
+from router.client import SessionNumbers
 from shardkv.v1 import kv_pb2, router_pb2, router_pb2_grpc
 from tests.ports import free_ports
 
@@ -61,6 +61,8 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
         self.max_in_flight: dict[str, int] = defaultdict(int)
         self._applied: dict[tuple[int, int], Any] = {}
         self.applied_count = 0
+        # Key -> how many more writes of it apply and then fail with UNAVAILABLE.
+        self.lost_answers: dict[bytes, int] = {}
         # Requests that came inside Batch calls (they are in ``requests`` too).
         self.batched = 0
 
@@ -75,8 +77,10 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
     ) -> None:
         self.failures[method].extend([(code, details, after_apply)] * times)
 
-    async def _enter(self, method: str, request: Any, context: Any) -> bool:
-        """Record the call; True if it must fail after applying."""
+    async def _enter(
+        self, method: str, request: Any, context: Any
+    ) -> tuple[grpc.StatusCode, str] | None:
+        """Record the call; the (code, details) to fail with after applying, if any."""
         self.requests[method].append(request)
         hold = self.holds.get(getattr(request, "key", b""))
         if hold is not None:
@@ -88,23 +92,26 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
             code, details, after_apply = self.failures[method].pop(0)
             if not after_apply:
                 await context.abort(code, details)
-            return True
-        return False
+            return code, details
+        return None
 
     async def _write(self, method: str, request: Any, context: Any, apply: Any) -> Any:
         self.in_flight[method] += 1
         self.max_in_flight[method] = max(self.max_in_flight[method], self.in_flight[method])
         try:
-            fail_after = await self._enter(method, request, context)
+            failure = await self._enter(method, request, context)
+            key = getattr(request, "key", b"")
+            if self.lost_answers.get(key):
+                self.lost_answers[key] -= 1
+                failure = (grpc.StatusCode.UNAVAILABLE, "answer lost")
             session = request.session
             assert session.client_id != 0 and session.acked_seq < session.seq
             dedup_key = (session.client_id, session.seq)
             if dedup_key not in self._applied:
                 self._applied[dedup_key] = apply()
                 self.applied_count += 1
-            if fail_after:
-                code, details, _ = (grpc.StatusCode.UNAVAILABLE, "answer lost", True)
-                await context.abort(code, details)
+            if failure is not None:
+                await context.abort(*failure)
             return self._applied[dedup_key]
         finally:
             self.in_flight[method] -= 1
@@ -361,7 +368,7 @@ async def test_cas_expected_none_means_absent_and_empty_bytes_is_a_value(
 
 
 def test_sessions_acked_floor_waits_for_every_seq_below() -> None:
-    sessions = _Sessions(client_id=7)
+    sessions = SessionNumbers(client_id=7)
     seqs = [sessions.begin() for _ in range(4)]
     assert seqs == [1, 2, 3, 4]
     sessions.finish(2)
@@ -781,15 +788,18 @@ async def test_a_call_of_a_batch_is_retried_alone_and_errors_stay_its_own(
     client: AsyncClient, fake: FakeRouter
 ) -> None:
     fake.delays["Put"] = 0.02
-    # The first five Puts the router sees (the four sent alone and one in the
-    # batch behind them) fail with UNAVAILABLE after applying (answers lost):
-    # each retry is answered from the session, not applied again.
-    fake.fail("Put", grpc.StatusCode.UNAVAILABLE, "leader moved", times=5, after_apply=True)
+    # The first 16 puts go alone, the rest wait and leave in a batch. Four of
+    # the batched ones apply and then fail with UNAVAILABLE (answers lost):
+    # each is retried on its own, in a later batch, and answered from its
+    # session, not applied again.
+    for n in range(30, 34):
+        fake.lost_answers[b"p%d" % n] = 1
     fake.fail("CompareAndSet", grpc.StatusCode.FAILED_PRECONDITION, "no way")
-    calls = [client.put(b"p%d" % n, b"v") for n in range(20)]
+    calls = [client.put(b"p%d" % n, b"v") for n in range(40)]
     results = await asyncio.gather(*calls, client.cas(b"c", None, b"v"), return_exceptions=True)
-    assert results[:20] == [None] * 20
-    assert isinstance(results[20], ClientError) and "no way" in str(results[20])
-    assert fake.requests["Batch"], "the later calls went in batches"
-    assert len(fake.requests["Put"]) == 25, "five retried, each once"
-    assert fake.applied_count == 20
+    assert results[:40] == [None] * 40
+    assert isinstance(results[40], ClientError) and "no way" in str(results[40])
+    batched = [len(batch.requests) for batch in fake.requests["Batch"]]
+    assert len(batched) >= 2 and sum(batched) == 25 + 4, batched
+    assert len(fake.requests["Put"]) == 44, "four retried, each once"
+    assert fake.applied_count == 40
