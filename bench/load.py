@@ -1,4 +1,4 @@
-"""Closed-loop load against any key-value store; ``shardkv bench``'s engine.
+"""Closed-loop load against any key-value store, and shardkv's load generator.
 
 The measurements take a ``KVTarget``: anything with async ``put``, ``get`` and
 ``put_many`` (one batch). ``ShardKVTarget`` (the router client) is one;

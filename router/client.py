@@ -33,9 +33,9 @@ kept until ``close()``, with 64 MiB message limits. Calls stick to one router
 until it fails, then move to the next.
 
 Coalescing (``get``, ``put``, ``delete``, ``cas``): while fewer than
-``max_in_flight`` of these calls are out, each goes alone as its own RPC;
+``DEFAULT_MAX_IN_FLIGHT`` (16) of these calls are out, each goes alone as its own RPC;
 calls made while that many are out wait and leave together in one ``Batch``
-RPC (at most ``max_batch`` per call), each answered, retried and timed out
+RPC (at most 1,000 per call), each answered, retried and timed out
 on its own exactly as if sent alone. So one client used by many tasks at
 once costs the router a few calls, not one per operation, and a lone caller
 pays nothing for it.

@@ -1,7 +1,7 @@
 """What a router knows of the cluster: the map, the ring, and who leads each group.
 
 ``Topology`` keeps the newest ``ClusterMap`` it has heard from any node
-(``GetClusterMap``; the highest ring epoch wins, so a lagging node never
+(``GetClusterMap``; the highest ring epoch, then map version, wins, so a lagging node never
 takes the router back), the ``KeyRing`` built from it, one gRPC channel per
 node, and a cache of each group's leader:
 
@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 import grpc
 import grpc.aio
 
-from shardkv.ring import KeyRing, build_ring
+from shardkv.ring import KeyRing, build_ring, map_order
 from shardkv.v1 import cluster_pb2, node_pb2, node_pb2_grpc
 
 __all__ = ["Topology"]
@@ -88,7 +88,7 @@ class Topology:
 
     def learn(self, cluster_map: cluster_pb2.ClusterMap) -> bool:
         """Take ``cluster_map`` if it is at least as new as ours; whether it changed anything."""
-        if self.map is not None and cluster_map.ring.epoch < self.map.ring.epoch:
+        if self.map is not None and map_order(cluster_map) < map_order(self.map):
             return False
         if self.map == cluster_map:
             return False
@@ -175,9 +175,7 @@ class Topology:
             return response.map if response.HasField("map") else None
 
         answers = await asyncio.gather(*(ask(address) for address in self._poll_addresses()))
-        for answer in sorted(
-            (answer for answer in answers if answer is not None), key=lambda m: m.ring.epoch
-        ):
+        for answer in sorted((answer for answer in answers if answer is not None), key=map_order):
             self.learn(answer)
 
     async def _poll_forever(self) -> None:

@@ -38,14 +38,6 @@ def _check_value(value: bytes) -> None:
 
 
 def check_command(command: kv_pb2.Command) -> None:
-    if command.batch:
-        if command.operations or command.HasField("ring"):
-            raise InvalidArgument("a batch command carries only its commands")
-        for inner in command.batch:
-            if inner.batch:
-                raise InvalidArgument("a batch command cannot hold another batch")
-            check_command(inner)
-        return
     if command.client_id and command.acked_seq >= command.seq:
         raise InvalidArgument(
             f"acked_seq {command.acked_seq} is not below seq {command.seq}: a command "

@@ -29,7 +29,7 @@ from uhashring import HashRing
 
 from shardkv.v1 import cluster_pb2
 
-__all__ = ["KeyRing", "build_ring", "normalise_key", "ring_of"]
+__all__ = ["KeyRing", "build_ring", "map_order", "normalise_key", "ring_of"]
 
 
 def normalise_key(key: bytes) -> str:
@@ -43,10 +43,10 @@ class KeyRing:
     def __init__(self, epoch: int, weights: Mapping[int, int]) -> None:
         self.epoch = epoch
         self.weights = {group: weight for group, weight in sorted(weights.items()) if weight > 0}
-        self._ring = HashRing(
+        ring = HashRing(
             nodes={str(group): {"weight": weight} for group, weight in self.weights.items()}
         )
-        points = self._ring.get_points()
+        points = ring.get_points()
         self._positions = [position for position, _ in points]
         self._owners = [int(name) for _, name in points]
 
@@ -64,20 +64,15 @@ class KeyRing:
         index = bisect.bisect(self._positions, int.from_bytes(digest, "big"))
         return self._owners[index if index < len(self._owners) else 0]
 
-    def position(self, key: bytes) -> int:
-        """The key's position on the ring (for moving arcs: filter a group's keys by it)."""
-        return int(self._ring.get_key(normalise_key(key)))
-
     def shares(self) -> dict[int, float]:
         """Each group's fraction of the ring's positions, summing to 1."""
-        points = self._ring.get_points()
-        if not points:
+        if not self._positions:
             return {}
         space = 1 << 128  # md5 positions
         owned = dict.fromkeys(self.weights, 0)
-        previous = points[-1][0] - space  # the arc that wraps around to the first point
-        for position, group in points:
-            owned[int(group)] += position - previous
+        previous = self._positions[-1] - space  # the arc that wraps around to the first point
+        for position, group in zip(self._positions, self._owners, strict=True):
+            owned[group] += position - previous
             previous = position
         return {group: span / space for group, span in owned.items()}
 
@@ -85,6 +80,11 @@ class KeyRing:
 def build_ring(ring: cluster_pb2.Ring) -> KeyRing:
     """The ``KeyRing`` of a stored ``Ring``: the same in every process."""
     return KeyRing(ring.epoch, {entry.group_id: entry.weight for entry in ring.groups})
+
+
+def map_order(cluster_map: cluster_pb2.ClusterMap) -> tuple[int, int]:
+    """How new a cluster map is: its ring's epoch, then its version."""
+    return cluster_map.ring.epoch, cluster_map.version
 
 
 def ring_of(epoch: int, weights: Mapping[int, int]) -> cluster_pb2.Ring:

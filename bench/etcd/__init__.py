@@ -2,8 +2,8 @@
 
 - ``EtcdCluster`` (``cluster``): starts and stops the ``etcd`` processes.
 - ``EtcdClient`` (``client``): put, get and one-Txn ``put_many`` over grpc.aio.
-- ``KVTarget``, ``measure_puts``, ``measure_gets``, ``measure_bulk``,
-  ``preload`` (``load``): the closed-loop measurements, for any store.
+- ``load``: etcd's own run of the closed-loop measurements, which live in
+  ``bench.load`` (for any store).
 - ``ensure_etcd`` (``install``): installs Debian's ``etcd-server`` if missing.
 - ``etcdpb``: Python generated from the etcd API subset in ``bench/proto/etcd``.
 

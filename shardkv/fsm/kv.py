@@ -74,7 +74,6 @@ STALE = kv_pb2.CommandResult(stale=True)
 RESULT_WINDOW = 100_000
 # Above this many seqs to forget at once, one range delete instead of point deletes.
 _POINT_DELETES = 256
-_MAX_SEQ = (1 << 64) - 1
 
 _RECORD = struct.Struct(">BQQQ")
 _RECORD_FORMAT = 1
@@ -128,7 +127,7 @@ class KeyValueStateMachine:
         if stored is not None:
             self.key_count: int = _COUNTER.unpack(stored)[0]
         else:
-            # A group that never wrote has no counter: count what is there (nothing).
+            # No counter yet (a new group, or data written before counters): count once.
             self.key_count = sum(1 for _ in self.scan())
 
     # -- applying ----------------------------------------------------------------
@@ -150,6 +149,11 @@ class KeyValueStateMachine:
         if recorded is not None:
             return kv_pb2.CommandResult.FromString(recorded)
         result = self._execute(batch, command)
+        if result.HasField("wrong_group"):
+            # Nothing happened here: not recorded, so that a retry with the
+            # same seq, once the group owns the keys (or at another group),
+            # is applied rather than answered with this refusal.
+            return result
         self._write(batch, ColumnFamily.META, result_key, result.SerializeToString())
         new_floor = max(floor, min(command.acked_seq, seq - 1), seq - RESULT_WINDOW)
         if new_floor > floor:
@@ -164,9 +168,7 @@ class KeyValueStateMachine:
                 key = keys.result_key(self.group_id, client_id, old_seq)
                 self._write(batch, ColumnFamily.META, key, None)
             return
-        low, high = keys.result_range(
-            self.group_id, client_id, floor + 1, min(new_floor + 1, _MAX_SEQ)
-        )
+        low, high = keys.result_range(self.group_id, client_id, floor + 1, new_floor + 1)
         batch.delete_range(ColumnFamily.META, low, high)
         # Staged results of the range are unreachable now: seqs at or below
         # the floor are answered stale before any result is looked up.
@@ -225,14 +227,18 @@ class KeyValueStateMachine:
     def wrong_group(self, key: bytes) -> kv_pb2.WrongGroup | None:
         """Why ``key`` is not this group's in its applied ring, or None if it is."""
         ring = self.ring
-        if ring is None or (ring.groups and ring.group_for(key) == self.group_id):
+        if ring is None or (ring.weights and ring.group_for(key) == self.group_id):
             return None
         return kv_pb2.WrongGroup(group_id=self.group_id, epoch=ring.epoch, key=key)
 
     def _wrong_group(self, command: kv_pb2.Command) -> kv_pb2.WrongGroup | None:
-        if self.ring is None or command.epoch == self.ring.epoch:
-            # No ring yet, or routed with this very ring: every key is ours.
-            return None
+        if self.ring is None:
+            if command.epoch:
+                # Routed with a ring this group has not applied yet: wait for it.
+                return kv_pb2.WrongGroup(group_id=self.group_id, epoch=0)
+            return None  # no ring anywhere yet (bootstrap, tests): every key is ours
+        if command.epoch == self.ring.epoch:
+            return None  # routed with this very ring: every key is ours
         for operation in command.operations:
             kind = operation.WhichOneof("kind")
             if kind is not None:

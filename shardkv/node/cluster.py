@@ -53,7 +53,7 @@ from shardkv.errors import FailedPrecondition, NotLeader, ProposalFailed, ShardK
 from shardkv.node.config import NodeConfig
 from shardkv.node.runtime import NodeRuntime
 from shardkv.raft import Role
-from shardkv.ring import ring_of
+from shardkv.ring import map_order, ring_of
 from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, node_pb2_grpc
 
 __all__ = ["CLUSTER_MAP_KEY", "META_GROUP", "ClusterAgent", "initial_map"]
@@ -70,6 +70,7 @@ def initial_map(config: NodeConfig) -> cluster_pb2.ClusterMap:
     data_groups = {group: 1 for group in config.groups if group != META_GROUP}
     return cluster_pb2.ClusterMap(
         cluster_id=config.cluster_id,
+        version=1,
         ring=ring_of(1, data_groups),
         nodes=[
             cluster_pb2.NodeInfo(node_id=node_id, address=address, state="up")
@@ -154,7 +155,9 @@ class ClusterAgent:
             progress = raft.progress.get(preferred)
             if preferred == self.runtime.node_id or progress is None:
                 continue
-            if not progress.recent_active or progress.match < raft.log.last_index():
+            # Caught up to what is committed: under steady writes the last
+            # index is rarely matched, and the transfer waits for the rest.
+            if not progress.recent_active or progress.match < raft.log.committed:
                 continue
             self._next_transfer[group_id] = now + self.transfer_backoff
             _log.info(
@@ -167,7 +170,7 @@ class ClusterAgent:
 
     def learn(self, cluster_map: cluster_pb2.ClusterMap) -> None:
         """Take ``cluster_map`` unless ours is newer; dial the nodes it names."""
-        if self.map is not None and cluster_map.ring.epoch < self.map.ring.epoch:
+        if self.map is not None and map_order(cluster_map) < map_order(self.map):
             return
         if self.map == cluster_map:
             return
@@ -212,6 +215,7 @@ class ClusterAgent:
             changed.CopyFrom(current)
             changed.nodes.add(node_id=node_id, address=address, state="up")
             changed.nodes.sort(key=lambda node: node.node_id)
+            changed.version = current.version + 1
             command = kv_pb2.Command(
                 operations=[
                     kv_pb2.Operation(

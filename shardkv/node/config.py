@@ -526,8 +526,9 @@ _SNAPSHOT_INTERVAL_ENTRIES = _Setting(
 _SNAPSHOT_INTERVAL_MB = _Setting(
     "snapshot_interval_mb",
     "MB",
-    "MiB of applied entry data between snapshots of a group, whichever of this and "
-    "the entry count comes first (default: {default})",
+    "MiB of applied entry data between snapshots of a group (whichever of this and "
+    "the entry count comes first, once the log holds a quarter of the last snapshot) "
+    "(default: {default})",
     _int_text,
     _int_toml,
 )

@@ -64,7 +64,8 @@ class PeerOptions:
     # propose_many starts a new entry past this many bytes of commands.
     max_entry_bytes: int = 1 << 20
     # Take a snapshot once this many entries, or this many bytes of entry
-    # data, were applied since the last one (whichever comes first; TiKV's
+    # data, were applied since the last one (whichever comes first, once the
+    # log holds a quarter of the last image: see _maybe_snapshot; TiKV's
     # raft_log_gc count and size limits), and keep compaction_lag entries
     # behind it for followers only a little behind.
     snapshot_interval: int = 10_000
@@ -161,32 +162,29 @@ class Peer:
     ) -> list[asyncio.Future[kv_pb2.CommandResult]]:
         """Append ``commands`` in as few entries as fit; one future per command.
 
-        All are checked before any is proposed. If the lead is lost midway,
-        ``NotLeader`` is raised only when nothing was proposed; otherwise the
-        futures of the commands not proposed fail with ``NotLeader``.
+        All are checked first, then every entry is appended at once
+        (``propose_batch``): either all are proposed or ``NotLeader`` is raised.
         """
         for command in commands:
             check_command(command)
             if command.HasField("ring") or command.batch:
                 raise InvalidArgument("node-internal commands are proposed alone")
+        chunks = list(_chunks(commands, self.options.max_entry_bytes))
+        payloads = [
+            chunk[0].SerializeToString()
+            if len(chunk) == 1
+            else kv_pb2.Command(batch=chunk).SerializeToString()
+            for chunk in chunks
+        ]
+        try:
+            first, term = self.raw.propose_batch(payloads)
+        except ProposalDropped as dropped:
+            raise NotLeader(self.group_id, dropped.leader_id) from dropped
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[kv_pb2.CommandResult]] = []
-        for chunk in _chunks(commands, self.options.max_entry_bytes):
-            data = (
-                chunk[0].SerializeToString()
-                if len(chunk) == 1
-                else kv_pb2.Command(batch=chunk).SerializeToString()
-            )
+        for index, chunk in enumerate(chunks, start=first):
             chunk_futures = [loop.create_future() for _ in chunk]
-            try:
-                index, term = self.raw.propose(data)
-            except ProposalDropped as dropped:
-                if not futures:
-                    raise NotLeader(self.group_id, dropped.leader_id) from dropped
-                for future in chunk_futures:
-                    future.set_exception(NotLeader(self.group_id, dropped.leader_id))
-            else:
-                self._proposals.setdefault(index, []).append(_PendingProposal(term, chunk_futures))
+            self._proposals.setdefault(index, []).append(_PendingProposal(term, chunk_futures))
             futures.extend(chunk_futures)
         return futures
 
@@ -256,6 +254,7 @@ class Peer:
             self.applied = ready.snapshot.metadata.index
             self.conf_state = ready.snapshot.metadata.conf_state
             self.log_bytes = 0
+            self.image_bytes = len(ready.snapshot.data)
         for entry in ready.committed_entries:
             results: list[kv_pb2.CommandResult] | None = None
             if entry.type == EntryType.CONF_CHANGE:

@@ -114,7 +114,7 @@ class NodeRuntime:
     ) -> list[asyncio.Future[kv_pb2.CommandResult]]:
         """Several commands in as few log entries as fit (``Peer.propose_many``)."""
         futures = self.peer(group_id).propose_many(commands)
-        self._requests += len(commands)
+        self._requests += 1  # already a batch: one request for gathering
         self._wake.set()
         return futures
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shardkv/v1/cluster.proto\x12\nshardkv.v1\";\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\"?\n\tGroupInfo\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x10\n\x08replicas\x18\x02 \x03(\x04\x12\x0e\n\x06weight\x18\x03 \x01(\r\">\n\x04Ring\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\'\n\x06groups\x18\x02 \x03(\x0b\x32\x17.shardkv.v1.GroupWeight\"/\n\x0bGroupWeight\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x0e\n\x06weight\x18\x02 \x01(\r\"\x8c\x01\n\nClusterMap\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x1e\n\x04ring\x18\x02 \x01(\x0b\x32\x10.shardkv.v1.Ring\x12#\n\x05nodes\x18\x03 \x03(\x0b\x32\x14.shardkv.v1.NodeInfo\x12%\n\x06groups\x18\x04 \x03(\x0b\x32\x15.shardkv.v1.GroupInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shardkv/v1/cluster.proto\x12\nshardkv.v1\";\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\"?\n\tGroupInfo\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x10\n\x08replicas\x18\x02 \x03(\x04\x12\x0e\n\x06weight\x18\x03 \x01(\r\">\n\x04Ring\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\'\n\x06groups\x18\x02 \x03(\x0b\x32\x17.shardkv.v1.GroupWeight\"/\n\x0bGroupWeight\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x0e\n\x06weight\x18\x02 \x01(\r\"\x9d\x01\n\nClusterMap\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\x1e\n\x04ring\x18\x02 \x01(\x0b\x32\x10.shardkv.v1.Ring\x12#\n\x05nodes\x18\x03 \x03(\x0b\x32\x14.shardkv.v1.NodeInfo\x12%\n\x06groups\x18\x04 \x03(\x0b\x32\x15.shardkv.v1.GroupInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,5 +40,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GROUPWEIGHT']._serialized_start=230
   _globals['_GROUPWEIGHT']._serialized_end=277
   _globals['_CLUSTERMAP']._serialized_start=280
-  _globals['_CLUSTERMAP']._serialized_end=420
+  _globals['_CLUSTERMAP']._serialized_end=437
 # @@protoc_insertion_point(module_scope)

@@ -43,13 +43,15 @@ class GroupWeight(_message.Message):
     def __init__(self, group_id: _Optional[int] = ..., weight: _Optional[int] = ...) -> None: ...
 
 class ClusterMap(_message.Message):
-    __slots__ = ("cluster_id", "ring", "nodes", "groups")
+    __slots__ = ("cluster_id", "version", "ring", "nodes", "groups")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     RING_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
+    version: int
     ring: Ring
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     groups: _containers.RepeatedCompositeFieldContainer[GroupInfo]
-    def __init__(self, cluster_id: _Optional[str] = ..., ring: _Optional[_Union[Ring, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupInfo, _Mapping]]] = ...) -> None: ...
+    def __init__(self, cluster_id: _Optional[str] = ..., version: _Optional[int] = ..., ring: _Optional[_Union[Ring, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupInfo, _Mapping]]] = ...) -> None: ...

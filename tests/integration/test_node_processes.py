@@ -297,6 +297,11 @@ def test_a_new_node_joins_through_any_member(make_cluster: MakeCluster) -> None:
         "every node to know node 4",
         lambda: all(members(node_id) == [1, 2, 3, 4] for node_id in (1, 2, 3, 4)),
     )
+    versions = {
+        cluster.stub(node_id).GetClusterMap(node_pb2.GetClusterMapRequest(), timeout=2).map.version
+        for node_id in (1, 2, 3, 4)
+    }
+    assert versions == {2}, "the join changed the map once: version 1 -> 2"
     statuses = cluster.group_statuses(4)
     assert statuses == {}, "a joined node hosts no group until one is placed on it"
     # A restart joins again: a no-op.

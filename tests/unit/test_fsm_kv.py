@@ -189,8 +189,17 @@ def test_a_ring_refuses_keys_of_other_groups_and_only_moves_forward(
     ring = KeyRing(1, {1: 1, 2: 1, 3: 1})
     mine = next(k for k in (b"k%d" % n for n in range(100)) if ring.group_for(k) == 2)
     theirs = next(k for k in (b"k%d" % n for n in range(100)) if ring.group_for(k) != 2)
+    # Routed with a ring this group has not applied yet: refused, and not
+    # recorded, so the same seq applies once the group has the ring.
+    early = command(put(mine, b"1"), client_id=9, seq=1)
+    early.epoch = 1
+    [refused_early] = apply(engine, machine, early)
+    assert refused_early.wrong_group == kv_pb2.WrongGroup(group_id=2, epoch=0)
     apply(engine, machine, kv_pb2.Command(ring=ring_of(1, {1: 1, 2: 1, 3: 1})))
     assert machine.epoch == 1
+    [applied_early] = apply(engine, machine, early)
+    assert applied_early.results[0].succeeded, "the refusal was not recorded"
+    apply(engine, machine, command(delete(mine)))
     [refused] = apply(engine, machine, command(put(mine, b"1"), put(theirs, b"1")))
     assert refused.wrong_group == kv_pb2.WrongGroup(group_id=2, epoch=1, key=theirs)
     assert machine.get(mine) is None, "refused whole"

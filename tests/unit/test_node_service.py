@@ -207,6 +207,7 @@ async def test_the_agent_bootstraps_the_map_and_puts_every_group_on_its_ring() -
                 await asyncio.sleep(0.01)
         answer = await node.stub.GetClusterMap(node_pb2.GetClusterMapRequest())
         assert answer.map.ring == ring_of(1, {1: 1, 2: 1})
+        assert answer.map.version == 1
         assert [group.group_id for group in answer.map.groups] == [0, 1, 2]
         assert [n.address for n in answer.map.nodes] == ["127.0.0.1:1"]
         ring = build_ring(answer.map.ring)
