@@ -49,7 +49,7 @@ from router.launcher import (
     write_layout,
 )
 from shardkv.v1 import node_pb2, router_pb2
-from tests.ports import free_ports
+from tests.ports import free_port_run, free_ports
 from tests.unit.test_client import FakeRouter, RouterThread
 
 
@@ -440,7 +440,7 @@ def test_busy_ports_are_named() -> None:
 def test_up_refuses_a_busy_port_and_starts_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = free_ports(1)[0]
+    port = free_port_run(3)  # the router's and both nodes' ports, all free
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", port + 2))
         holder.listen()
