@@ -31,11 +31,15 @@ from router.topology import Topology
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
 
 __all__ = [
+    "Conflict",
     "GroupBatcher",
     "GroupChannel",
     "GroupUnavailable",
     "InvalidRequest",
+    "Locked",
+    "Missing",
     "NodeError",
+    "Refused",
     "Reroute",
     "RouteError",
 ]
@@ -82,6 +86,32 @@ class NodeError(RouteError):
     """A node refused a command for a reason of its own (not "retry elsewhere")."""
 
     code = grpc.StatusCode.INTERNAL
+
+
+class Conflict(RouteError):
+    """A transaction met another one and was not applied (ABORTED): retry it anew."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class Missing(RouteError):
+    """What the request names does not exist (NOT_FOUND)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Refused(RouteError):
+    """The request contradicts the state it names (FAILED_PRECONDITION)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Locked(Exception):
+    """A key of the command is locked by a prepared transaction: settle it, then retry."""
+
+    def __init__(self, lock: kv_pb2.LockInfo) -> None:
+        super().__init__(f"key {lock.key!r} is locked by a transaction")
+        self.lock = lock
 
 
 class Reroute(Exception):

@@ -48,14 +48,17 @@ from router.groups import (
     GroupBatcher,
     GroupChannel,
     InvalidRequest,
+    Locked,
     NodeError,
     Reroute,
     RouteError,
 )
 from router.topology import Topology
+from router.txn import Coordinator, ReadLocked
 from shardkv.errors import InvalidArgument
 from shardkv.limits import MAX_OPERATIONS, check_command, check_key
 from shardkv.storage.keys import prefix_end
+from shardkv.txn_protocol import Settled
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc, router_pb2, router_pb2_grpc
 
 __all__ = ["RouterService"]
@@ -101,6 +104,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self._writers: dict[int, GroupBatcher[kv_pb2.Command, kv_pb2.CommandResult]] = {}
         self._readers: dict[int, GroupBatcher[bytes, kv_pb2.KeyValue | None]] = {}
         self._sessions = _Sessions()
+        self.coordinator = Coordinator(topology, self.groups, self._writer, self._after_reroute)
 
     async def close(self) -> None:
         for writer in self._writers.values():
@@ -197,9 +201,12 @@ class RouterService(router_pb2_grpc.RouterServicer):
             for index, outcome in zip(todo, response.outcomes, strict=True):
                 if outcome.code == 0:
                     result = outcome.result
-                    outcomes[index] = (
-                        Reroute(result.wrong_group) if result.HasField("wrong_group") else result
-                    )
+                    if result.HasField("wrong_group"):
+                        outcomes[index] = Reroute(result.wrong_group)
+                    elif result.HasField("locked"):
+                        outcomes[index] = Locked(result.locked)
+                    else:
+                        outcomes[index] = result
                 elif outcome.code == grpc.StatusCode.UNAVAILABLE.value[0]:
                     retry.append(index)
                 else:
@@ -222,6 +229,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
     async def _read_batch(
         self, group_id: int, keys: list[bytes], deadline: float
     ) -> list[kv_pb2.KeyValue | BaseException | None]:
+        """The keys' values; a locked key's outcome is ``ReadLocked`` with the value under it."""
         request = node_pb2.ReadRequest(group_id=group_id, keys=list(dict.fromkeys(keys)))
 
         async def invoke(stub: node_pb2_grpc.NodeStub, timeout: float) -> node_pb2.ReadResponse:
@@ -236,7 +244,11 @@ class RouterService(router_pb2_grpc.RouterServicer):
             # One key of the batch moved: every key of it is routed again on its own.
             return [reroute] * len(keys)
         found = {kv.key: kv for kv in response.kvs}
-        return [found.get(key) for key in keys]
+        locks = {lock.key: lock for lock in response.locks}
+        return [
+            ReadLocked(locks[key], found.get(key)) if key in locks else found.get(key)
+            for key in keys
+        ]
 
     async def _after_reroute(self, reroute: Reroute, attempt: int) -> None:
         """Wait until routing again can go elsewhere: a newer map, or the group catching up."""
@@ -273,16 +285,29 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 return await self._writer(group_id).call(command, deadline)
             except Reroute as reroute:
                 await self._after_reroute(reroute, attempt)
+            except Locked as locked:
+                # Not applied (nor recorded): the same seq applies once the lock is gone.
+                await self.coordinator.wait_for_lock(group_id, locked.lock, attempt, deadline)
         raise AssertionError("unreachable")
 
     async def _read_key(self, key: bytes, deadline: float) -> kv_pb2.KeyValue | None:
         await self._wait_for_map()
+        running: set[bytes] = set()
         for attempt in itertools.count():
             group_id = self.topology.current_ring().group_for(key)
             try:
                 return await self._reader(group_id).call(key, deadline)
             except Reroute as reroute:
                 await self._after_reroute(reroute, attempt)
+            except ReadLocked as locked:
+                # See router.txn: the value under a lock is current only while
+                # its transaction runs; seen running, then the same lock again.
+                name = locked.lock.txn.SerializeToString()
+                if name in running:
+                    return locked.kv
+                settled = await self.coordinator.settle(group_id, locked.lock, deadline)
+                if settled is Settled.PENDING:
+                    running.add(name)
         raise AssertionError("unreachable")
 
     async def _write_one(
@@ -422,6 +447,56 @@ class RouterService(router_pb2_grpc.RouterServicer):
             response.message = str(error)
         return response
 
+    # -- transactions ---------------------------------------------------------------------
+
+    async def Txn(
+        self,
+        request: router_pb2.TxnRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.TxnResponse:
+        async def work(deadline: float) -> router_pb2.TxnResponse:
+            session = self._session(request.session)
+            try:
+                await self._wait_for_map()
+                return await self.coordinator.run(request, session, deadline)
+            finally:
+                self._sessions.finish(session)
+
+        return await self._serve(context, work)
+
+    async def ListTransactions(
+        self,
+        request: router_pb2.ListTransactionsRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.ListTransactionsResponse:
+        async def work(deadline: float) -> router_pb2.ListTransactionsResponse:
+            await self._wait_for_map()
+            return router_pb2.ListTransactionsResponse(txns=await self.coordinator.list(deadline))
+
+        return await self._serve(context, work)
+
+    async def ShowTxn(
+        self,
+        request: router_pb2.ShowTxnRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.ShowTxnResponse:
+        async def work(deadline: float) -> router_pb2.ShowTxnResponse:
+            await self._wait_for_map()
+            return await self.coordinator.show(request.txn, deadline)
+
+        return await self._serve(context, work)
+
+    async def ResolveTxn(
+        self,
+        request: router_pb2.ResolveTxnRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> router_pb2.ResolveTxnResponse:
+        async def work(deadline: float) -> router_pb2.ResolveTxnResponse:
+            await self._wait_for_map()
+            return await self.coordinator.resolve(request.txn, request.commit, deadline)
+
+        return await self._serve(context, work)
+
     # -- many keys ----------------------------------------------------------------------
 
     async def PutMany(
@@ -479,12 +554,21 @@ class RouterService(router_pb2_grpc.RouterServicer):
         ]
         results = await asyncio.gather(*futures, return_exceptions=True)
         moved: list[kv_pb2.KeyValue] = []
-        for group_items, result in zip(by_group.values(), results, strict=True):
+        waiting: list[kv_pb2.KeyValue] = []
+        for group_id, group_items, result in zip(
+            by_group.keys(), by_group.values(), results, strict=True
+        ):
             if isinstance(result, Reroute):
                 await self._after_reroute(result, reroutes)
                 moved.extend(group_items)
+            elif isinstance(result, Locked):
+                # Not applied nor recorded: the same session applies it later.
+                await self.coordinator.wait_for_lock(group_id, result.lock, reroutes, deadline)
+                waiting.extend(group_items)
             elif isinstance(result, BaseException):
                 raise result
+        if waiting:
+            await self._put_many(waiting, session, deadline, reroutes + 1)
         if moved:
             # See the module docstring: a fresh session for the moved part.
             fresh = self._sessions.issue()
@@ -554,7 +638,23 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 group_id, invoke, lambda r: r.error if r.HasField("error") else None, deadline
             )
 
-        pages = await asyncio.gather(*(scan_group(group_id) for group_id in ring.groups))
+        # Locks in a page: as for a single read (see _read_key), the values
+        # under them stand once their transactions were seen running and
+        # the same locks are met again.
+        running: set[bytes] = set()
+        while True:
+            pages = await asyncio.gather(*(scan_group(group_id) for group_id in ring.groups))
+            unsettled = [
+                (group_id, lock)
+                for group_id, page_of_group in zip(ring.groups, pages, strict=True)
+                for lock in page_of_group.locks
+                if lock.txn.SerializeToString() not in running
+            ]
+            if not unsettled:
+                break
+            for group_id, lock in unsettled:
+                if await self.coordinator.settle(group_id, lock, deadline) is Settled.PENDING:
+                    running.add(lock.txn.SerializeToString())
         merged = list(
             itertools.islice(heapq.merge(*(p.kvs for p in pages), key=lambda kv: kv.key), page + 1)
         )

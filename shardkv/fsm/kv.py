@@ -58,12 +58,14 @@ leader's clock through the log comes with leases.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from shardkv.fsm.txn import Transactions
 from shardkv.ring import KeyRing, build_ring
 from shardkv.storage import keys
 from shardkv.storage.engine import Batch, ColumnFamily, StorageEngine
+from shardkv.txn_protocol import step_keys
 from shardkv.v1 import cluster_pb2, kv_pb2
 
 __all__ = ["RESULT_WINDOW", "STALE", "KeyValueStateMachine", "Record"]
@@ -123,6 +125,7 @@ class KeyValueStateMachine:
         stored = engine.get(ColumnFamily.META, keys.ring_key(group_id))
         self.ring: KeyRing | None = None
         self._set_ring(cluster_pb2.Ring.FromString(stored) if stored is not None else None)
+        self.txns = Transactions(self)
         stored = engine.get(ColumnFamily.META, keys.key_count_key(group_id))
         if stored is not None:
             self.key_count: int = _COUNTER.unpack(stored)[0]
@@ -149,10 +152,11 @@ class KeyValueStateMachine:
         if recorded is not None:
             return kv_pb2.CommandResult.FromString(recorded)
         result = self._execute(batch, command)
-        if result.HasField("wrong_group"):
+        if result.HasField("wrong_group") or result.HasField("locked"):
             # Nothing happened here: not recorded, so that a retry with the
-            # same seq, once the group owns the keys (or at another group),
-            # is applied rather than answered with this refusal.
+            # same seq, once the group owns the keys (or at another group,
+            # or the lock is gone), is applied rather than answered with
+            # this refusal.
             return result
         self._write(batch, ColumnFamily.META, result_key, result.SerializeToString())
         new_floor = max(floor, min(command.acked_seq, seq - 1), seq - RESULT_WINDOW)
@@ -167,16 +171,24 @@ class KeyValueStateMachine:
             for old_seq in range(floor + 1, new_floor + 1):
                 key = keys.result_key(self.group_id, client_id, old_seq)
                 self._write(batch, ColumnFamily.META, key, None)
+            self.txns.forget_records(batch, client_id, floor, new_floor)
             return
         low, high = keys.result_range(self.group_id, client_id, floor + 1, new_floor + 1)
         batch.delete_range(ColumnFamily.META, low, high)
         # Staged results of the range are unreachable now: seqs at or below
         # the floor are answered stale before any result is looked up.
+        self.txns.forget_records(batch, client_id, floor, new_floor)
 
     def _execute(self, batch: Batch, command: kv_pb2.Command) -> kv_pb2.CommandResult:
         wrong_group = self._wrong_group(command)
         if wrong_group is not None:
             return kv_pb2.CommandResult(wrong_group=wrong_group, revision=self.revision)
+        if command.HasField("txn"):
+            return self.txns.apply(batch, command)
+        if self.txns.locks:
+            lock = self.txns.lock_on(_command_keys(command))
+            if lock is not None:
+                return kv_pb2.CommandResult(locked=lock, revision=self.revision)
         result = kv_pb2.CommandResult()
         revision = self.revision + 1
         wrote = False
@@ -191,7 +203,13 @@ class KeyValueStateMachine:
                 self._store(batch, key, self._get_staged(key), put.value, revision)
             result.puts_written = len(command.puts)
             wrote = True
-        if wrote:
+        self._count(batch, revision if wrote else None, key_count)
+        result.revision = self.revision
+        return result
+
+    def _count(self, batch: Batch, revision: int | None, key_count: int) -> None:
+        """Record a new group revision (when something was written) and key count."""
+        if revision is not None:
             self.revision = revision
             self._write(
                 batch, ColumnFamily.META, keys.revision_key(self.group_id), _COUNTER.pack(revision)
@@ -203,8 +221,36 @@ class KeyValueStateMachine:
                 keys.key_count_key(self.group_id),
                 _COUNTER.pack(self.key_count),
             )
-        result.revision = self.revision
-        return result
+
+    # -- what the transaction participant uses (shardkv.fsm.txn) -----------------------
+
+    def write_operations(
+        self, batch: Batch, operations: Sequence[kv_pb2.Operation]
+    ) -> list[kv_pb2.OperationResult]:
+        """Apply ``operations`` (puts and deletes) as one write of one new revision."""
+        revision = self.revision + 1
+        key_count = self.key_count
+        wrote = False
+        results = []
+        for operation in operations:
+            outcome, written = self._apply_operation(batch, operation, revision)
+            results.append(outcome)
+            wrote = wrote or written
+        self._count(batch, revision if wrote else None, key_count)
+        return results
+
+    def read_meta(self, key: bytes) -> bytes | None:
+        return self._read(ColumnFamily.META, key)
+
+    def write_meta(self, batch: Batch, key: bytes, value: bytes | None) -> None:
+        self._write(batch, ColumnFamily.META, key, value)
+
+    def staged_record(self, key: bytes) -> Record | None:
+        return self._get_staged(key)
+
+    def session_floor(self, client_id: int) -> int:
+        stored = self._read(ColumnFamily.META, keys.session_key(self.group_id, client_id))
+        return _COUNTER.unpack(stored)[0] if stored is not None else 0
 
     # -- ownership -----------------------------------------------------------------------
 
@@ -239,14 +285,8 @@ class KeyValueStateMachine:
             return None  # no ring anywhere yet (bootstrap, tests): every key is ours
         if command.epoch == self.ring.epoch:
             return None  # routed with this very ring: every key is ours
-        for operation in command.operations:
-            kind = operation.WhichOneof("kind")
-            if kind is not None:
-                refused = self.wrong_group(getattr(operation, kind).key)
-                if refused is not None:
-                    return refused
-        for put in command.puts:
-            refused = self.wrong_group(put.key)
+        for key in _command_keys(command):
+            refused = self.wrong_group(key)
             if refused is not None:
                 return refused
         return None
@@ -271,6 +311,9 @@ class KeyValueStateMachine:
             self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), None)
             self.key_count -= 1
             return _result(True, key, previous), True
+        if kind == "get":
+            previous = self._get_staged(operation.get.key)
+            return _result(previous is not None, operation.get.key, previous), False
         if kind == "compare_and_set":
             cas = operation.compare_and_set
             previous = self._get_staged(cas.key)
@@ -351,6 +394,18 @@ class KeyValueStateMachine:
 
 
 _MISSING = object()
+
+
+def _command_keys(command: kv_pb2.Command) -> Iterator[bytes]:
+    """The user keys a command touches (a transaction step's prepare: all of them)."""
+    for operation in command.operations:
+        kind = operation.WhichOneof("kind")
+        if kind is not None:
+            yield getattr(operation, kind).key
+    for put in command.puts:
+        yield put.key
+    if command.txn.HasField("prepare"):
+        yield from step_keys(command.txn.prepare)
 
 
 def _result(succeeded: bool, key: bytes, previous: Record | None) -> kv_pb2.OperationResult:

@@ -17,7 +17,10 @@ Reads are linearizable: each waits for a ReadIndex barrier (or the leader's
 lease, when enabled) and then reads the applied state. A read of a key the
 group's applied ring gives another group answers WRONG_GROUP (writes get it
 in their ``CommandResult``, decided when they apply). Scans return one page
-at a time and say whether more may follow.
+at a time and say whether more may follow. Reads and scans also return the
+transaction locks on the keys they cover: the value read is the one before
+that transaction, current only while it has not committed, which the router
+finds out from the transaction's primary (``router.txn``).
 
 ``WriteBatch`` is the router's path: many commands for one group in one
 call, all proposed before the next round (so they share its fsync and its
@@ -173,7 +176,11 @@ class NodeService(node_pb2_grpc.NodeServicer):
             if wrong_group is not None:
                 return node_pb2.ReadResponse(error=node_pb2.GroupError(wrong_group=wrong_group))
         found = (machine.get(key) for key in request.keys)
-        return node_pb2.ReadResponse(kvs=[kv for kv in found if kv is not None])
+        response = node_pb2.ReadResponse(kvs=[kv for kv in found if kv is not None])
+        locks = machine.txns.locks
+        if locks:
+            response.locks.extend(locks[key] for key in request.keys if key in locks)
+        return response
 
     async def Scan(
         self,
@@ -199,7 +206,40 @@ class NodeService(node_pb2_grpc.NodeServicer):
             machine.scan(request.start, end, prefix=prefix, limit=page + 1)
         )
         more = len(kvs) > page
-        return node_pb2.ScanResponse(kvs=kvs[:page], more=more)
+        response = node_pb2.ScanResponse(kvs=kvs[:page], more=more)
+        locks = machine.txns.locks
+        if locks:
+            # The page covers [start, last key] (or the whole range when complete).
+            low = prefix if prefix is not None else request.start
+            high = kvs[page - 1].key if more else None
+            for key, lock in sorted(locks.items()):
+                if key < low or (high is not None and key > high):
+                    continue
+                if prefix is not None and not key.startswith(prefix):
+                    continue
+                if prefix is None and end is not None and key >= end:
+                    continue
+                response.locks.append(lock)
+        return response
+
+    async def ListTxns(
+        self,
+        request: node_pb2.ListTxnsRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.ListTxnsResponse:
+        group_error = await self._read_barrier(request.group_id, context)
+        if group_error is not None:
+            return node_pb2.ListTxnsResponse(error=group_error)
+        txns = self.runtime.peer(request.group_id).machine.txns
+        if request.HasField("txn"):
+            prepared, record = txns.find(request.txn)
+            response = node_pb2.ListTxnsResponse()
+            if prepared is not None:
+                response.prepared.append(prepared)
+            if record is not None:
+                response.records.append(record)
+            return response
+        return node_pb2.ListTxnsResponse(prepared=txns.prepared(), records=txns.records())
 
     # -- status ------------------------------------------------------------------------
 

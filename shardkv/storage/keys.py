@@ -15,6 +15,9 @@ order is numeric order for group ids and Raft indexes alike::
     meta  group(8) 0x04                     the group's key count (shardkv.fsm)
     meta  group(8) 0x05                     the ring the group applied (shardkv.fsm)
     meta  group(8) 0x06 client_id(8) seq(8) a client's recorded result (shardkv.fsm)
+    meta  group(8) 0x07 user_key            a key's lock by a prepared transaction (shardkv.fsm)
+    meta  group(8) 0x08 client_id(8) seq(8) a transaction prepared here (shardkv.fsm)
+    meta  group(8) 0x09 client_id(8) seq(8) a transaction's record, here its primary (shardkv.fsm)
     data  group(8) user_key                 the user's value
 
 Within a group the data column family is ordered by user key, so a prefix or
@@ -44,8 +47,12 @@ __all__ = [
     "group_range",
     "hard_state_key",
     "key_count_key",
+    "lock_key",
+    "lock_range",
     "log_start_key",
     "prefix_end",
+    "prepared_key",
+    "prepared_range",
     "result_key",
     "result_range",
     "revision_key",
@@ -53,6 +60,8 @@ __all__ = [
     "session_key",
     "snapshot_metadata_key",
     "state_machine_meta_range",
+    "txn_record_key",
+    "txn_record_range",
 ]
 
 _GROUP = struct.Struct(">Q")
@@ -73,6 +82,9 @@ _META_SESSION = 0x03
 _META_KEY_COUNT = 0x04
 _META_RING = 0x05
 _META_RESULT = 0x06
+_META_LOCK = 0x07
+_META_PREPARED = 0x08
+_META_TXN_RECORD = 0x09
 # group id, record tag, client id, seq
 _GROUP_TAG_CLIENT_SEQ = struct.Struct(">QBQQ")
 
@@ -175,6 +187,44 @@ def result_key(group_id: int, client_id: int, seq: int) -> bytes:
 def result_range(group_id: int, client_id: int, low: int, high: int) -> tuple[bytes, bytes]:
     """``[start, end)`` of a client's results for seqs in ``[low, high)``."""
     return result_key(group_id, client_id, low), result_key(group_id, client_id, high)
+
+
+def lock_key(group_id: int, user_key: bytes) -> bytes:
+    return group_prefix(group_id) + bytes((_META_LOCK,)) + user_key
+
+
+def lock_range(group_id: int) -> tuple[bytes, bytes]:
+    """``[start, end)`` of the group's locks; the user key follows ``len(start)`` bytes."""
+    start = group_prefix(group_id) + bytes((_META_LOCK,))
+    return start, group_prefix(group_id) + bytes((_META_LOCK + 1,))
+
+
+def prepared_key(group_id: int, client_id: int, seq: int) -> bytes:
+    return _GROUP_TAG_CLIENT_SEQ.pack(group_id, _META_PREPARED, client_id, seq)
+
+
+def prepared_range(group_id: int) -> tuple[bytes, bytes]:
+    prefix = group_prefix(group_id)
+    return prefix + bytes((_META_PREPARED,)), prefix + bytes((_META_PREPARED + 1,))
+
+
+def txn_record_key(group_id: int, client_id: int, seq: int) -> bytes:
+    return _GROUP_TAG_CLIENT_SEQ.pack(group_id, _META_TXN_RECORD, client_id, seq)
+
+
+def txn_record_range(
+    group_id: int, client_id: int | None = None, low: int = 0, high: int | None = None
+) -> tuple[bytes, bytes]:
+    """``[start, end)`` of the group's records, or one client's for seqs in ``[low, high)``."""
+    if client_id is None:
+        prefix = group_prefix(group_id)
+        return prefix + bytes((_META_TXN_RECORD,)), prefix + bytes((_META_TXN_RECORD + 1,))
+    end = (
+        txn_record_key(group_id, client_id, high)
+        if high is not None
+        else _GROUP_TAG_NUMBER.pack(group_id, _META_TXN_RECORD, client_id) + b"\xff" * 9
+    )
+    return txn_record_key(group_id, client_id, low), end
 
 
 # -- data column family ------------------------------------------------------

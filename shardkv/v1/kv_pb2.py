@@ -25,29 +25,59 @@ _sym_db = _symbol_database.Default()
 from shardkv.v1 import cluster_pb2 as shardkv_dot_v1_dot_cluster__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shardkv/v1/kv.proto\x12\nshardkv.v1\x1a\x18shardkv/v1/cluster.proto\"!\n\x03Put\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x15\n\x06\x44\x65lete\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"O\n\rCompareAndSet\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x15\n\x08\x65xpected\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05value\x18\x03 \x01(\x0c\x42\x0b\n\t_expected\"\x8f\x01\n\tOperation\x12\x1e\n\x03put\x18\x01 \x01(\x0b\x32\x0f.shardkv.v1.PutH\x00\x12$\n\x06\x64\x65lete\x18\x02 \x01(\x0b\x32\x12.shardkv.v1.DeleteH\x00\x12\x34\n\x0f\x63ompare_and_set\x18\x03 \x01(\x0b\x32\x19.shardkv.v1.CompareAndSetH\x00\x42\x06\n\x04kind\"\xde\x01\n\x07\x43ommand\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12)\n\noperations\x18\x03 \x03(\x0b\x32\x15.shardkv.v1.Operation\x12\x11\n\tacked_seq\x18\x04 \x01(\x04\x12\x1e\n\x04ring\x18\x05 \x01(\x0b\x32\x10.shardkv.v1.Ring\x12\"\n\x05\x62\x61tch\x18\x06 \x03(\x0b\x32\x13.shardkv.v1.Command\x12\r\n\x05\x65poch\x18\x07 \x01(\x04\x12\"\n\x04puts\x18\x08 \x03(\x0b\x32\x14.shardkv.v1.KeyValue\"f\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x17\n\x0f\x63reate_revision\x18\x04 \x01(\x04\x12\x14\n\x0cmod_revision\x18\x05 \x01(\x04\"^\n\x0fOperationResult\x12\x11\n\tsucceeded\x18\x01 \x01(\x08\x12+\n\x08previous\x18\x02 \x01(\x0b\x32\x14.shardkv.v1.KeyValueH\x00\x88\x01\x01\x42\x0b\n\t_previous\"\xa1\x01\n\rCommandResult\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.shardkv.v1.OperationResult\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12+\n\x0bwrong_group\x18\x03 \x01(\x0b\x32\x16.shardkv.v1.WrongGroup\x12\r\n\x05stale\x18\x04 \x01(\x08\x12\x14\n\x0cputs_written\x18\x05 \x01(\x04\":\n\nWrongGroup\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0b\n\x03key\x18\x03 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shardkv/v1/kv.proto\x12\nshardkv.v1\x1a\x18shardkv/v1/cluster.proto\"!\n\x03Put\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x15\n\x06\x44\x65lete\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"O\n\rCompareAndSet\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x15\n\x08\x65xpected\x18\x02 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05value\x18\x03 \x01(\x0c\x42\x0b\n\t_expected\"\x12\n\x03Get\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\xaf\x01\n\tOperation\x12\x1e\n\x03put\x18\x01 \x01(\x0b\x32\x0f.shardkv.v1.PutH\x00\x12$\n\x06\x64\x65lete\x18\x02 \x01(\x0b\x32\x12.shardkv.v1.DeleteH\x00\x12\x34\n\x0f\x63ompare_and_set\x18\x03 \x01(\x0b\x32\x19.shardkv.v1.CompareAndSetH\x00\x12\x1e\n\x03get\x18\x04 \x01(\x0b\x32\x0f.shardkv.v1.GetH\x00\x42\x06\n\x04kind\"\x97\x02\n\x07\x43ompare\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12*\n\x06target\x18\x02 \x01(\x0e\x32\x1a.shardkv.v1.Compare.Target\x12.\n\x08operator\x18\x03 \x01(\x0e\x32\x1c.shardkv.v1.Compare.Operator\x12\r\n\x05value\x18\x04 \x01(\x0c\x12\x0e\n\x06number\x18\x05 \x01(\x04\"G\n\x06Target\x12\t\n\x05VALUE\x10\x00\x12\x0b\n\x07VERSION\x10\x01\x12\x13\n\x0f\x43REATE_REVISION\x10\x02\x12\x10\n\x0cMOD_REVISION\x10\x03\";\n\x08Operator\x12\t\n\x05\x45QUAL\x10\x00\x12\r\n\tNOT_EQUAL\x10\x01\x12\x0b\n\x07GREATER\x10\x02\x12\x08\n\x04LESS\x10\x03\"(\n\x06TxnRef\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"b\n\x08LockInfo\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x1f\n\x03txn\x18\x02 \x01(\x0b\x32\x12.shardkv.v1.TxnRef\x12\x13\n\x0bprimary_key\x18\x03 \x01(\x0c\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\x04\"\xdc\x01\n\nTxnPrepare\x12\x13\n\x0bprimary_key\x18\x01 \x01(\x0c\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x04\x12%\n\x08\x63ompares\x18\x03 \x03(\x0b\x32\x13.shardkv.v1.Compare\x12\'\n\x08then_ops\x18\x04 \x03(\x0b\x32\x15.shardkv.v1.Operation\x12\'\n\x08\x65lse_ops\x18\x05 \x03(\x0b\x32\x15.shardkv.v1.Operation\x12\x11\n\tone_phase\x18\x06 \x01(\x08\x12\x18\n\x10participant_keys\x18\x07 \x03(\x0c\"Q\n\tTxnDecide\x12\x1f\n\x03txn\x18\x01 \x01(\x0b\x32\x12.shardkv.v1.TxnRef\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\x12\x13\n\x0bthen_branch\x18\x03 \x01(\x08\"Q\n\tTxnFinish\x12\x1f\n\x03txn\x18\x01 \x01(\x0b\x32\x12.shardkv.v1.TxnRef\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\x12\x13\n\x0bthen_branch\x18\x03 \x01(\x08\",\n\tTxnForget\x12\x1f\n\x03txn\x18\x01 \x01(\x0b\x32\x12.shardkv.v1.TxnRef\"\xb7\x01\n\x07TxnStep\x12)\n\x07prepare\x18\x01 \x01(\x0b\x32\x16.shardkv.v1.TxnPrepareH\x00\x12\'\n\x06\x64\x65\x63ide\x18\x02 \x01(\x0b\x32\x15.shardkv.v1.TxnDecideH\x00\x12\'\n\x06\x66inish\x18\x03 \x01(\x0b\x32\x15.shardkv.v1.TxnFinishH\x00\x12\'\n\x06\x66orget\x18\x04 \x01(\x0b\x32\x15.shardkv.v1.TxnForgetH\x00\x42\x06\n\x04kind\"\xa7\x01\n\tTxnRecord\x12\x1f\n\x03txn\x18\x01 \x01(\x0b\x32\x12.shardkv.v1.TxnRef\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.shardkv.v1.TxnState\x12\x13\n\x0bthen_branch\x18\x03 \x01(\x08\x12\x18\n\x10participant_keys\x18\x04 \x03(\x0c\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x05 \x01(\x04\x12\x10\n\x08\x66inished\x18\x06 \x01(\x08\"\x80\x01\n\x0bPreparedTxn\x12\x1f\n\x03txn\x18\x01 \x01(\x0b\x32\x12.shardkv.v1.TxnRef\x12\'\n\x07prepare\x18\x02 \x01(\x0b\x32\x16.shardkv.v1.TxnPrepare\x12\'\n\x07outcome\x18\x03 \x01(\x0b\x32\x16.shardkv.v1.TxnOutcome\"\xac\x01\n\nTxnOutcome\x12\x11\n\tsucceeded\x18\x01 \x01(\x08\x12\x31\n\x0cthen_results\x18\x02 \x03(\x0b\x32\x1b.shardkv.v1.OperationResult\x12\x31\n\x0c\x65lse_results\x18\x03 \x03(\x0b\x32\x1b.shardkv.v1.OperationResult\x12%\n\x06record\x18\x04 \x01(\x0b\x32\x15.shardkv.v1.TxnRecord\"\x80\x02\n\x07\x43ommand\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12)\n\noperations\x18\x03 \x03(\x0b\x32\x15.shardkv.v1.Operation\x12\x11\n\tacked_seq\x18\x04 \x01(\x04\x12\x1e\n\x04ring\x18\x05 \x01(\x0b\x32\x10.shardkv.v1.Ring\x12\"\n\x05\x62\x61tch\x18\x06 \x03(\x0b\x32\x13.shardkv.v1.Command\x12\r\n\x05\x65poch\x18\x07 \x01(\x04\x12\"\n\x04puts\x18\x08 \x03(\x0b\x32\x14.shardkv.v1.KeyValue\x12 \n\x03txn\x18\t \x01(\x0b\x32\x13.shardkv.v1.TxnStep\"f\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x17\n\x0f\x63reate_revision\x18\x04 \x01(\x04\x12\x14\n\x0cmod_revision\x18\x05 \x01(\x04\"^\n\x0fOperationResult\x12\x11\n\tsucceeded\x18\x01 \x01(\x08\x12+\n\x08previous\x18\x02 \x01(\x0b\x32\x14.shardkv.v1.KeyValueH\x00\x88\x01\x01\x42\x0b\n\t_previous\"\xec\x01\n\rCommandResult\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.shardkv.v1.OperationResult\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12+\n\x0bwrong_group\x18\x03 \x01(\x0b\x32\x16.shardkv.v1.WrongGroup\x12\r\n\x05stale\x18\x04 \x01(\x08\x12\x14\n\x0cputs_written\x18\x05 \x01(\x04\x12$\n\x06locked\x18\x06 \x01(\x0b\x32\x14.shardkv.v1.LockInfo\x12#\n\x03txn\x18\x07 \x01(\x0b\x32\x16.shardkv.v1.TxnOutcome\":\n\nWrongGroup\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0b\n\x03key\x18\x03 \x01(\x0c*Q\n\x08TxnState\x12\x0f\n\x0bTXN_UNKNOWN\x10\x00\x12\x10\n\x0cTXN_PREPARED\x10\x01\x12\x11\n\rTXN_COMMITTED\x10\x02\x12\x0f\n\x0bTXN_ABORTED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shardkv.v1.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TXNSTATE']._serialized_start=2677
+  _globals['_TXNSTATE']._serialized_end=2758
   _globals['_PUT']._serialized_start=61
   _globals['_PUT']._serialized_end=94
   _globals['_DELETE']._serialized_start=96
   _globals['_DELETE']._serialized_end=117
   _globals['_COMPAREANDSET']._serialized_start=119
   _globals['_COMPAREANDSET']._serialized_end=198
-  _globals['_OPERATION']._serialized_start=201
-  _globals['_OPERATION']._serialized_end=344
-  _globals['_COMMAND']._serialized_start=347
-  _globals['_COMMAND']._serialized_end=569
-  _globals['_KEYVALUE']._serialized_start=571
-  _globals['_KEYVALUE']._serialized_end=673
-  _globals['_OPERATIONRESULT']._serialized_start=675
-  _globals['_OPERATIONRESULT']._serialized_end=769
-  _globals['_COMMANDRESULT']._serialized_start=772
-  _globals['_COMMANDRESULT']._serialized_end=933
-  _globals['_WRONGGROUP']._serialized_start=935
-  _globals['_WRONGGROUP']._serialized_end=993
+  _globals['_GET']._serialized_start=200
+  _globals['_GET']._serialized_end=218
+  _globals['_OPERATION']._serialized_start=221
+  _globals['_OPERATION']._serialized_end=396
+  _globals['_COMPARE']._serialized_start=399
+  _globals['_COMPARE']._serialized_end=678
+  _globals['_COMPARE_TARGET']._serialized_start=546
+  _globals['_COMPARE_TARGET']._serialized_end=617
+  _globals['_COMPARE_OPERATOR']._serialized_start=619
+  _globals['_COMPARE_OPERATOR']._serialized_end=678
+  _globals['_TXNREF']._serialized_start=680
+  _globals['_TXNREF']._serialized_end=720
+  _globals['_LOCKINFO']._serialized_start=722
+  _globals['_LOCKINFO']._serialized_end=820
+  _globals['_TXNPREPARE']._serialized_start=823
+  _globals['_TXNPREPARE']._serialized_end=1043
+  _globals['_TXNDECIDE']._serialized_start=1045
+  _globals['_TXNDECIDE']._serialized_end=1126
+  _globals['_TXNFINISH']._serialized_start=1128
+  _globals['_TXNFINISH']._serialized_end=1209
+  _globals['_TXNFORGET']._serialized_start=1211
+  _globals['_TXNFORGET']._serialized_end=1255
+  _globals['_TXNSTEP']._serialized_start=1258
+  _globals['_TXNSTEP']._serialized_end=1441
+  _globals['_TXNRECORD']._serialized_start=1444
+  _globals['_TXNRECORD']._serialized_end=1611
+  _globals['_PREPAREDTXN']._serialized_start=1614
+  _globals['_PREPAREDTXN']._serialized_end=1742
+  _globals['_TXNOUTCOME']._serialized_start=1745
+  _globals['_TXNOUTCOME']._serialized_end=1917
+  _globals['_COMMAND']._serialized_start=1920
+  _globals['_COMMAND']._serialized_end=2176
+  _globals['_KEYVALUE']._serialized_start=2178
+  _globals['_KEYVALUE']._serialized_end=2280
+  _globals['_OPERATIONRESULT']._serialized_start=2282
+  _globals['_OPERATIONRESULT']._serialized_end=2376
+  _globals['_COMMANDRESULT']._serialized_start=2379
+  _globals['_COMMANDRESULT']._serialized_end=2615
+  _globals['_WRONGGROUP']._serialized_start=2617
+  _globals['_WRONGGROUP']._serialized_end=2675
 # @@protoc_insertion_point(module_scope)

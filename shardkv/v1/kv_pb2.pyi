@@ -1,11 +1,23 @@
 from shardkv.v1 import cluster_pb2 as _cluster_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class TxnState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TXN_UNKNOWN: _ClassVar[TxnState]
+    TXN_PREPARED: _ClassVar[TxnState]
+    TXN_COMMITTED: _ClassVar[TxnState]
+    TXN_ABORTED: _ClassVar[TxnState]
+TXN_UNKNOWN: TxnState
+TXN_PREPARED: TxnState
+TXN_COMMITTED: TxnState
+TXN_ABORTED: TxnState
 
 class Put(_message.Message):
     __slots__ = ("key", "value")
@@ -31,18 +43,174 @@ class CompareAndSet(_message.Message):
     value: bytes
     def __init__(self, key: _Optional[bytes] = ..., expected: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
 
+class Get(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    def __init__(self, key: _Optional[bytes] = ...) -> None: ...
+
 class Operation(_message.Message):
-    __slots__ = ("put", "delete", "compare_and_set")
+    __slots__ = ("put", "delete", "compare_and_set", "get")
     PUT_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     COMPARE_AND_SET_FIELD_NUMBER: _ClassVar[int]
+    GET_FIELD_NUMBER: _ClassVar[int]
     put: Put
     delete: Delete
     compare_and_set: CompareAndSet
-    def __init__(self, put: _Optional[_Union[Put, _Mapping]] = ..., delete: _Optional[_Union[Delete, _Mapping]] = ..., compare_and_set: _Optional[_Union[CompareAndSet, _Mapping]] = ...) -> None: ...
+    get: Get
+    def __init__(self, put: _Optional[_Union[Put, _Mapping]] = ..., delete: _Optional[_Union[Delete, _Mapping]] = ..., compare_and_set: _Optional[_Union[CompareAndSet, _Mapping]] = ..., get: _Optional[_Union[Get, _Mapping]] = ...) -> None: ...
+
+class Compare(_message.Message):
+    __slots__ = ("key", "target", "operator", "value", "number")
+    class Target(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        VALUE: _ClassVar[Compare.Target]
+        VERSION: _ClassVar[Compare.Target]
+        CREATE_REVISION: _ClassVar[Compare.Target]
+        MOD_REVISION: _ClassVar[Compare.Target]
+    VALUE: Compare.Target
+    VERSION: Compare.Target
+    CREATE_REVISION: Compare.Target
+    MOD_REVISION: Compare.Target
+    class Operator(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        EQUAL: _ClassVar[Compare.Operator]
+        NOT_EQUAL: _ClassVar[Compare.Operator]
+        GREATER: _ClassVar[Compare.Operator]
+        LESS: _ClassVar[Compare.Operator]
+    EQUAL: Compare.Operator
+    NOT_EQUAL: Compare.Operator
+    GREATER: Compare.Operator
+    LESS: Compare.Operator
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    target: Compare.Target
+    operator: Compare.Operator
+    value: bytes
+    number: int
+    def __init__(self, key: _Optional[bytes] = ..., target: _Optional[_Union[Compare.Target, str]] = ..., operator: _Optional[_Union[Compare.Operator, str]] = ..., value: _Optional[bytes] = ..., number: _Optional[int] = ...) -> None: ...
+
+class TxnRef(_message.Message):
+    __slots__ = ("client_id", "seq")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    seq: int
+    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class LockInfo(_message.Message):
+    __slots__ = ("key", "txn", "primary_key", "deadline_ms")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_KEY_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    txn: TxnRef
+    primary_key: bytes
+    deadline_ms: int
+    def __init__(self, key: _Optional[bytes] = ..., txn: _Optional[_Union[TxnRef, _Mapping]] = ..., primary_key: _Optional[bytes] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+
+class TxnPrepare(_message.Message):
+    __slots__ = ("primary_key", "deadline_ms", "compares", "then_ops", "else_ops", "one_phase", "participant_keys")
+    PRIMARY_KEY_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPARES_FIELD_NUMBER: _ClassVar[int]
+    THEN_OPS_FIELD_NUMBER: _ClassVar[int]
+    ELSE_OPS_FIELD_NUMBER: _ClassVar[int]
+    ONE_PHASE_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_KEYS_FIELD_NUMBER: _ClassVar[int]
+    primary_key: bytes
+    deadline_ms: int
+    compares: _containers.RepeatedCompositeFieldContainer[Compare]
+    then_ops: _containers.RepeatedCompositeFieldContainer[Operation]
+    else_ops: _containers.RepeatedCompositeFieldContainer[Operation]
+    one_phase: bool
+    participant_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, primary_key: _Optional[bytes] = ..., deadline_ms: _Optional[int] = ..., compares: _Optional[_Iterable[_Union[Compare, _Mapping]]] = ..., then_ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., else_ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., one_phase: _Optional[bool] = ..., participant_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class TxnDecide(_message.Message):
+    __slots__ = ("txn", "commit", "then_branch")
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    THEN_BRANCH_FIELD_NUMBER: _ClassVar[int]
+    txn: TxnRef
+    commit: bool
+    then_branch: bool
+    def __init__(self, txn: _Optional[_Union[TxnRef, _Mapping]] = ..., commit: _Optional[bool] = ..., then_branch: _Optional[bool] = ...) -> None: ...
+
+class TxnFinish(_message.Message):
+    __slots__ = ("txn", "commit", "then_branch")
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    THEN_BRANCH_FIELD_NUMBER: _ClassVar[int]
+    txn: TxnRef
+    commit: bool
+    then_branch: bool
+    def __init__(self, txn: _Optional[_Union[TxnRef, _Mapping]] = ..., commit: _Optional[bool] = ..., then_branch: _Optional[bool] = ...) -> None: ...
+
+class TxnForget(_message.Message):
+    __slots__ = ("txn",)
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    txn: TxnRef
+    def __init__(self, txn: _Optional[_Union[TxnRef, _Mapping]] = ...) -> None: ...
+
+class TxnStep(_message.Message):
+    __slots__ = ("prepare", "decide", "finish", "forget")
+    PREPARE_FIELD_NUMBER: _ClassVar[int]
+    DECIDE_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
+    prepare: TxnPrepare
+    decide: TxnDecide
+    finish: TxnFinish
+    forget: TxnForget
+    def __init__(self, prepare: _Optional[_Union[TxnPrepare, _Mapping]] = ..., decide: _Optional[_Union[TxnDecide, _Mapping]] = ..., finish: _Optional[_Union[TxnFinish, _Mapping]] = ..., forget: _Optional[_Union[TxnForget, _Mapping]] = ...) -> None: ...
+
+class TxnRecord(_message.Message):
+    __slots__ = ("txn", "state", "then_branch", "participant_keys", "deadline_ms", "finished")
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    THEN_BRANCH_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_KEYS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    txn: TxnRef
+    state: TxnState
+    then_branch: bool
+    participant_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    deadline_ms: int
+    finished: bool
+    def __init__(self, txn: _Optional[_Union[TxnRef, _Mapping]] = ..., state: _Optional[_Union[TxnState, str]] = ..., then_branch: _Optional[bool] = ..., participant_keys: _Optional[_Iterable[bytes]] = ..., deadline_ms: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
+
+class PreparedTxn(_message.Message):
+    __slots__ = ("txn", "prepare", "outcome")
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    txn: TxnRef
+    prepare: TxnPrepare
+    outcome: TxnOutcome
+    def __init__(self, txn: _Optional[_Union[TxnRef, _Mapping]] = ..., prepare: _Optional[_Union[TxnPrepare, _Mapping]] = ..., outcome: _Optional[_Union[TxnOutcome, _Mapping]] = ...) -> None: ...
+
+class TxnOutcome(_message.Message):
+    __slots__ = ("succeeded", "then_results", "else_results", "record")
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    THEN_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ELSE_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    succeeded: bool
+    then_results: _containers.RepeatedCompositeFieldContainer[OperationResult]
+    else_results: _containers.RepeatedCompositeFieldContainer[OperationResult]
+    record: TxnRecord
+    def __init__(self, succeeded: _Optional[bool] = ..., then_results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., else_results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., record: _Optional[_Union[TxnRecord, _Mapping]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("client_id", "seq", "operations", "acked_seq", "ring", "batch", "epoch", "puts")
+    __slots__ = ("client_id", "seq", "operations", "acked_seq", "ring", "batch", "epoch", "puts", "txn")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +219,7 @@ class Command(_message.Message):
     BATCH_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     PUTS_FIELD_NUMBER: _ClassVar[int]
+    TXN_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     seq: int
     operations: _containers.RepeatedCompositeFieldContainer[Operation]
@@ -59,7 +228,8 @@ class Command(_message.Message):
     batch: _containers.RepeatedCompositeFieldContainer[Command]
     epoch: int
     puts: _containers.RepeatedCompositeFieldContainer[KeyValue]
-    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., batch: _Optional[_Iterable[_Union[Command, _Mapping]]] = ..., epoch: _Optional[int] = ..., puts: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ...) -> None: ...
+    txn: TxnStep
+    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., batch: _Optional[_Iterable[_Union[Command, _Mapping]]] = ..., epoch: _Optional[int] = ..., puts: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., txn: _Optional[_Union[TxnStep, _Mapping]] = ...) -> None: ...
 
 class KeyValue(_message.Message):
     __slots__ = ("key", "value", "version", "create_revision", "mod_revision")
@@ -84,18 +254,22 @@ class OperationResult(_message.Message):
     def __init__(self, succeeded: _Optional[bool] = ..., previous: _Optional[_Union[KeyValue, _Mapping]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("results", "revision", "wrong_group", "stale", "puts_written")
+    __slots__ = ("results", "revision", "wrong_group", "stale", "puts_written", "locked", "txn")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     WRONG_GROUP_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
     PUTS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    LOCKED_FIELD_NUMBER: _ClassVar[int]
+    TXN_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[OperationResult]
     revision: int
     wrong_group: WrongGroup
     stale: bool
     puts_written: int
-    def __init__(self, results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., revision: _Optional[int] = ..., wrong_group: _Optional[_Union[WrongGroup, _Mapping]] = ..., stale: _Optional[bool] = ..., puts_written: _Optional[int] = ...) -> None: ...
+    locked: LockInfo
+    txn: TxnOutcome
+    def __init__(self, results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., revision: _Optional[int] = ..., wrong_group: _Optional[_Union[WrongGroup, _Mapping]] = ..., stale: _Optional[bool] = ..., puts_written: _Optional[int] = ..., locked: _Optional[_Union[LockInfo, _Mapping]] = ..., txn: _Optional[_Union[TxnOutcome, _Mapping]] = ...) -> None: ...
 
 class WrongGroup(_message.Message):
     __slots__ = ("group_id", "epoch", "key")

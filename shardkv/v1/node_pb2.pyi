@@ -8,6 +8,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ListTxnsRequest(_message.Message):
+    __slots__ = ("group_id", "txn")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    group_id: int
+    txn: _kv_pb2.TxnRef
+    def __init__(self, group_id: _Optional[int] = ..., txn: _Optional[_Union[_kv_pb2.TxnRef, _Mapping]] = ...) -> None: ...
+
+class ListTxnsResponse(_message.Message):
+    __slots__ = ("error", "prepared", "records")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    error: GroupError
+    prepared: _containers.RepeatedCompositeFieldContainer[_kv_pb2.PreparedTxn]
+    records: _containers.RepeatedCompositeFieldContainer[_kv_pb2.TxnRecord]
+    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., prepared: _Optional[_Iterable[_Union[_kv_pb2.PreparedTxn, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[_kv_pb2.TxnRecord, _Mapping]]] = ...) -> None: ...
+
 class NotLeader(_message.Message):
     __slots__ = ("group_id", "leader_id", "leader_address")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
@@ -115,12 +133,14 @@ class ReadRequest(_message.Message):
     def __init__(self, group_id: _Optional[int] = ..., keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ReadResponse(_message.Message):
-    __slots__ = ("error", "kvs")
+    __slots__ = ("error", "kvs", "locks")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     KVS_FIELD_NUMBER: _ClassVar[int]
+    LOCKS_FIELD_NUMBER: _ClassVar[int]
     error: GroupError
     kvs: _containers.RepeatedCompositeFieldContainer[_kv_pb2.KeyValue]
-    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ...) -> None: ...
+    locks: _containers.RepeatedCompositeFieldContainer[_kv_pb2.LockInfo]
+    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., locks: _Optional[_Iterable[_Union[_kv_pb2.LockInfo, _Mapping]]] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
     __slots__ = ("group_id", "start", "end", "prefix", "limit")
@@ -137,14 +157,16 @@ class ScanRequest(_message.Message):
     def __init__(self, group_id: _Optional[int] = ..., start: _Optional[bytes] = ..., end: _Optional[bytes] = ..., prefix: _Optional[bytes] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ScanResponse(_message.Message):
-    __slots__ = ("error", "kvs", "more")
+    __slots__ = ("error", "kvs", "more", "locks")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     KVS_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
+    LOCKS_FIELD_NUMBER: _ClassVar[int]
     error: GroupError
     kvs: _containers.RepeatedCompositeFieldContainer[_kv_pb2.KeyValue]
     more: bool
-    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
+    locks: _containers.RepeatedCompositeFieldContainer[_kv_pb2.LockInfo]
+    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., more: _Optional[bool] = ..., locks: _Optional[_Iterable[_Union[_kv_pb2.LockInfo, _Mapping]]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

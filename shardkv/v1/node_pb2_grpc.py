@@ -69,6 +69,11 @@ class NodeStub:
                 request_serializer=shardkv_dot_v1_dot_node__pb2.JoinRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_node__pb2.JoinResponse.FromString,
                 _registered_method=True)
+        self.ListTxns = channel.unary_unary(
+                '/shardkv.v1.Node/ListTxns',
+                request_serializer=shardkv_dot_v1_dot_node__pb2.ListTxnsRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_node__pb2.ListTxnsResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -128,6 +133,15 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTxns(self, request, context):
+        """The transactions a group holds: prepared ones (with their locks) and
+        the records it keeps as a primary. Served by the leader after a read
+        barrier.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +179,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Join,
                     request_deserializer=shardkv_dot_v1_dot_node__pb2.JoinRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_node__pb2.JoinResponse.SerializeToString,
+            ),
+            'ListTxns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTxns,
+                    request_deserializer=shardkv_dot_v1_dot_node__pb2.ListTxnsRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_node__pb2.ListTxnsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +375,33 @@ class Node:
             '/shardkv.v1.Node/Join',
             shardkv_dot_v1_dot_node__pb2.JoinRequest.SerializeToString,
             shardkv_dot_v1_dot_node__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTxns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Node/ListTxns',
+            shardkv_dot_v1_dot_node__pb2.ListTxnsRequest.SerializeToString,
+            shardkv_dot_v1_dot_node__pb2.ListTxnsResponse.FromString,
             options,
             channel_credentials,
             insecure,

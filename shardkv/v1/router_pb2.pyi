@@ -9,6 +9,84 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TxnRequest(_message.Message):
+    __slots__ = ("compares", "success", "failure", "session")
+    COMPARES_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    compares: _containers.RepeatedCompositeFieldContainer[_kv_pb2.Compare]
+    success: _containers.RepeatedCompositeFieldContainer[_kv_pb2.Operation]
+    failure: _containers.RepeatedCompositeFieldContainer[_kv_pb2.Operation]
+    session: Session
+    def __init__(self, compares: _Optional[_Iterable[_Union[_kv_pb2.Compare, _Mapping]]] = ..., success: _Optional[_Iterable[_Union[_kv_pb2.Operation, _Mapping]]] = ..., failure: _Optional[_Iterable[_Union[_kv_pb2.Operation, _Mapping]]] = ..., session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
+
+class TxnResponse(_message.Message):
+    __slots__ = ("succeeded", "results")
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    succeeded: bool
+    results: _containers.RepeatedCompositeFieldContainer[_kv_pb2.OperationResult]
+    def __init__(self, succeeded: _Optional[bool] = ..., results: _Optional[_Iterable[_Union[_kv_pb2.OperationResult, _Mapping]]] = ...) -> None: ...
+
+class TxnSummary(_message.Message):
+    __slots__ = ("txn", "state", "primary_key", "primary_group", "prepared_groups", "deadline_ms", "locked_keys")
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_KEY_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_GROUP_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    LOCKED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    txn: _kv_pb2.TxnRef
+    state: _kv_pb2.TxnState
+    primary_key: bytes
+    primary_group: int
+    prepared_groups: _containers.RepeatedScalarFieldContainer[int]
+    deadline_ms: int
+    locked_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, txn: _Optional[_Union[_kv_pb2.TxnRef, _Mapping]] = ..., state: _Optional[_Union[_kv_pb2.TxnState, str]] = ..., primary_key: _Optional[bytes] = ..., primary_group: _Optional[int] = ..., prepared_groups: _Optional[_Iterable[int]] = ..., deadline_ms: _Optional[int] = ..., locked_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ListTransactionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTransactionsResponse(_message.Message):
+    __slots__ = ("txns",)
+    TXNS_FIELD_NUMBER: _ClassVar[int]
+    txns: _containers.RepeatedCompositeFieldContainer[TxnSummary]
+    def __init__(self, txns: _Optional[_Iterable[_Union[TxnSummary, _Mapping]]] = ...) -> None: ...
+
+class ShowTxnRequest(_message.Message):
+    __slots__ = ("txn",)
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    txn: _kv_pb2.TxnRef
+    def __init__(self, txn: _Optional[_Union[_kv_pb2.TxnRef, _Mapping]] = ...) -> None: ...
+
+class ShowTxnResponse(_message.Message):
+    __slots__ = ("txn", "record", "prepared")
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_FIELD_NUMBER: _ClassVar[int]
+    txn: TxnSummary
+    record: _kv_pb2.TxnRecord
+    prepared: _containers.RepeatedCompositeFieldContainer[_kv_pb2.PreparedTxn]
+    def __init__(self, txn: _Optional[_Union[TxnSummary, _Mapping]] = ..., record: _Optional[_Union[_kv_pb2.TxnRecord, _Mapping]] = ..., prepared: _Optional[_Iterable[_Union[_kv_pb2.PreparedTxn, _Mapping]]] = ...) -> None: ...
+
+class ResolveTxnRequest(_message.Message):
+    __slots__ = ("txn", "commit")
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    txn: _kv_pb2.TxnRef
+    commit: bool
+    def __init__(self, txn: _Optional[_Union[_kv_pb2.TxnRef, _Mapping]] = ..., commit: _Optional[bool] = ...) -> None: ...
+
+class ResolveTxnResponse(_message.Message):
+    __slots__ = ("record",)
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    record: _kv_pb2.TxnRecord
+    def __init__(self, record: _Optional[_Union[_kv_pb2.TxnRecord, _Mapping]] = ...) -> None: ...
+
 class Session(_message.Message):
     __slots__ = ("client_id", "seq", "acked_seq")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]

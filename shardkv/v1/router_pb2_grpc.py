@@ -79,6 +79,26 @@ class RouterStub:
                 request_serializer=shardkv_dot_v1_dot_router__pb2.BatchRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_router__pb2.BatchResponse.FromString,
                 _registered_method=True)
+        self.Txn = channel.unary_unary(
+                '/shardkv.v1.Router/Txn',
+                request_serializer=shardkv_dot_v1_dot_router__pb2.TxnRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_router__pb2.TxnResponse.FromString,
+                _registered_method=True)
+        self.ListTransactions = channel.unary_unary(
+                '/shardkv.v1.Router/ListTransactions',
+                request_serializer=shardkv_dot_v1_dot_router__pb2.ListTransactionsRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_router__pb2.ListTransactionsResponse.FromString,
+                _registered_method=True)
+        self.ShowTxn = channel.unary_unary(
+                '/shardkv.v1.Router/ShowTxn',
+                request_serializer=shardkv_dot_v1_dot_router__pb2.ShowTxnRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_router__pb2.ShowTxnResponse.FromString,
+                _registered_method=True)
+        self.ResolveTxn = channel.unary_unary(
+                '/shardkv.v1.Router/ResolveTxn',
+                request_serializer=shardkv_dot_v1_dot_router__pb2.ResolveTxnRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_router__pb2.ResolveTxnResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -145,6 +165,41 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Txn(self, request, context):
+        """An atomic transaction over any keys (etcd's Txn, across groups): when
+        every compare holds, the `success` operations run, otherwise the
+        `failure` ones. ABORTED when it conflicted with another transaction
+        (nothing applied: retry with a new seq); UNAVAILABLE or
+        DEADLINE_EXCEEDED leave it unknown: retry with the same session, which
+        finds its outcome rather than applying it twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTransactions(self, request, context):
+        """Admin: transactions not finished (prepared somewhere), across groups.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShowTxn(self, request, context):
+        """Admin: one transaction's record and prepares.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveTxn(self, request, context):
+        """Admin: finish a transaction as the operator says. FAILED_PRECONDITION
+        when its record says otherwise, or commit is asked while a participant
+        is not prepared.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +247,26 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Batch,
                     request_deserializer=shardkv_dot_v1_dot_router__pb2.BatchRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_router__pb2.BatchResponse.SerializeToString,
+            ),
+            'Txn': grpc.unary_unary_rpc_method_handler(
+                    servicer.Txn,
+                    request_deserializer=shardkv_dot_v1_dot_router__pb2.TxnRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_router__pb2.TxnResponse.SerializeToString,
+            ),
+            'ListTransactions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTransactions,
+                    request_deserializer=shardkv_dot_v1_dot_router__pb2.ListTransactionsRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_router__pb2.ListTransactionsResponse.SerializeToString,
+            ),
+            'ShowTxn': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShowTxn,
+                    request_deserializer=shardkv_dot_v1_dot_router__pb2.ShowTxnRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_router__pb2.ShowTxnResponse.SerializeToString,
+            ),
+            'ResolveTxn': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveTxn,
+                    request_deserializer=shardkv_dot_v1_dot_router__pb2.ResolveTxnRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_router__pb2.ResolveTxnResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -437,6 +512,114 @@ class Router:
             '/shardkv.v1.Router/Batch',
             shardkv_dot_v1_dot_router__pb2.BatchRequest.SerializeToString,
             shardkv_dot_v1_dot_router__pb2.BatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Txn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Router/Txn',
+            shardkv_dot_v1_dot_router__pb2.TxnRequest.SerializeToString,
+            shardkv_dot_v1_dot_router__pb2.TxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Router/ListTransactions',
+            shardkv_dot_v1_dot_router__pb2.ListTransactionsRequest.SerializeToString,
+            shardkv_dot_v1_dot_router__pb2.ListTransactionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShowTxn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Router/ShowTxn',
+            shardkv_dot_v1_dot_router__pb2.ShowTxnRequest.SerializeToString,
+            shardkv_dot_v1_dot_router__pb2.ShowTxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveTxn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Router/ResolveTxn',
+            shardkv_dot_v1_dot_router__pb2.ResolveTxnRequest.SerializeToString,
+            shardkv_dot_v1_dot_router__pb2.ResolveTxnResponse.FromString,
             options,
             channel_credentials,
             insecure,

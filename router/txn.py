@@ -1,0 +1,488 @@
+"""The router as a transaction's coordinator, and as anyone who meets a lock.
+
+A transaction (``TxnRequest``: compares, then ``success`` or ``failure``
+operations) is split by the ring into one ``TxnPrepare`` per group.
+
+- **One group**: one command with ``one_phase``: the group checks, chooses
+  and applies in one Raft entry.
+- **Several groups** (two-phase commit; ``shardkv.fsm.txn`` is the
+  participant, ``shardkv.txn_protocol`` the recovery):
+
+  1. prepare every group in parallel, under the request's session, so the
+     transaction is named ``(client_id, seq)`` everywhere, and a retry of the
+     request (the client's, through any router) finds it again: each group
+     answers a repeated prepare from its dedup table;
+  2. decide at the primary (the group of the transaction's first key):
+     COMMITTED (with the branch all compares chose) or, when a prepare
+     failed, ABORTED; the record is the commit point. A transaction whose
+     branch writes nothing decides too: the record's "commit" proves no
+     resolver broke a lock before every group was read;
+  3. finish the other groups in parallel, then mark the record forgettable.
+
+  The answer goes back after step 3; a failure after step 2 does not change
+  it (readers and resolvers finish the rest).
+
+Locks met while preparing: an expired one is settled (``settle_lock``);
+otherwise wait-die, by age (the deadline the lock carries): a transaction
+older than the holder waits up to ``_OLDER_WAITS`` for it, a younger one
+``_YOUNGER_WAITS``, then gives up (ABORTED: nothing applied, retry with a
+new seq; the client's ``txn`` does). Two transactions each holding what the
+other wants cannot both wait long, so there is no deadlock.
+
+Plain writes that meet a lock wait for it (or settle it once expired) and
+retry the same seq. Reads that meet one ask the primary: committed or aborted,
+finish it here and read again; still running, read again and, if the same
+lock is still there, answer the value under it (the value before the
+transaction, current while it has not committed).
+
+Isolation: transactions are serializable (every key they compare, read or
+write is locked from prepare to finish, and the commit decision is one
+record); single-key operations stay linearizable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from router.groups import (
+    Conflict,
+    GroupBatcher,
+    GroupChannel,
+    Locked,
+    Missing,
+    NodeError,
+    Refused,
+    Reroute,
+    RouteError,
+    backoff,
+)
+from router.topology import Topology
+from shardkv.failpoints import failpoint
+from shardkv.limits import check_txn
+from shardkv.txn_protocol import (
+    Settled,
+    decide_command,
+    expired,
+    finish_command,
+    now_ms,
+    operation_key,
+    settle_lock,
+    step_keys,
+    txn_name,
+)
+from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc, router_pb2
+
+__all__ = ["TXN_TTL", "Coordinator", "ReadLocked"]
+
+_log = logging.getLogger(__name__)
+
+# How long a transaction's locks stand before anyone may abort it.
+TXN_TTL = 5.0
+_OLDER_WAITS = 1.0
+_YOUNGER_WAITS = 0.05
+_MAX_LOCK_WAIT = 0.05
+
+Writer = Callable[[int], GroupBatcher[kv_pb2.Command, kv_pb2.CommandResult]]
+
+
+class ReadLocked(Exception):
+    """A key read is locked: ``kv`` is its value before the transaction."""
+
+    def __init__(self, lock: kv_pb2.LockInfo, kv: kv_pb2.KeyValue | None) -> None:
+        super().__init__(f"key {lock.key!r} is locked by transaction {txn_name(lock.txn)}")
+        self.lock = lock
+        self.kv = kv
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A transaction split by group: each group's prepare, and where each result comes from."""
+
+    epoch: int
+    prepares: dict[int, kv_pb2.TxnPrepare] = field(default_factory=dict)
+    then_at: list[tuple[int, int]] = field(default_factory=list)
+    else_at: list[tuple[int, int]] = field(default_factory=list)
+    first_key: bytes = b""
+
+    def part(self, group_id: int, key: bytes) -> kv_pb2.TxnPrepare:
+        if not self.first_key:
+            self.first_key = key
+        prepare = self.prepares.get(group_id)
+        if prepare is None:
+            prepare = self.prepares[group_id] = kv_pb2.TxnPrepare()
+        return prepare
+
+
+class _Calls:
+    """``GroupCalls`` for the recovery protocol, through the router's batchers and channels."""
+
+    def __init__(self, coordinator: Coordinator, deadline: float) -> None:
+        self._coordinator = coordinator
+        self._deadline = deadline
+
+    def group_for(self, key: bytes) -> int:
+        return self._coordinator.topology.current_ring().group_for(key)
+
+    async def propose(self, group_id: int, command: kv_pb2.Command) -> kv_pb2.CommandResult:
+        return await self._coordinator.writer(group_id).call(command, self._deadline)
+
+    async def find(self, group_id: int, txn: kv_pb2.TxnRef) -> node_pb2.ListTxnsResponse:
+        return await self._coordinator.list_group(group_id, self._deadline, txn)
+
+
+class Coordinator:
+    def __init__(
+        self,
+        topology: Topology,
+        groups: GroupChannel,
+        writer: Writer,
+        after_reroute: Callable[[Reroute, int], Awaitable[None]],
+        *,
+        ttl: float = TXN_TTL,
+    ) -> None:
+        self.topology = topology
+        self.groups = groups
+        self.writer = writer
+        self._after_reroute = after_reroute
+        self.ttl = ttl
+
+    # -- running a transaction -----------------------------------------------------
+
+    async def run(
+        self, request: router_pb2.TxnRequest, session: router_pb2.Session, deadline: float
+    ) -> router_pb2.TxnResponse:
+        check_txn(request.compares, request.success, request.failure)
+        for attempt in range(1000):
+            plan = self._plan(request)
+            if not plan.prepares:
+                return router_pb2.TxnResponse(succeeded=True)  # nothing to compare or do
+            try:
+                if len(plan.prepares) == 1:
+                    return await self._one_phase(plan, session, deadline)
+                return await self._two_phase(plan, session, deadline)
+            except Reroute as reroute:
+                # Only a one-phase command comes back this way (nothing was
+                # recorded); a prepare that reroutes aborts the transaction.
+                await self._after_reroute(reroute, attempt)
+        raise AssertionError("the ring kept moving")
+
+    def _plan(self, request: router_pb2.TxnRequest) -> _Plan:
+        ring = self.topology.current_ring()
+        plan = _Plan(ring.epoch)
+        for compare in request.compares:
+            plan.part(ring.group_for(compare.key), compare.key).compares.append(compare)
+        for operations, positions, then in (
+            (request.success, plan.then_at, True),
+            (request.failure, plan.else_at, False),
+        ):
+            for operation in operations:
+                key = operation_key(operation)
+                group_id = ring.group_for(key)
+                prepare = plan.part(group_id, key)
+                branch = prepare.then_ops if then else prepare.else_ops
+                positions.append((group_id, len(branch)))
+                branch.append(operation)
+        primary = ring.group_for(plan.first_key) if plan.first_key else 0
+        deadline_ms = now_ms() + int(self.ttl * 1000)
+        for group_id, prepare in plan.prepares.items():
+            prepare.primary_key = plan.first_key
+            prepare.deadline_ms = deadline_ms
+            if group_id == primary and len(plan.prepares) > 1:
+                prepare.participant_keys.extend(_first_key(part) for part in plan.prepares.values())
+        return plan
+
+    async def _one_phase(
+        self, plan: _Plan, session: router_pb2.Session, deadline: float
+    ) -> router_pb2.TxnResponse:
+        ((group_id, prepare),) = plan.prepares.items()
+        prepare.one_phase = True
+        prepare.ClearField("participant_keys")
+        command = _command(session, kv_pb2.TxnStep(prepare=prepare), plan.epoch)
+        for attempt in range(10_000):
+            try:
+                result = await self.writer(group_id).call(command, deadline)
+            except Locked as locked:
+                await self.wait_for_lock(group_id, locked.lock, attempt, deadline)
+                continue
+            _check_fresh(result)
+            return router_pb2.TxnResponse(
+                succeeded=result.txn.succeeded, results=result.txn.then_results
+            )
+        raise AssertionError("unreachable")
+
+    async def _two_phase(
+        self, plan: _Plan, session: router_pb2.Session, deadline: float
+    ) -> router_pb2.TxnResponse:
+        ref = kv_pb2.TxnRef(client_id=session.client_id, seq=session.seq)
+        primary = self.topology.current_ring().group_for(plan.first_key)
+        calls = _Calls(self, deadline)
+        outcomes: dict[int, kv_pb2.TxnOutcome] = {}
+
+        async def prepare_group(group_id: int, prepare: kv_pb2.TxnPrepare) -> None:
+            command = _command(session, kv_pb2.TxnStep(prepare=prepare), plan.epoch)
+            result = await self._prepare(group_id, command, prepare.deadline_ms, deadline)
+            if not outcomes:
+                failpoint("txn.after_prepare")
+            outcomes[group_id] = result.txn
+
+        answers = await asyncio.gather(
+            *(prepare_group(g, prepare) for g, prepare in plan.prepares.items()),
+            return_exceptions=True,
+        )
+        failure: BaseException | None = next(
+            (answer for answer in answers if isinstance(answer, BaseException)), None
+        )
+        if failure is None:
+            aborted = [g for g, outcome in outcomes.items() if outcome.HasField("record")]
+            if aborted:
+                failure = Conflict(
+                    f"transaction {txn_name(ref)} was aborted before group {aborted[0]} "
+                    "prepared (its locks had expired): retry it"
+                )
+        if failure is not None:
+            await self._abort(calls, ref, primary, plan.prepares, failure)
+        succeeded = all(outcome.succeeded for outcome in outcomes.values())
+        decided = await calls.propose(primary, decide_command(ref, True, succeeded))
+        failpoint("txn.after_record")
+        record = decided.txn.record
+        if record.state != kv_pb2.TXN_COMMITTED:
+            await self._finish_all(calls, record, primary, plan.prepares)
+            raise Conflict(
+                f"transaction {txn_name(ref)} was aborted before it could commit "
+                "(its locks had expired and another party resolved it): retry it"
+            )
+        try:
+            await self._finish_all(calls, record, primary, plan.prepares)
+        except (RouteError, Reroute) as error:
+            # Committed all the same: readers and resolvers finish the rest.
+            _log.warning("transaction %s committed; finishing it failed: %s", txn_name(ref), error)
+        positions = plan.then_at if succeeded else plan.else_at
+        results = [
+            (outcomes[g].then_results if succeeded else outcomes[g].else_results)[index]
+            for g, index in positions
+        ]
+        return router_pb2.TxnResponse(succeeded=succeeded, results=results)
+
+    async def _prepare(
+        self, group_id: int, command: kv_pb2.Command, deadline_ms: int, deadline: float
+    ) -> kv_pb2.CommandResult:
+        """Prepare one group, waiting (wait-die) for locks other transactions hold."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ref = (deadline_ms, command.client_id, command.seq)
+        for attempt in range(10_000):
+            try:
+                result = await self.writer(group_id).call(command, deadline)
+            except Locked as locked:
+                lock = locked.lock
+                if expired(lock):
+                    await settle_lock(_Calls(self, deadline), group_id, lock)
+                    continue
+                older = ref < (lock.deadline_ms, lock.txn.client_id, lock.txn.seq)
+                if loop.time() - started > (_OLDER_WAITS if older else _YOUNGER_WAITS):
+                    raise Conflict(
+                        f"key {lock.key!r} is held by transaction {txn_name(lock.txn)}: "
+                        "retry the transaction"
+                    ) from None
+                await asyncio.sleep(min(_MAX_LOCK_WAIT, backoff(attempt)))
+                continue
+            _check_fresh(result)
+            return result
+        raise AssertionError("unreachable")
+
+    async def _abort(
+        self,
+        calls: _Calls,
+        ref: kv_pb2.TxnRef,
+        primary: int,
+        prepares: dict[int, kv_pb2.TxnPrepare],
+        failure: BaseException,
+    ) -> None:
+        """Decide ABORTED at the primary, finish every group, raise what made it fail.
+
+        The record decides: if another coordinator of the same transaction (a
+        client's retry through another router) committed it first, it is
+        finished as committed and the failure stands (the outcome is then
+        found by the next retry).
+        """
+        try:
+            decided = await calls.propose(primary, decide_command(ref, False, False))
+            await self._finish_all(calls, decided.txn.record, primary, prepares)
+        except (RouteError, Reroute) as error:
+            _log.info("aborting transaction %s: %s (resolvers finish it)", txn_name(ref), error)
+        if isinstance(failure, Reroute):
+            raise Conflict(
+                f"the ring changed during transaction {txn_name(ref)}; it was aborted: retry it"
+            )
+        raise failure
+
+    async def _finish_all(
+        self,
+        calls: _Calls,
+        record: kv_pb2.TxnRecord,
+        primary: int,
+        groups: Iterable[int],
+    ) -> None:
+        others = sorted(set(groups) - {primary})
+        finish = finish_command(record)
+        first = True
+        for done in asyncio.as_completed([calls.propose(g, finish) for g in others]):
+            await done
+            if first:
+                failpoint("txn.between_commits")
+                first = False
+        forget = kv_pb2.Command(txn=kv_pb2.TxnStep(forget=kv_pb2.TxnForget(txn=record.txn)))
+        await calls.propose(primary, forget)
+
+    # -- locks met by others --------------------------------------------------------------
+
+    async def settle(self, group_id: int, lock: kv_pb2.LockInfo, deadline: float) -> Settled:
+        return await settle_lock(_Calls(self, deadline), group_id, lock)
+
+    async def wait_for_lock(
+        self, group_id: int, lock: kv_pb2.LockInfo, attempt: int, deadline: float
+    ) -> None:
+        """A write met ``lock``: settle it if it expired, otherwise give it a moment."""
+        if expired(lock):
+            await self.settle(group_id, lock, deadline)
+        else:
+            await asyncio.sleep(min(_MAX_LOCK_WAIT, backoff(attempt)))
+
+    # -- admin ------------------------------------------------------------------------------
+
+    async def list_group(
+        self, group_id: int, deadline: float, txn: kv_pb2.TxnRef | None = None
+    ) -> node_pb2.ListTxnsResponse:
+        request = node_pb2.ListTxnsRequest(group_id=group_id)
+        if txn is not None:
+            request.txn.CopyFrom(txn)
+
+        async def invoke(stub: node_pb2_grpc.NodeStub, timeout: float) -> node_pb2.ListTxnsResponse:
+            response: node_pb2.ListTxnsResponse = await stub.ListTxns(request, timeout=timeout)
+            return response
+
+        return await self.groups.call(
+            group_id, invoke, lambda r: r.error if r.HasField("error") else None, deadline
+        )
+
+    async def _gather(
+        self, deadline: float, txn: kv_pb2.TxnRef | None = None
+    ) -> dict[int, node_pb2.ListTxnsResponse]:
+        groups = self.topology.current_ring().groups
+        answers = await asyncio.gather(*(self.list_group(g, deadline, txn) for g in groups))
+        return dict(zip(groups, answers, strict=True))
+
+    async def list(self, deadline: float) -> list[router_pb2.TxnSummary]:
+        """Transactions not finished: prepared somewhere, or recorded and not finished."""
+        summaries: dict[tuple[int, int], router_pb2.TxnSummary] = {}
+        ring = self.topology.current_ring()
+
+        def summary(txn: kv_pb2.TxnRef) -> router_pb2.TxnSummary:
+            found = summaries.get((txn.client_id, txn.seq))
+            if found is None:
+                found = summaries[(txn.client_id, txn.seq)] = router_pb2.TxnSummary(
+                    txn=txn, state=kv_pb2.TXN_PREPARED
+                )
+            return found
+
+        for group_id, answer in (await self._gather(deadline)).items():
+            for prepared in answer.prepared:
+                entry = summary(prepared.txn)
+                entry.prepared_groups.append(group_id)
+                entry.primary_key = prepared.prepare.primary_key
+                entry.primary_group = ring.group_for(prepared.prepare.primary_key)
+                entry.deadline_ms = prepared.prepare.deadline_ms
+                keys = step_keys(prepared.prepare)
+                entry.locked_keys.extend(keys[:4])
+            for record in answer.records:
+                if record.finished:
+                    continue
+                entry = summary(record.txn)
+                entry.state = record.state
+                entry.primary_group = group_id
+                entry.deadline_ms = entry.deadline_ms or record.deadline_ms
+        return sorted(summaries.values(), key=lambda s: (s.deadline_ms, s.txn.client_id, s.txn.seq))
+
+    async def show(self, txn: kv_pb2.TxnRef, deadline: float) -> router_pb2.ShowTxnResponse:
+        response = router_pb2.ShowTxnResponse()
+        summary = response.txn
+        summary.txn.CopyFrom(txn)
+        ring = self.topology.current_ring()
+        for group_id, answer in (await self._gather(deadline, txn)).items():
+            for prepared in answer.prepared:
+                response.prepared.append(prepared)
+                summary.prepared_groups.append(group_id)
+                summary.primary_key = prepared.prepare.primary_key
+                summary.primary_group = ring.group_for(prepared.prepare.primary_key)
+                summary.deadline_ms = prepared.prepare.deadline_ms
+                summary.locked_keys.extend(step_keys(prepared.prepare)[:4])
+            for record in answer.records:
+                response.record.CopyFrom(record)
+                summary.primary_group = group_id
+                summary.state = record.state
+        if not response.prepared and not response.HasField("record"):
+            raise Missing(f"no group knows transaction {txn_name(txn)}")
+        if not response.HasField("record"):
+            summary.state = kv_pb2.TXN_PREPARED
+        return response
+
+    async def resolve(
+        self, txn: kv_pb2.TxnRef, commit: bool, deadline: float
+    ) -> router_pb2.ResolveTxnResponse:
+        """Finish ``txn`` as the operator says, unless its record or its prepares forbid it."""
+        shown = await self.show(txn, deadline)
+        calls = _Calls(self, deadline)
+        prepared_at = {g for g in shown.txn.prepared_groups}
+        primary = shown.txn.primary_group
+        record = shown.record if shown.HasField("record") else None
+        if record is None:
+            primary_prepare = next((p for p in shown.prepared if p.prepare.participant_keys), None)
+            if commit:
+                if primary_prepare is None or primary not in prepared_at:
+                    raise Refused(
+                        f"transaction {txn_name(txn)} is not prepared at its primary "
+                        f"(group {primary}): it cannot commit; resolve it with --abort"
+                    )
+                needed = {calls.group_for(k) for k in primary_prepare.prepare.participant_keys}
+                missing = sorted(needed - prepared_at)
+                if missing:
+                    raise Refused(
+                        f"transaction {txn_name(txn)} is not prepared in groups {missing}: "
+                        "it cannot commit; resolve it with --abort"
+                    )
+            then_branch = all(p.outcome.succeeded for p in shown.prepared)
+            decided = await calls.propose(primary, decide_command(txn, commit, then_branch))
+            record = decided.txn.record
+        committed = record.state == kv_pb2.TXN_COMMITTED
+        if committed != commit:
+            raise Refused(
+                f"transaction {txn_name(txn)} is {'committed' if committed else 'aborted'} "
+                "by its record; it cannot be resolved otherwise"
+            )
+        await self._finish_all(calls, record, primary, prepared_at)
+        return router_pb2.ResolveTxnResponse(record=record)
+
+
+def _first_key(prepare: kv_pb2.TxnPrepare) -> bytes:
+    return step_keys(prepare)[0]
+
+
+def _command(session: router_pb2.Session, step: kv_pb2.TxnStep, epoch: int) -> kv_pb2.Command:
+    return kv_pb2.Command(
+        client_id=session.client_id,
+        seq=session.seq,
+        acked_seq=session.acked_seq,
+        txn=step,
+        epoch=epoch,
+    )
+
+
+def _check_fresh(result: kv_pb2.CommandResult) -> None:
+    if result.stale:
+        raise NodeError(
+            "the session says this transaction's seq is finished (acked): its outcome is no "
+            "longer known; use a new seq"
+        )

@@ -1,0 +1,91 @@
+"""Named hooks in the code that tests turn into crashes, pauses or errors.
+
+A failpoint is a call, ``failpoint("txn.after_record")``, placed where a
+crash would hurt most. It does nothing unless the process was started with
+``SHARDKV_FAILPOINTS`` naming it (only tests do)::
+
+    SHARDKV_FAILPOINTS="txn.after_record=exit;txn.resolver=sleep(0.5)"
+
+Actions: ``exit`` (the process kills itself with SIGKILL: a crash at exactly
+that point, nothing flushed), ``sleep(S)`` (a pause of S seconds, the event
+loop included), ``error`` (raises ``FailpointError``). A name may carry a
+count, ``name=2*exit``: the action fires on the second time the point is
+reached (the first is passed).
+
+The points: ``txn.after_prepare`` (the coordinator, after the first
+participant prepared and before the others answered), ``txn.after_record``
+(after the primary wrote the record, before any other participant
+finished), ``txn.between_commits`` (after one other participant finished),
+``txn.resolver`` (a node's resolver, after it settled the record at the
+primary and before it finished its own group).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+
+__all__ = ["FailpointError", "configure", "enabled", "failpoint"]
+
+ENV = "SHARDKV_FAILPOINTS"
+
+_ACTION = re.compile(r"^(?:(\d+)\*)?(exit|error|sleep\(([0-9.]+)\))$")
+
+
+class FailpointError(RuntimeError):
+    """Raised by a failpoint whose action is ``error``."""
+
+
+@dataclass(slots=True)
+class _Point:
+    countdown: int
+    action: str
+    seconds: float
+
+
+def _parse(spec: str) -> dict[str, _Point]:
+    points: dict[str, _Point] = {}
+    for part in filter(None, (item.strip() for item in spec.split(";"))):
+        name, _, action = part.partition("=")
+        match = _ACTION.match(action.strip())
+        if not name or match is None:
+            raise ValueError(f"{ENV}: cannot read {part!r} (name=exit|error|sleep(S), N*action)")
+        count = int(match.group(1) or 1)
+        action = "sleep" if match.group(3) else match.group(2)
+        points[name.strip()] = _Point(count, action, float(match.group(3) or 0))
+    return points
+
+
+_points = _parse(os.environ.get(ENV, ""))
+
+
+def enabled() -> bool:
+    return bool(_points)
+
+
+def failpoint(name: str) -> None:
+    """Act as ``SHARDKV_FAILPOINTS`` says for ``name``; nothing when it is not named."""
+    if not _points:
+        return
+    point = _points.get(name)
+    if point is None:
+        return
+    point.countdown -= 1
+    if point.countdown > 0:
+        return
+    if point.action == "exit":
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)  # the signal is on its way
+    elif point.action == "error":
+        raise FailpointError(f"failpoint {name}")
+    else:
+        time.sleep(point.seconds)
+
+
+def configure(spec: str) -> None:
+    """Replace the enabled failpoints (in-process tests)."""
+    global _points
+    _points = _parse(spec)

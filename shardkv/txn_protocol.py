@@ -1,0 +1,142 @@
+"""How anyone finishes a transaction it did not start: the recovery half of 2PC.
+
+Shared by the router (a read or write that meets a lock; the admin commands)
+and the node's background resolver, so that both follow exactly one protocol.
+It does no I/O of its own: the caller passes ``GroupCalls``, which sends a
+command to a group's leader and reads a group's transactions.
+
+A lock names its transaction and the transaction's primary key; the group
+that owns the primary key keeps the record (``shardkv.fsm.txn``). To settle a
+lock met in group G:
+
+1. Ask the primary for the transaction (``find``).
+2. A record: finish the transaction in G as it says.
+3. No record, and the lock's deadline has passed: write ABORTED at the
+   primary (``TxnDecide`` without commit: it writes only if no record exists,
+   so a coordinator's commit that got there first wins, and a late commit
+   loses), then finish in G as the record now says.
+4. No record before the deadline: the transaction is still running
+   (``PENDING``). The value under the lock is the one before it, and stays
+   current until the record is written: a reader may use it after seeing the
+   same lock again (the record cannot have come and gone in between, since
+   records are forgotten only once every participant finished).
+
+``finish_everywhere`` drives a decided transaction to the end: every
+participant finished, then the record marked forgettable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from typing import Protocol
+
+from shardkv.v1 import kv_pb2, node_pb2
+
+__all__ = [
+    "GroupCalls",
+    "Settled",
+    "expired",
+    "finish_everywhere",
+    "now_ms",
+    "operation_key",
+    "settle_lock",
+    "step_keys",
+    "txn_name",
+]
+
+
+class GroupCalls(Protocol):
+    def group_for(self, key: bytes) -> int:
+        """The group that owns ``key`` in the caller's ring."""
+        ...
+
+    async def propose(self, group_id: int, command: kv_pb2.Command) -> kv_pb2.CommandResult:
+        """Apply ``command`` in the group (through its leader); raise when it cannot."""
+        ...
+
+    async def find(self, group_id: int, txn: kv_pb2.TxnRef) -> node_pb2.ListTxnsResponse:
+        """The transaction's prepare and record in the group (linearizable read)."""
+        ...
+
+
+class Settled(enum.Enum):
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+    PENDING = "pending"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def expired(lock: kv_pb2.LockInfo, now: int | None = None) -> bool:
+    return (now if now is not None else now_ms()) > lock.deadline_ms
+
+
+def txn_name(txn: kv_pb2.TxnRef) -> str:
+    """How people and the CLI name a transaction: ``client_id:seq``, the client id in hex."""
+    return f"{txn.client_id:x}:{txn.seq}"
+
+
+def operation_key(operation: kv_pb2.Operation) -> bytes:
+    kind = operation.WhichOneof("kind")
+    if kind is None:
+        raise ValueError("an operation names no kind")
+    key: bytes = getattr(operation, kind).key
+    return key
+
+
+def step_keys(prepare: kv_pb2.TxnPrepare) -> list[bytes]:
+    """Every key a prepare touches (compared, read or written), each once, in order."""
+    found: dict[bytes, None] = {}
+    for compare in prepare.compares:
+        found[compare.key] = None
+    for operation in (*prepare.then_ops, *prepare.else_ops):
+        found[operation_key(operation)] = None
+    return list(found)
+
+
+def finish_command(record: kv_pb2.TxnRecord) -> kv_pb2.Command:
+    return kv_pb2.Command(
+        txn=kv_pb2.TxnStep(
+            finish=kv_pb2.TxnFinish(
+                txn=record.txn,
+                commit=record.state == kv_pb2.TXN_COMMITTED,
+                then_branch=record.then_branch,
+            )
+        )
+    )
+
+
+def decide_command(txn: kv_pb2.TxnRef, commit: bool, then_branch: bool) -> kv_pb2.Command:
+    return kv_pb2.Command(
+        txn=kv_pb2.TxnStep(decide=kv_pb2.TxnDecide(txn=txn, commit=commit, then_branch=then_branch))
+    )
+
+
+async def settle_lock(calls: GroupCalls, group_id: int, lock: kv_pb2.LockInfo) -> Settled:
+    """Settle ``lock``, met in ``group_id``, as the module docstring says."""
+    primary = calls.group_for(lock.primary_key)
+    found = await calls.find(primary, lock.txn)
+    record = found.records[0] if found.records else None
+    if record is None:
+        if not expired(lock):
+            return Settled.PENDING
+        decided = await calls.propose(primary, decide_command(lock.txn, False, False))
+        record = decided.txn.record
+    if group_id != primary:
+        # (At the primary, deciding finished its own part in the same entry.)
+        await calls.propose(group_id, finish_command(record))
+    return Settled.COMMITTED if record.state == kv_pb2.TXN_COMMITTED else Settled.ABORTED
+
+
+async def finish_everywhere(calls: GroupCalls, record: kv_pb2.TxnRecord, primary: int) -> None:
+    """Finish every participant of a decided transaction, then let its record go."""
+    groups = {calls.group_for(key) for key in record.participant_keys} - {primary}
+    finish = finish_command(record)
+    await asyncio.gather(*(calls.propose(group_id, finish) for group_id in sorted(groups)))
+    await calls.propose(
+        primary, kv_pb2.Command(txn=kv_pb2.TxnStep(forget=kv_pb2.TxnForget(txn=record.txn)))
+    )
