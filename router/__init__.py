@@ -7,6 +7,8 @@ key encoding, generated protocol, error types). See docs/design.md.
 
 Users import the client from here: ``from router import Client, AsyncClient``
 (docs/client.md), and catch ``router.ClientError`` and its subclasses.
+Transactions' compares and operations are built with ``router.transactions``
+(``value``, ``version``, ``put``, ``get``, ...).
 """
 
 from router.client import AsyncClient, Client, RetryPolicy
@@ -17,18 +19,36 @@ from router.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
+    TransactionConflict,
     Unavailable,
+)
+from router.transactions import (
+    AsyncTransaction,
+    DeleteResult,
+    GetResult,
+    KeyValue,
+    PutResult,
+    Transaction,
+    TxnResult,
 )
 
 __all__ = [
     "Aborted",
     "AsyncClient",
+    "AsyncTransaction",
     "Client",
     "ClientError",
     "ClusterError",
     "DeadlineExceeded",
+    "DeleteResult",
+    "GetResult",
     "InvalidArgument",
+    "KeyValue",
     "NotFound",
+    "PutResult",
     "RetryPolicy",
+    "Transaction",
+    "TransactionConflict",
+    "TxnResult",
     "Unavailable",
 ]

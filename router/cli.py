@@ -8,6 +8,9 @@
     shardkv [--router ADDR] [--timeout SECONDS] delete KEY
     shardkv [--router ADDR] [--timeout SECONDS] scan [--prefix P | --start S --end E] [--limit N]
     shardkv [--router ADDR] [--timeout SECONDS] status [--json]
+    shardkv [--router ADDR] [--timeout SECONDS] txn list
+    shardkv [--router ADDR] [--timeout SECONDS] txn show ID
+    shardkv [--router ADDR] [--timeout SECONDS] txn resolve ID (--commit | --abort)
 
 Every command but ``up`` goes through ``router.Client``. The router address
 comes from ``--router`` (before or after the command), else ``SHARDKV_ROUTER``,
@@ -22,11 +25,20 @@ not UTF-8, ``\\uNNNN`` for a character that is not printable); ``put`` and
 ``delete`` write nothing; ``status`` a table, or with ``--json`` the same
 summary as JSON (``summarize_status``).
 
-Exit statuses: 0 done; 1 the key does not exist (``get``, ``delete``: stdout
-stays empty, a note goes to stderr); 2 bad usage or input (also an
-INVALID_ARGUMENT from the cluster); 3 the cluster is unavailable (no router
-answered, or a group had no leader, within ``--timeout``, default 5 s);
-4 the cluster failed the request in another way.
+``txn`` is for operators: ``list`` prints the transactions not finished (a
+table: id ``hexclient:seq``, state, time to the deadline after which anyone
+may abort it, primary group, groups holding its locks, a few locked keys),
+``show`` one of them with its record and each group's prepare, ``resolve``
+finishes a stuck one as committed or aborted and prints the outcome. The
+router refuses a resolution its record contradicts (FAILED_PRECONDITION):
+its reason goes to stderr and the exit status is 4.
+
+Exit statuses: 0 done; 1 the key or transaction does not exist (``get``,
+``delete``, ``txn show``, ``txn resolve``: stdout stays empty, a note goes to
+stderr); 2 bad usage or input (also an INVALID_ARGUMENT from the cluster, and
+a transaction id that is not ``hexclient:seq``); 3 the cluster is unavailable
+(no router answered, or a group had no leader, within ``--timeout``, default
+5 s); 4 the cluster failed or refused the request in another way.
 """
 
 from __future__ import annotations
@@ -36,13 +48,16 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from router.client import Client, parse_addresses
 from router.errors import ClientError, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from shardkv.v1 import node_pb2, router_pb2
+from shardkv.txn_protocol import now_ms, step_keys, txn_name
+from shardkv.v1 import kv_pb2, node_pb2, router_pb2
 
 __all__ = [
     "DEFAULT_ROUTER",
@@ -59,6 +74,8 @@ __all__ = [
     "build_parser",
     "escape",
     "format_status",
+    "format_txn",
+    "format_txn_list",
     "main",
     "resolve_router",
     "summarize_status",
@@ -250,6 +267,128 @@ def format_status(summary: StatusSummary) -> str:
     )
 
 
+# -- transactions -----------------------------------------------------------------------
+
+# How many locked keys a row of `txn list` shows; `txn show` shows them all.
+_KEYS_IN_LIST = 3
+
+
+def _state_name(state: kv_pb2.TxnState) -> str:
+    return kv_pb2.TxnState.Name(state).removeprefix("TXN_").lower()
+
+
+def _deadline_text(deadline_ms: int, now: int) -> str:
+    """Time left before anyone may abort the transaction, or how long ago that became so."""
+    if not deadline_ms:
+        return "-"
+    left = (deadline_ms - now) / 1000
+    return f"in {left:.1f}s" if left >= 0 else f"expired {-left:.1f}s ago"
+
+
+def _groups_text(groups: Iterable[int]) -> str:
+    return ",".join(map(str, sorted(set(groups)))) or "-"
+
+
+def _keys_text(keys: Sequence[bytes], most: int | None = None) -> str:
+    shown = keys if most is None else keys[:most]
+    text = ", ".join(escape(key) for key in shown) or "-"
+    if len(keys) > len(shown):
+        text += f" (+{len(keys) - len(shown)} more)"
+    return text
+
+
+def format_txn_list(summaries: Sequence[router_pb2.TxnSummary], now: int) -> str:
+    """``txn list``'s table; ``now`` in unix ms (the deadlines are the coordinators' clocks)."""
+    if not summaries:
+        return "no unfinished transactions\n"
+    rows = [
+        (
+            txn_name(summary.txn),
+            _state_name(summary.state),
+            _deadline_text(summary.deadline_ms, now),
+            str(summary.primary_group) if summary.primary_group else "-",
+            _groups_text(summary.prepared_groups),
+            _keys_text(list(summary.locked_keys), _KEYS_IN_LIST),
+        )
+        for summary in summaries
+    ]
+    return _table(("ID", "STATE", "DEADLINE", "PRIMARY", "PREPARED IN", "LOCKED KEYS"), rows) + "\n"
+
+
+def format_txn(shown: router_pb2.ShowTxnResponse, now: int) -> str:
+    """``txn show``: the summary, the record at the primary, then each group's prepare."""
+    summary = shown.txn
+    primary = f"group {summary.primary_group}" if summary.primary_group else "-"
+    if summary.primary_key:
+        primary += f", key {escape(summary.primary_key)}"
+    deadline_ms = summary.deadline_ms or shown.record.deadline_ms
+    lines = [
+        f"transaction {txn_name(summary.txn)}",
+        f"state        {_state_name(summary.state)}",
+        f"deadline     {_deadline_text(deadline_ms, now)}",
+        f"primary      {primary}",
+        f"prepared in  {_groups_text(summary.prepared_groups)}",
+    ]
+    if shown.HasField("record"):
+        record = shown.record
+        outcome = _state_name(record.state)
+        if record.state == kv_pb2.TXN_COMMITTED:
+            outcome += ", then branch" if record.then_branch else ", else branch"
+        finished = "every participant finished" if record.finished else "participants not finished"
+        lines.append(f"record       {outcome}, {finished}")
+        lines.append(f"participants {_keys_text(list(record.participant_keys))} (a key of each)")
+    else:
+        lines.append("record       none (not decided)")
+    # The router lists one group per prepare, in the same order.
+    groups: list[int | None] = list(summary.prepared_groups)
+    if len(groups) != len(shown.prepared):
+        groups = [None] * len(shown.prepared)
+    for group_id, prepared in zip(groups, shown.prepared, strict=True):
+        prepare = prepared.prepare
+        where = "a group" if group_id is None else f"group {group_id}"
+        compares = "no compares"
+        if prepare.compares:
+            held = "held" if prepared.outcome.succeeded else "failed"
+            compares = f"{len(prepare.compares)} compares ({held})"
+        lines.append(
+            f"{where}: {compares}, {len(prepare.then_ops)} then / "
+            f"{len(prepare.else_ops)} else operations; locks {_keys_text(step_keys(prepare))}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _txn_list(client: Client, args: argparse.Namespace) -> int:
+    _write_text(format_txn_list(client.list_transactions(), now_ms()))
+    return EXIT_OK
+
+
+def _txn_show(client: Client, args: argparse.Namespace) -> int:
+    _write_text(format_txn(client.show_transaction(args.id), now_ms()))
+    return EXIT_OK
+
+
+def _txn_resolve(client: Client, args: argparse.Namespace) -> int:
+    try:
+        record = client.resolve_transaction(args.id, args.commit)
+    except ClientError as exc:
+        if exc.code is not grpc.StatusCode.FAILED_PRECONDITION:
+            raise
+        return _fail(f"cannot resolve transaction {args.id}: {exc.details}", EXIT_FAILED)
+    _write_text(f"transaction {txn_name(record.txn)} {_state_name(record.state)}\n")
+    return EXIT_OK
+
+
+_TXN_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "list": _txn_list,
+    "show": _txn_show,
+    "resolve": _txn_resolve,
+}
+
+
+def _txn(client: Client, args: argparse.Namespace) -> int:
+    return _TXN_COMMANDS[args.txn_command](client, args)
+
+
 # -- commands ---------------------------------------------------------------------------
 
 
@@ -316,6 +455,7 @@ _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "delete": _delete,
     "scan": _scan,
     "status": _status,
+    "txn": _txn,
 }
 
 
@@ -367,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_PROGRAM,
         description="The shardkv command-line client, and a local cluster launcher (up).",
-        epilog="exit status: 0 done, 1 key not found, 2 bad usage or input, "
+        epilog="exit status: 0 done, 1 key or transaction not found, 2 bad usage or input, "
         "3 cluster unavailable, 4 other cluster error",
         parents=[connection],
     )
@@ -416,6 +556,40 @@ def build_parser() -> argparse.ArgumentParser:
         "status", parents=[connection], help="nodes, groups, leaders and ring shares"
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    txn = commands.add_parser(
+        "txn",
+        parents=[connection],
+        help="list, show and resolve unfinished transactions (for operators)",
+        description="Transactions that are not finished hold locks on their keys. A "
+        "transaction whose coordinator went away is finished by whoever meets its locks "
+        "once its deadline has passed; these commands show them, and finish one by hand. "
+        "A transaction is named CLIENT:SEQ (the client id in hex), as `txn list` shows.",
+    )
+    txn_commands = txn.add_subparsers(dest="txn_command", required=True, metavar="TXN_COMMAND")
+    txn_commands.add_parser(
+        "list",
+        parents=[connection],
+        help="the transactions not finished: state, deadline, groups, locked keys",
+    )
+    txn_show = txn_commands.add_parser(
+        "show", parents=[connection], help="one transaction: its record and each group's prepare"
+    )
+    txn_show.add_argument("id", metavar="ID", help="the transaction, CLIENT:SEQ")
+    txn_resolve = txn_commands.add_parser(
+        "resolve",
+        parents=[connection],
+        help="finish a stuck transaction as committed or aborted",
+        description="Finish the transaction everywhere as committed or aborted. The router "
+        "refuses what the transaction's record already contradicts, and a commit while a "
+        "participant is not prepared (exit status 4).",
+    )
+    txn_resolve.add_argument("id", metavar="ID", help="the transaction, CLIENT:SEQ")
+    outcome = txn_resolve.add_mutually_exclusive_group(required=True)
+    outcome.add_argument(
+        "--commit", dest="commit", action="store_true", default=None, help="commit it"
+    )
+    outcome.add_argument("--abort", dest="commit", action="store_false", help="abort it")
     return parser
 
 

@@ -27,6 +27,11 @@ What it promises:
    used from any thread, including one that runs its own event loop (the
    call then blocks that loop: in async code use ``AsyncClient``), but not
    from inside a ``progress`` callback, which runs on the client's thread.
+6. **Transactions** (``txn``, ``transaction``; builders and results in
+   ``router.transactions``) are writes with a session like the others: an
+   unknown outcome is retried with the same seq, never started anew. A
+   conflict (ABORTED: nothing applied) is retried with a new seq, up to
+   ``conflict_retries`` (default 10), then raised as ``TransactionConflict``.
 
 Channels: one ``grpc.aio`` channel per router address, made on first use and
 kept until ``close()``, with 64 MiB message limits. Calls stick to one router
@@ -68,12 +73,22 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from router.errors import ClientError, InvalidArgument, from_rpc_error
-from shardkv.v1 import router_pb2, router_pb2_grpc
+from router.errors import ClientError, TransactionConflict, from_rpc_error
+from router.transactions import (
+    AsyncTransactionScope,
+    KeyValue,
+    TransactionScope,
+    TxnResult,
+    _key,
+    _to_bytes,
+    parse_txn_id,
+)
+from shardkv.v1 import kv_pb2, router_pb2, router_pb2_grpc
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_CONCURRENCY",
+    "DEFAULT_CONFLICT_RETRIES",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_TIMEOUT",
     "AsyncClient",
@@ -88,6 +103,7 @@ DEFAULT_PAGE_SIZE = 1000
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_CONCURRENCY = 4
 DEFAULT_MAX_IN_FLIGHT = 16
+DEFAULT_CONFLICT_RETRIES = 10
 _MAX_BATCH = 1000
 _KIND_OF_METHOD = {
     "Get": "get",
@@ -147,22 +163,6 @@ class RetryPolicy:
 
 
 # -- what users pass in -------------------------------------------------------------
-
-
-def _to_bytes(data: object, what: str) -> bytes:
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, str):
-        return data.encode()
-    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
-
-
-def _key(key: object) -> bytes:
-    encoded = _to_bytes(key, "a key")
-    if not encoded:
-        details = "the key is empty; keys must be 1 or more bytes"
-        raise InvalidArgument(details, grpc.StatusCode.INVALID_ARGUMENT, details)
-    return encoded
 
 
 def _positive(name: str, value: int) -> int:
@@ -421,9 +421,14 @@ class AsyncClient:
 
     async def get(self, key: Key, *, timeout: float | None = None) -> bytes | None:
         """The key's value, or None when it does not exist."""
+        kv = await self.get_kv(key, timeout=timeout)
+        return None if kv is None else kv.value
+
+    async def get_kv(self, key: Key, *, timeout: float | None = None) -> KeyValue | None:
+        """The key with its version and revisions, or None when it does not exist."""
         request = router_pb2.GetRequest(key=_key(key))
         response: router_pb2.GetResponse = await self._single("Get", request, timeout, None)
-        return response.kv.value if response.HasField("kv") else None
+        return KeyValue.from_proto(response.kv) if response.HasField("kv") else None
 
     async def put(self, key: Key, value: Key, *, timeout: float | None = None) -> None:
         request = router_pb2.PutRequest(key=_key(key), value=_to_bytes(value, "a value"))
@@ -446,6 +451,67 @@ class AsyncClient:
             "CompareAndSet", request, timeout
         )
         return response.succeeded
+
+    # -- transactions --
+
+    async def txn(
+        self,
+        compares: Iterable[kv_pb2.Compare],
+        then_ops: Iterable[kv_pb2.Operation],
+        else_ops: Iterable[kv_pb2.Operation] = (),
+        *,
+        conflict_retries: int = DEFAULT_CONFLICT_RETRIES,
+        timeout: float | None = None,
+    ) -> TxnResult:
+        """Atomically, across shards: ``then_ops`` if every compare holds, else ``else_ops``.
+
+        Build the pieces with ``router.transactions`` (``value(k) == b"x"``,
+        ``put(k, v)``, ...). One write with one session: a retry after
+        UNAVAILABLE, or at another router after an attempt timed out, reuses
+        the seq, and the router finds the transaction's outcome instead of
+        applying it twice. ABORTED (it met another transaction; nothing was
+        applied) is retried with a new seq after a jittered backoff, up to
+        ``conflict_retries`` times, then raised as ``TransactionConflict``.
+        ``timeout`` covers all of it; when it passes during an attempt,
+        ``DeadlineExceeded`` says the outcome is unknown.
+        """
+        if isinstance(conflict_retries, bool) or not isinstance(conflict_retries, int):
+            raise TypeError(
+                f"conflict_retries must be an int, not {type(conflict_retries).__name__}"
+            )
+        if conflict_retries < 0:
+            raise ValueError(f"conflict_retries must be 0 or more, not {conflict_retries}")
+        request = router_pb2.TxnRequest(compares=compares, success=then_ops, failure=else_ops)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._timeout if timeout is None else _timeout(timeout))
+        attempt = 0
+        while True:
+            try:
+                response: router_pb2.TxnResponse = await self._write(
+                    "Txn", request, max(deadline - loop.time(), 0.001)
+                )
+            except TransactionConflict as conflict:
+                delay = self._backoff(attempt)
+                attempt += 1
+                if attempt > conflict_retries or loop.time() + delay >= deadline:
+                    conflict.add_note(f"Txn: gave up after {attempt} attempts, each with a new seq")
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            return TxnResult.from_response(request, response)
+
+    def transaction(
+        self, retries: int = 0, *, timeout: float | None = None
+    ) -> AsyncTransactionScope:
+        """An interactive optimistic transaction (``router.transactions``).
+
+        ``async with client.transaction() as t:`` commits when the block ends,
+        discards if it raises. ``@client.transaction(retries=5)`` on
+        ``async def f(t, *args)`` makes ``f(*args)`` run with a fresh
+        transaction, again on ``TransactionConflict`` up to ``retries`` times.
+        ``timeout`` applies to each call the transaction makes.
+        """
+        return AsyncTransactionScope(self, retries=retries, timeout=timeout, backoff=self._backoff)
 
     # -- many keys --
 
@@ -565,7 +631,47 @@ class AsyncClient:
         )
         return response
 
+    # -- transactions, for operators --
+
+    async def list_transactions(
+        self, *, timeout: float | None = None
+    ) -> list[router_pb2.TxnSummary]:
+        """Transactions not finished (prepared somewhere), oldest deadline first."""
+        response: router_pb2.ListTransactionsResponse = await self._call(
+            "ListTransactions", router_pb2.ListTransactionsRequest(), timeout, None
+        )
+        return list(response.txns)
+
+    async def show_transaction(
+        self, txn_id: str, *, timeout: float | None = None
+    ) -> router_pb2.ShowTxnResponse:
+        """One transaction (``hexclient:seq``): its record and its prepares; NotFound if none."""
+        request = router_pb2.ShowTxnRequest(txn=parse_txn_id(txn_id))
+        response: router_pb2.ShowTxnResponse = await self._call("ShowTxn", request, timeout, None)
+        return response
+
+    async def resolve_transaction(
+        self, txn_id: str, commit: bool, *, timeout: float | None = None
+    ) -> kv_pb2.TxnRecord:
+        """Finish a stuck transaction (``hexclient:seq``) as committed or aborted.
+
+        The router refuses (``ClusterError``, FAILED_PRECONDITION) what the
+        transaction's record contradicts, and a commit while a participant is
+        not prepared. Resolving is idempotent, so it is retried like a read.
+        Returns the record as it stands.
+        """
+        if not isinstance(commit, bool):
+            raise TypeError(f"commit must be a bool, not {type(commit).__name__}")
+        request = router_pb2.ResolveTxnRequest(txn=parse_txn_id(txn_id), commit=commit)
+        response: router_pb2.ResolveTxnResponse = await self._call(
+            "ResolveTxn", request, timeout, None
+        )
+        return response.record
+
     # -- calls --
+
+    def _backoff(self, attempt: int) -> float:
+        return self._retry.backoff(attempt, self._rng)
 
     async def _write(self, method: str, request: Any, timeout: float | None) -> Any:
         seq = self._sessions.begin()
@@ -907,10 +1013,51 @@ class Client:
     def delete(self, key: Key, *, timeout: float | None = None) -> bool:
         return self._run(self._async.delete(key, timeout=timeout))
 
+    def get_kv(self, key: Key, *, timeout: float | None = None) -> KeyValue | None:
+        return self._run(self._async.get_kv(key, timeout=timeout))
+
     def cas(
         self, key: Key, expected: Key | None, value: Key, *, timeout: float | None = None
     ) -> bool:
         return self._run(self._async.cas(key, expected, value, timeout=timeout))
+
+    def txn(
+        self,
+        compares: Iterable[kv_pb2.Compare],
+        then_ops: Iterable[kv_pb2.Operation],
+        else_ops: Iterable[kv_pb2.Operation] = (),
+        *,
+        conflict_retries: int = DEFAULT_CONFLICT_RETRIES,
+        timeout: float | None = None,
+    ) -> TxnResult:
+        return self._run(
+            self._async.txn(
+                compares,
+                then_ops,
+                else_ops,
+                conflict_retries=conflict_retries,
+                timeout=timeout,
+            )
+        )
+
+    def transaction(self, retries: int = 0, *, timeout: float | None = None) -> TransactionScope:
+        """As ``AsyncClient.transaction``: ``with client.transaction() as t:``, or a decorator."""
+        return TransactionScope(
+            self, retries=retries, timeout=timeout, backoff=self._async._backoff
+        )
+
+    def list_transactions(self, *, timeout: float | None = None) -> list[router_pb2.TxnSummary]:
+        return self._run(self._async.list_transactions(timeout=timeout))
+
+    def show_transaction(
+        self, txn_id: str, *, timeout: float | None = None
+    ) -> router_pb2.ShowTxnResponse:
+        return self._run(self._async.show_transaction(txn_id, timeout=timeout))
+
+    def resolve_transaction(
+        self, txn_id: str, commit: bool, *, timeout: float | None = None
+    ) -> kv_pb2.TxnRecord:
+        return self._run(self._async.resolve_transaction(txn_id, commit, timeout=timeout))
 
     def put_many(
         self,

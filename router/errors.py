@@ -9,6 +9,9 @@
     ├── Unavailable          no router or group served the call before its deadline: retry later
     ├── DeadlineExceeded     the call's deadline passed; a write may or may not have applied
     ├── Aborted              a conflict (transactions): retry the whole transaction
+    │   └── TransactionConflict
+    │                        a transaction was not applied: an interactive one's reads had
+    │                        changed, or the router said ABORTED after the client's retries
     └── ClusterError         anything else the cluster answered (INTERNAL, UNKNOWN, ...)
 
 ``from_rpc_error`` is the one place where a gRPC error becomes one of these;
@@ -29,6 +32,7 @@ __all__ = [
     "DeadlineExceeded",
     "InvalidArgument",
     "NotFound",
+    "TransactionConflict",
     "Unavailable",
     "from_rpc_error",
 ]
@@ -63,6 +67,16 @@ class Aborted(ClientError):
     """The request conflicted with another (transactions) and was not applied."""
 
 
+class TransactionConflict(Aborted):
+    """A transaction conflicted and nothing of it was applied: run it again.
+
+    Raised when an interactive transaction's compares on the versions it read
+    failed (another writer got there first), or when the router still
+    answered ABORTED (a clash with another transaction's locks) after the
+    client's retries.
+    """
+
+
 class ClusterError(ClientError):
     """The cluster failed the call in a way the other classes do not name (INTERNAL, ...)."""
 
@@ -87,6 +101,8 @@ def from_rpc_error(
     write that ends in DEADLINE_EXCEEDED says that its outcome is unknown.
     """
     error_class = _CLASS_OF_CODE.get(code, ClusterError)
+    if error_class is Aborted and method == "Txn":
+        error_class = TransactionConflict
     parts = [f"{method}: {code.name}: {details or 'no details'}"]
     if context:
         parts.append(context)

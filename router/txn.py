@@ -423,6 +423,7 @@ class Coordinator:
                 response.record.CopyFrom(record)
                 summary.primary_group = group_id
                 summary.state = record.state
+                summary.deadline_ms = summary.deadline_ms or record.deadline_ms
         if not response.prepared and not response.HasField("record"):
             raise Missing(f"no group knows transaction {txn_name(txn)}")
         if not response.HasField("record"):

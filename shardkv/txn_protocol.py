@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from shardkv.v1 import kv_pb2, node_pb2
@@ -116,8 +117,19 @@ def decide_command(txn: kv_pb2.TxnRef, commit: bool, then_branch: bool) -> kv_pb
     )
 
 
-async def settle_lock(calls: GroupCalls, group_id: int, lock: kv_pb2.LockInfo) -> Settled:
-    """Settle ``lock``, met in ``group_id``, as the module docstring says."""
+async def settle_lock(
+    calls: GroupCalls,
+    group_id: int,
+    lock: kv_pb2.LockInfo,
+    *,
+    after_record: Callable[[], None] | None = None,
+) -> Settled:
+    """Settle ``lock``, met in ``group_id``, as the module docstring says.
+
+    ``after_record``, if given, is called once the record at the primary is
+    known (found, or just written ABORTED) and before ``group_id`` is
+    finished: the node's resolver puts its failpoint there.
+    """
     primary = calls.group_for(lock.primary_key)
     found = await calls.find(primary, lock.txn)
     record = found.records[0] if found.records else None
@@ -126,6 +138,8 @@ async def settle_lock(calls: GroupCalls, group_id: int, lock: kv_pb2.LockInfo) -
             return Settled.PENDING
         decided = await calls.propose(primary, decide_command(lock.txn, False, False))
         record = decided.txn.record
+    if after_record is not None:
+        after_record()
     if group_id != primary:
         # (At the primary, deciding finished its own part in the same entry.)
         await calls.propose(group_id, finish_command(record))

@@ -532,6 +532,14 @@ _SNAPSHOT_INTERVAL_MB = _Setting(
     _int_text,
     _int_toml,
 )
+_TXN_RESOLVE_INTERVAL_MS = _Setting(
+    "txn_resolve_interval_ms",
+    "MS",
+    "how often the leader of each group looks for transactions whose coordinator went "
+    "quiet past their deadline, and finishes them (default: {default})",
+    _int_text,
+    _int_toml,
+)
 _LEASE_READS = _Setting(
     "lease_reads",
     "",
@@ -573,6 +581,7 @@ _SETTINGS: dict[str, _Setting[Any]] = {
         _HEARTBEAT_TICKS,
         _SNAPSHOT_INTERVAL_ENTRIES,
         _SNAPSHOT_INTERVAL_MB,
+        _TXN_RESOLVE_INTERVAL_MS,
         _LEASE_READS,
         _JOIN,
         _LOG_LEVEL,
@@ -615,6 +624,7 @@ class NodeConfig:
     heartbeat_ticks: int = 1
     snapshot_interval_entries: int = 10_000
     snapshot_interval_mb: int = 64
+    txn_resolve_interval_ms: int = 500
     lease_reads: bool = False
     log_level: str = "INFO"
     join: str | None = None
@@ -652,6 +662,7 @@ class NodeConfig:
             "heartbeat_ticks",
             "snapshot_interval_entries",
             "snapshot_interval_mb",
+            "txn_resolve_interval_ms",
         )
         for setting in positive:
             if getattr(self, setting) <= 0:

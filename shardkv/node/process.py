@@ -14,13 +14,18 @@ what was acquired, in reverse):
    ``NodeRuntime`` on them;
 5. the gRPC server (``RaftTransport`` and ``Node`` services) bound to
    ``listen``, the runtime's loop as a task, and the ``ClusterAgent``
-   (bootstraps the cluster map, learns it, keeps groups on its ring).
+   (bootstraps the cluster map, learns it, keeps groups on its ring), and
+   the ``TxnResolver`` beside it (finishes, in the groups this node leads,
+   transactions whose coordinator went quiet past their deadline).
 
 Stopping: the server stops taking new calls first (calls in flight may
-finish), then the runtime stops (waiting callers get ``OutcomeUnknown``:
-retry with the same client id and seq), then the transport closes (which
-ends the inbound Raft streams the server would otherwise wait for), then the
-server finishes within a one-second grace, and the engine closes last.
+finish), then the resolver (its transactions in flight are cancelled: each
+step is idempotent, so whoever resolves them next starts over safely) and
+the cluster agent, then the runtime stops (waiting callers get
+``OutcomeUnknown``: retry with the same client id and seq), then the
+transport closes (which ends the inbound Raft streams the server would
+otherwise wait for), then the server finishes within a one-second grace,
+and the engine closes last.
 ``serve(config)`` runs a node until SIGTERM or SIGINT.
 
 Decisions:
@@ -73,6 +78,7 @@ from shardkv.node.data_dir import (
     prepare_data_dir,
 )
 from shardkv.node.peer import Peer, PeerOptions
+from shardkv.node.resolver import TxnResolver
 from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import NodeService
 from shardkv.node.transport_grpc import GrpcTransport, server_options
@@ -158,6 +164,8 @@ class NodeProcess:
         loop_task: asyncio.Task[None],
         agent: ClusterAgent,
         agent_task: asyncio.Task[None],
+        resolver: TxnResolver,
+        resolver_task: asyncio.Task[None],
     ) -> None:
         self.config = config
         self._engine = engine
@@ -167,6 +175,8 @@ class NodeProcess:
         self._loop_task = loop_task
         self._agent = agent
         self._agent_task = agent_task
+        self._resolver = resolver
+        self._resolver_task = resolver_task
         self._stopped = False
 
     @classmethod
@@ -205,6 +215,12 @@ class NodeProcess:
             )
             agent = ClusterAgent(runtime, initial_map(config), config.initial_cluster)
             undo.push_async_callback(agent.stop)
+            resolver = TxnResolver(
+                runtime,
+                lambda: agent.map,
+                interval=config.txn_resolve_interval_ms / 1000,
+            )
+            undo.push_async_callback(resolver.stop)
             # The generated registration function carries no type hints.
             node_pb2_grpc.add_NodeServicer_to_server(  # type: ignore[no-untyped-call]
                 NodeService(runtime, config.initial_cluster, agent), server
@@ -223,6 +239,9 @@ class NodeProcess:
             if joined is not None:
                 agent.learn(joined)
             agent_task = asyncio.create_task(agent.run(), name=f"node-{config.node_id}-agent")
+            resolver_task = asyncio.create_task(
+                resolver.run(), name=f"node-{config.node_id}-resolver"
+            )
             undo.pop_all()
         _log.info(
             "node %d serving groups %s on %s",
@@ -230,7 +249,18 @@ class NodeProcess:
             list(config.hosted_groups),
             config.listen,
         )
-        return cls(config, engine, runtime, transport, server, loop_task, agent, agent_task)
+        return cls(
+            config,
+            engine,
+            runtime,
+            transport,
+            server,
+            loop_task,
+            agent,
+            agent_task,
+            resolver,
+            resolver_task,
+        )
 
     async def wait(self) -> None:
         """Until the runtime's loop ends: after ``stop()``, or with its error."""
@@ -243,6 +273,11 @@ class NodeProcess:
         self._stopped = True
         # Stops taking new calls at once; the ones in flight get the grace.
         server_stopped = asyncio.create_task(self._server.stop(STOP_GRACE_SECONDS))
+        # The resolver first: it proposes through the runtime and reads the agent's map.
+        await self._resolver.stop()
+        self._resolver_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._resolver_task
         await self._agent.stop()
         self._agent_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

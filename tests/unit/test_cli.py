@@ -32,6 +32,8 @@ from router.cli import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     escape,
+    format_txn,
+    format_txn_list,
     main,
     resolve_router,
     summarize_status,
@@ -48,7 +50,8 @@ from router.launcher import (
     wait_ready,
     write_layout,
 )
-from shardkv.v1 import node_pb2, router_pb2
+from shardkv.txn_protocol import now_ms
+from shardkv.v1 import kv_pb2, node_pb2, router_pb2
 from tests.ports import free_port_run, free_ports
 from tests.unit.test_client import FakeRouter, RouterThread
 
@@ -131,7 +134,18 @@ def test_up_flags_left_out_are_none_so_a_stored_layout_wins() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["frobnicate"], ["get"], ["put"], ["scan", "--limit", "0"], ["up", "--nodes", "x"]],
+    [
+        [],
+        ["frobnicate"],
+        ["get"],
+        ["put"],
+        ["scan", "--limit", "0"],
+        ["up", "--nodes", "x"],
+        ["txn"],
+        ["txn", "show"],
+        ["txn", "resolve", "1:1"],
+        ["txn", "resolve", "1:1", "--commit", "--abort"],
+    ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == EXIT_USAGE
@@ -348,6 +362,176 @@ def test_status_json_is_the_same_summary(
         "share": 0.25,
     }
     assert document["groups"][2]["leader"] is None
+
+
+# -- transactions -----------------------------------------------------------------------
+
+_NOW = 1_700_000_000_000
+_REF = kv_pb2.TxnRef(client_id=0x3F2A, seq=17)
+
+
+def _summaries() -> list[router_pb2.TxnSummary]:
+    return [
+        router_pb2.TxnSummary(
+            txn=_REF,
+            state=kv_pb2.TXN_PREPARED,
+            primary_key=b"a",
+            primary_group=2,
+            prepared_groups=[4, 2],
+            deadline_ms=_NOW + 4_500,
+            locked_keys=[b"a", b"b\tc", b"d", b"e", b"f"],
+        ),
+        router_pb2.TxnSummary(
+            txn=kv_pb2.TxnRef(client_id=0xBEEF, seq=3),
+            state=kv_pb2.TXN_COMMITTED,
+            primary_group=1,
+            deadline_ms=_NOW - 12_000,
+        ),
+    ]
+
+
+def _shown() -> router_pb2.ShowTxnResponse:
+    prepare = kv_pb2.TxnPrepare(
+        primary_key=b"a",
+        deadline_ms=_NOW + 4_500,
+        compares=[kv_pb2.Compare(key=b"a", target=kv_pb2.Compare.VERSION)],
+        then_ops=[kv_pb2.Operation(put=kv_pb2.Put(key=b"a", value=b"1"))],
+        participant_keys=[b"a", b"z"],
+    )
+    other = kv_pb2.TxnPrepare(
+        primary_key=b"a",
+        deadline_ms=_NOW + 4_500,
+        then_ops=[kv_pb2.Operation(delete=kv_pb2.Delete(key=b"z"))],
+        else_ops=[kv_pb2.Operation(get=kv_pb2.Get(key=b"y"))],
+    )
+    return router_pb2.ShowTxnResponse(
+        txn=router_pb2.TxnSummary(
+            txn=_REF,
+            state=kv_pb2.TXN_PREPARED,
+            primary_key=b"a",
+            primary_group=2,
+            prepared_groups=[2, 4],
+            deadline_ms=_NOW + 4_500,
+        ),
+        prepared=[
+            kv_pb2.PreparedTxn(
+                txn=_REF, prepare=prepare, outcome=kv_pb2.TxnOutcome(succeeded=False)
+            ),
+            kv_pb2.PreparedTxn(txn=_REF, prepare=other, outcome=kv_pb2.TxnOutcome(succeeded=True)),
+        ],
+    )
+
+
+def test_txn_list_table() -> None:
+    assert format_txn_list(_summaries(), _NOW).splitlines() == [
+        "ID       STATE      DEADLINE           PRIMARY  PREPARED IN  LOCKED KEYS",
+        "3f2a:17  prepared   in 4.5s            2        2,4          a, b\\tc, d (+2 more)",
+        "beef:3   committed  expired 12.0s ago  1        -            -",
+    ]
+    assert format_txn_list([], _NOW) == "no unfinished transactions\n"
+
+
+def test_txn_show_text() -> None:
+    assert format_txn(_shown(), _NOW).splitlines() == [
+        "transaction 3f2a:17",
+        "state        prepared",
+        "deadline     in 4.5s",
+        "primary      group 2, key a",
+        "prepared in  2,4",
+        "record       none (not decided)",
+        "group 2: 1 compares (failed), 1 then / 0 else operations; locks a",
+        "group 4: no compares, 1 then / 1 else operations; locks z, y",
+    ]
+    decided = _shown()
+    decided.record.CopyFrom(
+        kv_pb2.TxnRecord(
+            txn=_REF, state=kv_pb2.TXN_COMMITTED, then_branch=False, participant_keys=[b"a", b"z"]
+        )
+    )
+    lines = format_txn(decided, _NOW).splitlines()
+    assert lines[5:7] == [
+        "record       committed, else branch, participants not finished",
+        "participants a, z (a key of each)",
+    ]
+
+
+def test_txn_list_and_show_against_the_router(
+    router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.txns = _summaries()
+    fake.txns[0].deadline_ms = now_ms() + 3_600_000
+    status, out = run(monkeypatch, "txn", "list")
+    assert status == EXIT_OK
+    lines = out.decode().splitlines()
+    assert lines[1].split()[:3] == ["3f2a:17", "prepared", "in"]
+    assert 3590 < float(lines[1].split()[3].rstrip("s")) <= 3600
+    assert lines[2].split()[:3] == ["beef:3", "committed", "expired"]
+    fake.shown[(_REF.client_id, _REF.seq)] = _shown()
+    status, out = run(monkeypatch, "txn", "show", "3f2a:17")
+    assert status == EXIT_OK
+    assert out.decode().splitlines()[0] == "transaction 3f2a:17"
+    assert fake.requests["ShowTxn"][0].txn == _REF
+
+
+def test_txn_show_of_an_unknown_transaction_exits_1(
+    router: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(monkeypatch, "txn", "show", "3f2a:18") == (EXIT_NOT_FOUND, b"")
+    assert "no group knows the transaction" in capsys.readouterr().err
+
+
+def test_txn_resolve_commits_or_aborts(
+    router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run(monkeypatch, "txn", "resolve", "3f2a:17", "--commit") == (
+        EXIT_OK,
+        b"transaction 3f2a:17 committed\n",
+    )
+    assert run(monkeypatch, "txn", "resolve", "--abort", "3f2a:17") == (
+        EXIT_OK,
+        b"transaction 3f2a:17 aborted\n",
+    )
+    assert [request.commit for request in fake.requests["ResolveTxn"]] == [True, False]
+    assert {request.txn.SerializeToString() for request in fake.requests["ResolveTxn"]} == {
+        _REF.SerializeToString()
+    }
+
+
+def test_txn_resolve_refused_by_the_router_prints_why_and_exits_4(
+    router: str,
+    fake: FakeRouter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reason = "transaction 3f2a:17 is committed by its record; it cannot be resolved otherwise"
+    fake.fail("ResolveTxn", grpc.StatusCode.FAILED_PRECONDITION, reason)
+    assert run(monkeypatch, "txn", "resolve", "3f2a:17", "--abort") == (EXIT_FAILED, b"")
+    assert capsys.readouterr().err == f"shardkv: cannot resolve transaction 3f2a:17: {reason}\n"
+
+
+def test_txn_bad_id_exits_2_before_asking_the_router(
+    router: str,
+    fake: FakeRouter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run(monkeypatch, "txn", "resolve", "3f2a-17", "--commit") == (EXIT_USAGE, b"")
+    assert "not a transaction id" in capsys.readouterr().err
+    assert not fake.requests
+
+
+def test_txn_router_flag_anywhere() -> None:
+    parser = cli.build_parser()
+    assert parser.parse_args(["txn", "list", "--router", "b:2"]).router == "b:2"
+    assert parser.parse_args(["txn", "--router", "a:1", "list"]).router == "a:1"
+    args = parser.parse_args(["--router", "a:1", "txn", "resolve", "1:1", "--abort"])
+    assert (args.router, args.id, args.commit) == ("a:1", "1:1", False)
+
+
+def test_txn_help_names_its_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["txn", "--help"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert all(command in out for command in ("list", "show", "resolve"))
 
 
 # -- errors and exit statuses -----------------------------------------------------------

@@ -1,8 +1,10 @@
 """The client (``router.Client``, ``router.AsyncClient``) against a fake router.
 
-``FakeRouter`` is a ``RouterServicer`` that keeps keys in a dict, deduplicates
-writes by ``(client_id, seq)`` as the cluster does, records every request, and
-fails or delays calls on demand. ``RouterThread`` serves it from its own
+``FakeRouter`` is a ``RouterServicer`` that keeps keys in a dict (with etcd's
+versions and revisions), runs transactions on it, deduplicates writes by
+``(client_id, seq)`` as the cluster does, records every request, and fails or
+delays calls on demand; it answers the transaction admin calls with what a
+test puts in ``txns`` and ``shown``. ``RouterThread`` serves it from its own
 event loop in a thread, so that the blocking ``Client`` (which waits on the
 calling thread) and the ``AsyncClient`` (on the test's loop) both reach it.
 The CLI tests use them too.
@@ -29,12 +31,19 @@ from router import (
     ClientError,
     ClusterError,
     DeadlineExceeded,
+    DeleteResult,
+    GetResult,
     InvalidArgument,
+    KeyValue,
     NotFound,
+    PutResult,
     RetryPolicy,
+    TransactionConflict,
+    TxnResult,
     Unavailable,
 )
 from router.client import SessionNumbers
+from router.transactions import absent, delete, get, put, value
 from shardkv.v1 import kv_pb2, router_pb2, router_pb2_grpc
 from tests.ports import free_ports
 
@@ -65,6 +74,13 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
         self.lost_answers: dict[bytes, int] = {}
         # Requests that came inside Batch calls (they are in ``requests`` too).
         self.batched = 0
+        # Per key: (version, create_revision, mod_revision), as a group keeps
+        # them; one revision per write (a transaction's writes share one).
+        self.revision = 0
+        self.versions: dict[bytes, tuple[int, int, int]] = {}
+        # What ListTransactions and ShowTxn answer.
+        self.txns: list[router_pb2.TxnSummary] = []
+        self.shown: dict[tuple[int, int], router_pb2.ShowTxnResponse] = {}
 
     def fail(
         self,
@@ -76,6 +92,76 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
         after_apply: bool = False,
     ) -> None:
         self.failures[method].extend([(code, details, after_apply)] * times)
+
+    # -- the keys, with versions and revisions --
+
+    def kv(self, key: bytes) -> kv_pb2.KeyValue | None:
+        if key not in self.data:
+            return None
+        # A key a test put straight into ``data`` has version 1 and revisions 0.
+        version, created, modified = self.versions.get(key, (1, 0, 0))
+        return kv_pb2.KeyValue(
+            key=key,
+            value=self.data[key],
+            version=version,
+            create_revision=created,
+            mod_revision=modified,
+        )
+
+    def set(self, key: bytes, value: bytes, revision: int | None = None) -> None:
+        if revision is None:
+            self.revision += 1
+            revision = self.revision
+        version, created, _ = self.versions.get(key, (0, revision, 0))
+        self.data[key] = value
+        self.versions[key] = (version + 1, created, revision)
+
+    def remove(self, key: bytes) -> bool:
+        self.versions.pop(key, None)
+        return self.data.pop(key, None) is not None
+
+    def _holds(self, compare: kv_pb2.Compare) -> bool:
+        kv = self.kv(compare.key)
+        if compare.target == kv_pb2.Compare.VALUE:
+            if kv is None:
+                return False
+            mine: bytes | int = kv.value
+            theirs: bytes | int = compare.value
+        else:
+            field = kv_pb2.Compare.Target.Name(compare.target).lower()
+            mine = 0 if kv is None else getattr(kv, field)
+            theirs = compare.number
+        return {
+            kv_pb2.Compare.EQUAL: mine == theirs,
+            kv_pb2.Compare.NOT_EQUAL: mine != theirs,
+            kv_pb2.Compare.LESS: mine < theirs,  # type: ignore[operator]
+            kv_pb2.Compare.GREATER: mine > theirs,  # type: ignore[operator]
+        }[compare.operator]
+
+    def _run_txn(self, request: router_pb2.TxnRequest) -> router_pb2.TxnResponse:
+        succeeded = all(self._holds(compare) for compare in request.compares)
+        operations = request.success if succeeded else request.failure
+        response = router_pb2.TxnResponse(succeeded=succeeded)
+        before: dict[bytes, kv_pb2.KeyValue | None] = {}
+        for operation in operations:
+            kind = operation.WhichOneof("kind")
+            assert kind in ("put", "delete", "get")
+            key = getattr(operation, kind).key
+            before.setdefault(key, self.kv(key))
+        if any(operation.WhichOneof("kind") != "get" for operation in operations):
+            self.revision += 1
+        for operation in operations:
+            kind = operation.WhichOneof("kind")
+            key = getattr(operation, str(kind)).key
+            previous = before[key]
+            result = response.results.add(succeeded=kind == "put" or previous is not None)
+            if previous is not None:
+                result.previous.CopyFrom(previous)
+            if kind == "put":
+                self.set(key, operation.put.value, self.revision)
+            elif kind == "delete":
+                self.remove(key)
+        return response
 
     async def _enter(
         self, method: str, request: Any, context: Any
@@ -118,23 +204,19 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
 
     async def Get(self, request: Any, context: Any) -> router_pb2.GetResponse:
         await self._enter("Get", request, context)
-        if request.key not in self.data:
-            return router_pb2.GetResponse()
-        return router_pb2.GetResponse(
-            kv=kv_pb2.KeyValue(key=request.key, value=self.data[request.key])
-        )
+        return router_pb2.GetResponse(kv=self.kv(request.key))
 
     async def Put(self, request: Any, context: Any) -> router_pb2.PutResponse:
         def apply() -> router_pb2.PutResponse:
-            self.data[request.key] = request.value
-            return router_pb2.PutResponse(kv=kv_pb2.KeyValue(key=request.key, value=request.value))
+            self.set(request.key, request.value)
+            return router_pb2.PutResponse(kv=self.kv(request.key))
 
         response: router_pb2.PutResponse = await self._write("Put", request, context, apply)
         return response
 
     async def Delete(self, request: Any, context: Any) -> router_pb2.DeleteResponse:
         def apply() -> router_pb2.DeleteResponse:
-            return router_pb2.DeleteResponse(deleted=self.data.pop(request.key, None) is not None)
+            return router_pb2.DeleteResponse(deleted=self.remove(request.key))
 
         response: router_pb2.DeleteResponse = await self._write("Delete", request, context, apply)
         return response
@@ -145,7 +227,7 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
             expected = request.expected if request.HasField("expected") else None
             if current != expected:
                 return router_pb2.CompareAndSetResponse(succeeded=False)
-            self.data[request.key] = request.value
+            self.set(request.key, request.value)
             return router_pb2.CompareAndSetResponse(succeeded=True)
 
         response: router_pb2.CompareAndSetResponse = await self._write(
@@ -156,7 +238,7 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
     async def PutMany(self, request: Any, context: Any) -> router_pb2.PutManyResponse:
         def apply() -> router_pb2.PutManyResponse:
             for kv in request.items:
-                self.data[kv.key] = kv.value
+                self.set(kv.key, kv.value)
             return router_pb2.PutManyResponse(written=len(request.items))
 
         response: router_pb2.PutManyResponse = await self._write("PutMany", request, context, apply)
@@ -196,6 +278,33 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
     async def ClusterStatus(self, request: Any, context: Any) -> router_pb2.ClusterStatusResponse:
         await self._enter("ClusterStatus", request, context)
         return self.status
+
+    async def Txn(self, request: Any, context: Any) -> router_pb2.TxnResponse:
+        response: router_pb2.TxnResponse = await self._write(
+            "Txn", request, context, lambda: self._run_txn(request)
+        )
+        return response
+
+    async def ListTransactions(
+        self, request: Any, context: Any
+    ) -> router_pb2.ListTransactionsResponse:
+        await self._enter("ListTransactions", request, context)
+        return router_pb2.ListTransactionsResponse(txns=self.txns)
+
+    async def ShowTxn(self, request: Any, context: Any) -> router_pb2.ShowTxnResponse:
+        await self._enter("ShowTxn", request, context)
+        shown = self.shown.get((request.txn.client_id, request.txn.seq))
+        if shown is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no group knows the transaction")
+            raise AssertionError("unreachable")
+        return shown
+
+    async def ResolveTxn(self, request: Any, context: Any) -> router_pb2.ResolveTxnResponse:
+        await self._enter("ResolveTxn", request, context)
+        state = kv_pb2.TXN_COMMITTED if request.commit else kv_pb2.TXN_ABORTED
+        return router_pb2.ResolveTxnResponse(
+            record=kv_pb2.TxnRecord(txn=request.txn, state=state, finished=True)
+        )
 
     async def Batch(self, request: Any, context: Any) -> router_pb2.BatchResponse:
         """Each request through its single method, as the real router answers a batch."""
@@ -654,6 +763,158 @@ async def test_status_returns_the_router_answer(client: AsyncClient, fake: FakeR
     status = await client.status()
     assert status.map.cluster_id == "test"
     assert [(share.group_id, share.share) for share in status.shares] == [(1, 1.0)]
+
+
+# -- transactions (one request) ---------------------------------------------------------
+
+
+async def test_txn_runs_the_then_branch_when_every_compare_holds(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    await client.put(b"a", b"1")
+    result = await client.txn(
+        [value("a") == b"1", absent("b")],
+        [put("b", "2"), delete("a"), get("a")],
+        [get("a")],
+    )
+    assert result.succeeded
+    a_before = KeyValue(b"a", b"1", 1, 1, 1)
+    assert result.results == [
+        PutResult(b"b", None),
+        DeleteResult(b"a", True, a_before),
+        GetResult(b"a", a_before),  # as it was before the transaction
+    ]
+    assert fake.data == {b"b": b"2"}
+    request = fake.requests["Txn"][0]
+    assert list(request.compares) == [value("a") == b"1", absent("b")]
+    assert list(request.failure) == [get("a")]
+    assert (request.session.client_id, request.session.seq) == (client.client_id, 2)
+
+
+async def test_txn_runs_the_else_branch_when_a_compare_fails(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    await client.put(b"a", b"1")
+    result = await client.txn([value("a") == b"2"], [put("a", "3")], [get("a"), get("zz")])
+    assert not result.succeeded
+    assert result.results == [
+        GetResult(b"a", KeyValue(b"a", b"1", 1, 1, 1)),
+        GetResult(b"zz", None),
+    ]
+    first = result.results[0]
+    assert isinstance(first, GetResult) and first.value == b"1"
+    assert fake.data == {b"a": b"1"}
+
+
+async def test_txn_aborted_is_retried_with_a_new_seq(client: AsyncClient, fake: FakeRouter) -> None:
+    fake.fail("Txn", grpc.StatusCode.ABORTED, "key b'a' is held by transaction 1:1", times=2)
+    result = await client.txn([absent("a")], [put("a", "1")])
+    assert result.succeeded
+    sessions = [request.session for request in fake.requests["Txn"]]
+    # Each conflict is finished (nothing applied) and its seq acked by the next attempt.
+    assert [(session.seq, session.acked_seq) for session in sessions] == [(1, 0), (2, 1), (3, 2)]
+    assert fake.applied_count == 1
+    assert fake.data == {b"a": b"1"}
+
+
+async def test_txn_gives_up_after_conflict_retries_with_transaction_conflict(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    fake.fail("Txn", grpc.StatusCode.ABORTED, "key b'a' is held", times=100)
+    with pytest.raises(TransactionConflict, match="is held") as excinfo:
+        await client.txn([absent("a")], [put("a", "1")], conflict_retries=3)
+    assert isinstance(excinfo.value, Aborted)
+    assert excinfo.value.code is grpc.StatusCode.ABORTED
+    assert "gave up after 4 attempts" in "".join(excinfo.value.__notes__)
+    assert [request.session.seq for request in fake.requests["Txn"]] == [1, 2, 3, 4]
+    assert not fake.data
+    with pytest.raises(TransactionConflict):
+        await client.txn([absent("a")], [put("a", "1")], conflict_retries=0)
+    assert len(fake.requests["Txn"]) == 5
+
+
+async def test_txn_unavailable_is_retried_with_the_same_seq_and_applies_once(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    await client.put(b"n", b"0")
+    # The router applies the transaction, then its answer is lost.
+    fake.fail("Txn", grpc.StatusCode.UNAVAILABLE, "answer lost", after_apply=True, times=2)
+    result = await client.txn([value("n") == b"0"], [put("n", "1")], [put("n", "x")])
+    assert result.succeeded, "the retry finds the first outcome, not the else branch"
+    assert {request.session.seq for request in fake.requests["Txn"]} == {2}
+    assert len(fake.requests["Txn"]) == 3
+    assert fake.data == {b"n": b"1"}
+
+
+async def test_txn_out_of_time_is_unknown_and_never_started_anew(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    fake.fail("Txn", grpc.StatusCode.UNAVAILABLE, "group 2 has no leader", times=1000)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="may or may not have applied"):
+        await client.txn([], [put("a", "1")], timeout=0.2)
+    assert time.monotonic() - started < 1.0
+    assert len(fake.requests["Txn"]) > 2
+    assert {request.session.seq for request in fake.requests["Txn"]} == {1}
+
+
+async def test_txn_other_errors_are_raised_at_once(client: AsyncClient, fake: FakeRouter) -> None:
+    fake.fail("Txn", grpc.StatusCode.INVALID_ARGUMENT, "the success branch writes b'a' twice")
+    with pytest.raises(InvalidArgument, match="twice"):
+        await client.txn([], [put("a", "1"), put("a", "2")])
+    fake.fail("Txn", grpc.StatusCode.INTERNAL, "boom")
+    with pytest.raises(ClusterError, match="boom"):
+        await client.txn([], [put("a", "1")])
+    assert [request.session.seq for request in fake.requests["Txn"]] == [1, 2]
+
+
+async def test_txn_arguments_are_checked_before_anything_is_sent(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    with pytest.raises(ValueError, match="conflict_retries"):
+        await client.txn([], [put("a", "1")], conflict_retries=-1)
+    with pytest.raises(TypeError, match="conflict_retries"):
+        await client.txn([], [put("a", "1")], conflict_retries=True)
+    with pytest.raises(TypeError):
+        await client.txn([], [(b"a", b"1")])  # type: ignore[list-item]
+    assert not fake.requests
+
+
+def test_blocking_txn(sync_client: Client, fake: FakeRouter) -> None:
+    fake.fail("Txn", grpc.StatusCode.ABORTED, "held", times=1)
+    result = sync_client.txn([absent("k")], [put("k", "v")])
+    assert result == TxnResult(True, [PutResult(b"k", None)])
+    assert sync_client.get_kv("k") == KeyValue(b"k", b"v", 1, 1, 1)
+    assert [request.session.seq for request in fake.requests["Txn"]] == [1, 2]
+
+
+# -- transactions, for operators ---------------------------------------------------------
+
+
+async def test_admin_calls_name_transactions_by_hex_client_and_seq(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    ref = kv_pb2.TxnRef(client_id=0x3F2A, seq=17)
+    fake.txns = [router_pb2.TxnSummary(txn=ref, state=kv_pb2.TXN_PREPARED)]
+    fake.shown[(0x3F2A, 17)] = router_pb2.ShowTxnResponse(txn=fake.txns[0])
+    assert [summary.txn for summary in await client.list_transactions()] == [ref]
+    assert (await client.show_transaction("3f2a:17")).txn.txn == ref
+    record = await client.resolve_transaction("3F2A:17", commit=False)
+    assert record.state == kv_pb2.TXN_ABORTED
+    assert fake.requests["ResolveTxn"][0] == router_pb2.ResolveTxnRequest(txn=ref, commit=False)
+    with pytest.raises(NotFound):
+        await client.show_transaction("3f2a:18")
+
+
+async def test_admin_calls_refuse_bad_ids_and_a_commit_that_is_not_a_bool(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    for bad in ("", "3f2a", "3f2a:", ":17", "xyz:1", "0:1", "1:0", "0x3f:1", "1:-1"):
+        with pytest.raises(InvalidArgument, match="not a transaction id"):
+            await client.show_transaction(bad)
+    with pytest.raises(TypeError, match="bool"):
+        await client.resolve_transaction("1:1", "abort")  # type: ignore[arg-type]
+    assert not fake.requests
 
 
 # -- lifecycle and the blocking face ----------------------------------------------------
