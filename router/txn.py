@@ -24,9 +24,9 @@ operations) is split by the ring into one ``TxnPrepare`` per group.
 
 Locks met while preparing: an expired one is settled (``settle_lock``);
 otherwise wait-die, by age (the deadline the lock carries): a transaction
-older than the holder waits up to ``_OLDER_WAITS`` for it, a younger one
-``_YOUNGER_WAITS``, then gives up (ABORTED: nothing applied, retry with a
-new seq; the client's ``txn`` does). Two transactions each holding what the
+older than the holder waits up to ``_OLDER_WAITS`` (1 s) for it, a younger
+one ``_YOUNGER_WAITS`` (0.2 s), then gives up (ABORTED: nothing applied,
+retry with a new seq; the client's ``txn`` does). Two transactions each holding what the
 other wants cannot both wait long, so there is no deadlock.
 
 Plain writes that meet a lock wait for it (or settle it once expired) and
@@ -53,7 +53,6 @@ from router.groups import (
     GroupChannel,
     Locked,
     Missing,
-    NodeError,
     Refused,
     Reroute,
     RouteError,
@@ -82,7 +81,7 @@ _log = logging.getLogger(__name__)
 # How long a transaction's locks stand before anyone may abort it.
 TXN_TTL = 5.0
 _OLDER_WAITS = 1.0
-_YOUNGER_WAITS = 0.05
+_YOUNGER_WAITS = 0.2
 _MAX_LOCK_WAIT = 0.05
 
 Writer = Callable[[int], GroupBatcher[kv_pb2.Command, kv_pb2.CommandResult]]
@@ -483,7 +482,7 @@ def _command(session: router_pb2.Session, step: kv_pb2.TxnStep, epoch: int) -> k
 
 def _check_fresh(result: kv_pb2.CommandResult) -> None:
     if result.stale:
-        raise NodeError(
+        raise Refused(
             "the session says this transaction's seq is finished (acked): its outcome is no "
             "longer known; use a new seq"
         )

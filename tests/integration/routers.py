@@ -3,7 +3,8 @@
 ``RouterProcess`` runs ``python -m router.server`` with ``--nodes`` naming
 the cluster's nodes, logs under the cluster's root, and waits until the
 router answers ``ClusterStatus`` with every group led, so tests start from a
-working front door.
+working front door. ``env`` adds to the router's environment, e.g.
+``{"SHARDKV_FAILPOINTS": "txn.after_record=exit"}`` (``shardkv.failpoints``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -24,9 +26,10 @@ __all__ = ["RouterProcess", "wait_ready"]
 
 
 class RouterProcess:
-    def __init__(self, cluster: Cluster, name: str) -> None:
+    def __init__(self, cluster: Cluster, name: str, env: Mapping[str, str] | None = None) -> None:
         self.cluster = cluster
         self.name = name
+        self.env = dict(env or {})
         (port,) = free_ports(1)
         self.address = f"127.0.0.1:{port}"
         self.log_path: Path = cluster.root / f"{name}.log"
@@ -50,7 +53,7 @@ class RouterProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=clean_environment(),
+                env={**clean_environment(), **self.env},
                 cwd=self.cluster.root,
             )
         if wait:
@@ -73,6 +76,14 @@ class RouterProcess:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def wait_exit(self, timeout: float = STOP_TIMEOUT) -> int:
+        """The exit status of a router that ends by itself (a failpoint's ``exit``)."""
+        assert self.process is not None
+        status = self.process.wait(timeout)
+        self.process = None
+        self._close_channel()
+        return status
 
     def stub(self) -> router_pb2_grpc.RouterStub:
         if self._channel is None:
@@ -104,7 +115,7 @@ def wait_ready(
                 router_pb2.ClusterStatusRequest(), timeout=2
             )
         except grpc.RpcError as error:
-            problem = f"{error.code().name}: {error.details()}"  # type: ignore[attr-defined]
+            problem = f"{error.code().name}: {error.details()}"
             time.sleep(0.1)
             continue
         led = {
