@@ -10,7 +10,7 @@ NODE_SEEDS ?= 10000
 # Per-test limit in seconds: generous, it only catches a hang.
 TEST_TIMEOUT ?= 600
 
-.PHONY: all install test up lint format proto sim node-sim soak bench-raft bench-node bench-compare clean distclean
+.PHONY: all install test up lint format proto sim node-sim soak bench-raft bench-node bench-compare bench-txn clean distclean
 
 all: test
 
@@ -64,6 +64,10 @@ bench-node: $(STAMP)
 bench-compare: $(STAMP)
 	$(PY) -m bench.etcd.install
 	$(PY) -m bench.compare
+
+# Transfers through Txn on a fresh local cluster: two groups, one group, a hot set.
+bench-txn: $(STAMP)
+	$(PY) -m bench.txn
 
 clean:
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

@@ -292,7 +292,6 @@ class RouterService(router_pb2_grpc.RouterServicer):
 
     async def _read_key(self, key: bytes, deadline: float) -> kv_pb2.KeyValue | None:
         await self._wait_for_map()
-        running: set[bytes] = set()
         for attempt in itertools.count():
             group_id = self.topology.current_ring().group_for(key)
             try:
@@ -300,14 +299,13 @@ class RouterService(router_pb2_grpc.RouterServicer):
             except Reroute as reroute:
                 await self._after_reroute(reroute, attempt)
             except ReadLocked as locked:
-                # See router.txn: the value under a lock is current only while
-                # its transaction runs; seen running, then the same lock again.
-                name = locked.lock.txn.SerializeToString()
-                if name in running:
-                    return locked.kv
+                # The value under a lock is the one before its transaction;
+                # it stands while the transaction runs (see router.txn).
                 settled = await self.coordinator.settle(group_id, locked.lock, deadline)
-                if settled is Settled.PENDING:
-                    running.add(name)
+                if settled is Settled.RUNNING:
+                    return locked.kv
+                if settled is Settled.UNDECIDED:
+                    await asyncio.sleep(min(0.05, 0.005 * 2**attempt))
         raise AssertionError("unreachable")
 
     async def _write_one(
@@ -639,22 +637,22 @@ class RouterService(router_pb2_grpc.RouterServicer):
             )
 
         # Locks in a page: as for a single read (see _read_key), the values
-        # under them stand once their transactions were seen running and
-        # the same locks are met again.
-        running: set[bytes] = set()
-        while True:
+        # under locks of running transactions stand; other locks are
+        # settled (finished here) and the page is read again.
+        for attempt in itertools.count():
             pages = await asyncio.gather(*(scan_group(group_id) for group_id in ring.groups))
-            unsettled = [
+            locked = [
                 (group_id, lock)
                 for group_id, page_of_group in zip(ring.groups, pages, strict=True)
                 for lock in page_of_group.locks
-                if lock.txn.SerializeToString() not in running
             ]
-            if not unsettled:
+            settled = await asyncio.gather(
+                *(self.coordinator.settle(group_id, lock, deadline) for group_id, lock in locked)
+            )
+            if all(state is Settled.RUNNING for state in settled):
                 break
-            for group_id, lock in unsettled:
-                if await self.coordinator.settle(group_id, lock, deadline) is Settled.PENDING:
-                    running.add(lock.txn.SerializeToString())
+            if Settled.UNDECIDED in settled:
+                await asyncio.sleep(min(0.05, 0.005 * 2**attempt))
         merged = list(
             itertools.islice(heapq.merge(*(p.kvs for p in pages), key=lambda kv: kv.key), page + 1)
         )

@@ -29,11 +29,12 @@ one ``_YOUNGER_WAITS`` (0.2 s), then gives up (ABORTED: nothing applied,
 retry with a new seq; the client's ``txn`` does). Two transactions each holding what the
 other wants cannot both wait long, so there is no deadlock.
 
-Plain writes that meet a lock wait for it (or settle it once expired) and
-retry the same seq. Reads that meet one ask the primary: committed or aborted,
-finish it here and read again; still running, read again and, if the same
-lock is still there, answer the value under it (the value before the
-transaction, current while it has not committed).
+Plain writes that meet a lock look once at its primary (a transaction
+already decided is finished at once), then wait for the lock to go (settling
+it once expired) and retry the same seq. Reads that meet one ask the
+primary: committed or aborted, it is finished here and read again; running
+(no record was ever written), the value under the lock stands: it is the
+one before the transaction, and was current when the primary answered.
 
 Isolation: transactions are serializable (every key they compare, read or
 write is locked from prepare to finish, and the commit decision is one
@@ -51,6 +52,7 @@ from router.groups import (
     Conflict,
     GroupBatcher,
     GroupChannel,
+    GroupUnavailable,
     Locked,
     Missing,
     Refused,
@@ -272,14 +274,20 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         started = loop.time()
         ref = (deadline_ms, command.client_id, command.seq)
+        asked: set[bytes] = set()
         for attempt in range(10_000):
             try:
                 result = await self.writer(group_id).call(command, deadline)
             except Locked as locked:
                 lock = locked.lock
-                if expired(lock):
-                    await settle_lock(_Calls(self, deadline), group_id, lock)
-                    continue
+                holder = lock.txn.SerializeToString()
+                if expired(lock) or holder not in asked:
+                    # The holder may be decided already (its coordinator died
+                    # after the record): finish it here rather than wait.
+                    asked.add(holder)
+                    settled = await settle_lock(_Calls(self, deadline), group_id, lock)
+                    if settled in (Settled.COMMITTED, Settled.ABORTED):
+                        continue
                 older = ref < (lock.deadline_ms, lock.txn.client_id, lock.txn.seq)
                 if loop.time() - started > (_OLDER_WAITS if older else _YOUNGER_WAITS):
                     raise Conflict(
@@ -302,16 +310,32 @@ class Coordinator:
     ) -> None:
         """Decide ABORTED at the primary, finish every group, raise what made it fail.
 
-        The record decides: if another coordinator of the same transaction (a
-        client's retry through another router) committed it first, it is
-        finished as committed and the failure stands (the outcome is then
-        found by the next retry).
+        The record decides. Only an ABORTED record lets the failure stand (a
+        conflict says: nothing applied, run it anew). If another coordinator
+        of the same transaction (a client's retry through another router)
+        committed it first, or the primary could not be asked, the outcome
+        is UNAVAILABLE: the client retries with the same session and finds it.
         """
         try:
             decided = await calls.propose(primary, decide_command(ref, False, False))
-            await self._finish_all(calls, decided.txn.record, primary, prepares)
         except (RouteError, Reroute) as error:
-            _log.info("aborting transaction %s: %s (resolvers finish it)", txn_name(ref), error)
+            raise GroupUnavailable(
+                f"transaction {txn_name(ref)} failed ({failure}) and could not be aborted at "
+                f"its primary (group {primary}: {error}); its outcome is unknown: retry with "
+                "the same session to find it"
+            ) from error
+        record = decided.txn.record
+        try:
+            await self._finish_all(calls, record, primary, prepares)
+        except (RouteError, Reroute) as error:
+            _log.info("finishing transaction %s: %s (resolvers finish it)", txn_name(ref), error)
+        if record.state == kv_pb2.TXN_COMMITTED:
+            # Another coordinator of the same transaction (the client's retry
+            # through another router) committed it first.
+            raise GroupUnavailable(
+                f"transaction {txn_name(ref)} was committed by another attempt: retry with the "
+                "same session for its results"
+            )
         if isinstance(failure, Reroute):
             raise Conflict(
                 f"the ring changed during transaction {txn_name(ref)}; it was aborted: retry it"
@@ -344,11 +368,16 @@ class Coordinator:
     async def wait_for_lock(
         self, group_id: int, lock: kv_pb2.LockInfo, attempt: int, deadline: float
     ) -> None:
-        """A write met ``lock``: settle it if it expired, otherwise give it a moment."""
-        if expired(lock):
-            await self.settle(group_id, lock, deadline)
-        else:
-            await asyncio.sleep(min(_MAX_LOCK_WAIT, backoff(attempt)))
+        """A write met ``lock``: settle it if it expired or is met first, else give it a moment.
+
+        The first look finishes a transaction already decided (its
+        coordinator died after the record) without waiting for the deadline.
+        """
+        if expired(lock) or attempt == 0:
+            settled = await self.settle(group_id, lock, deadline)
+            if settled in (Settled.COMMITTED, Settled.ABORTED):
+                return
+        await asyncio.sleep(min(_MAX_LOCK_WAIT, backoff(attempt)))
 
     # -- admin ------------------------------------------------------------------------------
 

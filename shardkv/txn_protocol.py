@@ -15,11 +15,13 @@ lock met in group G:
    primary (``TxnDecide`` without commit: it writes only if no record exists,
    so a coordinator's commit that got there first wins, and a late commit
    loses), then finish in G as the record now says.
-4. No record before the deadline: the transaction is still running
-   (``PENDING``). The value under the lock is the one before it, and stays
-   current until the record is written: a reader may use it after seeing the
-   same lock again (the record cannot have come and gone in between, since
-   records are forgotten only once every participant finished).
+4. No record before the deadline. If the client's session floor at the
+   primary is below the transaction's seq, no record was ever written (a
+   record is forgotten only once the floor passed its seq): the transaction
+   is ``RUNNING``, and the value under the lock, which is the one before it,
+   was current when the primary answered. A reader may return it. With the
+   floor past the seq (the client gave up on it, or the record came and
+   went) it is ``UNDECIDED``: look again.
 
 ``finish_everywhere`` drives a decided transaction to the end: every
 participant finished, then the record marked forgettable.
@@ -65,7 +67,12 @@ class GroupCalls(Protocol):
 class Settled(enum.Enum):
     COMMITTED = "committed"
     ABORTED = "aborted"
-    PENDING = "pending"
+    # No record, and none was ever written (the client's session floor at the
+    # primary is below the seq): the value under the lock is current as of
+    # the primary's answer.
+    RUNNING = "running"
+    # No record now, but one may have come and gone: look again.
+    UNDECIDED = "undecided"
 
 
 def now_ms() -> int:
@@ -135,7 +142,7 @@ async def settle_lock(
     record = found.records[0] if found.records else None
     if record is None:
         if not expired(lock):
-            return Settled.PENDING
+            return Settled.RUNNING if found.session_floor < lock.txn.seq else Settled.UNDECIDED
         decided = await calls.propose(primary, decide_command(lock.txn, False, False))
         record = decided.txn.record
     if after_record is not None:

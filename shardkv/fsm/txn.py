@@ -97,6 +97,13 @@ class Transactions:
         low, high = keys.lock_range(self.group_id)
         for engine_key, stored in machine.engine.scan(ColumnFamily.META, low, high):
             self.locks[engine_key[len(low) :]] = kv_pb2.LockInfo.FromString(stored)
+        # Records this group keeps as a primary whose participants are not
+        # all finished yet, for the resolver (finished ones stay on disk
+        # until their client acks, and are not looked at again).
+        self.open_records: dict[tuple[int, int], kv_pb2.TxnRecord] = {}
+        for record in self.records():
+            if not record.finished:
+                self.open_records[(record.txn.client_id, record.txn.seq)] = record
 
     # -- what other commands ask ---------------------------------------------------
 
@@ -261,6 +268,7 @@ class Transactions:
             record.participant_keys.extend(prepared.prepare.participant_keys)
             record.deadline_ms = prepared.prepare.deadline_ms
         machine.write_meta(batch, self._record_key(ref), record.SerializeToString())
+        self.open_records[(ref.client_id, ref.seq)] = record
         self._finish(batch, ref, commit, decide.then_branch)
         return kv_pb2.CommandResult(
             txn=kv_pb2.TxnOutcome(succeeded=commit, record=record), revision=machine.revision
@@ -287,6 +295,7 @@ class Transactions:
         stored = machine.read_meta(self._record_key(ref))
         if stored is None:
             return
+        self.open_records.pop((ref.client_id, ref.seq), None)
         if machine.session_floor(ref.client_id) >= ref.seq:
             machine.write_meta(batch, self._record_key(ref), None)
             return

@@ -366,8 +366,8 @@ class TxnResolver:
             for lock in transactions.locks.values():
                 if now > lock.deadline_ms:
                     job(lock.txn, lock.deadline_ms).locks.setdefault(group_id, lock)
-            for record in transactions.records():
-                if not record.finished and now > record.deadline_ms:
+            for record in transactions.open_records.values():
+                if now > record.deadline_ms:
                     job(record.txn, record.deadline_ms).record = (group_id, record)
         return jobs
 

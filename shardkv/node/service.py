@@ -233,7 +233,9 @@ class NodeService(node_pb2_grpc.NodeServicer):
         txns = self.runtime.peer(request.group_id).machine.txns
         if request.HasField("txn"):
             prepared, record = txns.find(request.txn)
-            response = node_pb2.ListTxnsResponse()
+            response = node_pb2.ListTxnsResponse(
+                session_floor=txns.machine.session_floor(request.txn.client_id)
+            )
             if prepared is not None:
                 response.prepared.append(prepared)
             if record is not None:

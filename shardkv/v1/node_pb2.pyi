@@ -17,14 +17,16 @@ class ListTxnsRequest(_message.Message):
     def __init__(self, group_id: _Optional[int] = ..., txn: _Optional[_Union[_kv_pb2.TxnRef, _Mapping]] = ...) -> None: ...
 
 class ListTxnsResponse(_message.Message):
-    __slots__ = ("error", "prepared", "records")
+    __slots__ = ("error", "prepared", "records", "session_floor")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PREPARED_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FLOOR_FIELD_NUMBER: _ClassVar[int]
     error: GroupError
     prepared: _containers.RepeatedCompositeFieldContainer[_kv_pb2.PreparedTxn]
     records: _containers.RepeatedCompositeFieldContainer[_kv_pb2.TxnRecord]
-    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., prepared: _Optional[_Iterable[_Union[_kv_pb2.PreparedTxn, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[_kv_pb2.TxnRecord, _Mapping]]] = ...) -> None: ...
+    session_floor: int
+    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., prepared: _Optional[_Iterable[_Union[_kv_pb2.PreparedTxn, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[_kv_pb2.TxnRecord, _Mapping]]] = ..., session_floor: _Optional[int] = ...) -> None: ...
 
 class NotLeader(_message.Message):
     __slots__ = ("group_id", "leader_id", "leader_address")
