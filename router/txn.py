@@ -19,8 +19,10 @@ operations) is split by the ring into one ``TxnPrepare`` per group.
      resolver broke a lock before every group was read;
   3. finish the other groups in parallel, then mark the record forgettable.
 
-  The answer goes back after step 3; a failure after step 2 does not change
-  it (readers and resolvers finish the rest).
+  The answer goes back once the record is COMMITTED (step 3 runs in the
+  background: a reader or writer that meets a lock first finishes it from
+  the record, and the resolvers finish what a dying router left). An abort
+  is finished before the answer, so a retry finds the keys free.
 
 Locks met while preparing: an expired one is settled (``settle_lock``);
 otherwise wait-die, by age (the deadline the lock carries): a transaction
@@ -85,6 +87,8 @@ TXN_TTL = 5.0
 _OLDER_WAITS = 1.0
 _YOUNGER_WAITS = 0.2
 _MAX_LOCK_WAIT = 0.05
+# How long finishing a committed transaction in the background may take.
+_FINISH_TIME = 10.0
 
 Writer = Callable[[int], GroupBatcher[kv_pb2.Command, kv_pb2.CommandResult]]
 
@@ -149,6 +153,7 @@ class Coordinator:
         self.writer = writer
         self._after_reroute = after_reroute
         self.ttl = ttl
+        self._finishing: set[asyncio.Future[None]] = set()
 
     # -- running a transaction -----------------------------------------------------
 
@@ -255,11 +260,9 @@ class Coordinator:
                 f"transaction {txn_name(ref)} was aborted before it could commit "
                 "(its locks had expired and another party resolved it): retry it"
             )
-        try:
-            await self._finish_all(calls, record, primary, plan.prepares)
-        except (RouteError, Reroute) as error:
-            # Committed all the same: readers and resolvers finish the rest.
-            _log.warning("transaction %s committed; finishing it failed: %s", txn_name(ref), error)
+        # Committed: the answer need not wait for the other groups (readers
+        # that meet a lock before its finish lands finish it themselves).
+        self._finish_later(record, primary, plan.prepares)
         positions = plan.then_at if succeeded else plan.else_at
         results = [
             (outcomes[g].then_results if succeeded else outcomes[g].else_results)[index]
@@ -341,6 +344,24 @@ class Coordinator:
                 f"the ring changed during transaction {txn_name(ref)}; it was aborted: retry it"
             )
         raise failure
+
+    def _finish_later(self, record: kv_pb2.TxnRecord, primary: int, groups: Iterable[int]) -> None:
+        calls = _Calls(self, asyncio.get_running_loop().time() + _FINISH_TIME)
+        groups = list(groups)
+
+        async def finish() -> None:
+            try:
+                await self._finish_all(calls, record, primary, groups)
+            except (RouteError, Reroute) as error:
+                _log.warning(
+                    "transaction %s committed; finishing it failed: %s (resolvers finish it)",
+                    txn_name(record.txn),
+                    error,
+                )
+
+        task = asyncio.ensure_future(finish())
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     async def _finish_all(
         self,
