@@ -207,10 +207,19 @@ class Coordinator:
         prepare.one_phase = True
         prepare.ClearField("participant_keys")
         command = _command(session, kv_pb2.TxnStep(prepare=prepare), plan.epoch)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         for attempt in range(10_000):
             try:
                 result = await self.writer(group_id).call(command, deadline)
             except Locked as locked:
+                # It holds no lock itself, so it cannot deadlock; but it waits
+                # no longer than an older transaction would (then ABORTED).
+                if loop.time() - started > _OLDER_WAITS:
+                    raise Conflict(
+                        f"key {locked.lock.key!r} stayed locked by other transactions: "
+                        "retry the transaction"
+                    ) from None
                 await self.wait_for_lock(group_id, locked.lock, attempt, deadline)
                 continue
             _check_fresh(result)

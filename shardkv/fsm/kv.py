@@ -245,6 +245,10 @@ class KeyValueStateMachine:
     def write_meta(self, batch: Batch, key: bytes, value: bytes | None) -> None:
         self._write(batch, ColumnFamily.META, key, value)
 
+    def staged_meta_keys(self, low: bytes, high: bytes) -> list[bytes]:
+        """Meta keys in ``[low, high)`` written (or deleted) earlier in this round."""
+        return [key for (cf, key) in self._overlay if cf == ColumnFamily.META and low <= key < high]
+
     def staged_record(self, key: bytes) -> Record | None:
         return self._get_staged(key)
 

@@ -216,11 +216,8 @@ class Transactions:
     def _prepare(
         self, batch: Batch, ref: kv_pb2.TxnRef, prepare: kv_pb2.TxnPrepare
     ) -> kv_pb2.CommandResult:
+        # (A repeated prepare never gets here: the session answers it.)
         machine = self.machine
-        stored = machine.read_meta(self._prepared_key(ref))
-        if stored is not None:
-            outcome = kv_pb2.PreparedTxn.FromString(stored).outcome
-            return kv_pb2.CommandResult(txn=outcome, revision=machine.revision)
         record = machine.read_meta(self._record_key(ref))
         if record is not None:
             # Decided before this prepare arrived (a resolver aborted it).
@@ -305,14 +302,20 @@ class Transactions:
             machine.write_meta(batch, self._record_key(ref), record.SerializeToString())
 
     def forget_records(self, batch: Batch, client_id: int, floor: int, new_floor: int) -> None:
-        """The client acked seqs in ``(floor, new_floor]``: drop their finished records."""
+        """The client acked seqs in ``(floor, new_floor]``: drop their finished records.
+
+        Records staged earlier in this round count too (a decide and a
+        forget may share the round with the ack): replicas that apply the
+        same entries in other rounds must end the same.
+        """
         low, high = keys.txn_record_range(self.group_id, client_id, floor + 1, new_floor + 1)
-        for engine_key, _ in self.machine.engine.scan(ColumnFamily.META, low, high):
-            staged = self.machine.read_meta(engine_key)
+        machine = self.machine
+        found = {key for key, _ in machine.engine.scan(ColumnFamily.META, low, high)}
+        found.update(machine.staged_meta_keys(low, high))
+        for engine_key in sorted(found):
+            staged = machine.read_meta(engine_key)
             if staged is not None and kv_pb2.TxnRecord.FromString(staged).finished:
-                self.machine.write_meta(batch, engine_key, None)
-        # Records written earlier in this round (not in the engine yet) are
-        # not finished: a record is finished by a later forget command.
+                machine.write_meta(batch, engine_key, None)
 
     def _prepared_key(self, ref: kv_pb2.TxnRef) -> bytes:
         return keys.prepared_key(self.group_id, ref.client_id, ref.seq)
