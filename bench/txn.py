@@ -197,10 +197,14 @@ async def transfer(
     """Move 1 from ``pair[0]`` to ``pair[1]``: read, then Txn until it commits."""
     seen = await client.read(pair)
     aborts = 0
+    # The transfer's age, kept across its attempts (wait-die: the oldest wins).
+    started_ms = int(time.time() * 1000)
     for _ in range(attempts):
         if not keep_going():
             return
-        response = await client.txn(transfer_request(seen[pair[0]], seen[pair[1]], 1))
+        request = transfer_request(seen[pair[0]], seen[pair[1]], 1)
+        request.started_ms = started_ms
+        response = await client.txn(request)
         if response is None:
             # Aborted: nothing applied, what was seen still stands.
             await asyncio.sleep(RETRY.backoff(aborts, client.rng))

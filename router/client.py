@@ -481,7 +481,13 @@ class AsyncClient:
             )
         if conflict_retries < 0:
             raise ValueError(f"conflict_retries must be 0 or more, not {conflict_retries}")
-        request = router_pb2.TxnRequest(compares=compares, success=then_ops, failure=else_ops)
+        request = router_pb2.TxnRequest(
+            compares=compares,
+            success=then_ops,
+            failure=else_ops,
+            # Its age, kept across conflict retries (wait-die: older ones win).
+            started_ms=int(time.time() * 1000),
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._timeout if timeout is None else _timeout(timeout))
         attempt = 0

@@ -25,7 +25,9 @@ operations) is split by the ring into one ``TxnPrepare`` per group.
   is finished before the answer, so a retry finds the keys free.
 
 Locks met while preparing: an expired one is settled (``settle_lock``);
-otherwise wait-die, by age (the deadline the lock carries): a transaction
+otherwise wait-die, by age (``started_ms``: when the client first tried the
+transaction, kept across its retries, so a transaction that keeps losing
+grows older until it wins): a transaction
 older than the holder waits up to ``_OLDER_WAITS`` (1 s) for it, a younger
 one ``_YOUNGER_WAITS`` (0.2 s), then gives up (ABORTED: nothing applied,
 retry with a new seq; the client's ``txn`` does). Two transactions each holding what the
@@ -192,10 +194,13 @@ class Coordinator:
                 positions.append((group_id, len(branch)))
                 branch.append(operation)
         primary = ring.group_for(plan.first_key) if plan.first_key else 0
-        deadline_ms = now_ms() + int(self.ttl * 1000)
+        now = now_ms()
+        deadline_ms = now + int(self.ttl * 1000)
+        started_ms = min(request.started_ms or now, now)
         for group_id, prepare in plan.prepares.items():
             prepare.primary_key = plan.first_key
             prepare.deadline_ms = deadline_ms
+            prepare.started_ms = started_ms
             if group_id == primary and len(plan.prepares) > 1:
                 prepare.participant_keys.extend(_first_key(part) for part in plan.prepares.values())
         return plan
@@ -238,7 +243,7 @@ class Coordinator:
 
         async def prepare_group(group_id: int, prepare: kv_pb2.TxnPrepare) -> None:
             command = _command(session, kv_pb2.TxnStep(prepare=prepare), plan.epoch)
-            result = await self._prepare(group_id, command, prepare.deadline_ms, deadline)
+            result = await self._prepare(group_id, command, prepare.started_ms, deadline)
             if not outcomes:
                 failpoint("txn.after_prepare")
             outcomes[group_id] = result.txn
@@ -280,12 +285,12 @@ class Coordinator:
         return router_pb2.TxnResponse(succeeded=succeeded, results=results)
 
     async def _prepare(
-        self, group_id: int, command: kv_pb2.Command, deadline_ms: int, deadline: float
+        self, group_id: int, command: kv_pb2.Command, started_ms: int, deadline: float
     ) -> kv_pb2.CommandResult:
-        """Prepare one group, waiting (wait-die) for locks other transactions hold."""
+        """Prepare one group, waiting (wait-die, by age) for locks other transactions hold."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        ref = (deadline_ms, command.client_id, command.seq)
+        age = (started_ms, command.client_id, command.seq)
         asked: set[bytes] = set()
         for attempt in range(10_000):
             try:
@@ -300,7 +305,7 @@ class Coordinator:
                     settled = await settle_lock(_Calls(self, deadline), group_id, lock)
                     if settled in (Settled.COMMITTED, Settled.ABORTED):
                         continue
-                older = ref < (lock.deadline_ms, lock.txn.client_id, lock.txn.seq)
+                older = age < (lock.started_ms, lock.txn.client_id, lock.txn.seq)
                 if loop.time() - started > (_OLDER_WAITS if older else _YOUNGER_WAITS):
                     raise Conflict(
                         f"key {lock.key!r} is held by transaction {txn_name(lock.txn)}: "

@@ -245,6 +245,26 @@ class KeyValueStateMachine:
     def write_meta(self, batch: Batch, key: bytes, value: bytes | None) -> None:
         self._write(batch, ColumnFamily.META, key, value)
 
+    def lock_against(self, command: kv_pb2.Command) -> kv_pb2.LockInfo | None:
+        """A lock in the applied state that ``command`` would be refused for, if any.
+
+        A hint for the leader, to answer ``locked`` without a trip through the
+        log (applying decides for certain; a stale answer only delays a retry).
+        """
+        locks = self.txns.locks
+        if not locks or command.HasField("ring"):
+            return None
+        if command.HasField("txn"):
+            if not command.txn.HasField("prepare"):
+                return None  # decide, finish and forget never wait for locks
+            ref = kv_pb2.TxnRef(client_id=command.client_id, seq=command.seq)
+            for key in step_keys(command.txn.prepare):
+                lock = locks.get(key)
+                if lock is not None and lock.txn != ref:
+                    return lock
+            return None
+        return self.txns.lock_on(_command_keys(command))
+
     def staged_meta_keys(self, low: bytes, high: bytes) -> list[bytes]:
         """Meta keys in ``[low, high)`` written (or deleted) earlier in this round."""
         return [key for (cf, key) in self._overlay if cf == ColumnFamily.META and low <= key < high]

@@ -231,7 +231,11 @@ class Transactions:
         outcome = self._evaluate(prepare)
         for key in step_keys(prepare):
             info = kv_pb2.LockInfo(
-                key=key, txn=ref, primary_key=prepare.primary_key, deadline_ms=prepare.deadline_ms
+                key=key,
+                txn=ref,
+                primary_key=prepare.primary_key,
+                deadline_ms=prepare.deadline_ms,
+                started_ms=prepare.started_ms,
             )
             machine.write_meta(batch, keys.lock_key(self.group_id, key), info.SerializeToString())
             self.locks[key] = info

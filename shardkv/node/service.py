@@ -46,6 +46,7 @@ from shardkv.errors import (
 )
 from shardkv.limits import check_key
 from shardkv.node.runtime import NodeRuntime
+from shardkv.raft import Role
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
 
 if TYPE_CHECKING:
@@ -132,16 +133,31 @@ class NodeService(node_pb2_grpc.NodeServicer):
         try:
             for command in request.commands:
                 _refuse_internal(command)
-            futures = self.runtime.propose_many(request.group_id, request.commands)
+            # Commands that would only be refused for a lock are answered so
+            # at once: under contention, waiting writers poll, and each poll
+            # through the log would cost a Raft round.
+            peer = self.runtime.peer(request.group_id)
+            held = [
+                peer.machine.lock_against(command) if peer.role == Role.LEADER else None
+                for command in request.commands
+            ]
+            proposed = [c for c, lock in zip(request.commands, held, strict=True) if lock is None]
+            futures = iter(
+                self.runtime.propose_many(request.group_id, proposed) if proposed else []
+            )
         except InvalidArgument as error:
             await self._abort(context, error)
         except ShardKVError as error:
             return node_pb2.WriteBatchResponse(error=await self._routing_error(context, error))
         response = node_pb2.WriteBatchResponse()
-        for future in futures:
+        for lock in held:
             outcome = response.outcomes.add()
+            if lock is not None:
+                outcome.result.locked.CopyFrom(lock)
+                outcome.result.revision = peer.machine.revision
+                continue
             try:
-                outcome.result.CopyFrom(await future)
+                outcome.result.CopyFrom(await next(futures))
             except ShardKVError as error:
                 outcome.code, outcome.message = _unavailable(error)
         return response

@@ -104,19 +104,21 @@ class TxnRef(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class LockInfo(_message.Message):
-    __slots__ = ("key", "txn", "primary_key", "deadline_ms")
+    __slots__ = ("key", "txn", "primary_key", "deadline_ms", "started_ms")
     KEY_FIELD_NUMBER: _ClassVar[int]
     TXN_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_KEY_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     txn: TxnRef
     primary_key: bytes
     deadline_ms: int
-    def __init__(self, key: _Optional[bytes] = ..., txn: _Optional[_Union[TxnRef, _Mapping]] = ..., primary_key: _Optional[bytes] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+    started_ms: int
+    def __init__(self, key: _Optional[bytes] = ..., txn: _Optional[_Union[TxnRef, _Mapping]] = ..., primary_key: _Optional[bytes] = ..., deadline_ms: _Optional[int] = ..., started_ms: _Optional[int] = ...) -> None: ...
 
 class TxnPrepare(_message.Message):
-    __slots__ = ("primary_key", "deadline_ms", "compares", "then_ops", "else_ops", "one_phase", "participant_keys")
+    __slots__ = ("primary_key", "deadline_ms", "compares", "then_ops", "else_ops", "one_phase", "participant_keys", "started_ms")
     PRIMARY_KEY_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     COMPARES_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +126,7 @@ class TxnPrepare(_message.Message):
     ELSE_OPS_FIELD_NUMBER: _ClassVar[int]
     ONE_PHASE_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_KEYS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
     primary_key: bytes
     deadline_ms: int
     compares: _containers.RepeatedCompositeFieldContainer[Compare]
@@ -131,7 +134,8 @@ class TxnPrepare(_message.Message):
     else_ops: _containers.RepeatedCompositeFieldContainer[Operation]
     one_phase: bool
     participant_keys: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, primary_key: _Optional[bytes] = ..., deadline_ms: _Optional[int] = ..., compares: _Optional[_Iterable[_Union[Compare, _Mapping]]] = ..., then_ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., else_ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., one_phase: _Optional[bool] = ..., participant_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    started_ms: int
+    def __init__(self, primary_key: _Optional[bytes] = ..., deadline_ms: _Optional[int] = ..., compares: _Optional[_Iterable[_Union[Compare, _Mapping]]] = ..., then_ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., else_ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., one_phase: _Optional[bool] = ..., participant_keys: _Optional[_Iterable[bytes]] = ..., started_ms: _Optional[int] = ...) -> None: ...
 
 class TxnDecide(_message.Message):
     __slots__ = ("txn", "commit", "then_branch")

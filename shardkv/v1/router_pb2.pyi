@@ -10,16 +10,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TxnRequest(_message.Message):
-    __slots__ = ("compares", "success", "failure", "session")
+    __slots__ = ("compares", "success", "failure", "session", "started_ms")
     COMPARES_FIELD_NUMBER: _ClassVar[int]
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
     compares: _containers.RepeatedCompositeFieldContainer[_kv_pb2.Compare]
     success: _containers.RepeatedCompositeFieldContainer[_kv_pb2.Operation]
     failure: _containers.RepeatedCompositeFieldContainer[_kv_pb2.Operation]
     session: Session
-    def __init__(self, compares: _Optional[_Iterable[_Union[_kv_pb2.Compare, _Mapping]]] = ..., success: _Optional[_Iterable[_Union[_kv_pb2.Operation, _Mapping]]] = ..., failure: _Optional[_Iterable[_Union[_kv_pb2.Operation, _Mapping]]] = ..., session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
+    started_ms: int
+    def __init__(self, compares: _Optional[_Iterable[_Union[_kv_pb2.Compare, _Mapping]]] = ..., success: _Optional[_Iterable[_Union[_kv_pb2.Operation, _Mapping]]] = ..., failure: _Optional[_Iterable[_Union[_kv_pb2.Operation, _Mapping]]] = ..., session: _Optional[_Union[Session, _Mapping]] = ..., started_ms: _Optional[int] = ...) -> None: ...
 
 class TxnResponse(_message.Message):
     __slots__ = ("succeeded", "results")
