@@ -73,7 +73,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
 from enum import Enum
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import grpc
 
@@ -111,6 +111,8 @@ Key = bytes | str
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_C = TypeVar("_C")
+_T = TypeVar("_T")
 
 
 # -- what users pass in -------------------------------------------------------------
@@ -519,7 +521,38 @@ def _retries(retries: int) -> int:
     return retries
 
 
-class TransactionScope:
+class _Scope(Generic[_C, _T]):
+    """What both scopes share: their settings and the one block at a time they run."""
+
+    def __init__(
+        self,
+        client: _C,
+        *,
+        retries: int,
+        timeout: float | None,
+        backoff: Callable[[int], float],
+    ) -> None:
+        self._client = client
+        self._retries = _retries(retries)
+        self._timeout = timeout
+        self._backoff = backoff
+        self._current: _T | None = None
+
+    def _open(self, transaction: _T) -> _T:
+        if self._retries:
+            raise ValueError(_WITH_RETRIES)
+        if self._current is not None:
+            raise RuntimeError("this transaction() is in use: call transaction() for each block")
+        self._current = transaction
+        return transaction
+
+    def _close(self) -> _T:
+        transaction, self._current = self._current, None
+        assert transaction is not None
+        return transaction
+
+
+class TransactionScope(_Scope["Client", "Transaction"]):
     """What ``Client.transaction()`` returns.
 
     As a context manager, ``with`` gives a fresh ``Transaction`` and commits it
@@ -530,27 +563,8 @@ class TransactionScope:
     jittered backoff), and returns what ``f`` returned.
     """
 
-    def __init__(
-        self,
-        client: Client,
-        *,
-        retries: int,
-        timeout: float | None,
-        backoff: Callable[[int], float],
-    ) -> None:
-        self._client = client
-        self._retries = _retries(retries)
-        self._timeout = timeout
-        self._backoff = backoff
-        self._current: Transaction | None = None
-
     def __enter__(self) -> Transaction:
-        if self._retries:
-            raise ValueError(_WITH_RETRIES)
-        if self._current is not None:
-            raise RuntimeError("this transaction() is in use: call transaction() for each block")
-        self._current = Transaction(self._client, timeout=self._timeout)
-        return self._current
+        return self._open(Transaction(self._client, timeout=self._timeout))
 
     def __exit__(
         self,
@@ -558,8 +572,7 @@ class TransactionScope:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        transaction, self._current = self._current, None
-        assert transaction is not None
+        transaction = self._close()
         if exc_type is not None:
             transaction.discard()
         elif transaction._staged.state is _State.OPEN:
@@ -586,31 +599,12 @@ class TransactionScope:
         return run
 
 
-class AsyncTransactionScope:
+class AsyncTransactionScope(_Scope["AsyncClient", "AsyncTransaction"]):
     """What ``AsyncClient.transaction()`` returns: as ``TransactionScope``, with
     ``async with`` and ``async def`` functions."""
 
-    def __init__(
-        self,
-        client: AsyncClient,
-        *,
-        retries: int,
-        timeout: float | None,
-        backoff: Callable[[int], float],
-    ) -> None:
-        self._client = client
-        self._retries = _retries(retries)
-        self._timeout = timeout
-        self._backoff = backoff
-        self._current: AsyncTransaction | None = None
-
     async def __aenter__(self) -> AsyncTransaction:
-        if self._retries:
-            raise ValueError(_WITH_RETRIES)
-        if self._current is not None:
-            raise RuntimeError("this transaction() is in use: call transaction() for each block")
-        self._current = AsyncTransaction(self._client, timeout=self._timeout)
-        return self._current
+        return self._open(AsyncTransaction(self._client, timeout=self._timeout))
 
     async def __aexit__(
         self,
@@ -618,8 +612,7 @@ class AsyncTransactionScope:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        transaction, self._current = self._current, None
-        assert transaction is not None
+        transaction = self._close()
         if exc_type is not None:
             transaction.discard()
         elif transaction._staged.state is _State.OPEN:
