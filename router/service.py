@@ -107,6 +107,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self.coordinator = Coordinator(topology, self.groups, self._writer, self._after_reroute)
 
     async def close(self) -> None:
+        await self.coordinator.close()
         for writer in self._writers.values():
             await writer.close()
         for reader in self._readers.values():

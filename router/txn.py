@@ -213,14 +213,16 @@ class Coordinator:
         prepare.ClearField("participant_keys")
         command = _command(session, kv_pb2.TxnStep(prepare=prepare), plan.epoch)
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        waiting_since: float | None = None
         for attempt in range(10_000):
             try:
                 result = await self.writer(group_id).call(command, deadline)
             except Locked as locked:
                 # It holds no lock itself, so it cannot deadlock; but it waits
                 # no longer than an older transaction would (then ABORTED).
-                if loop.time() - started > _OLDER_WAITS:
+                if waiting_since is None:
+                    waiting_since = loop.time()
+                elif loop.time() - waiting_since > _OLDER_WAITS:
                     raise Conflict(
                         f"key {locked.lock.key!r} stayed locked by other transactions: "
                         "retry the transaction"
@@ -359,6 +361,11 @@ class Coordinator:
             )
         raise failure
 
+    async def close(self, grace: float = 2.0) -> None:
+        """Give the committed transactions still being finished a moment to end."""
+        if self._finishing:
+            await asyncio.wait(list(self._finishing), timeout=grace)
+
     def _finish_later(self, record: kv_pb2.TxnRecord, primary: int, groups: Iterable[int]) -> None:
         calls = _Calls(self, asyncio.get_running_loop().time() + _FINISH_TIME)
         groups = list(groups)
@@ -366,7 +373,7 @@ class Coordinator:
         async def finish() -> None:
             try:
                 await self._finish_all(calls, record, primary, groups)
-            except (RouteError, Reroute) as error:
+            except Exception as error:  # committed all the same: resolvers finish it
                 _log.warning(
                     "transaction %s committed; finishing it failed: %s (resolvers finish it)",
                     txn_name(record.txn),

@@ -250,9 +250,22 @@ class KeyValueStateMachine:
 
         A hint for the leader, to answer ``locked`` without a trip through the
         log (applying decides for certain; a stale answer only delays a retry).
+        What the session would answer (a retry of a command that applied, a
+        stale seq) or ownership would refuse is never answered ``locked``:
+        apply answers those first.
         """
         locks = self.txns.locks
         if not locks or command.HasField("ring"):
+            return None
+        if command.client_id and (
+            command.seq <= self.session_floor(command.client_id)
+            or self._read(
+                ColumnFamily.META, keys.result_key(self.group_id, command.client_id, command.seq)
+            )
+            is not None
+        ):
+            return None  # the session answers it (a retry of what applied, or stale)
+        if self._wrong_group(command) is not None:
             return None
         if command.HasField("txn"):
             if not command.txn.HasField("prepare"):

@@ -101,6 +101,9 @@ class Transactions:
         # all finished yet, for the resolver (finished ones stay on disk
         # until their client acks, and are not looked at again).
         self.open_records: dict[tuple[int, int], kv_pb2.TxnRecord] = {}
+        # Record keys written in the round being applied (see forget_records).
+        self._round_batch: Batch | None = None
+        self._round_records: set[bytes] = set()
         for record in self.records():
             if not record.finished:
                 self.open_records[(record.txn.client_id, record.txn.seq)] = record
@@ -268,7 +271,7 @@ class Transactions:
         if prepared is not None:
             record.participant_keys.extend(prepared.prepare.participant_keys)
             record.deadline_ms = prepared.prepare.deadline_ms
-        machine.write_meta(batch, self._record_key(ref), record.SerializeToString())
+        self._write_record(batch, ref, record)
         self.open_records[(ref.client_id, ref.seq)] = record
         self._finish(batch, ref, commit, decide.then_branch)
         return kv_pb2.CommandResult(
@@ -303,7 +306,7 @@ class Transactions:
         record = kv_pb2.TxnRecord.FromString(stored)
         if not record.finished:
             record.finished = True
-            machine.write_meta(batch, self._record_key(ref), record.SerializeToString())
+            self._write_record(batch, ref, record)
 
     def forget_records(self, batch: Batch, client_id: int, floor: int, new_floor: int) -> None:
         """The client acked seqs in ``(floor, new_floor]``: drop their finished records.
@@ -315,11 +318,28 @@ class Transactions:
         low, high = keys.txn_record_range(self.group_id, client_id, floor + 1, new_floor + 1)
         machine = self.machine
         found = {key for key, _ in machine.engine.scan(ColumnFamily.META, low, high)}
-        found.update(machine.staged_meta_keys(low, high))
+        found.update(key for key in self._staged_records(batch) if low <= key < high)
         for engine_key in sorted(found):
             staged = machine.read_meta(engine_key)
             if staged is not None and kv_pb2.TxnRecord.FromString(staged).finished:
                 machine.write_meta(batch, engine_key, None)
+
+    def _staged_records(self, batch: Batch) -> set[bytes]:
+        """Record keys written in the round of ``batch`` (not in the engine yet)."""
+        if self._round_batch is not batch:
+            self._round_batch = batch
+            self._round_records = set()
+            batch.on_commit(self._end_round)
+        return self._round_records
+
+    def _end_round(self) -> None:
+        self._round_batch = None
+        self._round_records = set()
+
+    def _write_record(self, batch: Batch, ref: kv_pb2.TxnRef, record: kv_pb2.TxnRecord) -> None:
+        key = self._record_key(ref)
+        self.machine.write_meta(batch, key, record.SerializeToString())
+        self._staged_records(batch).add(key)
 
     def _prepared_key(self, ref: kv_pb2.TxnRef) -> bytes:
         return keys.prepared_key(self.group_id, ref.client_id, ref.seq)

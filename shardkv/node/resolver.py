@@ -55,6 +55,7 @@ from shardkv.errors import NotLeader, OutcomeUnknown, ProposalFailed, UnknownGro
 from shardkv.failpoints import failpoint
 from shardkv.node.cluster import META_GROUP
 from shardkv.node.runtime import NodeRuntime
+from shardkv.node.service import txn_listing
 from shardkv.raft import Role
 from shardkv.ring import KeyRing, build_ring
 from shardkv.txn_protocol import finish_everywhere, now_ms, settle_lock, txn_name
@@ -130,13 +131,7 @@ class NodeGroupCalls:
     async def find(self, group_id: int, txn: kv_pb2.TxnRef) -> node_pb2.ListTxnsResponse:
         async def here() -> node_pb2.ListTxnsResponse:
             await self.runtime.read_barrier(group_id)
-            prepared, record = self.runtime.peer(group_id).machine.txns.find(txn)
-            response = node_pb2.ListTxnsResponse()
-            if prepared is not None:
-                response.prepared.append(prepared)
-            if record is not None:
-                response.records.append(record)
-            return response
+            return txn_listing(self.runtime.peer(group_id).machine, txn)
 
         request = node_pb2.ListTxnsRequest(group_id=group_id, txn=txn)
 

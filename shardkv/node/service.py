@@ -44,6 +44,7 @@ from shardkv.errors import (
     ShardKVError,
     UnknownGroup,
 )
+from shardkv.fsm.kv import KeyValueStateMachine
 from shardkv.limits import check_key
 from shardkv.node.runtime import NodeRuntime
 from shardkv.raft import Role
@@ -52,7 +53,7 @@ from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
 if TYPE_CHECKING:
     from shardkv.node.cluster import ClusterAgent
 
-__all__ = ["DEFAULT_SCAN_PAGE", "NodeService"]
+__all__ = ["DEFAULT_SCAN_PAGE", "NodeService", "txn_listing"]
 
 DEFAULT_SCAN_PAGE = 1000
 _MAX_SCAN_PAGE = 10_000
@@ -246,17 +247,10 @@ class NodeService(node_pb2_grpc.NodeServicer):
         group_error = await self._read_barrier(request.group_id, context)
         if group_error is not None:
             return node_pb2.ListTxnsResponse(error=group_error)
-        txns = self.runtime.peer(request.group_id).machine.txns
+        machine = self.runtime.peer(request.group_id).machine
         if request.HasField("txn"):
-            prepared, record = txns.find(request.txn)
-            response = node_pb2.ListTxnsResponse(
-                session_floor=txns.machine.session_floor(request.txn.client_id)
-            )
-            if prepared is not None:
-                response.prepared.append(prepared)
-            if record is not None:
-                response.records.append(record)
-            return response
+            return txn_listing(machine, request.txn)
+        txns = machine.txns
         return node_pb2.ListTxnsResponse(prepared=txns.prepared(), records=txns.records())
 
     # -- status ------------------------------------------------------------------------
@@ -325,6 +319,20 @@ class NodeService(node_pb2_grpc.NodeServicer):
         except ShardKVError as error:
             return node_pb2.JoinResponse(error=await self._routing_error(context, error))
         return node_pb2.JoinResponse(map=cluster_map)
+
+
+def txn_listing(machine: KeyValueStateMachine, txn: kv_pb2.TxnRef) -> node_pb2.ListTxnsResponse:
+    """One transaction in a group's applied state: its prepare, its record, its client's floor.
+
+    Read at once (no await), so the three come from one applied state.
+    """
+    prepared, record = machine.txns.find(txn)
+    response = node_pb2.ListTxnsResponse(session_floor=machine.session_floor(txn.client_id))
+    if prepared is not None:
+        response.prepared.append(prepared)
+    if record is not None:
+        response.records.append(record)
+    return response
 
 
 def _refuse_internal(command: kv_pb2.Command) -> None:

@@ -915,3 +915,27 @@ def test_limits_of_a_transaction() -> None:
         )
     with pytest.raises(InvalidArgument, match="only"):
         check_command(command(get(b"k")))
+
+
+def test_the_leader_hint_answers_locked_only_where_apply_would(engine: StorageEngine) -> None:
+    """``lock_against`` (the node's shortcut past the log) agrees with ``apply``."""
+    machine = KeyValueStateMachine(engine, GROUP)
+    one_phase = prepare(7, 5, then=[put(b"k", b"1")], one_phase=True)
+    run(machine, one_phase)  # applied and recorded; say its answer was lost
+    run(machine, prepare(1, 1, then=[put(b"k", b"2")]))
+    lock = machine.txns.locks[b"k"]
+    # The retry is answered from the session, not refused for the lock...
+    assert machine.lock_against(one_phase) is None
+    assert not run_one(machine, one_phase).HasField("locked")
+    # ... and so is a seq at or below the client's floor (stale).
+    run(machine, command(put(b"elsewhere", b"x"), client_id=7, seq=9, acked_seq=8))
+    assert machine.lock_against(command(put(b"k", b"3"), client_id=7, seq=8)) is None
+    # A new command on the key, and another transaction's prepare, are refused.
+    fresh = command(put(b"k", b"3"), client_id=7, seq=10, acked_seq=9)
+    assert machine.lock_against(fresh) == lock
+    assert run_one(machine, fresh).locked == lock
+    other = prepare(2, 1, then=[put(b"k", b"4")])
+    assert machine.lock_against(other) == lock
+    # The holder's own prepare, and decide, finish and forget, never wait.
+    assert machine.lock_against(prepare(1, 1, then=[put(b"k", b"2")])) is None
+    assert machine.lock_against(finish(ref(1, 1), True)) is None
