@@ -13,6 +13,8 @@ grow, so the node sees few large calls instead of many small ones; a lone
 request leaves at once.
 
 Errors that reach callers (``RouteError`` and its kinds) carry what was tried.
+Every attempt ``GroupChannel.call`` makes again is counted in the router's
+metrics, by group and reason (``shardkv_router_node_retries_total``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Generic, TypeVar
 import grpc
 import grpc.aio
 
+from router.metrics import RouterMetrics
 from router.topology import Topology
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
 
@@ -131,8 +134,9 @@ def backoff(attempt: int) -> float:
 class GroupChannel:
     """Sends one request to a group and retries it; see the module docstring."""
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, metrics: RouterMetrics | None = None) -> None:
         self.topology = topology
+        self.metrics = metrics if metrics is not None else RouterMetrics()
 
     async def call(
         self,
@@ -150,6 +154,8 @@ class GroupChannel:
         loop = asyncio.get_running_loop()
         deadline -= min(_GIVE_UP_MARGIN, max(0.0, deadline - loop.time()) / 10)
         tried: list[str] = []
+        retries = self.metrics.node_retries
+        group = str(group_id)
         for attempt in range(10_000):
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -160,6 +166,7 @@ class GroupChannel:
                 tried.append(
                     f"group {group_id} is not in the cluster map (epoch {self.topology.epoch})"
                 )
+                retries.labels(group, "no_route").inc()
                 self.topology.refresh()
                 await asyncio.sleep(min(remaining, backoff(attempt)))
                 continue
@@ -170,6 +177,7 @@ class GroupChannel:
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     raise InvalidRequest(error.details() or "invalid argument") from error
                 tried.append(f"node {node_id}: {code.name} {error.details() or ''}".strip())
+                retries.labels(group, code.name.lower()).inc()
                 self.topology.failed(group_id, node_id)
                 await asyncio.sleep(min(max(0.0, deadline - loop.time()), backoff(attempt)))
                 continue
@@ -179,6 +187,8 @@ class GroupChannel:
                 return response
             kind = group_error.WhichOneof("kind")
             hint = group_error.not_leader.leader_id if kind == "not_leader" else 0
+            if kind != "wrong_group":  # not retried here: the caller routes again
+                retries.labels(group, kind or "no_answer").inc()
             if hint:
                 tried.append(f"node {node_id}: not the leader (leader: node {hint})")
                 self.topology.leader_is(group_id, hint)

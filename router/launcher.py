@@ -17,7 +17,9 @@ as child processes and supervises them:
    ``--groups-count G --replication min(3, N)``, so they lay out the meta
    group and the data groups by the nodes' own round-robin rule
    (docs/node-config.md). Children get the launcher's environment without
-   its ``SHARDKV_*`` variables, so that the layout is only what the flags say.
+   its ``SHARDKV_*`` variables, so that the layout is only what the flags say,
+   except ``SHARDKV_LOG_LEVEL`` and ``SHARDKV_LOG_FORMAT``, which every child
+   reads: ``SHARDKV_LOG_FORMAT=json shardkv up`` logs JSON everywhere.
 4. One line per child is printed, then ``ready: ...`` hints once the router
    answers ClusterStatus with a leader for every group (within 30 s), or a
    note saying what is missing.
@@ -257,9 +259,15 @@ def child_specs(layout: Layout, data_dir: Path) -> list[ChildSpec]:
     return specs
 
 
+# How the children log is the user's to choose; it has nothing to do with the layout.
+_PASSED_TO_CHILDREN = frozenset({"SHARDKV_LOG_LEVEL", "SHARDKV_LOG_FORMAT"})
+
+
 def _child_environment() -> dict[str, str]:
     environment = {
-        name: value for name, value in os.environ.items() if not name.startswith("SHARDKV_")
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("SHARDKV_") or name in _PASSED_TO_CHILDREN
     }
     # So that ``-m shardkv.node.main`` and ``-m router.server`` import this very
     # code, installed or not.

@@ -26,6 +26,9 @@ under a fresh router session instead, since the new group may already hold
 the same seq for other keys of the request: during a ring change, those keys
 are at-least-once. (Rings change only with rebalancing; until then it does
 not arise.)
+
+The service's ``metrics`` (``router.metrics``) are shared by its parts; the
+server counts its calls with ``metrics.interceptor``.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from router.groups import (
     Reroute,
     RouteError,
 )
+from router.metrics import RouterMetrics
 from router.topology import Topology
 from router.txn import Coordinator, ReadLocked
 from shardkv.errors import InvalidArgument
@@ -98,13 +102,16 @@ def _node_error(code: int, message: str) -> RouteError:
 
 
 class RouterService(router_pb2_grpc.RouterServicer):
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, metrics: RouterMetrics | None = None) -> None:
         self.topology = topology
-        self.groups = GroupChannel(topology)
+        self.metrics = metrics if metrics is not None else RouterMetrics()
+        self.groups = GroupChannel(topology, self.metrics)
         self._writers: dict[int, GroupBatcher[kv_pb2.Command, kv_pb2.CommandResult]] = {}
         self._readers: dict[int, GroupBatcher[bytes, kv_pb2.KeyValue | None]] = {}
         self._sessions = _Sessions()
-        self.coordinator = Coordinator(topology, self.groups, self._writer, self._after_reroute)
+        self.coordinator = Coordinator(
+            topology, self.groups, self._writer, self._after_reroute, metrics=self.metrics
+        )
 
     async def close(self) -> None:
         await self.coordinator.close()
@@ -170,6 +177,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self, group_id: int, commands: list[kv_pb2.Command], deadline: float
     ) -> list[kv_pb2.CommandResult | BaseException]:
         """One WriteBatch with retries; per-command UNAVAILABLE outcomes are retried too."""
+        self.metrics.batch_items.labels("write").observe(len(commands))
         loop = asyncio.get_running_loop()
         outcomes: list[kv_pb2.CommandResult | BaseException | None] = [None] * len(commands)
         todo = list(range(len(commands)))
@@ -231,6 +239,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self, group_id: int, keys: list[bytes], deadline: float
     ) -> list[kv_pb2.KeyValue | BaseException | None]:
         """The keys' values; a locked key's outcome is ``ReadLocked`` with the value under it."""
+        self.metrics.batch_items.labels("read").observe(len(keys))
         request = node_pb2.ReadRequest(group_id=group_id, keys=list(dict.fromkeys(keys)))
 
         async def invoke(stub: node_pb2_grpc.NodeStub, timeout: float) -> node_pb2.ReadResponse:

@@ -43,6 +43,9 @@ one before the transaction, and was current when the primary answered.
 Isolation: transactions are serializable (every key they compare, read or
 write is locked from prepare to finish, and the commit decision is one
 record); single-key operations stay linearizable.
+
+Metrics (``router.metrics``): every transaction ``run`` ends is counted by
+outcome, and every lock met by the kind of request that met it.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from dataclasses import dataclass, field
 
 from router.groups import (
     Conflict,
+    DeadlineExceeded,
     GroupBatcher,
     GroupChannel,
     GroupUnavailable,
@@ -64,6 +68,7 @@ from router.groups import (
     RouteError,
     backoff,
 )
+from router.metrics import RouterMetrics
 from router.topology import Topology
 from shardkv.failpoints import failpoint
 from shardkv.limits import check_txn
@@ -149,17 +154,31 @@ class Coordinator:
         after_reroute: Callable[[Reroute, int], Awaitable[None]],
         *,
         ttl: float = TXN_TTL,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self.topology = topology
         self.groups = groups
         self.writer = writer
         self._after_reroute = after_reroute
         self.ttl = ttl
+        self.metrics = metrics if metrics is not None else RouterMetrics()
         self._finishing: set[asyncio.Future[None]] = set()
 
     # -- running a transaction -----------------------------------------------------
 
     async def run(
+        self, request: router_pb2.TxnRequest, session: router_pb2.Session, deadline: float
+    ) -> router_pb2.TxnResponse:
+        """Run the transaction; its outcome is counted (see ``router.metrics``)."""
+        try:
+            response = await self._run(request, session, deadline)
+        except BaseException as error:
+            self.metrics.txns.labels(_failed_outcome(error)).inc()
+            raise
+        self.metrics.txns.labels("committed" if response.succeeded else "compare_failed").inc()
+        return response
+
+    async def _run(
         self, request: router_pb2.TxnRequest, session: router_pb2.Session, deadline: float
     ) -> router_pb2.TxnResponse:
         check_txn(request.compares, request.success, request.failure)
@@ -220,6 +239,7 @@ class Coordinator:
             except Locked as locked:
                 # It holds no lock itself, so it cannot deadlock; but it waits
                 # no longer than an older transaction would (then ABORTED).
+                self.metrics.lock_waits.labels("txn").inc()
                 if waiting_since is None:
                     waiting_since = loop.time()
                 elif loop.time() - waiting_since > _OLDER_WAITS:
@@ -227,7 +247,7 @@ class Coordinator:
                         f"key {locked.lock.key!r} stayed locked by other transactions: "
                         "retry the transaction"
                     ) from None
-                await self.wait_for_lock(group_id, locked.lock, attempt, deadline)
+                await self._wait_for_lock(group_id, locked.lock, attempt, deadline)
                 continue
             _check_fresh(result)
             return router_pb2.TxnResponse(
@@ -298,6 +318,7 @@ class Coordinator:
             try:
                 result = await self.writer(group_id).call(command, deadline)
             except Locked as locked:
+                self.metrics.lock_waits.labels("txn").inc()
                 lock = locked.lock
                 holder = lock.txn.SerializeToString()
                 if expired(lock) or holder not in asked:
@@ -405,6 +426,8 @@ class Coordinator:
     # -- locks met by others --------------------------------------------------------------
 
     async def settle(self, group_id: int, lock: kv_pb2.LockInfo, deadline: float) -> Settled:
+        """A read met ``lock``: what its transaction is now (finished here if decided)."""
+        self.metrics.lock_waits.labels("read").inc()
         return await settle_lock(_Calls(self, deadline), group_id, lock)
 
     async def wait_for_lock(
@@ -415,8 +438,14 @@ class Coordinator:
         The first look finishes a transaction already decided (its
         coordinator died after the record) without waiting for the deadline.
         """
+        self.metrics.lock_waits.labels("write").inc()
+        await self._wait_for_lock(group_id, lock, attempt, deadline)
+
+    async def _wait_for_lock(
+        self, group_id: int, lock: kv_pb2.LockInfo, attempt: int, deadline: float
+    ) -> None:
         if expired(lock) or attempt == 0:
-            settled = await self.settle(group_id, lock, deadline)
+            settled = await settle_lock(_Calls(self, deadline), group_id, lock)
             if settled in (Settled.COMMITTED, Settled.ABORTED):
                 return
         await asyncio.sleep(min(_MAX_LOCK_WAIT, backoff(attempt)))
@@ -535,6 +564,17 @@ class Coordinator:
             )
         await self._finish_all(calls, record, primary, prepared_at)
         return router_pb2.ResolveTxnResponse(record=record)
+
+
+def _failed_outcome(error: BaseException) -> str:
+    """The outcome a transaction that ended in ``error`` is counted under."""
+    if isinstance(error, Conflict):
+        return "aborted"
+    if isinstance(
+        error, GroupUnavailable | DeadlineExceeded | TimeoutError | asyncio.CancelledError
+    ):
+        return "in_doubt"
+    return "rejected"
 
 
 def _first_key(prepare: kv_pb2.TxnPrepare) -> bytes:

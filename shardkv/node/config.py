@@ -54,6 +54,8 @@ from pathlib import Path
 from typing import Any, Generic, Literal, NoReturn, TypeVar, cast
 
 from shardkv.errors import ShardKVError
+from shardkv.logs import LOG_FORMATS
+from shardkv.metrics import DEFAULT_METRICS_ADDRESS
 
 __all__ = [
     "CONFIG_ENV",
@@ -288,6 +290,20 @@ def _address_toml(value: object) -> str:
     return _address_text(_str_toml(value))
 
 
+def _host_text(text: str) -> str:
+    host = text.strip().removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host):
+            raise _Invalid("expected a host name or IP address, such as 127.0.0.1") from None
+    return host
+
+
+def _host_toml(value: object) -> str:
+    return _host_text(_str_toml(value))
+
+
 def _path_text(text: str) -> Path:
     if not text.strip():
         raise _Invalid("expected a directory path")
@@ -334,6 +350,17 @@ def _log_level_text(text: str) -> str:
 
 def _log_level_toml(value: object) -> str:
     return _log_level_text(_str_toml(value))
+
+
+def _log_format_text(text: str) -> str:
+    log_format = text.strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise _Invalid("expected one of " + ", ".join(LOG_FORMATS))
+    return log_format
+
+
+def _log_format_toml(value: object) -> str:
+    return _log_format_text(_str_toml(value))
 
 
 def _node_id_key(text: str, what: str) -> int:
@@ -556,12 +583,34 @@ _JOIN = _Setting(
     _address_text,
     _address_toml,
 )
+_METRICS_PORT = _Setting(
+    "metrics_port",
+    "PORT",
+    "port of the Prometheus metrics HTTP endpoint (/metrics); 0: no endpoint (default: {default})",
+    _int_text,
+    _int_toml,
+)
+_METRICS_ADDRESS = _Setting(
+    "metrics_address",
+    "HOST",
+    "address the metrics endpoint binds (default: {default}); 0.0.0.0 for every interface",
+    _host_text,
+    _host_toml,
+)
 _LOG_LEVEL = _Setting(
     "log_level",
     "LEVEL",
     "one of " + ", ".join(LOG_LEVELS) + " (default: {default})",
     _log_level_text,
     _log_level_toml,
+)
+_LOG_FORMAT = _Setting(
+    "log_format",
+    "FORMAT",
+    "text, or json for one JSON object a line with group_id and node_id fields "
+    "(default: {default})",
+    _log_format_text,
+    _log_format_toml,
 )
 
 _SETTINGS: dict[str, _Setting[Any]] = {
@@ -584,7 +633,10 @@ _SETTINGS: dict[str, _Setting[Any]] = {
         _TXN_RESOLVE_INTERVAL_MS,
         _LEASE_READS,
         _JOIN,
+        _METRICS_PORT,
+        _METRICS_ADDRESS,
         _LOG_LEVEL,
+        _LOG_FORMAT,
     )
 }
 
@@ -626,7 +678,10 @@ class NodeConfig:
     snapshot_interval_mb: int = 64
     txn_resolve_interval_ms: int = 500
     lease_reads: bool = False
+    metrics_port: int = 0
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
     log_level: str = "INFO"
+    log_format: str = "text"
     join: str | None = None
     # Where each setting came from; a setting missing here was a constructor
     # argument. Not part of equality: the same config is the same config.
@@ -682,8 +737,18 @@ class NodeConfig:
             )
         if self.log_level not in LOG_LEVELS:
             raise self._invalid("log_level", "expected one of " + ", ".join(LOG_LEVELS))
+        if self.log_format not in LOG_FORMATS:
+            raise self._invalid("log_format", "expected one of " + ", ".join(LOG_FORMATS))
 
     def _check_addresses(self) -> None:
+        if not 0 <= self.metrics_port <= 65535:
+            raise self._invalid(
+                "metrics_port", "must be a port from 1 to 65535, or 0 for no metrics endpoint"
+            )
+        try:
+            _host_text(self.metrics_address)
+        except _Invalid as exc:
+            raise self._invalid("metrics_address", str(exc)) from None
         for setting in ("listen", "advertise"):
             try:
                 parse_address(getattr(self, setting))

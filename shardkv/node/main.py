@@ -15,15 +15,16 @@ import os
 import sys
 from collections.abc import Sequence
 
+from shardkv import logs
 from shardkv.node.config import ConfigError, load_config
 from shardkv.node.process import serve
 
 __all__ = ["main"]
 
 _PROGRAM = "shardkv-node"
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-_log = logging.getLogger("shardkv.node")
+# By its module's name even when run as ``python -m`` (where __name__ is "__main__").
+_log = logging.getLogger("shardkv.node.main")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{_PROGRAM}: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level, format=_LOG_FORMAT, stream=sys.stderr)
+    # Every line of a node carries its id, so JSON logs of many nodes can be merged.
+    logs.configure(config.log_level, config.log_format, fields={"node_id": config.node_id})
     try:
         return asyncio.run(serve(config))
     except ConfigError as exc:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -39,8 +40,10 @@ from shardkv.fsm.kv import KeyValueStateMachine
 from shardkv.fsm.snapshot import snapshot_source, stage_install_snapshot_data
 from shardkv.limits import check_command
 from shardkv.raft import (
+    NONE,
     ConfChange,
     Config,
+    Entry,
     EntryType,
     ProposalDropped,
     RawNode,
@@ -51,6 +54,8 @@ from shardkv.storage import Batch, GroupStorage, StorageEngine
 from shardkv.v1 import kv_pb2
 
 __all__ = ["Peer", "PeerOptions"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,8 @@ class _PendingProposal:
     term: int
     # One per command of the entry, in order.
     futures: list[asyncio.Future[kv_pb2.CommandResult]]
+    # Loop time of the proposal, for the proposal-to-commit latency.
+    proposed_at: float
 
     def fail(self, error: Callable[[], Exception]) -> None:
         for future in self.futures:
@@ -127,6 +134,11 @@ class Peer:
             self.storage,
         )
         self.role = Role.FOLLOWER
+        # The leader last heard of (0: none), and how often a new one was (metrics).
+        self.leader_id = 0
+        self.leader_changes = 0
+        # The (leader, term) last logged: each new leader is logged once.
+        self._logged_leader = (NONE, 0)
         # Entry bytes applied since the last snapshot. It starts from zero on
         # a restart: the size trigger may then fire later, never sooner.
         self.log_bytes = 0
@@ -153,8 +165,9 @@ class Peer:
             index, term = self.raw.propose(command.SerializeToString())
         except ProposalDropped as dropped:
             raise NotLeader(self.group_id, dropped.leader_id) from dropped
-        future: asyncio.Future[kv_pb2.CommandResult] = asyncio.get_running_loop().create_future()
-        self._proposals.setdefault(index, []).append(_PendingProposal(term, [future]))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[kv_pb2.CommandResult] = loop.create_future()
+        self._proposals.setdefault(index, []).append(_PendingProposal(term, [future], loop.time()))
         return future
 
     def propose_many(
@@ -181,10 +194,13 @@ class Peer:
         except ProposalDropped as dropped:
             raise NotLeader(self.group_id, dropped.leader_id) from dropped
         loop = asyncio.get_running_loop()
+        proposed_at = loop.time()
         futures: list[asyncio.Future[kv_pb2.CommandResult]] = []
         for index, chunk in enumerate(chunks, start=first):
             chunk_futures = [loop.create_future() for _ in chunk]
-            self._proposals.setdefault(index, []).append(_PendingProposal(term, chunk_futures))
+            self._proposals.setdefault(index, []).append(
+                _PendingProposal(term, chunk_futures, proposed_at)
+            )
             futures.extend(chunk_futures)
         return futures
 
@@ -222,6 +238,13 @@ class Peer:
             self.storage.stage_hard_state(raft_batch, ready.hard_state)
         return ready
 
+    def proposal_ages(self, entries: Sequence[Entry], now: float) -> Iterator[float]:
+        """How long ago this peer proposed each of ``entries`` it proposed (in this term)."""
+        for entry in entries:
+            for pending in self._proposals.get(entry.index, ()):
+                if pending.term == entry.term:
+                    yield now - pending.proposed_at
+
     def _maybe_snapshot(self, raft_batch: Batch) -> None:
         """Snapshot at the applied index and compact the log behind it.
 
@@ -258,7 +281,20 @@ class Peer:
         for entry in ready.committed_entries:
             results: list[kv_pb2.CommandResult] | None = None
             if entry.type == EntryType.CONF_CHANGE:
-                self.conf_state = self.raw.apply_conf_change(ConfChange.decode(entry.data))
+                change = ConfChange.decode(entry.data)
+                self.conf_state = self.raw.apply_conf_change(change)
+                _log.info(
+                    "group %d on node %d: membership change %s node %d at index %d: "
+                    "voters %s, learners %s",
+                    self.group_id,
+                    self.node_id,
+                    change.type.name,
+                    change.node_id,
+                    entry.index,
+                    list(self.conf_state.voters),
+                    list(self.conf_state.learners),
+                    extra={"group_id": self.group_id, "node_id": self.node_id},
+                )
             elif entry.data:
                 command = kv_pb2.Command.FromString(entry.data)
                 if command.batch:
@@ -280,10 +316,15 @@ class Peer:
         if ready.soft_state is not None:
             was_leader = self.role == Role.LEADER
             self.role = ready.soft_state.role
+            # Counted as etcd counts leader changes seen: each new known leader.
+            if ready.soft_state.leader_id and ready.soft_state.leader_id != self.leader_id:
+                self.leader_changes += 1
+            self.leader_id = ready.soft_state.leader_id
             if was_leader and self.role != Role.LEADER:
                 # Raft forgot the reads it had not confirmed.
                 leader_id = ready.soft_state.leader_id
                 self._fail_reads(lambda: NotLeader(self.group_id, leader_id))
+            self._log_leader(ready.soft_state.leader_id, was_leader)
         for index, term, results in self._settled:
             for pending in self._proposals.pop(index, ()):
                 if pending.term != term:
@@ -310,6 +351,29 @@ class Peer:
                         )
                     )
         self._answer_reads()
+
+    def _log_leader(self, leader_id: int, was_leader: bool) -> None:
+        """Log this node stepping down, and each new leader once (by leader and term)."""
+        term = self.raw.raft.term
+        extra = {"group_id": self.group_id, "node_id": self.node_id, "term": term}
+        if was_leader and self.role != Role.LEADER:
+            _log.info(
+                "group %d: node %d stepped down as leader in term %d",
+                self.group_id,
+                self.node_id,
+                term,
+                extra=extra,
+            )
+        if leader_id == NONE or (leader_id, term) == self._logged_leader:
+            return
+        self._logged_leader = (leader_id, term)
+        if leader_id == self.node_id:
+            message = "group %d: node %d became the leader in term %d"
+            arguments: tuple[int, ...] = (self.group_id, self.node_id, term)
+        else:
+            message = "group %d: node %d follows leader node %d in term %d"
+            arguments = (self.group_id, self.node_id, leader_id, term)
+        _log.info(message, *arguments, extra={**extra, "leader_id": leader_id})
 
     def _answer_reads(self) -> None:
         for context, read in list(self._reads.items()):

@@ -12,20 +12,25 @@ what was acquired, in reverse):
    then ``mark_bootstrapped``;
 4. one ``Peer`` per hosted group, the ``GrpcTransport`` and the
    ``NodeRuntime`` on them;
-5. the gRPC server (``RaftTransport`` and ``Node`` services) bound to
+5. the gRPC server (``RaftTransport`` and ``Node`` services, with standard
+   health checking and reflection: ``shardkv.health``; NOT_SERVING while a
+   hosted group knows no leader: ``shardkv.node.health``) bound to
    ``listen``, the runtime's loop as a task, and the ``ClusterAgent``
    (bootstraps the cluster map, learns it, keeps groups on its ring), and
    the ``TxnResolver`` beside it (finishes, in the groups this node leads,
    transactions whose coordinator went quiet past their deadline).
 
-Stopping: the server stops taking new calls first (calls in flight may
-finish), then the resolver (its transactions in flight are cancelled: each
-step is idempotent, so whoever resolves them next starts over safely) and
-the cluster agent, then the runtime stops (waiting callers get
+Stopping: health turns NOT_SERVING first, then the server stops taking new
+calls (calls in flight may finish), then the resolver (its transactions in
+flight are cancelled: each step is idempotent, so whoever resolves them next
+starts over safely) and the cluster agent, then the runtime stops (waiting callers get
 ``OutcomeUnknown``: retry with the same client id and seq), then the
 transport closes (which ends the inbound Raft streams the server would
 otherwise wait for), then the server finishes within a one-second grace,
 and the engine closes last.
+With ``metrics_port`` set, a Prometheus endpoint (``shardkv.metrics``) serves
+the node's metrics on ``metrics_address`` from step 4 on (a port it cannot
+bind is a ``ConfigError``); it closes last.
 ``serve(config)`` runs a node until SIGTERM or SIGINT.
 
 Decisions:
@@ -69,6 +74,8 @@ import signal
 import grpc
 import grpc.aio
 
+from shardkv.health import Health
+from shardkv.metrics import MetricsServer, NodeMetrics
 from shardkv.node.cluster import ClusterAgent, initial_map
 from shardkv.node.config import ConfigError, NodeConfig
 from shardkv.node.data_dir import (
@@ -77,15 +84,23 @@ from shardkv.node.data_dir import (
     mark_bootstrapped,
     prepare_data_dir,
 )
+from shardkv.node.health import health_interval, leaderless_groups
 from shardkv.node.peer import Peer, PeerOptions
 from shardkv.node.resolver import TxnResolver
 from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import NodeService
 from shardkv.node.transport_grpc import GrpcTransport, server_options
 from shardkv.storage import AlreadyBootstrapped, DataDirInUse, Engine, GroupStorage
-from shardkv.v1 import cluster_pb2, node_pb2, node_pb2_grpc
+from shardkv.v1 import cluster_pb2, node_pb2, node_pb2_grpc, raft_pb2
 
-__all__ = ["ENGINE_DIR", "STOP_GRACE_SECONDS", "NodeProcess", "peer_options", "serve"]
+__all__ = [
+    "ENGINE_DIR",
+    "NODE_SERVICES",
+    "STOP_GRACE_SECONDS",
+    "NodeProcess",
+    "peer_options",
+    "serve",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -95,6 +110,11 @@ ENGINE_DIR = "db"
 STOP_GRACE_SECONDS = 1.0
 _MAX_COMPACTION_LAG = PeerOptions().compaction_lag
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# What health checking answers for (besides the whole server, "") and reflection lists.
+NODE_SERVICES = (
+    node_pb2.DESCRIPTOR.services_by_name["Node"].full_name,
+    raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"].full_name,
+)
 
 
 def peer_options(config: NodeConfig) -> PeerOptions:
@@ -146,6 +166,22 @@ def _build_peers(config: NodeConfig, engine: Engine) -> dict[int, Peer]:
     return peers
 
 
+def _serve_metrics(config: NodeConfig, metrics: NodeMetrics) -> MetricsServer | None:
+    """The node's metrics endpoint, if ``metrics_port`` asks for one."""
+    if not config.metrics_port:
+        return None
+    try:
+        return MetricsServer.start(metrics.registry, config.metrics_address, config.metrics_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"the metrics endpoint cannot bind {config.metrics_address}:{config.metrics_port} "
+            f"(metrics_port from {config.origin('metrics_port')}, metrics_address from "
+            f"{config.origin('metrics_address')}): {exc.strerror or exc}; pick another "
+            "--metrics-port, or 0 for none",
+            setting="metrics_port",
+        ) from exc
+
+
 class NodeProcess:
     """A started node: its engine, runtime, transport and gRPC server.
 
@@ -166,6 +202,8 @@ class NodeProcess:
         agent_task: asyncio.Task[None],
         resolver: TxnResolver,
         resolver_task: asyncio.Task[None],
+        health: Health,
+        metrics_server: MetricsServer | None = None,
     ) -> None:
         self.config = config
         self._engine = engine
@@ -177,6 +215,8 @@ class NodeProcess:
         self._agent_task = agent_task
         self._resolver = resolver
         self._resolver_task = resolver_task
+        self._health = health
+        self._metrics_server = metrics_server
         self._stopped = False
 
     @classmethod
@@ -206,13 +246,19 @@ class NodeProcess:
             undo.push_async_callback(transport.close)
             transport.register(server)
             transport.update_peers(config.initial_cluster)
+            metrics = NodeMetrics()
             runtime = NodeRuntime(
                 config.node_id,
                 engine,
                 transport,
                 peers,
                 tick_interval=config.tick_interval_ms / 1000,
+                metrics=metrics,
             )
+            metrics.watch(runtime, transport.traffic)
+            metrics_server = _serve_metrics(config, metrics)
+            if metrics_server is not None:
+                undo.push_async_callback(metrics_server.close)
             agent = ClusterAgent(runtime, initial_map(config), config.initial_cluster)
             undo.push_async_callback(agent.stop)
             resolver = TxnResolver(
@@ -225,6 +271,14 @@ class NodeProcess:
             node_pb2_grpc.add_NodeServicer_to_server(  # type: ignore[no-untyped-call]
                 NodeService(runtime, config.initial_cluster, agent), server
             )
+            health = await Health.add_to(
+                server,
+                NODE_SERVICES,
+                lambda: leaderless_groups(runtime),
+                interval=health_interval(config.tick_interval_ms / 1000),
+                log_extra={"node_id": config.node_id},
+            )
+            undo.push_async_callback(health.stop)
             try:
                 server.add_insecure_port(config.listen)
             except RuntimeError as exc:
@@ -242,6 +296,7 @@ class NodeProcess:
             resolver_task = asyncio.create_task(
                 resolver.run(), name=f"node-{config.node_id}-resolver"
             )
+            health.start()
             undo.pop_all()
         _log.info(
             "node %d serving groups %s on %s",
@@ -260,6 +315,8 @@ class NodeProcess:
             agent_task,
             resolver,
             resolver_task,
+            health,
+            metrics_server,
         )
 
     async def wait(self) -> None:
@@ -271,6 +328,8 @@ class NodeProcess:
         if self._stopped:
             return
         self._stopped = True
+        # Health checkers see the node drain before its port closes.
+        await self._health.stop()
         # Stops taking new calls at once; the ones in flight get the grace.
         server_stopped = asyncio.create_task(self._server.stop(STOP_GRACE_SECONDS))
         # The resolver first: it proposes through the runtime and reads the agent's map.
@@ -291,6 +350,8 @@ class NodeProcess:
         await self._transport.close()
         await server_stopped
         self._engine.close()
+        if self._metrics_server is not None:
+            await self._metrics_server.close()
         _log.info("node %d stopped", self.config.node_id)
 
 

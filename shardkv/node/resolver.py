@@ -22,6 +22,9 @@ one task at a time on this node, at most ``max_in_flight`` at once (the
 oldest deadlines first); one that fails is retried on a later pass, after a
 back-off that grows with each failure, so a primary that cannot be reached
 does not hold the others up. Failures are logged and never end the loop.
+Outcomes and failures are counted in the runtime's metrics
+(``shardkv_resolver_txns_resolved_total{outcome}``,
+``shardkv_resolver_failures_total``).
 
 The failpoint ``txn.resolver`` fires after the record at the primary is
 known and before this group is finished (``shardkv.failpoints``).
@@ -368,27 +371,34 @@ class TxnResolver:
 
     async def _resolve(self, key: _TxnKey, job: _Job) -> None:
         name = txn_name(job.txn)
+        outcome: str | None = None
         try:
             for group_id, lock in sorted(job.locks.items()):
                 settled = await settle_lock(self.calls, group_id, lock, after_record=_after_record)
+                outcome = settled.value
                 _log.info(
                     "node %d: transaction %s's lock in group %d settled: %s",
                     self.runtime.node_id,
                     name,
                     group_id,
                     settled.value,
+                    extra={"group_id": group_id, "node_id": self.runtime.node_id, "txn": name},
                 )
             if job.record is not None:
                 primary, record = job.record
                 await finish_everywhere(self.calls, record, primary)
+                outcome = "committed" if record.state == kv_pb2.TXN_COMMITTED else "aborted"
                 _log.info(
-                    "node %d: transaction %s (%s) finished everywhere",
+                    "node %d: transaction %s (%s, primary group %d) finished everywhere",
                     self.runtime.node_id,
                     name,
                     "committed" if record.state == kv_pb2.TXN_COMMITTED else "aborted",
+                    primary,
+                    extra={"group_id": primary, "node_id": self.runtime.node_id, "txn": name},
                 )
         except Exception as error:  # logged and retried on a later pass
             failures = self._retry.get(key, (0, 0.0))[0] + 1
+            self.runtime.metrics.resolve_failures.inc()
             wait = min(_RETRY_CAP, _RETRY_BASE * (1 << min(failures - 1, 10)))
             self._retry[key] = (failures, asyncio.get_running_loop().time() + wait)
             _log.warning(
@@ -398,9 +408,12 @@ class TxnResolver:
                 type(error).__name__,
                 error,
                 wait,
+                extra={"node_id": self.runtime.node_id, "txn": name},
             )
         else:
             self._retry.pop(key, None)
+            if outcome is not None:
+                self.runtime.metrics.txns_resolved.labels(outcome).inc()
 
 
 def _after_record() -> None:

@@ -26,6 +26,11 @@ is whatever the test says.
 
 A failed write of the synced batch ends the runtime (``run`` raises): Raft
 cannot continue past a log it could not persist, as in etcd.
+
+The round observes its ``NodeMetrics`` (``shardkv.metrics``) as it goes: the
+age of each of its own proposals when a Ready hands it out committed, the
+fsync and what the synced write carried, the time applying took. All by the
+loop's clock, so a test's clock is the metrics' clock too.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from shardkv.errors import UnknownGroup
+from shardkv.metrics import NodeMetrics
 from shardkv.node.peer import Peer
 from shardkv.node.transport import Transport
 from shardkv.raft import Message, Ready
@@ -72,6 +78,7 @@ class NodeRuntime:
         *,
         tick_interval: float = 0.1,
         gather_window: float = 0.001,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.node_id = node_id
         self.engine = engine
@@ -87,6 +94,7 @@ class NodeRuntime:
         self._requests = 0
         self._last_round_requests = 0
         self.stats = RoundStats()
+        self.metrics = metrics if metrics is not None else NodeMetrics()
         self._inbox: list[tuple[int, int, Message]] = []
         self._ticks_due = 0
         self._wake = asyncio.Event()
@@ -156,14 +164,18 @@ class NodeRuntime:
                 for _ in range(ticks):
                     peer.raw.tick()
 
+        loop = asyncio.get_running_loop()
         raft_batch = self.engine.new_batch()
         readies: list[tuple[Peer, Ready]] = []
         must_sync = False
+        now = loop.time()
         for peer in self.peers.values():
             ready = peer.take_ready(raft_batch)
             if ready is not None:
                 readies.append((peer, ready))
                 must_sync = must_sync or ready.must_sync
+                if ready.committed_entries:
+                    self.metrics.observe_commits(peer.proposal_ages(ready.committed_entries, now))
         # Leaders' appends leave now, to be persisted by the followers while
         # this node persists them too (Ready.send_early); the rest after the
         # fsync. The next round steps the answers only once this one is
@@ -179,8 +191,10 @@ class NodeRuntime:
         if len(raft_batch):
             self.engine.write(raft_batch, sync=False)
             if must_sync:
+                started = loop.time()
                 await self.engine.sync()
                 stats.synced_writes += 1
+                self._observe_sync(loop.time() - started, readies)
         else:
             raft_batch.discard()
         if not readies:
@@ -191,6 +205,8 @@ class NodeRuntime:
         self._send([(peer, ready) for peer, ready in readies if not ready.send_early])
         await self.transport.flush()
 
+        started = loop.time()
+        applied = stats.entries_applied
         apply_batch = self.engine.new_batch()
         for peer, ready in readies:
             peer.apply(ready, apply_batch)
@@ -200,9 +216,20 @@ class NodeRuntime:
             stats.unsynced_writes += 1
         else:
             apply_batch.discard()
+        if stats.entries_applied > applied:
+            self.metrics.apply_seconds.observe(loop.time() - started)
         for peer, ready in readies:
             peer.finish(ready)
         self._report_unreachable()
+
+    def _observe_sync(self, seconds: float, readies: list[tuple[Peer, Ready]]) -> None:
+        entries = [entry for _, ready in readies for entry in ready.entries]
+        self.metrics.observe_sync(
+            seconds,
+            entries=len(entries),
+            entry_bytes=sum(len(entry.data) for entry in entries),
+            groups=sum(1 for _, ready in readies if ready.must_sync),
+        )
 
     def _send(self, readies: list[tuple[Peer, Ready]]) -> None:
         for peer, ready in readies:

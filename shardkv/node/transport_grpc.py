@@ -58,6 +58,9 @@ messages and one outgoing stream per peer node. What it promises:
   Raft retransmits anything unacknowledged, and ``unreachable()`` reports the
   peer so the leader falls back to probing instead of streaming appends into
   the void.
+- **Traffic per peer node.** ``traffic`` counts, per peer node, the messages
+  and bytes written to its streams (both lanes) and received from it, as
+  encoded on the wire (for the node's metrics, ``shardkv.metrics``).
 
 The node owns the gRPC server: it creates it with ``server_options()`` (the
 default receive limit of 4 MiB would refuse large batches), calls
@@ -85,7 +88,7 @@ from shardkv.node.transport import MessageTooLarge, TransportBase, TransportStat
 from shardkv.raft.types import Message, MessageType
 from shardkv.v1.raft_pb2 import DESCRIPTOR, RaftBatch, RaftBatchAck
 
-__all__ = ["GrpcTransport", "GrpcTransportOptions", "server_options"]
+__all__ = ["GrpcTransport", "GrpcTransportOptions", "PeerTraffic", "server_options"]
 
 _log = logging.getLogger(__name__)
 
@@ -142,6 +145,30 @@ class GrpcTransportOptions:
             raise ValueError("backoffs must satisfy 0 < initial_backoff <= max_backoff")
         if self.connect_timeout <= 0 or self.keepalive_time <= 0 or self.keepalive_timeout <= 0:
             raise ValueError("timeouts must be positive")
+
+
+@dataclass(slots=True)
+class PeerTraffic:
+    """What went to one peer node and came from it since the transport was made."""
+
+    messages_sent: int = 0
+    bytes_sent: int = 0
+    messages_received: int = 0
+    bytes_received: int = 0
+
+
+class _Received(NamedTuple):
+    """An inbound batch and the size of its encoding (measured once, while decoding)."""
+
+    batch: RaftBatch
+    size: int
+
+
+def _decode(data: bytes) -> _Received:
+    return _Received(RaftBatch.FromString(data), len(data))
+
+
+_Context = grpc.aio.ServicerContext[_Received, RaftBatchAck]
 
 
 def server_options(options: GrpcTransportOptions | None = None) -> list[tuple[str, int]]:
@@ -214,6 +241,8 @@ class GrpcTransport(TransportBase):
         # Stopped links still closing their channel; close() waits for them.
         self._retiring: set[asyncio.Task[None]] = set()
         self._inbound: set[asyncio.Task[None]] = set()
+        # Per peer node, whatever the lane; see the module docstring.
+        self.traffic: dict[int, PeerTraffic] = {}
 
     @property
     def options(self) -> GrpcTransportOptions:
@@ -225,7 +254,7 @@ class GrpcTransport(TransportBase):
         """Add the ``RaftTransport`` service to the node's server (before it starts)."""
         handler = grpc.stream_stream_rpc_method_handler(
             self._serve_stream,
-            request_deserializer=RaftBatch.FromString,
+            request_deserializer=_decode,
             response_serializer=RaftBatchAck.SerializeToString,
         )
         server.add_generic_rpc_handlers(
@@ -250,7 +279,22 @@ class GrpcTransport(TransportBase):
 
     def _new_link(self, node_id: int, address: str, lane: str) -> _PeerLink:
         options = self._snapshot_options if lane == SNAPSHOT_LANE else self._options
-        return _PeerLink(self.node_id, node_id, address, lane, options, self._rng, self.stats)
+        return _PeerLink(
+            self.node_id,
+            node_id,
+            address,
+            lane,
+            options,
+            self._rng,
+            self.stats,
+            self._traffic_of(node_id),
+        )
+
+    def _traffic_of(self, node_id: int) -> PeerTraffic:
+        traffic = self.traffic.get(node_id)
+        if traffic is None:
+            traffic = self.traffic[node_id] = PeerTraffic()
+        return traffic
 
     def send(self, to_node: int, group_id: int, message: Message) -> None:
         self._check_send(to_node)
@@ -304,8 +348,8 @@ class GrpcTransport(TransportBase):
 
     async def _serve_stream(
         self,
-        requests: AsyncIterator[RaftBatch],
-        context: grpc.aio.ServicerContext[RaftBatch, RaftBatchAck],
+        requests: AsyncIterator[_Received],
+        context: _Context,
     ) -> None:
         if self.closed:
             await context.abort(
@@ -331,22 +375,20 @@ class GrpcTransport(TransportBase):
     async def _read_stream(
         self,
         from_node: int,
-        requests: AsyncIterator[RaftBatch],
-        context: grpc.aio.ServicerContext[RaftBatch, RaftBatchAck],
+        requests: AsyncIterator[_Received],
+        context: _Context,
     ) -> None:
         acks = _AckWriter(context)
         try:
-            async for batch in requests:
-                self._receive(from_node, batch)
-                acks.add(len(batch.messages))
+            async for received in requests:
+                self._receive(from_node, received)
+                acks.add(len(received.batch.messages))
         except _CALL_ENDED:
             return  # the sender went away; it will open a new stream
         finally:
             acks.stop()
 
-    async def _check_caller(
-        self, context: grpc.aio.ServicerContext[RaftBatch, RaftBatchAck]
-    ) -> int:
+    async def _check_caller(self, context: _Context) -> int:
         """The sender's node id from the stream's metadata; aborts the stream if it is wrong."""
         metadata = _metadata(context)
         from_value = metadata.get(FROM_NODE_KEY)
@@ -364,8 +406,12 @@ class GrpcTransport(TransportBase):
             )
         return int(from_value)
 
-    def _receive(self, from_node: int, batch: RaftBatch) -> None:
+    def _receive(self, from_node: int, received: _Received) -> None:
+        batch = received.batch
         self.stats.batches_received += 1
+        traffic = self._traffic_of(from_node)
+        traffic.messages_received += len(batch.messages)
+        traffic.bytes_received += received.size
         for group_message in batch.messages:
             try:
                 message = message_from_proto(group_message.message)
@@ -382,14 +428,14 @@ class GrpcTransport(TransportBase):
             self._dispatch(from_node, group_message.group_id, message)
 
 
-def _metadata(context: grpc.aio.ServicerContext[RaftBatch, RaftBatchAck]) -> dict[str, object]:
+def _metadata(context: _Context) -> dict[str, object]:
     return {key: value for key, value in context.invocation_metadata() or ()}
 
 
 class _AckWriter:
     """Acknowledges received messages on an inbound stream, coalescing while a write is out."""
 
-    def __init__(self, context: grpc.aio.ServicerContext[RaftBatch, RaftBatchAck]) -> None:
+    def __init__(self, context: _Context) -> None:
         self._context = context
         self._pending = 0
         self._ready = asyncio.Event()
@@ -459,6 +505,7 @@ class _PeerLink:
         options: GrpcTransportOptions,
         rng: random.Random,
         stats: TransportStats,
+        traffic: PeerTraffic,
     ) -> None:
         self.node_id = node_id
         self.peer_id = peer_id
@@ -467,6 +514,7 @@ class _PeerLink:
         self._options = options
         self._rng = rng
         self._stats = stats
+        self._traffic = traffic
         self._state = "connecting"
         # Messages lost for this peer since the last take_unreachable().
         self._lost = False
@@ -692,6 +740,8 @@ class _PeerLink:
                     return _describe(exc)
                 self._stats.batches_sent += 1
                 self._stats.messages_sent += chunk.messages
+                self._traffic.messages_sent += chunk.messages
+                self._traffic.bytes_sent += len(chunk.data)
                 if self.lane == SNAPSHOT_LANE:
                     self._stats.snapshot_messages_sent += chunk.messages
             return reader.result()
