@@ -19,7 +19,10 @@ from router.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    ResourceExhausted,
     TransactionConflict,
+    Unauthenticated,
     Unavailable,
 )
 from router.transactions import (
@@ -31,6 +34,7 @@ from router.transactions import (
     Transaction,
     TxnResult,
 )
+from shardkv.tls import TlsFiles
 
 __all__ = [
     "Aborted",
@@ -45,10 +49,14 @@ __all__ = [
     "InvalidArgument",
     "KeyValue",
     "NotFound",
+    "PermissionDenied",
     "PutResult",
+    "ResourceExhausted",
     "RetryPolicy",
+    "TlsFiles",
     "Transaction",
     "TransactionConflict",
     "TxnResult",
+    "Unauthenticated",
     "Unavailable",
 ]

@@ -2,7 +2,8 @@
 
 ::
 
-    shardkv up [--nodes 3] [--groups 4] [--data-dir ./shardkv-data] [--port 7000]
+    shardkv up [--nodes 3] [--groups 4] [--data-dir ./shardkv-data] [--port 7000] [--tls]
+    shardkv certs --out DIR [--nodes 3] [--host HOST ...]
     shardkv [--router ADDR] [--timeout SECONDS] put KEY [VALUE]
     shardkv [--router ADDR] [--timeout SECONDS] get KEY
     shardkv [--router ADDR] [--timeout SECONDS] delete KEY
@@ -15,6 +16,14 @@
 Every command but ``up`` goes through ``router.Client``. The router address
 comes from ``--router`` (before or after the command), else ``SHARDKV_ROUTER``,
 else 127.0.0.1:7000; several comma-separated addresses are tried in turn.
+``--token`` (else ``SHARDKV_TOKEN``) is the bearer token sent on every call,
+for a router that requires one (``router.auth``).
+With ``--tls-ca-file``, ``--tls-cert-file`` and ``--tls-key-file`` (else
+``SHARDKV_TLS_CA_FILE``, ``SHARDKV_TLS_CERT_FILE``, ``SHARDKV_TLS_KEY_FILE``;
+all three or none) the client speaks mutual TLS to the router (``shardkv.tls``).
+``certs`` writes a dev CA and certificates (``router.certs``); ``up --tls``
+makes them once under its data directory and runs every process with them.
+
 Keys and values on the command line are taken as the bytes the shell passed
 (``os.fsencode``); ``put KEY`` without VALUE reads the value from stdin.
 
@@ -56,6 +65,7 @@ import grpc
 
 from router.client import Client, parse_addresses
 from router.errors import ClientError, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from shardkv.tls import TlsError, TlsFiles
 from shardkv.txn_protocol import now_ms, step_keys, txn_name
 from shardkv.v1 import kv_pb2, node_pb2, router_pb2
 
@@ -78,6 +88,7 @@ __all__ = [
     "format_txn_list",
     "main",
     "resolve_router",
+    "resolve_tls",
     "summarize_status",
 ]
 
@@ -88,6 +99,7 @@ EXIT_UNAVAILABLE = 3
 EXIT_FAILED = 4
 
 ENV_ROUTER = "SHARDKV_ROUTER"
+ENV_TOKEN = "SHARDKV_TOKEN"
 DEFAULT_ROUTER = "127.0.0.1:7000"
 # Shorter than the library's 10 s: at a prompt, a cluster that is down should say so soon.
 DEFAULT_TIMEOUT = 5.0
@@ -504,12 +516,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help=f"give up after this long, retries included (default: {DEFAULT_TIMEOUT:g})",
     )
+    connection.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=argparse.SUPPRESS,
+        help=f"bearer token for a router that requires one (default: ${ENV_TOKEN}, else none)",
+    )
+    for name, what in _TLS_FLAGS:
+        connection.add_argument(
+            f"--tls-{name}-file",
+            metavar="PATH",
+            default=argparse.SUPPRESS,
+            help=f"PEM {what}, for mutual TLS with the other two --tls-* flags "
+            f"(default: ${_tls_env(name)}, else plaintext)",
+        )
     parser = argparse.ArgumentParser(
         prog=_PROGRAM,
         description="The shardkv command-line client, and a local cluster launcher (up).",
         epilog="exit status: 0 done, 1 key or transaction not found, 2 bad usage or input, "
         "3 cluster unavailable, 4 other cluster error",
         parents=[connection],
+        # The top-level parser sees every argument: with abbreviations, `up --tls`
+        # would be taken as an ambiguous prefix of the --tls-*-file flags.
+        allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -532,6 +561,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--port",
         type=_positive_int,
         help="the router's port; node i listens on port+i (default: 7000)",
+    )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS everywhere, with certificates made once in DATA_DIR/tls",
+    )
+
+    certs = commands.add_parser(
+        "certs",
+        help="create a local CA and certificates for a dev cluster (mutual TLS)",
+        description="Write ca.pem and ca-key.pem (a new CA), and a certificate and key signed "
+        "by it for each node (node-I.pem, node-I-key.pem), the router (router.pem) and a "
+        "client (client.pem). Each names localhost, 127.0.0.1 and ::1, and every --host. "
+        "Existing files are never overwritten.",
+    )
+    certs.add_argument("--out", type=Path, required=True, help="the directory to write into")
+    certs.add_argument(
+        "--nodes", type=_positive_int, default=3, help="node certificates (default: 3)"
+    )
+    certs.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="another DNS name or IP address the certificates name (repeatable)",
     )
 
     put = commands.add_parser("put", parents=[connection], help="write a key")
@@ -593,6 +647,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_TLS_FLAGS = (
+    ("ca", "certificate of the cluster CA"),
+    ("cert", "certificate of this client"),
+    ("key", "private key of this client's certificate"),
+)
+
+
+def _tls_env(name: str) -> str:
+    return f"SHARDKV_TLS_{name.upper()}_FILE"
+
+
+def resolve_tls(args: argparse.Namespace, environ: Mapping[str, str]) -> TlsFiles | None:
+    """The client's TLS files: each from its flag, else its variable; ``TlsError`` if partial."""
+    ca, cert, key = (
+        getattr(args, f"tls_{name}_file", None) or environ.get(_tls_env(name)) or None
+        for name, _ in _TLS_FLAGS
+    )
+    return TlsFiles.from_options(ca, cert, key)
+
+
+def _certs(args: argparse.Namespace) -> int:
+    # Imported here: only this command needs the cryptography package.
+    from router.certs import write_dev_certs
+
+    try:
+        certs = write_dev_certs(args.out, args.nodes, args.host)
+    except (FileExistsError, ValueError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        return _fail(f"cannot write certificates in {args.out}: {exc}", EXIT_USAGE)
+    client = certs.client
+    print(
+        f"wrote a CA and certificates for {', '.join(certs.names())} in {certs.directory}\n"
+        f"client: shardkv --tls-ca-file {client.ca} --tls-cert-file {client.cert} "
+        f"--tls-key-file {client.key} ..."
+    )
+    return EXIT_OK
+
+
 def resolve_router(flag: str | None, environ: Mapping[str, str]) -> str:
     """The router address(es): ``--router``, else ``$SHARDKV_ROUTER``, else the default."""
     return flag or environ.get(ENV_ROUTER) or DEFAULT_ROUTER
@@ -613,14 +706,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Imported here: the launcher's imports are not needed by the other commands.
         from router.launcher import run_up
 
-        return run_up(args.data_dir, args.nodes, args.groups, args.port)
+        return run_up(args.data_dir, args.nodes, args.groups, args.port, tls=args.tls)
+    if args.command == "certs":
+        return _certs(args)
 
     try:
         addresses = parse_addresses(resolve_router(getattr(args, "router", None), os.environ))
     except ValueError as exc:
         return _fail(f"{exc} (from --router or ${ENV_ROUTER})", EXIT_USAGE)
     try:
-        with Client(addresses, timeout=getattr(args, "timeout", DEFAULT_TIMEOUT)) as client:
+        tls = resolve_tls(args, os.environ)
+        client = Client(
+            addresses,
+            timeout=getattr(args, "timeout", DEFAULT_TIMEOUT),
+            tls=tls,
+            token=getattr(args, "token", None) or os.environ.get(ENV_TOKEN) or None,
+        )
+    except TlsError as exc:
+        return _fail(f"{exc} (from the --tls-* flags or $SHARDKV_TLS_*)", EXIT_USAGE)
+    try:
+        with client:
             return _COMMANDS[args.command](client, args)
     except _UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)

@@ -21,6 +21,12 @@ What it promises:
    ``DeadlineExceeded`` saying it may or may not have applied.
 4. **Errors** are ``router.errors.ClientError`` and its subclasses, made in
    one place (``router.errors.from_rpc_error``).
+   RESOURCE_EXHAUSTED with the router's ``retry-after-ms`` hint (it is at a
+   limit: ``router.limits``) is retried too, after at least that long and at
+   the same router; one without the hint (the request is too large) is not.
+   ``token=`` is sent on every call as ``authorization: Bearer <token>``
+   (``router.auth``); without one the router answers UNAUTHENTICATED when it
+   requires tokens.
 5. **One implementation.** ``AsyncClient`` holds all the logic. ``Client``
    runs an ``AsyncClient`` on a private event loop in a daemon thread and
    waits for each call; ``close()`` stops that thread. A ``Client`` may be
@@ -34,7 +40,11 @@ What it promises:
    ``conflict_retries`` (default 10), then raised as ``TransactionConflict``.
 
 Channels: one ``grpc.aio`` channel per router address, made on first use and
-kept until ``close()``, with 64 MiB message limits. Calls stick to one router
+kept until ``close()``, with 64 MiB message limits. With ``tls=TlsFiles(ca,
+cert, key)`` (``shardkv.tls``; also ``router.TlsFiles``) they are mutual TLS:
+the router's certificate must be signed by that CA and name the host dialed,
+and the client presents its own. The files are read by the constructor,
+which raises ``shardkv.tls.TlsError`` if one is missing or not PEM. Calls stick to one router
 until it fails, then move to the next.
 
 Coalescing (``get``, ``put``, ``delete``, ``cas``): while fewer than
@@ -68,12 +78,14 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
 
+from router.auth import bearer_metadata
 from router.errors import ClientError, TransactionConflict, from_rpc_error
+from router.limits import RETRY_AFTER_KEY
 from router.transactions import (
     AsyncTransactionScope,
     KeyValue,
@@ -83,6 +95,7 @@ from router.transactions import (
     _to_bytes,
     parse_txn_id,
 )
+from shardkv.tls import TlsFiles, open_channel
 from shardkv.v1 import kv_pb2, router_pb2, router_pb2_grpc
 
 __all__ = [
@@ -369,9 +382,13 @@ class AsyncClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
+        tls: TlsFiles | None = None,
+        token: str | None = None,
     ) -> None:
         self._addresses = parse_addresses(addresses)
+        self._metadata = bearer_metadata(token) if token else None
         self._timeout = _timeout(timeout)
+        self._tls = tls.load() if tls is not None else None
         self._retry = retry if retry is not None else RetryPolicy()
         self._rng = random.Random()
         self._sessions = SessionNumbers(_new_client_id())
@@ -769,14 +786,16 @@ class AsyncClient:
             return
         code = _STATUS_OF_VALUE.get(answer.code, grpc.StatusCode.UNKNOWN)
         write = queued.seq is not None
-        if code is grpc.StatusCode.UNAVAILABLE:
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            # Only the router answers an item RESOURCE_EXHAUSTED: at a limit, nothing sent.
             queued.attempt += 1
             loop = asyncio.get_running_loop()
             delay = self._retry.backoff(queued.attempt - 1, self._rng)
             if loop.time() + delay < queued.deadline:
                 loop.call_later(delay, self._requeue, queued)
                 return
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if write else code
+            if code is grpc.StatusCode.UNAVAILABLE and write:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
         queued.fail(from_rpc_error(code, answer.message, method=queued.method, write=write))
 
     def _requeue(self, queued: _Queued) -> None:
@@ -793,7 +812,7 @@ class AsyncClient:
     def _stub(self, index: int) -> Any:
         stub = self._stubs[index]
         if stub is None:
-            channel = grpc.aio.insecure_channel(self._addresses[index], options=_CHANNEL_OPTIONS)
+            channel = open_channel(self._addresses[index], self._tls, options=_CHANNEL_OPTIONS)
             stub = router_pb2_grpc.RouterStub(channel)  # type: ignore[no-untyped-call]
             self._channels[index] = channel
             self._stubs[index] = stub
@@ -826,7 +845,9 @@ class AsyncClient:
                 attempt_deadline = min(deadline, loop.time() + self._retry.attempt_timeout)
             try:
                 return await getattr(self._stub(index), method)(
-                    request, timeout=max(attempt_deadline - loop.time(), 0.001)
+                    request,
+                    timeout=max(attempt_deadline - loop.time(), 0.001),
+                    metadata=self._metadata,
                 )
             except asyncio.CancelledError:
                 # close() cancels the calls in flight on its channels; that is
@@ -852,6 +873,13 @@ class AsyncClient:
                     if self._current == index:
                         self._current = (index + 1) % len(self._addresses)
                     continue
+                retry_after = _retry_after(exc)
+                if code is grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is not None:
+                    # The router is at a limit and applied nothing: the same router, later.
+                    delay = max(retry_after, self._retry.backoff(attempt - 1, self._rng))
+                    if loop.time() + delay < deadline:
+                        await asyncio.sleep(delay)
+                        continue
                 if code is grpc.StatusCode.UNAVAILABLE:
                     unavailable = details
                     if self._current == index:
@@ -863,7 +891,12 @@ class AsyncClient:
                 elif code is not grpc.StatusCode.DEADLINE_EXCEEDED or unavailable is None:
                     where = f"at {address}" if attempt == 1 else f"attempt {attempt}, at {address}"
                     raise from_rpc_error(
-                        code, details, method=method, write=write, context=where
+                        code,
+                        details,
+                        method=method,
+                        write=write,
+                        context=where,
+                        retry_after=retry_after,
                     ) from exc
                 # A read that gave up reports why the router could not serve
                 # it; a write reports the deadline, since it may yet apply.
@@ -875,6 +908,19 @@ class AsyncClient:
                     context=f"gave up after {attempt} attempts in {budget:g} s, "
                     f"the last at {address}",
                 ) from exc
+
+
+def _retry_after(error: grpc.aio.AioRpcError) -> float | None:
+    """A RESOURCE_EXHAUSTED's ``retry-after-ms`` hint, in seconds; None without one."""
+    # The stubs type the metadata as one item; under grpc.aio it is (key, value) pairs.
+    pairs = cast("Iterable[tuple[str, str | bytes]]", error.trailing_metadata() or ())
+    for key, value in pairs:
+        if key == RETRY_AFTER_KEY:
+            try:
+                return max(0.0, int(value)) / 1000
+            except ValueError:
+                return None
+    return None
 
 
 def _progress_callback(
@@ -949,9 +995,11 @@ class Client:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
+        tls: TlsFiles | None = None,
+        token: str | None = None,
     ) -> None:
         # Made first, so that bad arguments raise before a thread exists.
-        self._async = AsyncClient(addresses, timeout=timeout, retry=retry)
+        self._async = AsyncClient(addresses, timeout=timeout, retry=retry, tls=tls, token=token)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="shardkv-client", daemon=True)
         self._closed = False

@@ -8,6 +8,11 @@
     ├── NotFound             what the request names does not exist
     ├── Unavailable          no router or group served the call before its deadline: retry later
     ├── DeadlineExceeded     the call's deadline passed; a write may or may not have applied
+    ├── ResourceExhausted    the router is at a limit: retry after ``retry_after`` seconds
+    │                        (the client already did, until the deadline), or the request
+    │                        is over the size limit (``retry_after`` None: make it smaller)
+    ├── Unauthenticated      no token, or one the router does not know: pass ``token=``
+    ├── PermissionDenied     the token's role does not allow the call (admin commands)
     ├── Aborted              a conflict (transactions): retry the whole transaction
     │   └── TransactionConflict
     │                        a transaction was not applied: an interactive one's reads had
@@ -32,7 +37,10 @@ __all__ = [
     "DeadlineExceeded",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
     "TransactionConflict",
+    "Unauthenticated",
     "Unavailable",
     "from_rpc_error",
 ]
@@ -63,6 +71,24 @@ class DeadlineExceeded(ClientError):
     """The call's deadline passed. For a write the outcome is unknown: it may yet apply."""
 
 
+class ResourceExhausted(ClientError):
+    """The router refused the call at a limit; nothing of it was applied.
+
+    ``retry_after`` (seconds) is the router's hint when it was busy; None when
+    the request itself was too large, so that sending it again fails again.
+    """
+
+    retry_after: float | None = None
+
+
+class Unauthenticated(ClientError):
+    """The call had no token, or one the router does not know; nothing was applied."""
+
+
+class PermissionDenied(ClientError):
+    """The token's role does not allow the call (admin commands); nothing was applied."""
+
+
 class Aborted(ClientError):
     """The request conflicted with another (transactions) and was not applied."""
 
@@ -87,18 +113,28 @@ _CLASS_OF_CODE: dict[grpc.StatusCode, type[ClientError]] = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 WRITE_OUTCOME_UNKNOWN = "the write may or may not have applied"
 
 
 def from_rpc_error(
-    code: grpc.StatusCode, details: str, *, method: str, write: bool, context: str = ""
+    code: grpc.StatusCode,
+    details: str,
+    *,
+    method: str,
+    write: bool,
+    context: str = "",
+    retry_after: float | None = None,
 ) -> ClientError:
     """The client error for a call of ``method`` that ended with ``code`` and ``details``.
 
     ``context`` says what the client already tried (attempts, addresses); a
     write that ends in DEADLINE_EXCEEDED says that its outcome is unknown.
+    ``retry_after`` is a RESOURCE_EXHAUSTED's hint (``retry-after-ms``).
     """
     error_class = _CLASS_OF_CODE.get(code, ClusterError)
     if error_class is Aborted and method == "Txn":
@@ -108,4 +144,7 @@ def from_rpc_error(
         parts.append(context)
     if write and error_class is DeadlineExceeded:
         parts.append(WRITE_OUTCOME_UNKNOWN)
-    return error_class("; ".join(parts), code, details)
+    error = error_class("; ".join(parts), code, details)
+    if isinstance(error, ResourceExhausted):
+        error.retry_after = retry_after
+    return error

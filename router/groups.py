@@ -10,7 +10,8 @@ write keeps its (client_id, seq) and applies at most once.
 in a queue while ``max_in_flight`` node calls are out, then leave together
 in one ``WriteBatch`` (or one ``Read`` of many keys). Under load the batches
 grow, so the node sees few large calls instead of many small ones; a lone
-request leaves at once.
+request leaves at once. At most ``max_queued`` requests wait: one more is
+refused at once with ``Overloaded`` (RESOURCE_EXHAUSTED, ``router.limits``).
 
 Errors that reach callers (``RouteError`` and its kinds) carry what was tried.
 Every attempt ``GroupChannel.call`` makes again is counted in the router's
@@ -29,6 +30,7 @@ from typing import Generic, TypeVar
 import grpc
 import grpc.aio
 
+from router.limits import RETRY_AFTER_MS, overloaded_message
 from router.metrics import RouterMetrics
 from router.topology import Topology
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
@@ -42,6 +44,7 @@ __all__ = [
     "Locked",
     "Missing",
     "NodeError",
+    "Overloaded",
     "Refused",
     "Reroute",
     "RouteError",
@@ -107,6 +110,13 @@ class Refused(RouteError):
     """The request contradicts the state it names (FAILED_PRECONDITION)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Overloaded(RouteError):
+    """Too much is waiting already (RESOURCE_EXHAUSTED): nothing was sent; retry after a while."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retry_after_ms = RETRY_AFTER_MS
 
 
 class Locked(Exception):
@@ -232,16 +242,36 @@ class GroupBatcher(Generic[_T, _V]):
         *,
         max_batch: int = 512,
         max_in_flight: int = 2,
+        max_queued: int | None = None,
+        group_id: int | None = None,
     ) -> None:
         self._send = send
+        self._max_queued = max_queued
+        self._group_id = group_id
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._queue: list[_Pending[_T, _V]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def overloaded(self) -> Overloaded | None:
+        """The error ``submit`` would fail with now (the queue is full), else None."""
+        if self._max_queued is None or len(self._queue) < self._max_queued:
+            return None
+        group = "a group" if self._group_id is None else f"group {self._group_id}"
+        return Overloaded(
+            overloaded_message(
+                f"{group} has {len(self._queue)} requests waiting at the router, its limit"
+            )
+        )
+
     def submit(self, item: _T, deadline: float) -> asyncio.Future[_V]:
+        """``item``'s future outcome; failed at once with ``Overloaded`` when the queue is full."""
         pending: _Pending[_T, _V] = _Pending(item, deadline)
+        overloaded = self.overloaded()
+        if overloaded is not None:
+            pending.future.set_exception(overloaded)
+            return pending.future
         self._queue.append(pending)
         self._pump()
         return pending.future

@@ -26,7 +26,11 @@ as child processes and supervises them:
 5. A child that exits is a crash of that one process: it is reported on
    stderr and not restarted; the others keep running. When every child has
    exited, ``up`` exits with 1.
-6. SIGINT (Ctrl-C) or SIGTERM stops every child: SIGTERM, up to 10 s to
+6. With ``tls`` (``up --tls``), the first such run writes a dev CA and
+   certificates into ``DATA/tls`` (``router.certs``), and every node and the
+   router run with theirs: every connection is mutual TLS. The ``ready``
+   hints name the client's certificate, for the CLI's ``--tls-*`` flags.
+7. SIGINT (Ctrl-C) or SIGTERM stops every child: SIGTERM, up to 10 s to
    exit, then SIGKILL; ``up`` then exits with 0. Children run in their own
    session, so a Ctrl-C at the terminal reaches only the launcher, which
    stops them in order; on Linux they also get SIGTERM if the launcher dies.
@@ -46,12 +50,16 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import router
 from router.client import AsyncClient
 from router.errors import ClientError
+from shardkv.tls import TlsFiles
 from shardkv.v1 import router_pb2
+
+if TYPE_CHECKING:
+    from router.certs import DevCerts
 
 __all__ = [
     "DEFAULT_GROUPS",
@@ -212,8 +220,21 @@ class ChildSpec:
     log_path: Path
 
 
-def child_specs(layout: Layout, data_dir: Path) -> list[ChildSpec]:
-    """The node processes, then the router, as ``up`` starts them."""
+def _tls_flags(files: TlsFiles | None) -> tuple[str, ...]:
+    if files is None:
+        return ()
+    return (
+        "--tls-ca-file",
+        str(files.ca),
+        "--tls-cert-file",
+        str(files.cert),
+        "--tls-key-file",
+        str(files.key),
+    )
+
+
+def child_specs(layout: Layout, data_dir: Path, certs: DevCerts | None = None) -> list[ChildSpec]:
+    """The node processes, then the router, as ``up`` starts them (with TLS given ``certs``)."""
     logs = data_dir / "logs"
     node_ids = range(1, layout.nodes + 1)
     initial_cluster = ",".join(f"{i}={layout.node_address(i)}" for i in node_ids)
@@ -236,6 +257,7 @@ def child_specs(layout: Layout, data_dir: Path) -> list[ChildSpec]:
                 str(layout.groups),
                 "--replication",
                 str(layout.replication),
+                *_tls_flags(certs.node(i) if certs is not None else None),
             ),
             log_path=logs / f"node-{i}.log",
         )
@@ -252,6 +274,7 @@ def child_specs(layout: Layout, data_dir: Path) -> list[ChildSpec]:
                 layout.router_address,
                 "--nodes",
                 ",".join(layout.node_address(i) for i in node_ids),
+                *_tls_flags(certs.router if certs is not None else None),
             ),
             log_path=logs / "router.log",
         )
@@ -389,6 +412,7 @@ async def wait_ready(
     out: IO[str],
     err: IO[str],
     timeout: float = READY_TIMEOUT_SECONDS,
+    tls: TlsFiles | None = None,
 ) -> bool:
     """Poll the router until every group has a leader; print the hints, or what is missing."""
     from router.cli import summarize_status  # the status command's own view of a cluster
@@ -396,7 +420,7 @@ async def wait_ready(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     problem = "the router has not answered"
-    async with AsyncClient(router_address, timeout=2.0) as client:
+    async with AsyncClient(router_address, timeout=2.0, tls=tls) as client:
         while loop.time() < deadline:
             if not router_running():
                 print(
@@ -414,7 +438,9 @@ async def wait_ready(
                 summary = summarize_status(status)
                 leaderless = [group.group_id for group in summary.groups if group.leader is None]
                 if summary.groups and not leaderless:
-                    router_flag = f"shardkv --router {router_address}"
+                    router_flag = " ".join(
+                        ["shardkv", "--router", router_address, *_tls_flags(tls)]
+                    )
                     print(
                         f"ready: {router_flag} put hello world\n"
                         f"       {router_flag} get hello\n"
@@ -485,6 +511,7 @@ def run_up(
     groups: int | None,
     port: int | None,
     *,
+    tls: bool = False,
     out: IO[str] | None = None,
     err: IO[str] | None = None,
     ready_timeout: float = READY_TIMEOUT_SECONDS,
@@ -499,6 +526,7 @@ def run_up(
         data_dir.mkdir(parents=True, exist_ok=True)
         if new:
             write_layout(data_dir, layout)
+        certs = _dev_certs(data_dir, layout) if tls else None
     except (LaunchError, OSError) as exc:
         print(f"shardkv up: {exc}", file=err, flush=True)
         return 2
@@ -508,6 +536,15 @@ def run_up(
         file=out,
         flush=True,
     )
+    if certs is not None:
+        client = certs.client
+        print(
+            f"shardkv up: mutual TLS, certificates in {certs.directory}; for the CLI:\n"
+            f"  export SHARDKV_TLS_CA_FILE={client.ca} SHARDKV_TLS_CERT_FILE={client.cert} "
+            f"SHARDKV_TLS_KEY_FILE={client.key}",
+            file=out,
+            flush=True,
+        )
 
     async def when_started(supervisor: Supervisor) -> None:
         await wait_ready(
@@ -516,8 +553,27 @@ def run_up(
             out=out,
             err=err,
             timeout=ready_timeout,
+            tls=certs.client if certs is not None else None,
         )
 
     return asyncio.run(
-        supervise(child_specs(layout, data_dir), out=out, err=err, when_started=when_started)
+        supervise(child_specs(layout, data_dir, certs), out=out, err=err, when_started=when_started)
     )
+
+
+def _dev_certs(data_dir: Path, layout: Layout) -> DevCerts:
+    """The certificates in ``DATA/tls``, written by the first ``up --tls``."""
+    # Imported here: only ``up --tls`` needs the cryptography package.
+    from router.certs import DevCerts, write_dev_certs
+
+    directory = data_dir / "tls"
+    if not directory.exists():
+        return write_dev_certs(directory, layout.nodes)
+    certs = DevCerts(directory, layout.nodes)
+    missing = [path for path in certs.paths() if not path.exists()]
+    if missing:
+        raise LaunchError(
+            f"{missing[0]} is missing: {directory} holds an incomplete set of certificates; "
+            "remove the directory to make new ones"
+        )
+    return certs

@@ -15,6 +15,18 @@ serves the router's Prometheus metrics (``router.metrics``) over HTTP on
 ``--metrics-address`` (``SHARDKV_ROUTER_METRICS_ADDRESS``, default
 127.0.0.1).
 
+``--tls-ca-file``, ``--tls-cert-file`` and ``--tls-key-file``
+(``SHARDKV_ROUTER_TLS_CA_FILE`` and so on), all three or none: the cluster CA's
+certificate and the router's own certificate and key. With them the router
+serves clients with mutual TLS only and dials the nodes with mutual TLS
+(``shardkv.tls``).
+
+``--tokens-file`` (``SHARDKV_ROUTER_TOKENS_FILE``) turns on authentication:
+every Router call then needs a bearer token the file names, with a role that
+covers the method (``router.auth``). The limits (``--max-request-bytes``,
+``--max-keys-per-call``, ``--max-in-flight``, ``--max-in-flight-per-group``,
+``--default-deadline``, ``--max-deadline``) are ``router.limits``.
+
 Beside ``shardkv.v1.Router`` the server answers standard gRPC health checks
 (SERVING once it has a cluster map and every group on the ring has a leader
 it can reach: ``router.health``) and server reflection (``shardkv.health``).
@@ -28,17 +40,21 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import grpc
 import grpc.aio
 
+from router.auth import AuthInterceptor, Role, load_tokens
 from router.health import RouterHealthCheck
+from router.limits import DEFAULT_LIMITS, InFlightInterceptor, RouterLimits
 from router.service import RouterService
 from router.topology import MAX_MESSAGE_BYTES, Topology
 from shardkv import logs
 from shardkv.health import Health
 from shardkv.metrics import DEFAULT_METRICS_ADDRESS, MetricsServer
+from shardkv.tls import TlsError, TlsFiles, TlsMaterial, add_port
 from shardkv.v1 import router_pb2, router_pb2_grpc
 
 __all__ = ["ROUTER_SERVICES", "main", "serve"]
@@ -80,6 +96,56 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("SHARDKV_ROUTER_METRICS_ADDRESS") or DEFAULT_METRICS_ADDRESS,
         help="address the metrics endpoint binds (default: %(default)s)",
     )
+    auth_and_limits = parser.add_argument_group(
+        "authentication and limits",
+        "beyond a limit of calls or queued requests a call is refused with RESOURCE_EXHAUSTED "
+        "and trailing metadata retry-after-ms",
+    )
+    auth_and_limits.add_argument(
+        "--tokens-file",
+        type=Path,
+        default=os.environ.get("SHARDKV_ROUTER_TOKENS_FILE") or None,
+        help="TOML (.toml) or JSON file with a tokens table of token = role (read-write or "
+        "admin); every call then needs 'authorization: Bearer <token>' (default: none, "
+        "authentication off) [env SHARDKV_ROUTER_TOKENS_FILE]",
+    )
+    auth_and_limits.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_LIMITS.max_request_bytes,
+        help="the largest request message accepted (default: %(default)s)",
+    )
+    auth_and_limits.add_argument(
+        "--max-keys-per-call",
+        type=int,
+        default=DEFAULT_LIMITS.max_keys_per_call,
+        help="the most items of one Batch, PutMany or GetMany, at most the default "
+        "(default: %(default)s)",
+    )
+    auth_and_limits.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=DEFAULT_LIMITS.max_in_flight,
+        help="the most calls this router serves at once (default: %(default)s)",
+    )
+    auth_and_limits.add_argument(
+        "--max-in-flight-per-group",
+        type=int,
+        default=DEFAULT_LIMITS.max_in_flight_per_group,
+        help="the most requests waiting at this router for one group (default: %(default)s)",
+    )
+    auth_and_limits.add_argument(
+        "--default-deadline",
+        type=float,
+        default=DEFAULT_LIMITS.default_deadline,
+        help="seconds a call without a deadline gets (default: %(default)s)",
+    )
+    auth_and_limits.add_argument(
+        "--max-deadline",
+        type=float,
+        default=DEFAULT_LIMITS.max_deadline,
+        help="a caller's longer deadline is cut to this many seconds (default: %(default)s)",
+    )
     parser.add_argument(
         "--log-level",
         default=os.environ.get("SHARDKV_LOG_LEVEL") or "INFO",
@@ -94,7 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
         choices=logs.LOG_FORMATS,
         help="text, or json for one JSON object a line (default: %(default)s)",
     )
+    for name, what in _TLS_FLAGS:
+        parser.add_argument(
+            f"--tls-{name}-file",
+            metavar="PATH",
+            default=os.environ.get(f"SHARDKV_ROUTER_TLS_{name.upper()}_FILE") or None,
+            help=f"PEM {what}; with the other two --tls-* flags, mutual TLS to clients "
+            f"and nodes (default: plaintext) [env SHARDKV_ROUTER_TLS_{name.upper()}_FILE]",
+        )
     return parser
+
+
+_TLS_FLAGS = (
+    ("ca", "certificate of the cluster CA"),
+    ("cert", "certificate of this router"),
+    ("key", "private key of this router's certificate"),
+)
 
 
 async def serve(
@@ -103,17 +184,26 @@ async def serve(
     *,
     metrics_port: int = 0,
     metrics_address: str = DEFAULT_METRICS_ADDRESS,
+    tls: TlsMaterial | None = None,
+    tokens: Mapping[str, Role] | None = None,
+    limits: RouterLimits = DEFAULT_LIMITS,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    topology = Topology(nodes)
-    service = RouterService(topology)
+    topology = Topology(nodes, tls=tls)
+    service = RouterService(topology, limits=limits)
+    # Metrics first, so that refused calls are counted with their codes; then
+    # authentication, so that a caller without a token takes no place in flight.
+    interceptors: list[grpc.aio.ServerInterceptor] = [service.metrics.interceptor]  # type: ignore[type-arg]
+    if tokens is not None:
+        interceptors.append(AuthInterceptor(tokens))
+    interceptors.append(InFlightInterceptor(limits.max_in_flight))
     server = grpc.aio.server(
-        interceptors=[service.metrics.interceptor],
+        interceptors=interceptors,
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", limits.max_request_bytes),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ],
@@ -123,7 +213,7 @@ async def serve(
         server, ROUTER_SERVICES, RouterHealthCheck(topology), interval=_HEALTH_INTERVAL
     )
     try:
-        server.add_insecure_port(listen)
+        add_port(server, listen, tls)
     except RuntimeError:
         print(
             f"shardkv-router: cannot listen on {listen}: the port is in use or the address "
@@ -171,6 +261,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.metrics_port <= 65535:
         print("shardkv-router: --metrics-port must be 1 to 65535, or 0 for none", file=sys.stderr)
         return 2
+    try:
+        tls_files = TlsFiles.from_options(args.tls_ca_file, args.tls_cert_file, args.tls_key_file)
+        tls = tls_files.load() if tls_files is not None else None
+    except TlsError as exc:
+        print(f"shardkv-router: {exc}; fix the --tls-* flags", file=sys.stderr)
+        return 2
+    try:
+        limits = RouterLimits(
+            max_request_bytes=args.max_request_bytes,
+            max_keys_per_call=args.max_keys_per_call,
+            max_in_flight=args.max_in_flight,
+            max_in_flight_per_group=args.max_in_flight_per_group,
+            default_deadline=args.default_deadline,
+            max_deadline=args.max_deadline,
+        )
+        tokens = load_tokens(args.tokens_file) if args.tokens_file is not None else None
+    except ValueError as exc:  # a bad limit, or a TokensFileError
+        print(f"shardkv-router: {exc}", file=sys.stderr)
+        return 2
     logs.configure(args.log_level, args.log_format)
     return asyncio.run(
         serve(
@@ -178,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             nodes,
             metrics_port=args.metrics_port,
             metrics_address=args.metrics_address,
+            tls=tls,
+            tokens=tokens,
+            limits=limits,
         )
     )
 

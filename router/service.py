@@ -13,6 +13,11 @@ Status codes a caller sees:
   message names the group and what was tried. Retry (a write with the same
   session: exactly-once).
 - DEADLINE_EXCEEDED: the caller's deadline passed (a write may still apply).
+  A call without a deadline gets ``limits.default_deadline``; a longer one is
+  cut to ``limits.max_deadline`` (``router.limits``).
+- RESOURCE_EXHAUSTED: a group's queue at the router is full; nothing of the
+  call was sent, and the trailing metadata ``retry-after-ms`` says when to
+  try again (``router.limits``).
 
 Writes carry the client's ``Session`` (client_id, seq, acked_seq) down to the
 groups, so a retry, by this router or by the client through another router,
@@ -53,14 +58,16 @@ from router.groups import (
     InvalidRequest,
     Locked,
     NodeError,
+    Overloaded,
     Reroute,
     RouteError,
 )
+from router.limits import DEFAULT_LIMITS, RETRY_AFTER_KEY, RouterLimits
 from router.metrics import RouterMetrics
 from router.topology import Topology
 from router.txn import Coordinator, ReadLocked
 from shardkv.errors import InvalidArgument
-from shardkv.limits import MAX_OPERATIONS, check_command, check_key
+from shardkv.limits import check_command, check_key
 from shardkv.storage.keys import prefix_end
 from shardkv.txn_protocol import Settled
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc, router_pb2, router_pb2_grpc
@@ -71,7 +78,6 @@ _log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-DEFAULT_DEADLINE = 30.0
 _DEADLINE_PASSED = "the deadline passed before the cluster answered; a write may still apply"
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
@@ -102,8 +108,14 @@ def _node_error(code: int, message: str) -> RouteError:
 
 
 class RouterService(router_pb2_grpc.RouterServicer):
-    def __init__(self, topology: Topology, metrics: RouterMetrics | None = None) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        metrics: RouterMetrics | None = None,
+        limits: RouterLimits = DEFAULT_LIMITS,
+    ) -> None:
         self.topology = topology
+        self.limits = limits
         self.metrics = metrics if metrics is not None else RouterMetrics()
         self.groups = GroupChannel(topology, self.metrics)
         self._writers: dict[int, GroupBatcher[kv_pb2.Command, kv_pb2.CommandResult]] = {}
@@ -123,8 +135,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
     # -- plumbing -----------------------------------------------------------------------
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:  # type: ignore[type-arg]
-        remaining = context.time_remaining()
-        budget = DEFAULT_DEADLINE if remaining is None else remaining
+        budget = self.limits.deadline_for(context.time_remaining())
         return asyncio.get_running_loop().time() + budget
 
     async def _serve(
@@ -158,7 +169,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
             ) -> list[kv_pb2.CommandResult | BaseException]:
                 return await self._write_batch(group_id, commands, deadline)
 
-            writer = self._writers[group_id] = GroupBatcher(send)
+            writer = self._writers[group_id] = GroupBatcher(
+                send, max_queued=self.limits.max_in_flight_per_group, group_id=group_id
+            )
         return writer
 
     def _reader(self, group_id: int) -> GroupBatcher[bytes, kv_pb2.KeyValue | None]:
@@ -170,7 +183,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
             ) -> list[kv_pb2.KeyValue | BaseException | None]:
                 return await self._read_batch(group_id, keys, deadline)
 
-            reader = self._readers[group_id] = GroupBatcher(send)
+            reader = self._readers[group_id] = GroupBatcher(
+                send, max_queued=self.limits.max_in_flight_per_group, group_id=group_id
+            )
         return reader
 
     async def _write_batch(
@@ -417,10 +432,11 @@ class RouterService(router_pb2_grpc.RouterServicer):
         request: router_pb2.BatchRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.BatchResponse:
-        if len(request.requests) > MAX_OPERATIONS:
+        if len(request.requests) > self.limits.max_keys_per_call:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"{len(request.requests)} requests in one batch; at most {MAX_OPERATIONS}",
+                f"{len(request.requests)} requests in one batch; "
+                f"at most {self.limits.max_keys_per_call}",
             )
         deadline = self._deadline(context)
         responses = await asyncio.gather(*(self._one(item, deadline) for item in request.requests))
@@ -516,9 +532,10 @@ class RouterService(router_pb2_grpc.RouterServicer):
         if not items:
             return router_pb2.PutManyResponse()
         try:
-            if len(items) > MAX_OPERATIONS:
+            if len(items) > self.limits.max_keys_per_call:
                 raise InvalidArgument(
-                    f"{len(items)} items in one call; at most {MAX_OPERATIONS}: send several"
+                    f"{len(items)} items in one call; at most {self.limits.max_keys_per_call}: "
+                    "send several"
                 )
             check_command(kv_pb2.Command(puts=items))
             session = self._session(request.session)
@@ -547,6 +564,12 @@ class RouterService(router_pb2_grpc.RouterServicer):
         by_group: dict[int, list[kv_pb2.KeyValue]] = defaultdict(list)
         for item in items:
             by_group[ring.group_for(item.key)].append(item)
+        # All groups or none: a call refused at a limit applies nothing (no
+        # await between this check and the submits below).
+        for group_id in by_group:
+            overloaded = self._writer(group_id).overloaded()
+            if overloaded is not None:
+                raise overloaded
         futures = [
             self._writer(group_id).submit(
                 kv_pb2.Command(
@@ -592,8 +615,10 @@ class RouterService(router_pb2_grpc.RouterServicer):
     ) -> router_pb2.GetManyResponse:
         keys = list(request.keys)
         try:
-            if len(keys) > MAX_OPERATIONS:
-                raise InvalidArgument(f"{len(keys)} keys in one call; at most {MAX_OPERATIONS}")
+            if len(keys) > self.limits.max_keys_per_call:
+                raise InvalidArgument(
+                    f"{len(keys)} keys in one call; at most {self.limits.max_keys_per_call}"
+                )
             for key in keys:
                 check_key(key)
         except InvalidArgument as error:
@@ -721,5 +746,7 @@ def _scan_range(request: router_pb2.ScanKeysRequest) -> tuple[bytes, bytes | Non
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: RouteError) -> NoReturn:  # type: ignore[type-arg]
+    if isinstance(error, Overloaded):
+        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(error.retry_after_ms)),))
     await context.abort(error.code, str(error))
     raise AssertionError("unreachable")

@@ -27,6 +27,7 @@ import grpc
 import grpc.aio
 
 from shardkv.ring import KeyRing, build_ring, map_order
+from shardkv.tls import TlsMaterial, open_channel
 from shardkv.v1 import cluster_pb2, node_pb2, node_pb2_grpc
 
 __all__ = ["Topology"]
@@ -43,11 +44,18 @@ _CHANNEL_OPTIONS = [
 
 
 class Topology:
-    def __init__(self, seeds: Sequence[str], *, poll_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        seeds: Sequence[str],
+        *,
+        poll_interval: float = 1.0,
+        tls: TlsMaterial | None = None,
+    ) -> None:
         if not seeds:
             raise ValueError("a router needs the address of at least one node")
         self.seeds = list(seeds)
         self.poll_interval = poll_interval
+        self._tls = tls
         self.map: cluster_pb2.ClusterMap | None = None
         self.ring: KeyRing | None = None
         self._addresses: dict[int, str] = {}
@@ -154,7 +162,7 @@ class Topology:
     def stub_at(self, address: str) -> node_pb2_grpc.NodeStub:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            channel = open_channel(address, self._tls, options=_CHANNEL_OPTIONS)
             self._channels[address] = channel
             stub = self._stubs[address] = node_pb2_grpc.NodeStub(channel)  # type: ignore[no-untyped-call]
         return stub

@@ -54,6 +54,7 @@ from shardkv.node.config import NodeConfig
 from shardkv.node.runtime import NodeRuntime
 from shardkv.raft import Role
 from shardkv.ring import map_order, ring_of
+from shardkv.tls import TlsMaterial, open_channel
 from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, node_pb2_grpc
 
 __all__ = ["CLUSTER_MAP_KEY", "META_GROUP", "ClusterAgent", "initial_map"]
@@ -94,8 +95,10 @@ class ClusterAgent:
         *,
         interval: float = 0.2,
         transfer_backoff: float = 10.0,
+        tls: TlsMaterial | None = None,
     ) -> None:
         self.runtime = runtime
+        self._tls = tls
         self.initial = initial
         self.interval = interval
         self.map: cluster_pb2.ClusterMap | None = None
@@ -282,7 +285,7 @@ class ClusterAgent:
         async def ask(node_id: int, address: str) -> cluster_pb2.ClusterMap | None:
             channel = self._channels.get(node_id)
             if channel is None:
-                channel = self._channels[node_id] = grpc.aio.insecure_channel(address)
+                channel = self._channels[node_id] = open_channel(address, self._tls)
             stub = node_pb2_grpc.NodeStub(channel)  # type: ignore[no-untyped-call]
             try:
                 response: node_pb2.GetClusterMapResponse = await stub.GetClusterMap(

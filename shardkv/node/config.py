@@ -25,7 +25,7 @@ Decisions:
    ``round_robin_groups`` with ``groups_count`` (default: one group per node)
    and ``replication`` (default: 3, or fewer if the cluster is smaller);
    ``data_dir`` is ``shardkv-data/node-<node_id>``.
-4. A relative ``data_dir`` in the TOML file is relative to the file's own
+4. A relative ``data_dir`` (or TLS file) in the TOML file is relative to the file's own
    directory, so one file works from any working directory; from a flag or the
    environment it is relative to the working directory.
 5. ``groups`` and the shorthand ``groups_count``/``replication`` exclude each
@@ -56,6 +56,7 @@ from typing import Any, Generic, Literal, NoReturn, TypeVar, cast
 from shardkv.errors import ShardKVError
 from shardkv.logs import LOG_FORMATS
 from shardkv.metrics import DEFAULT_METRICS_ADDRESS
+from shardkv.tls import TlsFiles
 
 __all__ = [
     "CONFIG_ENV",
@@ -312,6 +313,16 @@ def _path_text(text: str) -> Path:
 
 def _path_toml(value: object) -> Path:
     return _path_text(_str_toml(value))
+
+
+def _file_text(text: str) -> Path:
+    if not text.strip():
+        raise _Invalid("expected a file path")
+    return Path(text.strip())
+
+
+def _file_toml(value: object) -> Path:
+    return _file_text(_str_toml(value))
 
 
 def _cluster_id_text(text: str) -> str:
@@ -612,6 +623,29 @@ _LOG_FORMAT = _Setting(
     _log_format_text,
     _log_format_toml,
 )
+_TLS_CA_FILE = _Setting(
+    "tls_ca_file",
+    "PATH",
+    "PEM certificate of the cluster CA: with tls_cert_file and tls_key_file, every "
+    "connection from and to this node is mutual TLS (default: plaintext)",
+    _file_text,
+    _file_toml,
+)
+_TLS_CERT_FILE = _Setting(
+    "tls_cert_file",
+    "PATH",
+    "PEM certificate of this node, signed by the cluster CA (default: plaintext)",
+    _file_text,
+    _file_toml,
+)
+_TLS_KEY_FILE = _Setting(
+    "tls_key_file",
+    "PATH",
+    "PEM private key of this node's certificate (default: plaintext)",
+    _file_text,
+    _file_toml,
+)
+_TLS_SETTINGS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
 
 _SETTINGS: dict[str, _Setting[Any]] = {
     setting.name: setting
@@ -637,8 +671,14 @@ _SETTINGS: dict[str, _Setting[Any]] = {
         _METRICS_ADDRESS,
         _LOG_LEVEL,
         _LOG_FORMAT,
+        _TLS_CA_FILE,
+        _TLS_CERT_FILE,
+        _TLS_KEY_FILE,
     )
 }
+
+# Paths that a TOML file gives relative to its own directory (decision 4).
+_FILE_RELATIVE = frozenset({"data_dir", *_TLS_SETTINGS})
 
 # One layer's values: setting name -> (value as its ``_Setting`` made it, origin).
 _Layer = dict[str, tuple[object, Origin]]
@@ -683,6 +723,9 @@ class NodeConfig:
     log_level: str = "INFO"
     log_format: str = "text"
     join: str | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     # Where each setting came from; a setting missing here was a constructor
     # argument. Not part of equality: the same config is the same config.
     origins: Mapping[str, Origin] = field(default_factory=dict, compare=False, repr=False)
@@ -692,6 +735,7 @@ class NodeConfig:
         self._check_addresses()
         self._check_initial_cluster()
         self._check_groups()
+        self._check_tls()
 
     def origin(self, setting: str) -> Origin:
         return self.origins.get(setting, _ARGUMENT)
@@ -805,6 +849,24 @@ class NodeConfig:
                 "does not answer on",
                 f"make them equal, or set {_how_to_set('advertise')}",
             )
+
+    def _check_tls(self) -> None:
+        given = [setting for setting in _TLS_SETTINGS if getattr(self, setting) is not None]
+        if given and len(given) < len(_TLS_SETTINGS):
+            missing = next(setting for setting in _TLS_SETTINGS if setting not in given)
+            raise ConfigError(
+                f"{given[0]} is set (from {self.origin(given[0])}) but {missing} is not: "
+                "TLS needs the CA, certificate and key files together; "
+                f"set {_how_to_set(missing)}, or unset the others for plaintext",
+                setting=missing,
+            )
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        """The node's TLS files, or None for plaintext (the check makes it all or none)."""
+        if self.tls_ca_file is None or self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return TlsFiles(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
 
     def _check_groups(self) -> None:
         if META_GROUP_ID not in self.groups:
@@ -967,7 +1029,7 @@ def _file_layer(path: Path, path_origin: Origin) -> _Layer:
             )
         origin = Origin("file", f"{key} in {path}")
         value = _convert(setting, raw, origin, setting.from_toml)
-        if setting is _DATA_DIR:
+        if setting.name in _FILE_RELATIVE:
             # Relative to the file, so that one file works from any directory.
             value = path.parent / cast(Path, value)
         layer[key] = (value, origin)

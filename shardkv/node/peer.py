@@ -355,7 +355,13 @@ class Peer:
     def _log_leader(self, leader_id: int, was_leader: bool) -> None:
         """Log this node stepping down, and each new leader once (by leader and term)."""
         term = self.raw.raft.term
-        extra = {"group_id": self.group_id, "node_id": self.node_id, "term": term}
+        # leader_id: the leader now known (0: none), on every line.
+        extra = {
+            "group_id": self.group_id,
+            "node_id": self.node_id,
+            "term": term,
+            "leader_id": leader_id,
+        }
         if was_leader and self.role != Role.LEADER:
             _log.info(
                 "group %d: node %d stepped down as leader in term %d",
@@ -373,7 +379,7 @@ class Peer:
         else:
             message = "group %d: node %d follows leader node %d in term %d"
             arguments = (self.group_id, self.node_id, leader_id, term)
-        _log.info(message, *arguments, extra={**extra, "leader_id": leader_id})
+        _log.info(message, *arguments, extra=extra)
 
     def _answer_reads(self) -> None:
         for context, read in list(self._reads.items()):

@@ -91,6 +91,7 @@ from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import NodeService
 from shardkv.node.transport_grpc import GrpcTransport, server_options
 from shardkv.storage import AlreadyBootstrapped, DataDirInUse, Engine, GroupStorage
+from shardkv.tls import TlsError, TlsMaterial, add_port, open_channel
 from shardkv.v1 import cluster_pb2, node_pb2, node_pb2_grpc, raft_pb2
 
 __all__ = [
@@ -223,8 +224,9 @@ class NodeProcess:
     async def start(cls, config: NodeConfig) -> NodeProcess:
         """Open, bootstrap if fresh, and serve; ``ConfigError`` if the node cannot start."""
         check_port_free(config.listen)
+        tls = _load_tls(config)
         # Before the data dir is claimed: a refused join leaves nothing behind.
-        joined = await join_cluster(config) if config.join is not None else None
+        joined = await join_cluster(config, tls) if config.join is not None else None
         state = prepare_data_dir(config)
         engine = _open_engine(config, state)
         async with contextlib.AsyncExitStack() as undo:
@@ -234,7 +236,7 @@ class NodeProcess:
                     _bootstrap(config, engine)
                 mark_bootstrapped(state)
             peers = _build_peers(config, engine)
-            transport = GrpcTransport(config.node_id)
+            transport = GrpcTransport(config.node_id, tls=tls)
             # The server takes its limits from the transport, so that what one
             # node sends the other accepts.
             server = grpc.aio.server(
@@ -259,12 +261,13 @@ class NodeProcess:
             metrics_server = _serve_metrics(config, metrics)
             if metrics_server is not None:
                 undo.push_async_callback(metrics_server.close)
-            agent = ClusterAgent(runtime, initial_map(config), config.initial_cluster)
+            agent = ClusterAgent(runtime, initial_map(config), config.initial_cluster, tls=tls)
             undo.push_async_callback(agent.stop)
             resolver = TxnResolver(
                 runtime,
                 lambda: agent.map,
                 interval=config.txn_resolve_interval_ms / 1000,
+                tls=tls,
             )
             undo.push_async_callback(resolver.stop)
             # The generated registration function carries no type hints.
@@ -280,7 +283,7 @@ class NodeProcess:
             )
             undo.push_async_callback(health.stop)
             try:
-                server.add_insecure_port(config.listen)
+                add_port(server, config.listen, tls)
             except RuntimeError as exc:
                 raise ConfigError(
                     f"the gRPC server cannot bind listen address {config.listen} (from "
@@ -358,7 +361,23 @@ class NodeProcess:
 JOIN_TIMEOUT = 60.0
 
 
-async def join_cluster(config: NodeConfig) -> cluster_pb2.ClusterMap:
+def _load_tls(config: NodeConfig) -> TlsMaterial | None:
+    """Read the node's TLS files, if it has them; ``ConfigError`` naming the bad one."""
+    files = config.tls
+    if files is None:
+        return None
+    try:
+        return files.load()
+    except TlsError as exc:
+        raise ConfigError(
+            f"{exc}; fix the file, or the tls_ca_file, tls_cert_file or tls_key_file "
+            "setting that names it"
+        ) from exc
+
+
+async def join_cluster(
+    config: NodeConfig, tls: TlsMaterial | None = None
+) -> cluster_pb2.ClusterMap:
     """Ask the member at ``config.join`` to add this node; the map with it (see the docstring)."""
     assert config.join is not None
     request = node_pb2.JoinRequest(
@@ -370,7 +389,7 @@ async def join_cluster(config: NodeConfig) -> cluster_pb2.ClusterMap:
     problem = "no answer yet"
     while loop.time() < deadline:
         response: node_pb2.JoinResponse | None
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with open_channel(target, tls) as channel:
             stub = node_pb2_grpc.NodeStub(channel)  # type: ignore[no-untyped-call]
             try:
                 response = await stub.Join(request, timeout=5.0)

@@ -61,6 +61,7 @@ from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import txn_listing
 from shardkv.raft import Role
 from shardkv.ring import KeyRing, build_ring
+from shardkv.tls import TlsMaterial, open_channel
 from shardkv.txn_protocol import finish_everywhere, now_ms, settle_lock, txn_name
 from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, node_pb2_grpc
 
@@ -96,10 +97,12 @@ class NodeGroupCalls:
         cluster_map: ClusterMapSource,
         *,
         timeout: float = _CALL_TIMEOUT,
+        tls: TlsMaterial | None = None,
     ) -> None:
         self.runtime = runtime
         self.cluster_map = cluster_map
         self.timeout = timeout
+        self._tls = tls
         self._ring: tuple[cluster_pb2.Ring, KeyRing] | None = None
         self._leaders: dict[int, int] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -201,7 +204,7 @@ class NodeGroupCalls:
             raise OutcomeUnknown("the resolver is stopping")
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            channel = self._channels[address] = open_channel(address, self._tls)
         return node_pb2_grpc.NodeStub(channel)  # type: ignore[no-untyped-call]
 
     async def _call(
@@ -288,12 +291,13 @@ class TxnResolver:
         interval: float = DEFAULT_INTERVAL,
         max_in_flight: int = _MAX_IN_FLIGHT,
         calls: NodeGroupCalls | None = None,
+        tls: TlsMaterial | None = None,
     ) -> None:
         self.runtime = runtime
         self.cluster_map = cluster_map
         self.interval = interval
         self.max_in_flight = max_in_flight
-        self.calls = calls if calls is not None else NodeGroupCalls(runtime, cluster_map)
+        self.calls = calls if calls is not None else NodeGroupCalls(runtime, cluster_map, tls=tls)
         self._running: dict[_TxnKey, asyncio.Task[None]] = {}
         # txn -> (failures so far, loop time before which it is not retried)
         self._retry: dict[_TxnKey, tuple[int, float]] = {}

@@ -86,6 +86,7 @@ import grpc.aio
 from shardkv.node.codec import fill_message, message_from_proto
 from shardkv.node.transport import MessageTooLarge, TransportBase, TransportStats
 from shardkv.raft.types import Message, MessageType
+from shardkv.tls import TlsMaterial, open_channel
 from shardkv.v1.raft_pb2 import DESCRIPTOR, RaftBatch, RaftBatchAck
 
 __all__ = ["GrpcTransport", "GrpcTransportOptions", "PeerTraffic", "server_options"]
@@ -227,9 +228,11 @@ class GrpcTransport(TransportBase):
         *,
         options: GrpcTransportOptions | None = None,
         rng: random.Random | None = None,
+        tls: TlsMaterial | None = None,
     ) -> None:
         super().__init__(node_id)
         self._options = options or GrpcTransportOptions()
+        self._tls = tls
         self._rng = rng or random.Random()
         self._links: dict[int, _PeerLink] = {}
         # The snapshot lane: a second link to a peer, made when a snapshot first goes there.
@@ -288,6 +291,7 @@ class GrpcTransport(TransportBase):
             self._rng,
             self.stats,
             self._traffic_of(node_id),
+            self._tls,
         )
 
     def _traffic_of(self, node_id: int) -> PeerTraffic:
@@ -506,6 +510,7 @@ class _PeerLink:
         rng: random.Random,
         stats: TransportStats,
         traffic: PeerTraffic,
+        tls: TlsMaterial | None,
     ) -> None:
         self.node_id = node_id
         self.peer_id = peer_id
@@ -526,7 +531,7 @@ class _PeerLink:
         # Set by stop(). The task is cancelled too, but a cancellation can be
         # lost in a race inside gRPC's awaitables, so its loops check this.
         self._stopping = False
-        self._channel = grpc.aio.insecure_channel(address, options=_channel_options(options))
+        self._channel = open_channel(address, tls, options=_channel_options(options))
         self._stream: grpc.aio.StreamStreamMultiCallable[bytes, RaftBatchAck] = (
             self._channel.stream_stream(
                 _STREAM_PATH,
