@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import grpc
 import grpc.aio
 
-from shardkv.v1 import router_pb2
+from router.interceptors import SERVICE_PREFIX
 
 __all__ = [
     "ADMIN_METHODS",
@@ -53,7 +53,7 @@ __all__ = [
 
 METADATA_KEY = "authorization"
 _SCHEME = "bearer "
-_SERVICE_PREFIX = "/" + router_pb2.DESCRIPTOR.services_by_name["Router"].full_name + "/"
+
 # The operator's commands: they read and change other callers' transactions.
 ADMIN_METHODS = frozenset({"ListTransactions", "ShowTxn", "ResolveTxn"})
 
@@ -135,9 +135,9 @@ class AuthInterceptor(_Interceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler:
         path = handler_call_details.method
-        if not path.startswith(_SERVICE_PREFIX):
+        if not path.startswith(SERVICE_PREFIX):
             return await continuation(handler_call_details)
-        method = path[len(_SERVICE_PREFIX) :]
+        method = path[len(SERVICE_PREFIX) :]
         role = self.role_of(handler_call_details.invocation_metadata)
         if role is None:
             return self._refusal(

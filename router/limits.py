@@ -24,15 +24,13 @@ so the calls it does take finish within their deadlines.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
 
 import grpc
 import grpc.aio
 
+from router.interceptors import Behavior, RouterMethodInterceptor
 from shardkv.limits import MAX_OPERATIONS
-from shardkv.v1 import router_pb2
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -46,14 +44,6 @@ __all__ = [
 RETRY_AFTER_KEY = "retry-after-ms"
 # Long enough for a few node round trips to finish and free their places.
 RETRY_AFTER_MS = 50
-_SERVICE_PREFIX = "/" + router_pb2.DESCRIPTOR.services_by_name["Router"].full_name + "/"
-
-if TYPE_CHECKING:
-    _Behavior = Callable[[object, grpc.aio.ServicerContext[object, object]], Awaitable[object]]
-    _Handler = grpc.RpcMethodHandler[object, object]
-    _Interceptor = grpc.aio.ServerInterceptor[object, object]
-else:
-    _Interceptor = grpc.aio.ServerInterceptor
 
 
 @dataclass(frozen=True)
@@ -88,36 +78,15 @@ def overloaded_message(what: str) -> str:
     return f"{what}; retry after {RETRY_AFTER_MS} ms ({RETRY_AFTER_KEY} in the trailing metadata)"
 
 
-class InFlightInterceptor(_Interceptor):
+class InFlightInterceptor(RouterMethodInterceptor):
     """Serves at most ``max_in_flight`` Router calls at once; refuses more (see above)."""
 
     def __init__(self, max_in_flight: int) -> None:
+        super().__init__()
         self.max_in_flight = max_in_flight
         self.in_flight = 0
-        self._handlers: dict[str, tuple[_Handler, _Handler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler:
-        handler = await continuation(handler_call_details)
-        path = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not path.startswith(_SERVICE_PREFIX):
-            return handler
-        cached = self._handlers.get(path)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        # The stubs type behaviors as synchronous; under grpc.aio they are coroutines.
-        limited: _Handler = grpc.unary_unary_rpc_method_handler(
-            self._limit(cast("_Behavior", handler.unary_unary)),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        self._handlers[path] = (handler, limited)
-        return limited
-
-    def _limit(self, behavior: _Behavior) -> _Behavior:
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def limited(
             request: object, context: grpc.aio.ServicerContext[object, object]
         ) -> object:

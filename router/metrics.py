@@ -28,29 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, cast
 
 import grpc
 import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from router.interceptors import Behavior, RouterMethodInterceptor
 from shardkv.metrics import LATENCY_BUCKETS
-from shardkv.v1 import router_pb2
 
 __all__ = ["TXN_OUTCOMES", "RouterMetrics"]
 
-_SERVICE_PREFIX = "/" + router_pb2.DESCRIPTOR.services_by_name["Router"].full_name + "/"
 TXN_OUTCOMES = ("committed", "compare_failed", "aborted", "in_doubt", "rejected")
 _ITEM_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0)
-
-if TYPE_CHECKING:
-    # Generic only in the type stubs.
-    _Behavior = Callable[[object, grpc.aio.ServicerContext[object, object]], Awaitable[object]]
-    _Handler = grpc.RpcMethodHandler[object, object]
-    _Interceptor = grpc.aio.ServerInterceptor[object, object]
-else:
-    _Interceptor = grpc.aio.ServerInterceptor
 
 
 class RouterMetrics:
@@ -105,37 +94,14 @@ class RouterMetrics:
         self.interceptor = _RequestInterceptor(self)
 
 
-class _RequestInterceptor(_Interceptor):
+class _RequestInterceptor(RouterMethodInterceptor):
     """Counts and times every unary call of the Router service; other services pass through."""
 
     def __init__(self, metrics: RouterMetrics) -> None:
+        super().__init__()
         self._metrics = metrics
-        # method path -> (the handler continuation gave, its observed twin)
-        self._handlers: dict[str, tuple[_Handler, _Handler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler:
-        handler = await continuation(handler_call_details)
-        path = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not path.startswith(_SERVICE_PREFIX):
-            return handler
-        cached = self._handlers.get(path)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        # The stubs type behaviors as synchronous; under grpc.aio they are coroutines.
-        behavior = cast("_Behavior", handler.unary_unary)
-        observed: _Handler = grpc.unary_unary_rpc_method_handler(
-            self._observe(path[len(_SERVICE_PREFIX) :], behavior),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        self._handlers[path] = (handler, observed)
-        return observed
-
-    def _observe(self, method: str, behavior: _Behavior) -> _Behavior:
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
         metrics = self._metrics
 
         async def observed(
