@@ -326,11 +326,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
             except ReadLocked as locked:
                 # The value under a lock is the one before its transaction;
                 # it stands while the transaction runs (see router.txn).
-                settled = await self.coordinator.settle(group_id, locked.lock, deadline)
+                settled = await self.coordinator.settle(group_id, locked.lock, attempt, deadline)
                 if settled is Settled.RUNNING:
                     return locked.kv
-                if settled is Settled.UNDECIDED:
-                    await asyncio.sleep(min(0.05, 0.005 * 2**attempt))
         raise AssertionError("unreachable")
 
     async def _write_one(
@@ -682,12 +680,13 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 for lock in page_of_group.locks
             ]
             settled = await asyncio.gather(
-                *(self.coordinator.settle(group_id, lock, deadline) for group_id, lock in locked)
+                *(
+                    self.coordinator.settle(group_id, lock, attempt, deadline)
+                    for group_id, lock in locked
+                )
             )
             if all(state is Settled.RUNNING for state in settled):
                 break
-            if Settled.UNDECIDED in settled:
-                await asyncio.sleep(min(0.05, 0.005 * 2**attempt))
         merged = list(
             itertools.islice(heapq.merge(*(p.kvs for p in pages), key=lambda kv: kv.key), page + 1)
         )

@@ -76,7 +76,7 @@ from shardkv.txn_protocol import (
     Settled,
     decide_command,
     expired,
-    finish_command,
+    finish_everywhere,
     now_ms,
     operation_key,
     settle_lock,
@@ -118,6 +118,8 @@ class _Plan:
     then_at: list[tuple[int, int]] = field(default_factory=list)
     else_at: list[tuple[int, int]] = field(default_factory=list)
     first_key: bytes = b""
+    # The group of the first key: it keeps the record.
+    primary: int = 0
 
     def part(self, group_id: int, key: bytes) -> kv_pb2.TxnPrepare:
         if not self.first_key:
@@ -212,7 +214,7 @@ class Coordinator:
                 branch = prepare.then_ops if then else prepare.else_ops
                 positions.append((group_id, len(branch)))
                 branch.append(operation)
-        primary = ring.group_for(plan.first_key) if plan.first_key else 0
+        plan.primary = primary = ring.group_for(plan.first_key) if plan.first_key else 0
         now = now_ms()
         deadline_ms = now + int(self.ttl * 1000)
         started_ms = min(request.started_ms or now, now)
@@ -229,7 +231,6 @@ class Coordinator:
     ) -> router_pb2.TxnResponse:
         ((group_id, prepare),) = plan.prepares.items()
         prepare.one_phase = True
-        prepare.ClearField("participant_keys")
         command = _command(session, kv_pb2.TxnStep(prepare=prepare), plan.epoch)
         loop = asyncio.get_running_loop()
         waiting_since: float | None = None
@@ -259,7 +260,7 @@ class Coordinator:
         self, plan: _Plan, session: router_pb2.Session, deadline: float
     ) -> router_pb2.TxnResponse:
         ref = kv_pb2.TxnRef(client_id=session.client_id, seq=session.seq)
-        primary = self.topology.current_ring().group_for(plan.first_key)
+        primary = plan.primary
         calls = _Calls(self, deadline)
         outcomes: dict[int, kv_pb2.TxnOutcome] = {}
 
@@ -291,7 +292,7 @@ class Coordinator:
         failpoint("txn.after_record")
         record = decided.txn.record
         if record.state != kv_pb2.TXN_COMMITTED:
-            await self._finish_all(calls, record, primary, plan.prepares)
+            await _finish(calls, record, plan.primary, plan.prepares)
             raise Conflict(
                 f"transaction {txn_name(ref)} was aborted before it could commit "
                 "(its locks had expired and another party resolved it): retry it"
@@ -366,7 +367,7 @@ class Coordinator:
             ) from error
         record = decided.txn.record
         try:
-            await self._finish_all(calls, record, primary, prepares)
+            await _finish(calls, record, primary, prepares)
         except (RouteError, Reroute) as error:
             _log.info("finishing transaction %s: %s (resolvers finish it)", txn_name(ref), error)
         if record.state == kv_pb2.TXN_COMMITTED:
@@ -393,7 +394,7 @@ class Coordinator:
 
         async def finish() -> None:
             try:
-                await self._finish_all(calls, record, primary, groups)
+                await _finish(calls, record, primary, groups)
             except Exception as error:  # committed all the same: resolvers finish it
                 _log.warning(
                     "transaction %s committed; finishing it failed: %s (resolvers finish it)",
@@ -405,30 +406,21 @@ class Coordinator:
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
-    async def _finish_all(
-        self,
-        calls: _Calls,
-        record: kv_pb2.TxnRecord,
-        primary: int,
-        groups: Iterable[int],
-    ) -> None:
-        others = sorted(set(groups) - {primary})
-        finish = finish_command(record)
-        first = True
-        for done in asyncio.as_completed([calls.propose(g, finish) for g in others]):
-            await done
-            if first:
-                failpoint("txn.between_commits")
-                first = False
-        forget = kv_pb2.Command(txn=kv_pb2.TxnStep(forget=kv_pb2.TxnForget(txn=record.txn)))
-        await calls.propose(primary, forget)
-
     # -- locks met by others --------------------------------------------------------------
 
-    async def settle(self, group_id: int, lock: kv_pb2.LockInfo, deadline: float) -> Settled:
-        """A read met ``lock``: what its transaction is now (finished here if decided)."""
+    async def settle(
+        self, group_id: int, lock: kv_pb2.LockInfo, attempt: int, deadline: float
+    ) -> Settled:
+        """A read met ``lock``: what its transaction is now (finished here if decided).
+
+        UNDECIDED (look again) comes back after a moment's wait, as a
+        writer's wait for a lock does.
+        """
         self.metrics.lock_waits.labels("read").inc()
-        return await settle_lock(_Calls(self, deadline), group_id, lock)
+        settled = await settle_lock(_Calls(self, deadline), group_id, lock)
+        if settled is Settled.UNDECIDED:
+            await asyncio.sleep(min(_MAX_LOCK_WAIT, backoff(attempt)))
+        return settled
 
     async def wait_for_lock(
         self, group_id: int, lock: kv_pb2.LockInfo, attempt: int, deadline: float
@@ -562,7 +554,7 @@ class Coordinator:
                 f"transaction {txn_name(txn)} is {'committed' if committed else 'aborted'} "
                 "by its record; it cannot be resolved otherwise"
             )
-        await self._finish_all(calls, record, primary, prepared_at)
+        await _finish(calls, record, primary, prepared_at)
         return router_pb2.ResolveTxnResponse(record=record)
 
 
@@ -597,3 +589,12 @@ def _check_fresh(result: kv_pb2.CommandResult) -> None:
             "the session says this transaction's seq is finished (acked): its outcome is no "
             "longer known; use a new seq"
         )
+
+
+async def _finish(
+    calls: _Calls, record: kv_pb2.TxnRecord, primary: int, groups: Iterable[int]
+) -> None:
+    """Finish the groups the coordinator knows, as the record says (``finish_everywhere``)."""
+    await finish_everywhere(
+        calls, record, primary, groups, after_first=lambda: failpoint("txn.between_commits")
+    )

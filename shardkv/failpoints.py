@@ -28,7 +28,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-__all__ = ["FailpointError", "configure", "enabled", "failpoint"]
+__all__ = ["FailpointError", "configure", "failpoint"]
 
 ENV = "SHARDKV_FAILPOINTS"
 
@@ -60,10 +60,6 @@ def _parse(spec: str) -> dict[str, _Point]:
 
 
 _points = _parse(os.environ.get(ENV, ""))
-
-
-def enabled() -> bool:
-    return bool(_points)
 
 
 def failpoint(name: str) -> None:

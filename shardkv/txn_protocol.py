@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from shardkv.v1 import kv_pb2, node_pb2
@@ -40,8 +40,11 @@ from shardkv.v1 import kv_pb2, node_pb2
 __all__ = [
     "GroupCalls",
     "Settled",
+    "decide_command",
     "expired",
+    "finish_command",
     "finish_everywhere",
+    "forget_command",
     "now_ms",
     "operation_key",
     "settle_lock",
@@ -118,6 +121,10 @@ def finish_command(record: kv_pb2.TxnRecord) -> kv_pb2.Command:
     )
 
 
+def forget_command(txn: kv_pb2.TxnRef) -> kv_pb2.Command:
+    return kv_pb2.Command(txn=kv_pb2.TxnStep(forget=kv_pb2.TxnForget(txn=txn)))
+
+
 def decide_command(txn: kv_pb2.TxnRef, commit: bool, then_branch: bool) -> kv_pb2.Command:
     return kv_pb2.Command(
         txn=kv_pb2.TxnStep(decide=kv_pb2.TxnDecide(txn=txn, commit=commit, then_branch=then_branch))
@@ -153,11 +160,29 @@ async def settle_lock(
     return Settled.COMMITTED if record.state == kv_pb2.TXN_COMMITTED else Settled.ABORTED
 
 
-async def finish_everywhere(calls: GroupCalls, record: kv_pb2.TxnRecord, primary: int) -> None:
-    """Finish every participant of a decided transaction, then let its record go."""
-    groups = {calls.group_for(key) for key in record.participant_keys} - {primary}
+async def finish_everywhere(
+    calls: GroupCalls,
+    record: kv_pb2.TxnRecord,
+    primary: int,
+    groups: Iterable[int] | None = None,
+    *,
+    after_first: Callable[[], None] | None = None,
+) -> None:
+    """Finish every participant of a decided transaction, then let its record go.
+
+    The participants are ``groups`` when the caller knows them (a coordinator:
+    an ABORTED record may name none), otherwise the record's participant keys'
+    groups. ``after_first``, if given, is called once the first of them
+    finished: the coordinator puts its failpoint there.
+    """
+    if groups is None:
+        groups = {calls.group_for(key) for key in record.participant_keys}
+    others = sorted(set(groups) - {primary})
     finish = finish_command(record)
-    await asyncio.gather(*(calls.propose(group_id, finish) for group_id in sorted(groups)))
-    await calls.propose(
-        primary, kv_pb2.Command(txn=kv_pb2.TxnStep(forget=kv_pb2.TxnForget(txn=record.txn)))
-    )
+    for count, done in enumerate(
+        asyncio.as_completed([calls.propose(group_id, finish) for group_id in others])
+    ):
+        await done
+        if count == 0 and after_first is not None:
+            after_first()
+    await calls.propose(primary, forget_command(record.txn))

@@ -185,27 +185,13 @@ class KeyValueStateMachine:
             return kv_pb2.CommandResult(wrong_group=wrong_group, revision=self.revision)
         if command.HasField("txn"):
             return self.txns.apply(batch, command)
-        if self.txns.locks:
-            lock = self.txns.lock_on(_command_keys(command))
-            if lock is not None:
-                return kv_pb2.CommandResult(locked=lock, revision=self.revision)
-        result = kv_pb2.CommandResult()
-        revision = self.revision + 1
-        wrote = False
-        key_count = self.key_count
-        for operation in command.operations:
-            outcome, written = self._apply_operation(batch, operation, revision)
-            result.results.append(outcome)
-            wrote = wrote or written
-        if command.puts:
-            for put in command.puts:
-                key = put.key
-                self._store(batch, key, self._get_staged(key), put.value, revision)
-            result.puts_written = len(command.puts)
-            wrote = True
-        self._count(batch, revision if wrote else None, key_count)
-        result.revision = self.revision
-        return result
+        lock = self.txns.lock_on(_command_keys(command))
+        if lock is not None:
+            return kv_pb2.CommandResult(locked=lock, revision=self.revision)
+        results = self.write_operations(batch, command.operations, command.puts)
+        return kv_pb2.CommandResult(
+            results=results, puts_written=len(command.puts), revision=self.revision
+        )
 
     def _count(self, batch: Batch, revision: int | None, key_count: int) -> None:
         """Record a new group revision (when something was written) and key count."""
@@ -225,17 +211,25 @@ class KeyValueStateMachine:
     # -- what the transaction participant uses (shardkv.fsm.txn) -----------------------
 
     def write_operations(
-        self, batch: Batch, operations: Sequence[kv_pb2.Operation]
+        self,
+        batch: Batch,
+        operations: Sequence[kv_pb2.Operation],
+        puts: Sequence[kv_pb2.KeyValue] = (),
     ) -> list[kv_pb2.OperationResult]:
-        """Apply ``operations`` (puts and deletes) as one write of one new revision."""
+        """Apply ``operations``, then ``puts`` (no result each), as one write of one revision.
+
+        The revision rises only if something was written.
+        """
         revision = self.revision + 1
         key_count = self.key_count
-        wrote = False
+        wrote = bool(puts)
         results = []
         for operation in operations:
             outcome, written = self._apply_operation(batch, operation, revision)
             results.append(outcome)
             wrote = wrote or written
+        for put in puts:
+            self._store(batch, put.key, self._get_staged(put.key), put.value, revision)
         self._count(batch, revision if wrote else None, key_count)
         return results
 
@@ -254,8 +248,17 @@ class KeyValueStateMachine:
         stale seq) or ownership would refuse is never answered ``locked``:
         apply answers those first.
         """
-        locks = self.txns.locks
-        if not locks or command.HasField("ring"):
+        if not self.txns.locks or command.HasField("ring"):
+            return None
+        if command.HasField("txn"):
+            if not command.txn.HasField("prepare"):
+                return None  # decide, finish and forget never wait for locks
+            prepare = command.txn.prepare
+            ref = kv_pb2.TxnRef(client_id=command.client_id, seq=command.seq)
+            lock = self.txns.conflict(prepare, None if prepare.one_phase else ref)
+        else:
+            lock = self.txns.lock_on(_command_keys(command))
+        if lock is None:
             return None
         if command.client_id and (
             command.seq <= self.session_floor(command.client_id)
@@ -267,20 +270,7 @@ class KeyValueStateMachine:
             return None  # the session answers it (a retry of what applied, or stale)
         if self._wrong_group(command) is not None:
             return None
-        if command.HasField("txn"):
-            if not command.txn.HasField("prepare"):
-                return None  # decide, finish and forget never wait for locks
-            ref = kv_pb2.TxnRef(client_id=command.client_id, seq=command.seq)
-            for key in step_keys(command.txn.prepare):
-                lock = locks.get(key)
-                if lock is not None and lock.txn != ref:
-                    return lock
-            return None
-        return self.txns.lock_on(_command_keys(command))
-
-    def staged_meta_keys(self, low: bytes, high: bytes) -> list[bytes]:
-        """Meta keys in ``[low, high)`` written (or deleted) earlier in this round."""
-        return [key for (cf, key) in self._overlay if cf == ColumnFamily.META and low <= key < high]
+        return lock
 
     def staged_record(self, key: bytes) -> Record | None:
         return self._get_staged(key)
@@ -348,9 +338,6 @@ class KeyValueStateMachine:
             self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), None)
             self.key_count -= 1
             return _result(True, key, previous), True
-        if kind == "get":
-            previous = self._get_staged(operation.get.key)
-            return _result(previous is not None, operation.get.key, previous), False
         if kind == "compare_and_set":
             cas = operation.compare_and_set
             previous = self._get_staged(cas.key)

@@ -101,10 +101,12 @@ class Transactions:
         # all finished yet, for the resolver (finished ones stay on disk
         # until their client acks, and are not looked at again).
         self.open_records: dict[tuple[int, int], kv_pb2.TxnRecord] = {}
-        # Record keys written in the round being applied (see forget_records).
-        self._round_batch: Batch | None = None
-        self._round_records: set[bytes] = set()
+        # client id -> seqs of every record kept here (open or finished), so
+        # that a client's ack (nearly every command) finds the records it
+        # lets go without reading the engine. Kept equal by apply, as locks.
+        self._record_seqs: dict[int, set[int]] = {}
         for record in self.records():
+            self._record_seqs.setdefault(record.txn.client_id, set()).add(record.txn.seq)
             if not record.finished:
                 self.open_records[(record.txn.client_id, record.txn.seq)] = record
 
@@ -164,9 +166,10 @@ class Transactions:
             return kv_pb2.CommandResult(revision=self.machine.revision)
         raise ValueError(f"a committed transaction step has no kind: {command!r}")
 
-    def _conflict(
+    def conflict(
         self, prepare: kv_pb2.TxnPrepare, ref: kv_pb2.TxnRef | None
     ) -> kv_pb2.LockInfo | None:
+        """The first lock on a key of ``prepare`` held by another transaction than ``ref``."""
         if not self.locks:
             return None
         for key in step_keys(prepare):
@@ -204,7 +207,7 @@ class Transactions:
         return results
 
     def _one_phase(self, batch: Batch, prepare: kv_pb2.TxnPrepare) -> kv_pb2.CommandResult:
-        lock = self._conflict(prepare, None)
+        lock = self.conflict(prepare, None)
         if lock is not None:
             return kv_pb2.CommandResult(locked=lock, revision=self.machine.revision)
         evaluated = self._evaluate(prepare)
@@ -228,7 +231,7 @@ class Transactions:
             return kv_pb2.CommandResult(
                 txn=kv_pb2.TxnOutcome(record=decided), revision=machine.revision
             )
-        lock = self._conflict(prepare, ref)
+        lock = self.conflict(prepare, ref)
         if lock is not None:
             return kv_pb2.CommandResult(locked=lock, revision=machine.revision)
         outcome = self._evaluate(prepare)
@@ -301,7 +304,7 @@ class Transactions:
             return
         self.open_records.pop((ref.client_id, ref.seq), None)
         if machine.session_floor(ref.client_id) >= ref.seq:
-            machine.write_meta(batch, self._record_key(ref), None)
+            self._delete_record(batch, ref.client_id, ref.seq)
             return
         record = kv_pb2.TxnRecord.FromString(stored)
         if not record.finished:
@@ -313,33 +316,28 @@ class Transactions:
 
         Records staged earlier in this round count too (a decide and a
         forget may share the round with the ack): replicas that apply the
-        same entries in other rounds must end the same.
+        same entries in other rounds must end the same. The in-memory index
+        holds both.
         """
-        low, high = keys.txn_record_range(self.group_id, client_id, floor + 1, new_floor + 1)
-        machine = self.machine
-        found = {key for key, _ in machine.engine.scan(ColumnFamily.META, low, high)}
-        found.update(key for key in self._staged_records(batch) if low <= key < high)
-        for engine_key in sorted(found):
-            staged = machine.read_meta(engine_key)
-            if staged is not None and kv_pb2.TxnRecord.FromString(staged).finished:
-                machine.write_meta(batch, engine_key, None)
-
-    def _staged_records(self, batch: Batch) -> set[bytes]:
-        """Record keys written in the round of ``batch`` (not in the engine yet)."""
-        if self._round_batch is not batch:
-            self._round_batch = batch
-            self._round_records = set()
-            batch.on_commit(self._end_round)
-        return self._round_records
-
-    def _end_round(self) -> None:
-        self._round_batch = None
-        self._round_records = set()
+        seqs = self._record_seqs.get(client_id)
+        if not seqs:
+            return
+        for seq in sorted(seq for seq in seqs if floor < seq <= new_floor):
+            stored = self.machine.read_meta(keys.txn_record_key(self.group_id, client_id, seq))
+            if stored is not None and kv_pb2.TxnRecord.FromString(stored).finished:
+                self._delete_record(batch, client_id, seq)
 
     def _write_record(self, batch: Batch, ref: kv_pb2.TxnRef, record: kv_pb2.TxnRecord) -> None:
-        key = self._record_key(ref)
-        self.machine.write_meta(batch, key, record.SerializeToString())
-        self._staged_records(batch).add(key)
+        self.machine.write_meta(batch, self._record_key(ref), record.SerializeToString())
+        self._record_seqs.setdefault(ref.client_id, set()).add(ref.seq)
+
+    def _delete_record(self, batch: Batch, client_id: int, seq: int) -> None:
+        self.machine.write_meta(batch, keys.txn_record_key(self.group_id, client_id, seq), None)
+        seqs = self._record_seqs.get(client_id)
+        if seqs is not None:
+            seqs.discard(seq)
+            if not seqs:
+                del self._record_seqs[client_id]
 
     def _prepared_key(self, ref: kv_pb2.TxnRef) -> bytes:
         return keys.prepared_key(self.group_id, ref.client_id, ref.seq)

@@ -180,8 +180,10 @@ class NodeRuntime:
         # this node persists them too (Ready.send_early); the rest after the
         # fsync. The next round steps the answers only once this one is
         # durable, so a leader never counts an entry of its own not on disk.
-        self._send([(peer, ready) for peer, ready in readies if ready.send_early])
-        await self.transport.flush()
+        early = [(peer, ready) for peer, ready in readies if ready.send_early]
+        if early:
+            self._send(early)
+            await self.transport.flush()
         # Written whenever it holds anything: a snapshot a peer took this
         # round is in it even when no group has a Ready. The fsync runs in a
         # worker thread: meanwhile the loop takes in messages and requests,

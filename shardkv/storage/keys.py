@@ -212,19 +212,10 @@ def txn_record_key(group_id: int, client_id: int, seq: int) -> bytes:
     return _GROUP_TAG_CLIENT_SEQ.pack(group_id, _META_TXN_RECORD, client_id, seq)
 
 
-def txn_record_range(
-    group_id: int, client_id: int | None = None, low: int = 0, high: int | None = None
-) -> tuple[bytes, bytes]:
-    """``[start, end)`` of the group's records, or one client's for seqs in ``[low, high)``."""
-    if client_id is None:
-        prefix = group_prefix(group_id)
-        return prefix + bytes((_META_TXN_RECORD,)), prefix + bytes((_META_TXN_RECORD + 1,))
-    end = (
-        txn_record_key(group_id, client_id, high)
-        if high is not None
-        else _GROUP_TAG_NUMBER.pack(group_id, _META_TXN_RECORD, client_id) + b"\xff" * 9
-    )
-    return txn_record_key(group_id, client_id, low), end
+def txn_record_range(group_id: int) -> tuple[bytes, bytes]:
+    """``[start, end)`` of the group's transaction records."""
+    prefix = group_prefix(group_id)
+    return prefix + bytes((_META_TXN_RECORD,)), prefix + bytes((_META_TXN_RECORD + 1,))
 
 
 # -- data column family ------------------------------------------------------

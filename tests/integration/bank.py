@@ -41,6 +41,7 @@ from shardkv.v1 import kv_pb2, router_pb2, router_pb2_grpc
 
 __all__ = [
     "IN_DOUBT",
+    "MAX_SUBSET_SEARCH",
     "Bank",
     "BankReport",
     "SessionCounter",
@@ -67,7 +68,7 @@ _RETRY_PAUSE = 0.1
 _THINK = 0.05
 # A reader's pause after it was aborted, at most, for the same reason.
 _READ_BACKOFF = 0.1
-_MAX_SUBSET_SEARCH = 14
+MAX_SUBSET_SEARCH = 14
 
 
 def put_op(key: bytes, value: bytes) -> kv_pb2.Operation:
@@ -154,7 +155,7 @@ def explain_final(
     difference = {key: final[key] - expected[key] for key in initial if final[key] != expected[key]}
     if not difference:
         return None
-    if len(unknown) > _MAX_SUBSET_SEARCH:
+    if len(unknown) > MAX_SUBSET_SEARCH:
         touched = {key for transfer in unknown for key in (transfer.source, transfer.target)}
         stray = {key: value for key, value in difference.items() if key not in touched}
         return f"accounts no unknown transfer touched moved: {stray}" if stray else None

@@ -41,11 +41,14 @@ class Probe:
         self.channel = grpc.insecure_channel(address)
 
     def status(self, service: str = "") -> int | None:
-        stub = health_pb2_grpc.HealthStub(self.channel)
         try:
-            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+            return self.check(service)
         except grpc.RpcError:
             return None
+
+    def check(self, service: str) -> int:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
         return int(response.status)
 
     def statuses(self, service: str) -> tuple[int | None, int | None]:
@@ -86,7 +89,9 @@ def test_health_reflection_and_logs_of_nodes_and_router(
         for node_id, probe in nodes.items():
             wait_until(f"node {node_id} SERVING", lambda p=probe: p.statuses(NODE) == both_serving)
         wait_until("the router SERVING", lambda: front.statuses(ROUTER) == both_serving)
-        assert nodes[1].status("shardkv.v1.NoSuchService") is None  # NOT_FOUND
+        with pytest.raises(grpc.RpcError) as unknown:
+            nodes[1].check("shardkv.v1.NoSuchService")
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
         health_and_reflection = {
             "grpc.health.v1.Health",

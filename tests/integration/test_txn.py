@@ -42,6 +42,7 @@ from shardkv.txn_protocol import operation_key
 from shardkv.v1 import kv_pb2, router_pb2, router_pb2_grpc
 from tests.integration.bank import (
     IN_DOUBT,
+    MAX_SUBSET_SEARCH,
     Bank,
     BankReport,
     SessionCounter,
@@ -129,7 +130,6 @@ def test_two_writers_of_the_same_keys_exactly_one_wins_each_round(
         cluster.key(group_id, f"race-{groups[0]}{groups[1]}-{n}")
         for n, group_id in enumerate(groups)
     ]
-    assert (len({cluster.ring.group_for(key) for key in keys}) > 1) == (groups[0] != groups[1])
     stub = router.stub()
     barrier = threading.Barrier(2, timeout=DEADLINE)
     outcomes: list[dict[int, str]] = [{} for _ in range(ROUNDS)]
@@ -382,6 +382,9 @@ def test_a_bank_conserves_its_total_through_router_and_node_crashes(
         final = bank.final_balances(stub)
         assert check_balances(final, bank.total) == []
         initial = dict.fromkeys(keys, INITIAL_BALANCE)
+        # Beyond the subset search, explain_final checks only accounts no
+        # unknown transfer touched: keep the check whole.
+        assert len(report.unknown) <= MAX_SUBSET_SEARCH, report.summary()
         problem = explain_final(initial, final, report.committed, report.unknown)
         assert problem is None, problem
         assert len(report.committed) >= 20, report.summary()

@@ -24,6 +24,7 @@ from tests.integration.conftest import (
     ClusterClient,
     Settings,
     clean_environment,
+    put_command,
     wait_until,
 )
 
@@ -197,8 +198,4 @@ def test_a_resolver_that_crashes_after_the_record_is_finished_by_the_next_leader
 
 
 def client_put(client: ClusterClient, key: bytes, value: bytes) -> kv_pb2.Command:
-    return kv_pb2.Command(
-        client_id=client.client_id,
-        seq=client.next_seq(),
-        operations=[kv_pb2.Operation(put=kv_pb2.Put(key=key, value=value))],
-    )
+    return put_command(client.client_id, client.next_seq(), key, value)

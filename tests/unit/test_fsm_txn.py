@@ -10,7 +10,7 @@ and what survives a restart and a snapshot. Everything runs on
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeAlias
 
@@ -21,11 +21,12 @@ from shardkv.fsm.kv import KeyValueStateMachine, Record
 from shardkv.fsm.snapshot import build_snapshot_data, stage_install_snapshot_data
 from shardkv.fsm.txn import compare_holds
 from shardkv.limits import check_command, check_txn
-from shardkv.storage import ColumnFamily, Engine, MemoryEngine, StorageEngine, keys
-from shardkv.txn_protocol import decide_command, step_keys
+from shardkv.storage import ColumnFamily, MemoryEngine, StorageEngine, keys
+from shardkv.txn_protocol import decide_command, forget_command, step_keys
 from shardkv.v1 import kv_pb2
 from tests.unit.engines import engine_opener
 from tests.unit.test_fsm_kv import cas, command, delete, put
+from tests.unit.test_fsm_kv import engine as engine  # the fixture: both engines
 
 GROUP = 1
 DEADLINE_MS = 1_700_000_000_000
@@ -40,13 +41,6 @@ EQUAL, NOT_EQUAL, GREATER, LESS = (
     _Compare.GREATER,
     _Compare.LESS,
 )
-
-
-@pytest.fixture(params=["memory", "rocksdb"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageEngine]:
-    store: StorageEngine = MemoryEngine() if request.param == "memory" else Engine(tmp_path / "db")
-    yield store
-    store.close()
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -106,7 +100,7 @@ def finish(txn: kv_pb2.TxnRef, commit: bool, then_branch: bool = True) -> kv_pb2
 
 
 def forget(txn: kv_pb2.TxnRef) -> kv_pb2.Command:
-    return kv_pb2.Command(txn=kv_pb2.TxnStep(forget=kv_pb2.TxnForget(txn=txn)))
+    return forget_command(txn)
 
 
 def run(machine: KeyValueStateMachine, *commands: kv_pb2.Command) -> list[kv_pb2.CommandResult]:

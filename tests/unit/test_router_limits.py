@@ -168,7 +168,7 @@ def test_deadlines_default_and_are_cut_to_the_maximum() -> None:
     ],
 )
 def test_limits_out_of_range_are_refused(settings: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"max_|deadline"):
         RouterLimits(**settings)
 
 

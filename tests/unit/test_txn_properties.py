@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from shardkv.fsm.kv import KeyValueStateMachine
 from shardkv.limits import check_command
 from shardkv.storage import ColumnFamily, MemoryEngine, StorageEngine, keys
-from shardkv.txn_protocol import decide_command, finish_command
+from shardkv.txn_protocol import decide_command, finish_command, forget_command
 from shardkv.v1 import kv_pb2
 
 GROUPS = (1, 2, 3)
@@ -694,10 +694,6 @@ class World:
         for client_id in sorted({client_id for client_id, _ in self.txns}):
             for group_id in GROUPS:
                 self.ack(client_id, group_id, self.answered_seqs(client_id))
-
-
-def forget_command(txn: kv_pb2.TxnRef) -> kv_pb2.Command:
-    return kv_pb2.Command(txn=kv_pb2.TxnStep(forget=kv_pb2.TxnForget(txn=txn)))
 
 
 def run_world(data: st.DataObject) -> World:
