@@ -143,8 +143,10 @@ class _Calls:
     async def propose(self, group_id: int, command: kv_pb2.Command) -> kv_pb2.CommandResult:
         return await self._coordinator.writer(group_id).call(command, self._deadline)
 
-    async def find(self, group_id: int, txn: kv_pb2.TxnRef) -> node_pb2.ListTxnsResponse:
-        return await self._coordinator.list_group(group_id, self._deadline, txn)
+    async def find(
+        self, group_id: int, txn: kv_pb2.TxnRef, key: bytes = b""
+    ) -> node_pb2.ListTxnsResponse:
+        return await self._coordinator.list_group(group_id, self._deadline, txn, key)
 
 
 class Coordinator:
@@ -286,9 +288,9 @@ class Coordinator:
                     "prepared (its locks had expired): retry it"
                 )
         if failure is not None:
-            await self._abort(calls, ref, primary, plan.prepares, failure)
+            await self._abort(calls, ref, primary, plan.first_key, plan.prepares, failure)
         succeeded = all(outcome.succeeded for outcome in outcomes.values())
-        decided = await calls.propose(primary, decide_command(ref, True, succeeded))
+        decided = await calls.propose(primary, decide_command(ref, True, succeeded, plan.first_key))
         failpoint("txn.after_record")
         record = decided.txn.record
         if record.state != kv_pb2.TXN_COMMITTED:
@@ -346,6 +348,7 @@ class Coordinator:
         calls: _Calls,
         ref: kv_pb2.TxnRef,
         primary: int,
+        primary_key: bytes,
         prepares: dict[int, kv_pb2.TxnPrepare],
         failure: BaseException,
     ) -> None:
@@ -358,7 +361,7 @@ class Coordinator:
         is UNAVAILABLE: the client retries with the same session and finds it.
         """
         try:
-            decided = await calls.propose(primary, decide_command(ref, False, False))
+            decided = await calls.propose(primary, decide_command(ref, False, False, primary_key))
         except (RouteError, Reroute) as error:
             raise GroupUnavailable(
                 f"transaction {txn_name(ref)} failed ({failure}) and could not be aborted at "
@@ -445,9 +448,9 @@ class Coordinator:
     # -- admin ------------------------------------------------------------------------------
 
     async def list_group(
-        self, group_id: int, deadline: float, txn: kv_pb2.TxnRef | None = None
+        self, group_id: int, deadline: float, txn: kv_pb2.TxnRef | None = None, key: bytes = b""
     ) -> node_pb2.ListTxnsResponse:
-        request = node_pb2.ListTxnsRequest(group_id=group_id)
+        request = node_pb2.ListTxnsRequest(group_id=group_id, key=key)
         if txn is not None:
             request.txn.CopyFrom(txn)
 
@@ -546,7 +549,10 @@ class Coordinator:
                         "it cannot commit; resolve it with --abort"
                     )
             then_branch = all(p.outcome.succeeded for p in shown.prepared)
-            decided = await calls.propose(primary, decide_command(txn, commit, then_branch))
+            primary_key = b"" if primary_prepare is None else primary_prepare.prepare.primary_key
+            decided = await calls.propose(
+                primary, decide_command(txn, commit, then_branch, primary_key)
+            )
             record = decided.txn.record
         committed = record.state == kv_pb2.TXN_COMMITTED
         if committed != commit:

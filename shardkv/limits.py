@@ -57,6 +57,12 @@ def check_command(command: kv_pb2.Command) -> None:
         if command.operations or command.puts:
             raise InvalidArgument("a ring command carries no operations")
         return
+    if command.HasField("migrate"):
+        if command.operations or command.puts or command.client_id:
+            raise InvalidArgument("a migration step carries no operations and no session")
+        if not command.migrate.WhichOneof("kind"):
+            raise InvalidArgument("the migration step names no kind")
+        return
     if command.HasField("txn"):
         if command.operations or command.puts:
             raise InvalidArgument("a transaction step carries no other operations")

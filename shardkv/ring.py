@@ -29,12 +29,26 @@ from uhashring import HashRing
 
 from shardkv.v1 import cluster_pb2
 
-__all__ = ["KeyRing", "build_ring", "map_order", "normalise_key", "ring_of"]
+__all__ = [
+    "KeyRing",
+    "Routing",
+    "build_ring",
+    "map_order",
+    "moving_shares",
+    "normalise_key",
+    "ring_of",
+    "ring_position",
+]
 
 
 def normalise_key(key: bytes) -> str:
     """The one string form of a key the ring hashes."""
     return key.decode("latin-1")
+
+
+def ring_position(key: bytes) -> int:
+    """Where ``key`` falls on every ring (hash it once to ask several rings)."""
+    return int.from_bytes(hashlib.md5(normalise_key(key).encode("utf-8")).digest(), "big")
 
 
 class KeyRing:
@@ -58,11 +72,18 @@ class KeyRing:
         return tuple(self.weights)
 
     def group_for(self, key: bytes) -> int:
+        return self.owner_at(ring_position(key))
+
+    def owner_at(self, position: int) -> int:
+        """The group owning a ring position (``ring_position``)."""
         if not self.weights:
             raise LookupError(f"the ring of epoch {self.epoch} has no groups")
-        digest = hashlib.md5(normalise_key(key).encode("utf-8")).digest()
-        index = bisect.bisect(self._positions, int.from_bytes(digest, "big"))
+        index = bisect.bisect(self._positions, position)
         return self._owners[index if index < len(self._owners) else 0]
+
+    def points(self) -> tuple[list[int], list[int]]:
+        """The ring's sorted positions and the group owning each (for ``moving_shares``)."""
+        return self._positions, self._owners
 
     def shares(self) -> dict[int, float]:
         """Each group's fraction of the ring's positions, summing to 1."""
@@ -97,3 +118,88 @@ def ring_of(epoch: int, weights: Mapping[int, int]) -> cluster_pb2.Ring:
             if weight > 0
         ],
     )
+
+
+_SPACE = 1 << 128  # md5 positions
+
+
+def moving_shares(old: KeyRing, new: KeyRing) -> dict[tuple[int, int], float]:
+    """The fraction of the ring that changes owner from ``old`` to ``new``, per (source, target).
+
+    Exact: the union of both rings' points cuts the ring into segments on
+    which each ring has one owner (a position's owner is the first point
+    above it), and every segment whose owners differ moves.
+    """
+    old_positions, old_owners = old.points()
+    new_positions, new_owners = new.points()
+    if not old_positions or not new_positions:
+        return {}
+    cuts = sorted(set(old_positions) | set(new_positions))
+    moved: dict[tuple[int, int], float] = {}
+    previous = cuts[-1] - _SPACE
+    for cut in cuts:
+        # Positions in [previous, cut) go to the first point at or above cut.
+        source = old_owners[bisect.bisect_left(old_positions, cut) % len(old_owners)]
+        target = new_owners[bisect.bisect_left(new_positions, cut) % len(new_owners)]
+        if source != target:
+            moved[(source, target)] = moved.get((source, target), 0.0) + (cut - previous) / _SPACE
+        previous = cut
+    return moved
+
+
+class Routing:
+    """Which group serves each key under one cluster map: its ring and the migration under way.
+
+    Without a migration, the ring's owner. During one (``ClusterMap.migration``),
+    a key whose owner differs between the ring and the migration's target ring
+    goes to the target group once that move is ``MOVE_ACTIVE`` (the target
+    serves it), and to the source before. Data groups decide the same from
+    what they applied (``shardkv.fsm.migration``), so a router with an older
+    map is refused (WRONG_GROUP) and learns.
+    """
+
+    def __init__(self, cluster_map: cluster_pb2.ClusterMap) -> None:
+        self.ring = build_ring(cluster_map.ring)
+        self.epoch = self.ring.epoch
+        self.version = cluster_map.version
+        self.target: KeyRing | None = None
+        self.active: frozenset[tuple[int, int]] = frozenset()
+        if cluster_map.HasField("migration"):
+            migration = cluster_map.migration
+            self.target = build_ring(migration.target)
+            self.active = frozenset(
+                (move.source, move.target)
+                for move in migration.moves
+                if move.phase >= cluster_pb2.MOVE_ACTIVE
+            )
+
+    def __repr__(self) -> str:
+        return f"Routing(ring={self.ring!r}, target={self.target!r}, active={sorted(self.active)})"
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        """Every group that may serve keys now (the ring's, and a migration's targets)."""
+        if self.target is None:
+            return self.ring.groups
+        return tuple(sorted(set(self.ring.groups) | set(self.target.groups)))
+
+    def group_for(self, key: bytes) -> int:
+        if not self.active or self.target is None:
+            return self.ring.group_for(key)
+        position = ring_position(key)
+        owner = self.ring.owner_at(position)
+        moved_to = self.target.owner_at(position)
+        if moved_to != owner and (owner, moved_to) in self.active:
+            return moved_to
+        return owner
+
+    def shares(self) -> dict[int, float]:
+        """Each group's fraction of the ring it serves now (moved arcs counted at their target)."""
+        shares = dict.fromkeys(self.groups, 0.0)
+        shares.update(self.ring.shares())
+        if self.target is not None and self.active:
+            for (source, target), share in moving_shares(self.ring, self.target).items():
+                if (source, target) in self.active:
+                    shares[source] -= share
+                    shares[target] = shares.get(target, 0.0) + share
+        return shares

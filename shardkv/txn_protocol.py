@@ -62,8 +62,13 @@ class GroupCalls(Protocol):
         """Apply ``command`` in the group (through its leader); raise when it cannot."""
         ...
 
-    async def find(self, group_id: int, txn: kv_pb2.TxnRef) -> node_pb2.ListTxnsResponse:
-        """The transaction's prepare and record in the group (linearizable read)."""
+    async def find(
+        self, group_id: int, txn: kv_pb2.TxnRef, key: bytes = b""
+    ) -> node_pb2.ListTxnsResponse:
+        """The transaction's prepare and record in the group (linearizable read).
+
+        With ``key`` (the primary key), a group that does not keep that key's
+        records (it moved) refuses rather than answer "no record"."""
         ...
 
 
@@ -125,9 +130,16 @@ def forget_command(txn: kv_pb2.TxnRef) -> kv_pb2.Command:
     return kv_pb2.Command(txn=kv_pb2.TxnStep(forget=kv_pb2.TxnForget(txn=txn)))
 
 
-def decide_command(txn: kv_pb2.TxnRef, commit: bool, then_branch: bool) -> kv_pb2.Command:
+def decide_command(
+    txn: kv_pb2.TxnRef, commit: bool, then_branch: bool, primary_key: bytes
+) -> kv_pb2.Command:
+    """The decision at the primary; the group refuses it unless it keeps ``primary_key``."""
     return kv_pb2.Command(
-        txn=kv_pb2.TxnStep(decide=kv_pb2.TxnDecide(txn=txn, commit=commit, then_branch=then_branch))
+        txn=kv_pb2.TxnStep(
+            decide=kv_pb2.TxnDecide(
+                txn=txn, commit=commit, then_branch=then_branch, primary_key=primary_key
+            )
+        )
     )
 
 
@@ -145,12 +157,13 @@ async def settle_lock(
     finished: the node's resolver puts its failpoint there.
     """
     primary = calls.group_for(lock.primary_key)
-    found = await calls.find(primary, lock.txn)
+    found = await calls.find(primary, lock.txn, lock.primary_key)
     record = found.records[0] if found.records else None
     if record is None:
         if not expired(lock):
             return Settled.RUNNING if found.session_floor < lock.txn.seq else Settled.UNDECIDED
-        decided = await calls.propose(primary, decide_command(lock.txn, False, False))
+        abort = decide_command(lock.txn, False, False, lock.primary_key)
+        decided = await calls.propose(primary, abort)
         record = decided.txn.record
     if after_record is not None:
         after_record()

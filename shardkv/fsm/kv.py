@@ -61,6 +61,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from shardkv.fsm.migration import Access, Migration
 from shardkv.fsm.txn import Transactions
 from shardkv.ring import KeyRing, build_ring
 from shardkv.storage import keys
@@ -125,6 +126,8 @@ class KeyValueStateMachine:
         stored = engine.get(ColumnFamily.META, keys.ring_key(group_id))
         self.ring: KeyRing | None = None
         self._set_ring(cluster_pb2.Ring.FromString(stored) if stored is not None else None)
+        self.migration = Migration(self)
+        self._imported_revision = 0
         self.txns = Transactions(self)
         stored = engine.get(ColumnFamily.META, keys.key_count_key(group_id))
         if stored is not None:
@@ -139,6 +142,8 @@ class KeyValueStateMachine:
         self._track(batch)
         if command.HasField("ring"):
             return self._apply_ring(batch, command.ring)
+        if command.HasField("migrate"):
+            return self.migration.apply(batch, command.migrate)
         if not command.client_id:
             return self._execute(batch, command)
         client_id, seq = command.client_id, command.seq
@@ -287,6 +292,7 @@ class KeyValueStateMachine:
                 batch, ColumnFamily.META, keys.ring_key(self.group_id), ring.SerializeToString()
             )
             self._set_ring(ring)
+            self.migration.end(batch, ring.epoch)
         return kv_pb2.CommandResult(revision=self.revision)
 
     def _set_ring(self, ring: cluster_pb2.Ring | None) -> None:
@@ -297,10 +303,18 @@ class KeyValueStateMachine:
         """The epoch of the ring the group applied; 0 before any."""
         return self.ring.epoch if self.ring is not None else 0
 
-    def wrong_group(self, key: bytes) -> kv_pb2.WrongGroup | None:
-        """Why ``key`` is not this group's in its applied ring, or None if it is."""
+    def wrong_group(self, key: bytes, access: Access = Access.READ) -> kv_pb2.WrongGroup | None:
+        """Why this group does not serve ``key`` for ``access``, or None if it does.
+
+        Its applied ring decides, and during a migration the state of the
+        key's move (``shardkv.fsm.migration``).
+        """
         ring = self.ring
-        if ring is None or (ring.weights and ring.group_for(key) == self.group_id):
+        if ring is None:
+            return None
+        if self.migration.active:
+            return self.migration.refusal(key, access)
+        if ring.weights and ring.group_for(key) == self.group_id:
             return None
         return kv_pb2.WrongGroup(group_id=self.group_id, epoch=ring.epoch, key=key)
 
@@ -310,13 +324,19 @@ class KeyValueStateMachine:
                 # Routed with a ring this group has not applied yet: wait for it.
                 return kv_pb2.WrongGroup(group_id=self.group_id, epoch=0)
             return None  # no ring anywhere yet (bootstrap, tests): every key is ours
-        if command.epoch == self.ring.epoch:
+        if command.epoch == self.ring.epoch and not self.migration.active:
             return None  # routed with this very ring: every key is ours
         for key in _command_keys(command):
-            refused = self.wrong_group(key)
+            refused = self.wrong_group(key, Access.WRITE)
             if refused is not None:
                 return refused
+        if command.txn.HasField("decide") and command.txn.decide.primary_key:
+            return self.wrong_group(command.txn.decide.primary_key, Access.DECIDE)
         return None
+
+    def scan_refusal(self) -> kv_pb2.WrongGroup | None:
+        """Why a scan of this group must wait (keys in transit), or None."""
+        return self.migration.scan_refusal()
 
     def _apply_operation(
         self, batch: Batch, operation: kv_pb2.Operation, revision: int
@@ -337,6 +357,8 @@ class KeyValueStateMachine:
                 return _result(False, key, None), False
             self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), None)
             self.key_count -= 1
+            if self.migration.active:
+                self.migration.mark(batch, key, revision)
             return _result(True, key, previous), True
         if kind == "compare_and_set":
             cas = operation.compare_and_set
@@ -358,6 +380,48 @@ class KeyValueStateMachine:
         else:
             record = Record(value, previous.version + 1, previous.create_revision, revision)
         self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), record.encode())
+        if self.migration.active:
+            self.migration.mark(batch, key, revision)
+
+    # -- what a migration uses (shardkv.fsm.migration) ------------------------------------
+
+    def import_record(self, batch: Batch, key: bytes, stored: bytes) -> None:
+        """Write a copied key as the source stores it (value and metadata)."""
+        record = Record.decode(stored)
+        if self._get_staged(key) is None:
+            self.key_count += 1
+        self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), stored)
+        self._imported_revision = max(
+            self._imported_revision, record.mod_revision, record.create_revision
+        )
+
+    def drop_key(self, batch: Batch, key: bytes) -> None:
+        """Delete a key that moved (no revision, no mark: not a write of the user's)."""
+        if self._get_staged(key) is not None:
+            self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), None)
+            self.key_count -= 1
+
+    def merge_session(self, batch: Batch, copy: kv_pb2.SessionCopy) -> None:
+        """Take in a client's session from another group: the higher floor, and its results."""
+        floor_key = keys.session_key(self.group_id, copy.client_id)
+        stored = self._read(ColumnFamily.META, floor_key)
+        floor = _COUNTER.unpack(stored)[0] if stored is not None else 0
+        if copy.floor > floor:
+            self._forget(batch, copy.client_id, floor, copy.floor)
+            self._write(batch, ColumnFamily.META, floor_key, _COUNTER.pack(copy.floor))
+            floor = copy.floor
+        for seq, result in zip(copy.seqs, copy.results, strict=True):
+            if seq <= floor:
+                continue
+            result_key = keys.result_key(self.group_id, copy.client_id, seq)
+            if self._read(ColumnFamily.META, result_key) is None:
+                self._write(batch, ColumnFamily.META, result_key, result)
+
+    def finish_import(self, batch: Batch) -> None:
+        """Record the key count, and a revision above every imported one."""
+        revision = self._imported_revision if self._imported_revision > self.revision else None
+        self._imported_revision = 0
+        self._count(batch, revision, -1)  # -1: always record the count
 
     # -- the staged overlay ----------------------------------------------------------
 
@@ -408,11 +472,14 @@ class KeyValueStateMachine:
             low, high = keys.data_prefix_range(self.group_id, prefix)
         else:
             low, high = keys.data_range(self.group_id, start, end)
-        for count, (engine_key, stored) in enumerate(
-            self.engine.scan(ColumnFamily.DATA, low, high), start=1
-        ):
+        migration = self.migration if self.migration.active else None
+        count = 0
+        for engine_key, stored in self.engine.scan(ColumnFamily.DATA, low, high):
             _, user_key = keys.decode_data_key(engine_key)
+            if migration is not None and migration.refusal(user_key, Access.READ) is not None:
+                continue  # moved away, or copied here and not served yet
             yield Record.decode(stored).key_value(user_key)
+            count += 1
             if limit and count >= limit:
                 return
 

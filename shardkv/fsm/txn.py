@@ -270,10 +270,12 @@ class Transactions:
             txn=ref,
             state=kv_pb2.TXN_COMMITTED if commit else kv_pb2.TXN_ABORTED,
             then_branch=decide.then_branch,
+            primary_key=decide.primary_key,
         )
         if prepared is not None:
             record.participant_keys.extend(prepared.prepare.participant_keys)
             record.deadline_ms = prepared.prepare.deadline_ms
+            record.primary_key = prepared.prepare.primary_key
         self._write_record(batch, ref, record)
         self.open_records[(ref.client_id, ref.seq)] = record
         self._finish(batch, ref, commit, decide.then_branch)
@@ -326,6 +328,19 @@ class Transactions:
             stored = self.machine.read_meta(keys.txn_record_key(self.group_id, client_id, seq))
             if stored is not None and kv_pb2.TxnRecord.FromString(stored).finished:
                 self._delete_record(batch, client_id, seq)
+
+    def import_record(self, batch: Batch, record: kv_pb2.TxnRecord) -> None:
+        """Keep a record copied from the group its primary key moved from (if none is here)."""
+        if self.machine.read_meta(self._record_key(record.txn)) is not None:
+            return
+        self._write_record(batch, record.txn, record)
+        if not record.finished:
+            self.open_records[(record.txn.client_id, record.txn.seq)] = record
+
+    def drop_record(self, batch: Batch, ref: kv_pb2.TxnRef) -> None:
+        """Let go of a record whose primary key moved away (its copy is at the target)."""
+        self.open_records.pop((ref.client_id, ref.seq), None)
+        self._delete_record(batch, ref.client_id, ref.seq)
 
     def _write_record(self, batch: Batch, ref: kv_pb2.TxnRef, record: kv_pb2.TxnRecord) -> None:
         self.machine.write_meta(batch, self._record_key(ref), record.SerializeToString())

@@ -44,17 +44,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 import grpc.aio
 
 from shardkv.errors import FailedPrecondition, NotLeader, ProposalFailed, ShardKVError
 from shardkv.node.config import NodeConfig
+from shardkv.node.ring_change import plan_change
 from shardkv.node.runtime import NodeRuntime
 from shardkv.raft import Role
 from shardkv.ring import map_order, ring_of
 from shardkv.tls import TlsMaterial, open_channel
+from shardkv.txn_protocol import now_ms
 from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, node_pb2_grpc
 
 __all__ = ["CLUSTER_MAP_KEY", "META_GROUP", "ClusterAgent", "initial_map"]
@@ -96,9 +98,11 @@ class ClusterAgent:
         interval: float = 0.2,
         transfer_backoff: float = 10.0,
         tls: TlsMaterial | None = None,
+        create_group: Callable[[int, list[int]], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self._tls = tls
+        self._create_group = create_group
         self.initial = initial
         self.interval = interval
         self.map: cluster_pb2.ClusterMap | None = None
@@ -142,6 +146,7 @@ class ClusterAgent:
                 self.learn(cluster_pb2.ClusterMap.FromString(stored.value))
         else:
             await self._poll()
+        self._host_new_groups()
         self._push_ring()
         self._balance_leaders()
 
@@ -190,10 +195,18 @@ class ClusterAgent:
         )
         self.runtime.transport.update_peers({**self._initial_peers, **addresses})
 
-    async def add_node(self, node_id: int, address: str, cluster_id: str) -> cluster_pb2.ClusterMap:
-        """Put a node in the cluster map; see the module docstring."""
+    async def update_map(
+        self, change: Callable[[cluster_pb2.ClusterMap], cluster_pb2.ClusterMap | None]
+    ) -> cluster_pb2.ClusterMap:
+        """Change the map at the meta group's leader by compare-and-set.
+
+        ``change`` gets the map as read after a ReadIndex barrier and returns
+        the changed map (its version raised), or None to change nothing (the
+        map read is answered). It may raise to refuse. Retried while the map
+        moves under it.
+        """
         meta = self.runtime.peer(META_GROUP)
-        for _ in range(5):
+        for _ in range(20):
             if meta.role != Role.LEADER:
                 raise NotLeader(META_GROUP, meta.raw.status().leader_id)
             await self.runtime.read_barrier(META_GROUP)
@@ -201,24 +214,9 @@ class ClusterAgent:
             if stored is None:
                 raise ProposalFailed("the cluster map is not written yet: retry shortly")
             current = cluster_pb2.ClusterMap.FromString(stored.value)
-            if cluster_id != current.cluster_id:
-                raise FailedPrecondition(
-                    f"node {node_id} belongs to cluster {cluster_id!r}, this is "
-                    f"{current.cluster_id!r}: check its cluster_id"
-                )
-            for node in current.nodes:
-                if node.node_id == node_id and node.address == address:
-                    return current
-                if node.node_id == node_id or node.address == address:
-                    raise FailedPrecondition(
-                        f"node {node.node_id} at {node.address} is already a member: "
-                        f"pick another node id or address than {node_id} at {address}"
-                    )
-            changed = cluster_pb2.ClusterMap()
-            changed.CopyFrom(current)
-            changed.nodes.add(node_id=node_id, address=address, state="up")
-            changed.nodes.sort(key=lambda node: node.node_id)
-            changed.version = current.version + 1
+            changed = change(current)
+            if changed is None:
+                return current
             command = kv_pb2.Command(
                 operations=[
                     kv_pb2.Operation(
@@ -234,7 +232,55 @@ class ClusterAgent:
             if result.results and result.results[0].succeeded:
                 self.learn(changed)
                 return changed
-        raise ProposalFailed("the cluster map kept changing while adding the node: retry")
+        raise ProposalFailed("the cluster map kept changing: retry")
+
+    async def add_node(self, node_id: int, address: str, cluster_id: str) -> cluster_pb2.ClusterMap:
+        """Put a node in the cluster map; see the module docstring."""
+
+        def change(current: cluster_pb2.ClusterMap) -> cluster_pb2.ClusterMap | None:
+            if cluster_id != current.cluster_id:
+                raise FailedPrecondition(
+                    f"node {node_id} belongs to cluster {cluster_id!r}, this is "
+                    f"{current.cluster_id!r}: check its cluster_id"
+                )
+            for node in current.nodes:
+                if node.node_id == node_id and node.address == address:
+                    return None
+                if node.node_id == node_id or node.address == address:
+                    raise FailedPrecondition(
+                        f"node {node.node_id} at {node.address} is already a member: "
+                        f"pick another node id or address than {node_id} at {address}"
+                    )
+            changed = cluster_pb2.ClusterMap()
+            changed.CopyFrom(current)
+            changed.nodes.add(node_id=node_id, address=address, state="up")
+            changed.nodes.sort(key=lambda node: node.node_id)
+            changed.version = current.version + 1
+            return changed
+
+        return await self.update_map(change)
+
+    async def change_ring(self, request: node_pb2.ChangeRingRequest) -> cluster_pb2.ClusterMap:
+        """Plan a ring change (``shardkv.node.ring_change``) and, unless a dry run, start it."""
+        planned: list[cluster_pb2.ClusterMap] = []
+
+        def change(current: cluster_pb2.ClusterMap) -> cluster_pb2.ClusterMap | None:
+            planned[:] = [plan_change(current, request, now_ms())]
+            return None if request.dry_run else planned[0]
+
+        written = await self.update_map(change)
+        if request.dry_run:
+            return planned[0]
+        _log.info(
+            "node %d: ring change %s to epoch %d started: %d moves",
+            self.runtime.node_id,
+            written.migration.reason,
+            written.migration.target.epoch,
+            len(written.migration.moves),
+            extra={"node_id": self.runtime.node_id},
+        )
+        self.wake()
+        return written
 
     def _maybe_bootstrap(self) -> None:
         meta = self.runtime.peers[META_GROUP]
@@ -252,6 +298,27 @@ class ClusterAgent:
             ]
         )
         self._propose(META_GROUP, command)
+
+    def _host_new_groups(self) -> None:
+        """Start the replicas the map gives this node of groups it does not host yet.
+
+        A group added by a ring change starts on its nodes as the first
+        groups did: every replica bootstraps the same initial configuration
+        (its replicas as voters), so they elect a leader among themselves.
+        """
+        if self.map is None or self._create_group is None:
+            return
+        node_id = self.runtime.node_id
+        for group in self.map.groups:
+            if node_id in group.replicas and group.group_id not in self.runtime.peers:
+                _log.info(
+                    "node %d: starting a replica of new group %d (replicas %s)",
+                    node_id,
+                    group.group_id,
+                    list(group.replicas),
+                    extra={"node_id": node_id, "group_id": group.group_id},
+                )
+                self._create_group(group.group_id, sorted(group.replicas))
 
     def _push_ring(self) -> None:
         if self.map is None:

@@ -18,10 +18,13 @@ what was acquired, in reverse):
    ``listen``, the runtime's loop as a task, and the ``ClusterAgent``
    (bootstraps the cluster map, learns it, keeps groups on its ring), and
    the ``TxnResolver`` beside it (finishes, in the groups this node leads,
-   transactions whose coordinator went quiet past their deadline).
+   transactions whose coordinator went quiet past their deadline), and the
+   ``MigrationDriver`` (moves keys for a ring change, where this node leads
+   the meta group).
 
 Stopping: health turns NOT_SERVING first, then the server stops taking new
-calls (calls in flight may finish), then the resolver (its transactions in
+calls (calls in flight may finish), then the migration driver (its moves
+resume from the map at the next meta leader) and the resolver (its transactions in
 flight are cancelled: each step is idempotent, so whoever resolves them next
 starts over safely) and the cluster agent, then the runtime stops (waiting callers get
 ``OutcomeUnknown``: retry with the same client id and seq), then the
@@ -52,9 +55,9 @@ Decisions:
   configured layout (``NodeConfig.hosted_groups``). On a restart every one
   of them must already have Raft state in the data directory; one without is
   a ``ConfigError`` (the layout is read only at a node's first start).
-  TODO: on restart, take the hosted groups from storage (and later from the
-  meta group) instead of the config; safe for now because groups are only
-  ever created at bootstrap.
+  Groups a ring change created later (``ClusterAgent`` starts a replica when
+  the map names this node) are found in storage at a restart
+  (``stored_groups``) and hosted as well.
 - **Log compaction lag.** The config has no setting for it: a snapshot keeps
   ``min(1000, snapshot_interval_entries)`` entries behind it for followers
   only a little behind, so a small snapshot interval (as in tests) really
@@ -68,8 +71,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 
 import grpc
 import grpc.aio
@@ -85,12 +90,13 @@ from shardkv.node.data_dir import (
     prepare_data_dir,
 )
 from shardkv.node.health import health_interval, leaderless_groups
+from shardkv.node.migration import MigrationDriver
 from shardkv.node.peer import Peer, PeerOptions
-from shardkv.node.resolver import TxnResolver
+from shardkv.node.resolver import NodeGroupCalls, TxnResolver
 from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import NodeService
 from shardkv.node.transport_grpc import GrpcTransport, server_options
-from shardkv.storage import AlreadyBootstrapped, DataDirInUse, Engine, GroupStorage
+from shardkv.storage import AlreadyBootstrapped, DataDirInUse, Engine, GroupStorage, stored_groups
 from shardkv.tls import TlsError, TlsMaterial, add_port, open_channel
 from shardkv.v1 import cluster_pb2, node_pb2, node_pb2_grpc, raft_pb2
 
@@ -153,6 +159,10 @@ def _bootstrap(config: NodeConfig, engine: Engine) -> None:
 def _build_peers(config: NodeConfig, engine: Engine) -> dict[int, Peer]:
     options = peer_options(config)
     peers: dict[int, Peer] = {}
+    # Groups created later (a ring change added them) have Raft state here too.
+    for group_id in stored_groups(engine):
+        if group_id not in config.hosted_groups:
+            peers[group_id] = Peer(engine, group_id, config.node_id, options)
     for group_id in config.hosted_groups:
         peer = Peer(engine, group_id, config.node_id, options)
         if peer.storage.snapshot_metadata().index == 0:
@@ -165,6 +175,16 @@ def _build_peers(config: NodeConfig, engine: Engine) -> dict[int, Peer]:
             )
         peers[group_id] = peer
     return peers
+
+
+def _create_group(
+    config: NodeConfig, engine: Engine, runtime: NodeRuntime, group_id: int, replicas: list[int]
+) -> None:
+    """Start this node's replica of a group a ring change created (``ClusterAgent``)."""
+    # AlreadyBootstrapped: an earlier start created it; the peer picks up its state.
+    with contextlib.suppress(AlreadyBootstrapped):
+        GroupStorage(engine, group_id).bootstrap(tuple(replicas))
+    runtime.add_peer(Peer(engine, group_id, config.node_id, peer_options(config)))
 
 
 def _serve_metrics(config: NodeConfig, metrics: NodeMetrics) -> MetricsServer | None:
@@ -201,8 +221,7 @@ class NodeProcess:
         loop_task: asyncio.Task[None],
         agent: ClusterAgent,
         agent_task: asyncio.Task[None],
-        resolver: TxnResolver,
-        resolver_task: asyncio.Task[None],
+        workers: list[tuple[Callable[[], Awaitable[None]], asyncio.Task[None] | None]],
         health: Health,
         metrics_server: MetricsServer | None = None,
     ) -> None:
@@ -214,8 +233,9 @@ class NodeProcess:
         self._loop_task = loop_task
         self._agent = agent
         self._agent_task = agent_task
-        self._resolver = resolver
-        self._resolver_task = resolver_task
+        # Background work beside the agent (migration driver, resolver): how
+        # to stop each, and its task; stopped in this order, before the agent.
+        self._workers = workers
         self._health = health
         self._metrics_server = metrics_server
         self._stopped = False
@@ -261,7 +281,13 @@ class NodeProcess:
             metrics_server = _serve_metrics(config, metrics)
             if metrics_server is not None:
                 undo.push_async_callback(metrics_server.close)
-            agent = ClusterAgent(runtime, initial_map(config), config.initial_cluster, tls=tls)
+            agent = ClusterAgent(
+                runtime,
+                initial_map(config),
+                config.initial_cluster,
+                tls=tls,
+                create_group=functools.partial(_create_group, config, engine, runtime),
+            )
             undo.push_async_callback(agent.stop)
             resolver = TxnResolver(
                 runtime,
@@ -270,6 +296,10 @@ class NodeProcess:
                 tls=tls,
             )
             undo.push_async_callback(resolver.stop)
+            driver_calls = NodeGroupCalls(runtime, lambda: agent.map, timeout=10.0, tls=tls)
+            undo.push_async_callback(driver_calls.close)
+            driver = MigrationDriver(agent, driver_calls)
+            undo.push_async_callback(driver.stop)
             # The generated registration function carries no type hints.
             node_pb2_grpc.add_NodeServicer_to_server(  # type: ignore[no-untyped-call]
                 NodeService(runtime, config.initial_cluster, agent), server
@@ -299,6 +329,9 @@ class NodeProcess:
             resolver_task = asyncio.create_task(
                 resolver.run(), name=f"node-{config.node_id}-resolver"
             )
+            driver_task = asyncio.create_task(
+                driver.run(), name=f"node-{config.node_id}-migrations"
+            )
             health.start()
             undo.pop_all()
         _log.info(
@@ -316,8 +349,11 @@ class NodeProcess:
             loop_task,
             agent,
             agent_task,
-            resolver,
-            resolver_task,
+            [
+                (driver.stop, driver_task),
+                (resolver.stop, resolver_task),
+                (driver_calls.close, None),
+            ],
             health,
             metrics_server,
         )
@@ -335,11 +371,14 @@ class NodeProcess:
         await self._health.stop()
         # Stops taking new calls at once; the ones in flight get the grace.
         server_stopped = asyncio.create_task(self._server.stop(STOP_GRACE_SECONDS))
-        # The resolver first: it proposes through the runtime and reads the agent's map.
-        await self._resolver.stop()
-        self._resolver_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._resolver_task
+        # The driver and the resolver first: they propose through the runtime
+        # and read the agent's map.
+        for stop, task in self._workers:
+            await stop()
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._agent.stop()
         self._agent_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -47,7 +47,7 @@ import functools
 import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -56,11 +56,12 @@ import grpc.aio
 
 from shardkv.errors import NotLeader, OutcomeUnknown, ProposalFailed, UnknownGroup
 from shardkv.failpoints import failpoint
+from shardkv.fsm.migration import Access
 from shardkv.node.cluster import META_GROUP
 from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import txn_listing
 from shardkv.raft import Role
-from shardkv.ring import KeyRing, build_ring
+from shardkv.ring import Routing
 from shardkv.tls import TlsMaterial, open_channel
 from shardkv.txn_protocol import finish_everywhere, now_ms, settle_lock, txn_name
 from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, node_pb2_grpc
@@ -103,7 +104,7 @@ class NodeGroupCalls:
         self.cluster_map = cluster_map
         self.timeout = timeout
         self._tls = tls
-        self._ring: tuple[cluster_pb2.Ring, KeyRing] | None = None
+        self._ring: tuple[cluster_pb2.ClusterMap, Routing] | None = None
         self._leaders: dict[int, int] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._closed = False
@@ -121,8 +122,11 @@ class NodeGroupCalls:
         return self._key_ring().group_for(key)
 
     async def propose(self, group_id: int, command: kv_pb2.Command) -> kv_pb2.CommandResult:
+        """The command's result; a refusal as WRONG_GROUP (a key moved, or is moving)
+        is retried until the map routes it elsewhere or ``timeout`` passes."""
+
         async def here() -> kv_pb2.CommandResult:
-            return await self.runtime.propose(group_id, command)
+            return _owned(group_id, await self.runtime.propose(group_id, command))
 
         request = node_pb2.WriteRequest(group_id=group_id, command=command)
 
@@ -130,16 +134,23 @@ class NodeGroupCalls:
             stub: node_pb2_grpc.NodeStub, timeout: float
         ) -> tuple[node_pb2.GroupError | None, kv_pb2.CommandResult]:
             response: node_pb2.WriteResponse = await stub.Write(request, timeout=timeout)
-            return (response.error if response.HasField("error") else None), response.result
+            if response.HasField("error"):
+                return response.error, response.result
+            return None, _owned(group_id, response.result)
 
         return await self._call(group_id, here, there)
 
-    async def find(self, group_id: int, txn: kv_pb2.TxnRef) -> node_pb2.ListTxnsResponse:
+    async def find(
+        self, group_id: int, txn: kv_pb2.TxnRef, key: bytes = b""
+    ) -> node_pb2.ListTxnsResponse:
         async def here() -> node_pb2.ListTxnsResponse:
             await self.runtime.read_barrier(group_id)
-            return txn_listing(self.runtime.peer(group_id).machine, txn)
+            machine = self.runtime.peer(group_id).machine
+            if key and machine.wrong_group(key, Access.DECIDE) is not None:
+                raise ProposalFailed(f"group {group_id} does not keep the records of {key!r} now")
+            return txn_listing(machine, txn)
 
-        request = node_pb2.ListTxnsRequest(group_id=group_id, txn=txn)
+        request = node_pb2.ListTxnsRequest(group_id=group_id, txn=txn, key=key)
 
         async def there(
             stub: node_pb2_grpc.NodeStub, timeout: float
@@ -149,16 +160,64 @@ class NodeGroupCalls:
 
         return await self._call(group_id, here, there)
 
+    async def export(self, request: node_pb2.ExportRequest) -> AsyncIterator[node_pb2.ExportChunk]:
+        """The chunks of ``Node.Export`` from the group's leader (found as ``_call`` does).
+
+        Only opening the stream is retried: once chunks came, a failure is the
+        caller's to handle (it starts its step over).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        group_id = request.group_id
+        target = self._first_target(group_id)
+        problem = "no attempt"
+        for attempt in itertools.count():
+            if loop.time() >= deadline:
+                break
+            address = self._address(target)
+            if address is None:
+                problem = f"node {target} is not in the map"
+                target = self._next_target(group_id, target)
+                continue
+            stream = self._stub(address).Export(request)
+            chunks: AsyncIterator[node_pb2.ExportChunk] = stream.__aiter__()
+            hint = 0
+            try:
+                first = await anext(chunks, None)
+                if first is None:
+                    return
+                if first.HasField("error"):
+                    error = first.error
+                    hint = error.not_leader.leader_id if error.HasField("not_leader") else 0
+                    problem = f"node {target}: {error}"
+                    stream.cancel()
+                else:
+                    self._leaders[group_id] = target
+                    yield first
+                    async for chunk in chunks:
+                        yield chunk
+                    return
+            except grpc.aio.AioRpcError as rpc_error:
+                code = rpc_error.code()
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                problem = f"node {target}: {code.name} {rpc_error.details() or ''}".strip()
+            self._leaders.pop(group_id, None)
+            target = hint if hint and hint != target else self._next_target(group_id, target)
+            await asyncio.sleep(min(max(0.0, deadline - loop.time()), _backoff(attempt)))
+        raise OutcomeUnknown(
+            f"group {group_id}: no leader exported within {self.timeout:g} s; last: {problem}"
+        )
+
     # -- finding the leader ----------------------------------------------------------
 
-    def _key_ring(self) -> KeyRing:
+    def _key_ring(self) -> Routing:
         cluster_map = self.cluster_map()
         if cluster_map is None:
             raise LookupError("this node knows no cluster map yet")
-        if self._ring is None or self._ring[0] != cluster_map.ring:
-            ring = cluster_pb2.Ring()
-            ring.CopyFrom(cluster_map.ring)
-            self._ring = (ring, build_ring(ring))
+        if self._ring is None or self._ring[0] is not cluster_map:
+            # The map object changes whenever the agent learns a newer one.
+            self._ring = (cluster_map, Routing(cluster_map))
         return self._ring[1]
 
     def _replicas(self, group_id: int) -> list[int]:
@@ -241,6 +300,10 @@ class NodeGroupCalls:
                             raise NotLeader(group_id, error.not_leader.leader_id)
                         if error.HasField("unknown_group"):
                             raise UnknownGroup(group_id)
+                        if error.HasField("wrong_group"):
+                            raise ProposalFailed(
+                                f"group {group_id} does not serve {error.wrong_group.key!r} now"
+                            )
                         raise ProposalFailed(f"group {group_id} answered {error}")
             except NotLeader as not_leader:
                 problem = f"node {target}: {not_leader}"
@@ -266,6 +329,15 @@ class NodeGroupCalls:
         raise OutcomeUnknown(
             f"group {group_id}: no leader answered within {self.timeout:g} s; last: {problem}"
         )
+
+
+def _owned(group_id: int, result: kv_pb2.CommandResult) -> kv_pb2.CommandResult:
+    if result.HasField("wrong_group"):
+        raise ProposalFailed(
+            f"group {group_id} does not serve {result.wrong_group.key!r} now (epoch "
+            f"{result.wrong_group.epoch})"
+        )
+    return result
 
 
 @dataclass(slots=True)

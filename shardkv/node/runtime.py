@@ -109,6 +109,13 @@ class NodeRuntime:
             raise UnknownGroup(group_id)
         return peer
 
+    def add_peer(self, peer: Peer) -> None:
+        """Host one more group (created while the node runs: a ring change added it)."""
+        if peer.group_id in self.peers:
+            raise ValueError(f"group {peer.group_id} is hosted already")
+        self.peers[peer.group_id] = peer
+        self._wake.set()
+
     def propose(
         self, group_id: int, command: kv_pb2.Command
     ) -> asyncio.Future[kv_pb2.CommandResult]:

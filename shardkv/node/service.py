@@ -30,7 +30,8 @@ node's own and are refused from callers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, NoReturn
 
 import grpc
@@ -45,7 +46,9 @@ from shardkv.errors import (
     UnknownGroup,
 )
 from shardkv.fsm.kv import KeyValueStateMachine
+from shardkv.fsm.migration import Access
 from shardkv.limits import check_key
+from shardkv.node.export import export_chunks
 from shardkv.node.runtime import NodeRuntime
 from shardkv.raft import Role
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
@@ -217,6 +220,9 @@ class NodeService(node_pb2_grpc.NodeServicer):
             return node_pb2.ScanResponse(error=group_error)
         page = request.limit or DEFAULT_SCAN_PAGE
         machine = self.runtime.peer(request.group_id).machine
+        in_transit = machine.scan_refusal()
+        if in_transit is not None:
+            return node_pb2.ScanResponse(error=node_pb2.GroupError(wrong_group=in_transit))
         prefix = request.prefix if request.HasField("prefix") else None
         end = request.end or None
         kvs: list[kv_pb2.KeyValue] = list(
@@ -248,6 +254,10 @@ class NodeService(node_pb2_grpc.NodeServicer):
         if group_error is not None:
             return node_pb2.ListTxnsResponse(error=group_error)
         machine = self.runtime.peer(request.group_id).machine
+        if request.key:
+            wrong_group = machine.wrong_group(request.key, Access.DECIDE)
+            if wrong_group is not None:
+                return node_pb2.ListTxnsResponse(error=node_pb2.GroupError(wrong_group=wrong_group))
         if request.HasField("txn"):
             return txn_listing(machine, request.txn)
         txns = machine.txns
@@ -319,6 +329,51 @@ class NodeService(node_pb2_grpc.NodeServicer):
         except ShardKVError as error:
             return node_pb2.JoinResponse(error=await self._routing_error(context, error))
         return node_pb2.JoinResponse(map=cluster_map)
+
+    # -- ring changes ------------------------------------------------------------------
+
+    async def ChangeRing(
+        self,
+        request: node_pb2.ChangeRingRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.ChangeRingResponse:
+        if self.agent is None:
+            await self._abort(context, UnknownGroup(0))
+        assert self.agent is not None
+        try:
+            cluster_map = await self.agent.change_ring(request)
+        except ShardKVError as error:
+            return node_pb2.ChangeRingResponse(error=await self._routing_error(context, error))
+        return node_pb2.ChangeRingResponse(map=cluster_map)
+
+    async def Export(
+        self,
+        request: node_pb2.ExportRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> AsyncIterator[node_pb2.ExportChunk]:
+        """The source side of a move (``shardkv.node.export``), at the group's leader."""
+        group_error = await self._read_barrier(request.group_id, context)
+        if group_error is not None:
+            yield node_pb2.ExportChunk(error=group_error)
+            return
+        machine = self.runtime.peer(request.group_id).machine
+        state = machine.migration.state
+        if state is None or state.epoch != request.epoch or request.target not in state.outgoing:
+            await self._abort(
+                context,
+                FailedPrecondition(
+                    f"group {request.group_id} has no move to group {request.target} in the "
+                    f"migration to epoch {request.epoch}"
+                ),
+            )
+        # Read together, with no await between: the export's moment.
+        revision, key_count = machine.revision, machine.key_count
+        chunks = export_chunks(machine, request)
+        first = next(chunks, None)
+        for chunk in itertools.chain([first] if first is not None else [], chunks):
+            yield node_pb2.ExportChunk(data=chunk, revision=revision, key_count=key_count)
+        if first is None:
+            yield node_pb2.ExportChunk(revision=revision, key_count=key_count)
 
 
 def txn_listing(machine: KeyValueStateMachine, txn: kv_pb2.TxnRef) -> node_pb2.ListTxnsResponse:

@@ -26,7 +26,7 @@ from shardkv.storage.errors import (
     EngineError,
     StagingConflict,
 )
-from shardkv.storage.raft_log import GroupStorage
+from shardkv.storage.raft_log import GroupStorage, stored_groups
 
 __all__ = [
     "AlreadyBootstrapped",
@@ -42,4 +42,5 @@ __all__ = [
     "MemoryEngine",
     "StagingConflict",
     "StorageEngine",
+    "stored_groups",
 ]

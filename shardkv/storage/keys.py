@@ -18,6 +18,8 @@ order is numeric order for group ids and Raft indexes alike::
     meta  group(8) 0x07 user_key            a key's lock by a prepared transaction (shardkv.fsm)
     meta  group(8) 0x08 client_id(8) seq(8) a transaction prepared here (shardkv.fsm)
     meta  group(8) 0x09 client_id(8) seq(8) a transaction's record, here its primary (shardkv.fsm)
+    meta  group(8) 0x0a                     the migration the group takes part in (shardkv.fsm)
+    meta  group(8) 0x0b target(8) user_key  a moving key changed since its move began (shardkv.fsm)
     data  group(8) user_key                 the user's value
 
 Within a group the data column family is ordered by user key, so a prefix or
@@ -35,12 +37,14 @@ from shardkv.storage.errors import CorruptValue
 
 __all__ = [
     "GROUP_KEY_SIZE",
+    "all_results_range",
     "applied_state_key",
     "data_key",
     "data_prefix_range",
     "data_range",
     "decode_data_key",
     "decode_entry_key",
+    "decode_result_key",
     "entry_key",
     "entry_range",
     "group_prefix",
@@ -50,6 +54,9 @@ __all__ = [
     "lock_key",
     "lock_range",
     "log_start_key",
+    "mark_key",
+    "mark_range",
+    "migration_key",
     "prefix_end",
     "prepared_key",
     "prepared_range",
@@ -58,6 +65,7 @@ __all__ = [
     "revision_key",
     "ring_key",
     "session_key",
+    "session_range",
     "snapshot_metadata_key",
     "state_machine_meta_range",
     "txn_record_key",
@@ -85,6 +93,8 @@ _META_RESULT = 0x06
 _META_LOCK = 0x07
 _META_PREPARED = 0x08
 _META_TXN_RECORD = 0x09
+_META_MIGRATION = 0x0A
+_META_MARK = 0x0B
 # group id, record tag, client id, seq
 _GROUP_TAG_CLIENT_SEQ = struct.Struct(">QBQQ")
 
@@ -176,6 +186,30 @@ def session_key(group_id: int, client_id: int) -> bytes:
     return _GROUP_TAG_NUMBER.pack(group_id, _META_SESSION, client_id)
 
 
+def session_range(group_id: int) -> tuple[bytes, bytes]:
+    """``[start, end)`` of the group's client sessions (their floors)."""
+    prefix = group_prefix(group_id)
+    return prefix + bytes((_META_SESSION,)), prefix + bytes((_META_SESSION + 1,))
+
+
+def migration_key(group_id: int) -> bytes:
+    return group_prefix(group_id) + bytes((_META_MIGRATION,))
+
+
+def mark_key(group_id: int, target: int, user_key: bytes) -> bytes:
+    return _GROUP_TAG_NUMBER.pack(group_id, _META_MARK, target) + user_key
+
+
+def mark_range(group_id: int, target: int | None = None) -> tuple[bytes, bytes]:
+    """``[start, end)`` of the group's change marks (of moves to ``target``, or all);
+    the user key follows ``len(mark_key(group, target, b""))`` bytes."""
+    prefix = group_prefix(group_id)
+    if target is None:
+        return prefix + bytes((_META_MARK,)), prefix + bytes((_META_MARK + 1,))
+    start = _GROUP_TAG_NUMBER.pack(group_id, _META_MARK, target)
+    return start, _GROUP_TAG_NUMBER.pack(group_id, _META_MARK, target + 1)
+
+
 def ring_key(group_id: int) -> bytes:
     return group_prefix(group_id) + bytes((_META_RING,))
 
@@ -187,6 +221,23 @@ def result_key(group_id: int, client_id: int, seq: int) -> bytes:
 def result_range(group_id: int, client_id: int, low: int, high: int) -> tuple[bytes, bytes]:
     """``[start, end)`` of a client's results for seqs in ``[low, high)``."""
     return result_key(group_id, client_id, low), result_key(group_id, client_id, high)
+
+
+def all_results_range(group_id: int) -> tuple[bytes, bytes]:
+    """``[start, end)`` of every client's recorded results in the group."""
+    prefix = group_prefix(group_id)
+    return prefix + bytes((_META_RESULT,)), prefix + bytes((_META_RESULT + 1,))
+
+
+def decode_result_key(key: bytes) -> tuple[int, int]:
+    """(client_id, seq) of a result key."""
+    try:
+        _, tag, client_id, seq = _GROUP_TAG_CLIENT_SEQ.unpack(key)
+    except struct.error as exc:
+        raise CorruptValue(f"not a result key: {key!r}") from exc
+    if tag != _META_RESULT:
+        raise CorruptValue(f"not a result key: {key!r}")
+    return client_id, seq
 
 
 def lock_key(group_id: int, user_key: bytes) -> bytes:

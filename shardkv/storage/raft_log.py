@@ -89,7 +89,7 @@ from shardkv.storage import keys, values
 from shardkv.storage.engine import Batch, ColumnFamily, StorageEngine
 from shardkv.storage.errors import AlreadyBootstrapped, CorruptValue, StagingConflict
 
-__all__ = ["DEFAULT_CACHE_BYTES", "GroupStorage"]
+__all__ = ["DEFAULT_CACHE_BYTES", "GroupStorage", "stored_groups"]
 
 DEFAULT_CACHE_BYTES = 256 << 10
 
@@ -502,3 +502,19 @@ class GroupStorage:
     def _load_applied(self) -> tuple[int, ConfState]:
         stored = self.engine.get(ColumnFamily.META, keys.applied_state_key(self.group_id))
         return (0, ConfState()) if stored is None else values.decode_applied_state(stored)
+
+
+def stored_groups(engine: StorageEngine) -> list[int]:
+    """The groups with Raft state in ``engine`` (one seek per group, not a scan of the logs)."""
+    found: list[int] = []
+    start = b""
+    while True:
+        first = next(engine.scan(ColumnFamily.RAFT, start), None)
+        if first is None:
+            return found
+        group_id = int.from_bytes(first[0][: keys.GROUP_KEY_SIZE], "big")
+        found.append(group_id)
+        end = keys.group_range(group_id)[1]
+        if end is None:
+            return found
+        start = end

@@ -1,10 +1,41 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class MovePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MOVE_PENDING: _ClassVar[MovePhase]
+    MOVE_COPYING: _ClassVar[MovePhase]
+    MOVE_FROZEN: _ClassVar[MovePhase]
+    MOVE_ACTIVE: _ClassVar[MovePhase]
+    MOVE_DONE: _ClassVar[MovePhase]
+
+class ArcState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ARC_NONE: _ClassVar[ArcState]
+    ARC_OUT_COPYING: _ClassVar[ArcState]
+    ARC_OUT_FROZEN: _ClassVar[ArcState]
+    ARC_OUT_SEALED: _ClassVar[ArcState]
+    ARC_OUT_RELEASED: _ClassVar[ArcState]
+    ARC_IN_IMPORTING: _ClassVar[ArcState]
+    ARC_IN_ACTIVE: _ClassVar[ArcState]
+MOVE_PENDING: MovePhase
+MOVE_COPYING: MovePhase
+MOVE_FROZEN: MovePhase
+MOVE_ACTIVE: MovePhase
+MOVE_DONE: MovePhase
+ARC_NONE: ArcState
+ARC_OUT_COPYING: ArcState
+ARC_OUT_FROZEN: ArcState
+ARC_OUT_SEALED: ArcState
+ARC_OUT_RELEASED: ArcState
+ARC_IN_IMPORTING: ArcState
+ARC_IN_ACTIVE: ArcState
 
 class NodeInfo(_message.Message):
     __slots__ = ("node_id", "address", "state")
@@ -43,15 +74,85 @@ class GroupWeight(_message.Message):
     def __init__(self, group_id: _Optional[int] = ..., weight: _Optional[int] = ...) -> None: ...
 
 class ClusterMap(_message.Message):
-    __slots__ = ("cluster_id", "version", "ring", "nodes", "groups")
+    __slots__ = ("cluster_id", "version", "ring", "nodes", "groups", "migration")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RING_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     version: int
     ring: Ring
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     groups: _containers.RepeatedCompositeFieldContainer[GroupInfo]
-    def __init__(self, cluster_id: _Optional[str] = ..., version: _Optional[int] = ..., ring: _Optional[_Union[Ring, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupInfo, _Mapping]]] = ...) -> None: ...
+    migration: Migration
+    def __init__(self, cluster_id: _Optional[str] = ..., version: _Optional[int] = ..., ring: _Optional[_Union[Ring, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupInfo, _Mapping]]] = ..., migration: _Optional[_Union[Migration, _Mapping]] = ...) -> None: ...
+
+class Migration(_message.Message):
+    __slots__ = ("target", "moves", "started_ms", "reason", "retiring")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    MOVES_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RETIRING_FIELD_NUMBER: _ClassVar[int]
+    target: Ring
+    moves: _containers.RepeatedCompositeFieldContainer[Move]
+    started_ms: int
+    reason: str
+    retiring: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, target: _Optional[_Union[Ring, _Mapping]] = ..., moves: _Optional[_Iterable[_Union[Move, _Mapping]]] = ..., started_ms: _Optional[int] = ..., reason: _Optional[str] = ..., retiring: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Move(_message.Message):
+    __slots__ = ("source", "target", "phase", "keys_copied", "bytes_copied", "keys_estimate", "started_ms", "phase_started_ms", "finished_ms", "stuck", "frozen_ms")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_COPIED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_COPIED_FIELD_NUMBER: _ClassVar[int]
+    KEYS_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_MS_FIELD_NUMBER: _ClassVar[int]
+    STUCK_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_MS_FIELD_NUMBER: _ClassVar[int]
+    source: int
+    target: int
+    phase: MovePhase
+    keys_copied: int
+    bytes_copied: int
+    keys_estimate: int
+    started_ms: int
+    phase_started_ms: int
+    finished_ms: int
+    stuck: str
+    frozen_ms: int
+    def __init__(self, source: _Optional[int] = ..., target: _Optional[int] = ..., phase: _Optional[_Union[MovePhase, str]] = ..., keys_copied: _Optional[int] = ..., bytes_copied: _Optional[int] = ..., keys_estimate: _Optional[int] = ..., started_ms: _Optional[int] = ..., phase_started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., stuck: _Optional[str] = ..., frozen_ms: _Optional[int] = ...) -> None: ...
+
+class GroupMigration(_message.Message):
+    __slots__ = ("epoch", "target", "outgoing", "incoming", "driver")
+    class OutgoingEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: ArcState
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[ArcState, str]] = ...) -> None: ...
+    class IncomingEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: ArcState
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[ArcState, str]] = ...) -> None: ...
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    OUTGOING_FIELD_NUMBER: _ClassVar[int]
+    INCOMING_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    target: Ring
+    outgoing: _containers.ScalarMap[int, ArcState]
+    incoming: _containers.ScalarMap[int, ArcState]
+    driver: int
+    def __init__(self, epoch: _Optional[int] = ..., target: _Optional[_Union[Ring, _Mapping]] = ..., outgoing: _Optional[_Mapping[int, ArcState]] = ..., incoming: _Optional[_Mapping[int, ArcState]] = ..., driver: _Optional[int] = ...) -> None: ...

@@ -138,14 +138,16 @@ class TxnPrepare(_message.Message):
     def __init__(self, primary_key: _Optional[bytes] = ..., deadline_ms: _Optional[int] = ..., compares: _Optional[_Iterable[_Union[Compare, _Mapping]]] = ..., then_ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., else_ops: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., one_phase: _Optional[bool] = ..., participant_keys: _Optional[_Iterable[bytes]] = ..., started_ms: _Optional[int] = ...) -> None: ...
 
 class TxnDecide(_message.Message):
-    __slots__ = ("txn", "commit", "then_branch")
+    __slots__ = ("txn", "commit", "then_branch", "primary_key")
     TXN_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
     THEN_BRANCH_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_KEY_FIELD_NUMBER: _ClassVar[int]
     txn: TxnRef
     commit: bool
     then_branch: bool
-    def __init__(self, txn: _Optional[_Union[TxnRef, _Mapping]] = ..., commit: _Optional[bool] = ..., then_branch: _Optional[bool] = ...) -> None: ...
+    primary_key: bytes
+    def __init__(self, txn: _Optional[_Union[TxnRef, _Mapping]] = ..., commit: _Optional[bool] = ..., then_branch: _Optional[bool] = ..., primary_key: _Optional[bytes] = ...) -> None: ...
 
 class TxnFinish(_message.Message):
     __slots__ = ("txn", "commit", "then_branch")
@@ -176,20 +178,22 @@ class TxnStep(_message.Message):
     def __init__(self, prepare: _Optional[_Union[TxnPrepare, _Mapping]] = ..., decide: _Optional[_Union[TxnDecide, _Mapping]] = ..., finish: _Optional[_Union[TxnFinish, _Mapping]] = ..., forget: _Optional[_Union[TxnForget, _Mapping]] = ...) -> None: ...
 
 class TxnRecord(_message.Message):
-    __slots__ = ("txn", "state", "then_branch", "participant_keys", "deadline_ms", "finished")
+    __slots__ = ("txn", "state", "then_branch", "participant_keys", "deadline_ms", "finished", "primary_key")
     TXN_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     THEN_BRANCH_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_KEYS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_KEY_FIELD_NUMBER: _ClassVar[int]
     txn: TxnRef
     state: TxnState
     then_branch: bool
     participant_keys: _containers.RepeatedScalarFieldContainer[bytes]
     deadline_ms: int
     finished: bool
-    def __init__(self, txn: _Optional[_Union[TxnRef, _Mapping]] = ..., state: _Optional[_Union[TxnState, str]] = ..., then_branch: _Optional[bool] = ..., participant_keys: _Optional[_Iterable[bytes]] = ..., deadline_ms: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
+    primary_key: bytes
+    def __init__(self, txn: _Optional[_Union[TxnRef, _Mapping]] = ..., state: _Optional[_Union[TxnState, str]] = ..., then_branch: _Optional[bool] = ..., participant_keys: _Optional[_Iterable[bytes]] = ..., deadline_ms: _Optional[int] = ..., finished: _Optional[bool] = ..., primary_key: _Optional[bytes] = ...) -> None: ...
 
 class PreparedTxn(_message.Message):
     __slots__ = ("txn", "prepare", "outcome")
@@ -214,7 +218,7 @@ class TxnOutcome(_message.Message):
     def __init__(self, succeeded: _Optional[bool] = ..., then_results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., else_results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., record: _Optional[_Union[TxnRecord, _Mapping]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("client_id", "seq", "operations", "acked_seq", "ring", "batch", "epoch", "puts", "txn")
+    __slots__ = ("client_id", "seq", "operations", "acked_seq", "ring", "batch", "epoch", "puts", "txn", "migrate")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +228,7 @@ class Command(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     PUTS_FIELD_NUMBER: _ClassVar[int]
     TXN_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     seq: int
     operations: _containers.RepeatedCompositeFieldContainer[Operation]
@@ -233,7 +238,76 @@ class Command(_message.Message):
     epoch: int
     puts: _containers.RepeatedCompositeFieldContainer[KeyValue]
     txn: TxnStep
-    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., batch: _Optional[_Iterable[_Union[Command, _Mapping]]] = ..., epoch: _Optional[int] = ..., puts: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., txn: _Optional[_Union[TxnStep, _Mapping]] = ...) -> None: ...
+    migrate: MigrateStep
+    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., batch: _Optional[_Iterable[_Union[Command, _Mapping]]] = ..., epoch: _Optional[int] = ..., puts: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., txn: _Optional[_Union[TxnStep, _Mapping]] = ..., migrate: _Optional[_Union[MigrateStep, _Mapping]] = ...) -> None: ...
+
+class MigrateStep(_message.Message):
+    __slots__ = ("epoch", "source", "target", "begin", "freeze", "seal", "release", "copy", "activate", "collect", "driver")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    BEGIN_FIELD_NUMBER: _ClassVar[int]
+    FREEZE_FIELD_NUMBER: _ClassVar[int]
+    SEAL_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    COPY_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATE_FIELD_NUMBER: _ClassVar[int]
+    COLLECT_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    source: int
+    target: int
+    begin: _cluster_pb2.Ring
+    freeze: bool
+    seal: bool
+    release: bool
+    copy: MigrateImport
+    activate: bool
+    collect: MigrateCollect
+    driver: int
+    def __init__(self, epoch: _Optional[int] = ..., source: _Optional[int] = ..., target: _Optional[int] = ..., begin: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., freeze: _Optional[bool] = ..., seal: _Optional[bool] = ..., release: _Optional[bool] = ..., copy: _Optional[_Union[MigrateImport, _Mapping]] = ..., activate: _Optional[bool] = ..., collect: _Optional[_Union[MigrateCollect, _Mapping]] = ..., driver: _Optional[int] = ...) -> None: ...
+
+class MigrateImport(_message.Message):
+    __slots__ = ("keys", "records", "deleted", "sessions", "txn_records")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    TXN_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    records: _containers.RepeatedScalarFieldContainer[bytes]
+    deleted: _containers.RepeatedScalarFieldContainer[bytes]
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionCopy]
+    txn_records: _containers.RepeatedCompositeFieldContainer[TxnRecord]
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., records: _Optional[_Iterable[bytes]] = ..., deleted: _Optional[_Iterable[bytes]] = ..., sessions: _Optional[_Iterable[_Union[SessionCopy, _Mapping]]] = ..., txn_records: _Optional[_Iterable[_Union[TxnRecord, _Mapping]]] = ...) -> None: ...
+
+class SessionCopy(_message.Message):
+    __slots__ = ("client_id", "floor", "seqs", "results")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FLOOR_FIELD_NUMBER: _ClassVar[int]
+    SEQS_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    floor: int
+    seqs: _containers.RepeatedScalarFieldContainer[int]
+    results: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, client_id: _Optional[int] = ..., floor: _Optional[int] = ..., seqs: _Optional[_Iterable[int]] = ..., results: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class MigrateCollect(_message.Message):
+    __slots__ = ("keys", "last")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    last: bool
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., last: _Optional[bool] = ...) -> None: ...
+
+class MigrateResult(_message.Message):
+    __slots__ = ("applied", "reason")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    applied: bool
+    reason: str
+    def __init__(self, applied: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class KeyValue(_message.Message):
     __slots__ = ("key", "value", "version", "create_revision", "mod_revision")
@@ -258,7 +332,7 @@ class OperationResult(_message.Message):
     def __init__(self, succeeded: _Optional[bool] = ..., previous: _Optional[_Union[KeyValue, _Mapping]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("results", "revision", "wrong_group", "stale", "puts_written", "locked", "txn")
+    __slots__ = ("results", "revision", "wrong_group", "stale", "puts_written", "locked", "txn", "migrate")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     WRONG_GROUP_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +340,7 @@ class CommandResult(_message.Message):
     PUTS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
     LOCKED_FIELD_NUMBER: _ClassVar[int]
     TXN_FIELD_NUMBER: _ClassVar[int]
+    MIGRATE_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[OperationResult]
     revision: int
     wrong_group: WrongGroup
@@ -273,7 +348,8 @@ class CommandResult(_message.Message):
     puts_written: int
     locked: LockInfo
     txn: TxnOutcome
-    def __init__(self, results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., revision: _Optional[int] = ..., wrong_group: _Optional[_Union[WrongGroup, _Mapping]] = ..., stale: _Optional[bool] = ..., puts_written: _Optional[int] = ..., locked: _Optional[_Union[LockInfo, _Mapping]] = ..., txn: _Optional[_Union[TxnOutcome, _Mapping]] = ...) -> None: ...
+    migrate: MigrateResult
+    def __init__(self, results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., revision: _Optional[int] = ..., wrong_group: _Optional[_Union[WrongGroup, _Mapping]] = ..., stale: _Optional[bool] = ..., puts_written: _Optional[int] = ..., locked: _Optional[_Union[LockInfo, _Mapping]] = ..., txn: _Optional[_Union[TxnOutcome, _Mapping]] = ..., migrate: _Optional[_Union[MigrateResult, _Mapping]] = ...) -> None: ...
 
 class WrongGroup(_message.Message):
     __slots__ = ("group_id", "epoch", "key")

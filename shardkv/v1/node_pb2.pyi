@@ -1,6 +1,7 @@
 from shardkv.v1 import kv_pb2 as _kv_pb2
 from shardkv.v1 import cluster_pb2 as _cluster_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -8,13 +9,90 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ExportKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_ALL: _ClassVar[ExportKind]
+    EXPORT_CHANGES: _ClassVar[ExportKind]
+    EXPORT_KEYS: _ClassVar[ExportKind]
+EXPORT_ALL: ExportKind
+EXPORT_CHANGES: ExportKind
+EXPORT_KEYS: ExportKind
+
+class ExportRequest(_message.Message):
+    __slots__ = ("group_id", "epoch", "target", "kind", "since_revision", "chunk_keys")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SINCE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_KEYS_FIELD_NUMBER: _ClassVar[int]
+    group_id: int
+    epoch: int
+    target: int
+    kind: ExportKind
+    since_revision: int
+    chunk_keys: int
+    def __init__(self, group_id: _Optional[int] = ..., epoch: _Optional[int] = ..., target: _Optional[int] = ..., kind: _Optional[_Union[ExportKind, str]] = ..., since_revision: _Optional[int] = ..., chunk_keys: _Optional[int] = ...) -> None: ...
+
+class ExportChunk(_message.Message):
+    __slots__ = ("error", "data", "revision", "key_count")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    KEY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    error: GroupError
+    data: _kv_pb2.MigrateImport
+    revision: int
+    key_count: int
+    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., data: _Optional[_Union[_kv_pb2.MigrateImport, _Mapping]] = ..., revision: _Optional[int] = ..., key_count: _Optional[int] = ...) -> None: ...
+
+class AddGroup(_message.Message):
+    __slots__ = ("group_id", "weight", "nodes")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    group_id: int
+    weight: int
+    nodes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, group_id: _Optional[int] = ..., weight: _Optional[int] = ..., nodes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SetWeight(_message.Message):
+    __slots__ = ("group_id", "weight")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    group_id: int
+    weight: int
+    def __init__(self, group_id: _Optional[int] = ..., weight: _Optional[int] = ...) -> None: ...
+
+class ChangeRingRequest(_message.Message):
+    __slots__ = ("add_group", "remove_group", "set_weight", "dry_run")
+    ADD_GROUP_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_GROUP_FIELD_NUMBER: _ClassVar[int]
+    SET_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    add_group: AddGroup
+    remove_group: int
+    set_weight: SetWeight
+    dry_run: bool
+    def __init__(self, add_group: _Optional[_Union[AddGroup, _Mapping]] = ..., remove_group: _Optional[int] = ..., set_weight: _Optional[_Union[SetWeight, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ChangeRingResponse(_message.Message):
+    __slots__ = ("error", "map")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MAP_FIELD_NUMBER: _ClassVar[int]
+    error: GroupError
+    map: _cluster_pb2.ClusterMap
+    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., map: _Optional[_Union[_cluster_pb2.ClusterMap, _Mapping]] = ...) -> None: ...
+
 class ListTxnsRequest(_message.Message):
-    __slots__ = ("group_id", "txn")
+    __slots__ = ("group_id", "txn", "key")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     TXN_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
     group_id: int
     txn: _kv_pb2.TxnRef
-    def __init__(self, group_id: _Optional[int] = ..., txn: _Optional[_Union[_kv_pb2.TxnRef, _Mapping]] = ...) -> None: ...
+    key: bytes
+    def __init__(self, group_id: _Optional[int] = ..., txn: _Optional[_Union[_kv_pb2.TxnRef, _Mapping]] = ..., key: _Optional[bytes] = ...) -> None: ...
 
 class ListTxnsResponse(_message.Message):
     __slots__ = ("error", "prepared", "records", "session_floor")

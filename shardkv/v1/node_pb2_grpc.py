@@ -74,6 +74,16 @@ class NodeStub:
                 request_serializer=shardkv_dot_v1_dot_node__pb2.ListTxnsRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_node__pb2.ListTxnsResponse.FromString,
                 _registered_method=True)
+        self.Export = channel.unary_stream(
+                '/shardkv.v1.Node/Export',
+                request_serializer=shardkv_dot_v1_dot_node__pb2.ExportRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_node__pb2.ExportChunk.FromString,
+                _registered_method=True)
+        self.ChangeRing = channel.unary_unary(
+                '/shardkv.v1.Node/ChangeRing',
+                request_serializer=shardkv_dot_v1_dot_node__pb2.ChangeRingRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_node__pb2.ChangeRingResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -142,6 +152,23 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Export(self, request, context):
+        """The source side of a move (shardkv.node.migration): a group's moving
+        keys (all of them, those changed since a revision, or keys only), with
+        sessions and moved transaction records, in chunks. Served by the
+        group's leader after a ReadIndex barrier.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeRing(self, request, context):
+        """At the meta group's leader: plan or start a ring change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +211,16 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.ListTxns,
                     request_deserializer=shardkv_dot_v1_dot_node__pb2.ListTxnsRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_node__pb2.ListTxnsResponse.SerializeToString,
+            ),
+            'Export': grpc.unary_stream_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=shardkv_dot_v1_dot_node__pb2.ExportRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_node__pb2.ExportChunk.SerializeToString,
+            ),
+            'ChangeRing': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeRing,
+                    request_deserializer=shardkv_dot_v1_dot_node__pb2.ChangeRingRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_node__pb2.ChangeRingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +439,60 @@ class Node:
             '/shardkv.v1.Node/ListTxns',
             shardkv_dot_v1_dot_node__pb2.ListTxnsRequest.SerializeToString,
             shardkv_dot_v1_dot_node__pb2.ListTxnsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shardkv.v1.Node/Export',
+            shardkv_dot_v1_dot_node__pb2.ExportRequest.SerializeToString,
+            shardkv_dot_v1_dot_node__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeRing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Node/ChangeRing',
+            shardkv_dot_v1_dot_node__pb2.ChangeRingRequest.SerializeToString,
+            shardkv_dot_v1_dot_node__pb2.ChangeRingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from shardkv.v1 import node_pb2 as shardkv_dot_v1_dot_node__pb2
 from shardkv.v1 import router_pb2 as shardkv_dot_v1_dot_router__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -98,6 +99,11 @@ class RouterStub:
                 '/shardkv.v1.Router/ResolveTxn',
                 request_serializer=shardkv_dot_v1_dot_router__pb2.ResolveTxnRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_router__pb2.ResolveTxnResponse.FromString,
+                _registered_method=True)
+        self.ChangeRing = channel.unary_unary(
+                '/shardkv.v1.Router/ChangeRing',
+                request_serializer=shardkv_dot_v1_dot_node__pb2.ChangeRingRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_node__pb2.ChangeRingResponse.FromString,
                 _registered_method=True)
 
 
@@ -200,6 +206,15 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangeRing(self, request, context):
+        """Admin: plan (dry_run) or start a ring change (add-group, remove-group,
+        set-weight); forwarded to the meta group's leader. The moves then run in
+        the background: ClusterStatus shows them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +282,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.ResolveTxn,
                     request_deserializer=shardkv_dot_v1_dot_router__pb2.ResolveTxnRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_router__pb2.ResolveTxnResponse.SerializeToString,
+            ),
+            'ChangeRing': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeRing,
+                    request_deserializer=shardkv_dot_v1_dot_node__pb2.ChangeRingRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_node__pb2.ChangeRingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -620,6 +640,33 @@ class Router:
             '/shardkv.v1.Router/ResolveTxn',
             shardkv_dot_v1_dot_router__pb2.ResolveTxnRequest.SerializeToString,
             shardkv_dot_v1_dot_router__pb2.ResolveTxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeRing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Router/ChangeRing',
+            shardkv_dot_v1_dot_node__pb2.ChangeRingRequest.SerializeToString,
+            shardkv_dot_v1_dot_node__pb2.ChangeRingResponse.FromString,
             options,
             channel_credentials,
             insecure,

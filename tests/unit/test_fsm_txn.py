@@ -90,7 +90,7 @@ def prepare(
 
 
 def decide(txn: kv_pb2.TxnRef, commit: bool, then_branch: bool = True) -> kv_pb2.Command:
-    return decide_command(txn, commit, then_branch)
+    return decide_command(txn, commit, then_branch, b"")
 
 
 def finish(txn: kv_pb2.TxnRef, commit: bool, then_branch: bool = True) -> kv_pb2.Command:
@@ -471,6 +471,7 @@ def test_decide_commit_applies_the_primary_branch_and_records_it(
         then_branch=then_branch,
         participant_keys=[b"a", b"elsewhere"],
         deadline_ms=DEADLINE_MS,
+        primary_key=b"a",
     )
     assert decided.txn == kv_pb2.TxnOutcome(succeeded=True, record=record)
     assert machine.revision == decided.revision == 3, "one new revision, in the decide's apply"

@@ -322,10 +322,12 @@ class GroupModel:
             txn=decide.txn,
             state=kv_pb2.TXN_COMMITTED if commit else kv_pb2.TXN_ABORTED,
             then_branch=decide.then_branch,
+            primary_key=decide.primary_key,
         )
         if prepared is not None:
             record.participant_keys.extend(prepared.prepare.participant_keys)
             record.deadline_ms = prepared.prepare.deadline_ms
+            record.primary_key = prepared.prepare.primary_key
         self.records[txn] = record
         self.world.decided.setdefault(txn, commit)
         if commit:
@@ -592,7 +594,7 @@ class World:
         elif txn.phase in (DECIDE, ABORT):
             commit = txn.phase == DECIDE
             then_branch = commit and all(outcome.succeeded for outcome in txn.outcomes.values())
-            decided = self.step(txn.primary, decide_command(txn.ref, commit, then_branch))
+            decided = self.step(txn.primary, decide_command(txn.ref, commit, then_branch, b""))
             txn.record = decided.txn.record
             txn.to_finish = sorted(set(txn.prepares) - {txn.primary})
             txn.phase = FINISH
@@ -609,7 +611,7 @@ class World:
         primary = group_of(lock.primary_key)
         _, record = self.machines[primary].txns.find(lock.txn)
         if record is None:
-            record = self.step(primary, decide_command(lock.txn, False, False)).txn.record
+            record = self.step(primary, decide_command(lock.txn, False, False, b"")).txn.record
         if group_id != primary:
             self.step(group_id, finish_command(record))
 

@@ -1,0 +1,89 @@
+"""The source side of a move: read a group's moving keys out in chunks (``Node.Export``).
+
+``export_chunks(machine, request)`` yields ``MigrateImport`` chunks of what
+moves from the group to ``request.target`` in the migration ``request.epoch``
+(the caller checked the group takes part, and read after a ReadIndex barrier
+at its leader):
+
+- ``EXPORT_ALL``: every moving key with its stored record, as of one moment:
+  one engine iterator is a consistent view for as long as it lives, and the
+  chunks are cut from it while the group goes on applying. Every write after
+  that moment is marked (the move began before the export), so the next
+  ``EXPORT_CHANGES`` from the revision read at that moment finds it.
+- ``EXPORT_CHANGES``: the moving keys marked after ``since_revision``, each
+  read as it is when its chunk is cut (present: its record; absent: a
+  deletion), then every client session and the moved transaction records.
+  A key written again meanwhile is marked again, above the revision this
+  export reports, so the next round takes it; after the seal nothing moves
+  any more and one round reads the final state.
+- ``EXPORT_KEYS``: the moving keys only: what the source collects once the
+  target serves them.
+
+A chunk holds at most ``chunk_keys`` keys (default 1,000) and about
+``MAX_CHUNK_BYTES`` of records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from shardkv.fsm.kv import KeyValueStateMachine
+from shardkv.storage import keys
+from shardkv.storage.engine import ColumnFamily
+from shardkv.v1 import kv_pb2, node_pb2
+
+__all__ = ["DEFAULT_CHUNK_KEYS", "MAX_CHUNK_BYTES", "export_chunks"]
+
+DEFAULT_CHUNK_KEYS = 1000
+MAX_CHUNK_BYTES = 1 << 20
+
+
+def export_chunks(
+    machine: KeyValueStateMachine, request: node_pb2.ExportRequest
+) -> Iterator[kv_pb2.MigrateImport]:
+    """What moves, in chunks; see the module docstring."""
+    chunk_keys = request.chunk_keys or DEFAULT_CHUNK_KEYS
+    if request.kind == node_pb2.EXPORT_CHANGES:
+        yield from _changes(machine, request.target, request.since_revision, chunk_keys)
+        return
+    with_records = request.kind == node_pb2.EXPORT_ALL
+    migration, group, target = machine.migration, machine.group_id, request.target
+    low, high = keys.group_range(group)
+    chunk, size = kv_pb2.MigrateImport(), 0
+    for engine_key, stored in machine.engine.scan(ColumnFamily.DATA, low, high):
+        key = engine_key[keys.GROUP_KEY_SIZE :]
+        if migration.moving_to(key) != target:
+            continue
+        chunk.keys.append(key)
+        size += len(key)
+        if with_records:
+            chunk.records.append(stored)
+            size += len(stored)
+        if len(chunk.keys) >= chunk_keys or size >= MAX_CHUNK_BYTES:
+            yield chunk
+            chunk, size = kv_pb2.MigrateImport(), 0
+    if chunk.keys:
+        yield chunk
+
+
+def _changes(
+    machine: KeyValueStateMachine, target: int, since: int, chunk_keys: int
+) -> Iterator[kv_pb2.MigrateImport]:
+    migration, engine, group = machine.migration, machine.engine, machine.group_id
+    changed = list(migration.changed_since(target, since))
+    chunk, size = kv_pb2.MigrateImport(), 0
+    for key in changed:
+        stored = engine.get(ColumnFamily.DATA, keys.data_key(group, key))
+        if stored is None:
+            chunk.deleted.append(key)
+            size += len(key)
+        else:
+            chunk.keys.append(key)
+            chunk.records.append(stored)
+            size += len(key) + len(stored)
+        if len(chunk.keys) + len(chunk.deleted) >= chunk_keys or size >= MAX_CHUNK_BYTES:
+            yield chunk
+            chunk, size = kv_pb2.MigrateImport(), 0
+    chunk.sessions.extend(migration.sessions())
+    chunk.txn_records.extend(migration.moving_records(target))
+    yield chunk
