@@ -15,7 +15,8 @@ A refused call never reaches its handler, so nothing of it is applied.
 
 Roles: ``read-write`` may read and write keys, run transactions and read the
 cluster's status; ``admin`` may do all that and also the operator's commands
-(``ADMIN_METHODS``: listing, showing and resolving transactions). Health
+(``ADMIN_METHODS``: listing, showing and resolving transactions, planning
+and changing the ring). Health
 checking and server reflection stay open, as is usual, so that load balancers
 and standard tools work without a token.
 
@@ -54,8 +55,9 @@ __all__ = [
 METADATA_KEY = "authorization"
 _SCHEME = "bearer "
 
-# The operator's commands: they read and change other callers' transactions.
-ADMIN_METHODS = frozenset({"ListTransactions", "ShowTxn", "ResolveTxn"})
+# The operator's commands: they read and change other callers' transactions,
+# and change (or plan to change) which group owns which keys.
+ADMIN_METHODS = frozenset({"ListTransactions", "ShowTxn", "ResolveTxn", "ChangeRing"})
 
 if TYPE_CHECKING:
     _Handler = grpc.RpcMethodHandler[object, object]

@@ -12,6 +12,10 @@
     shardkv [--router ADDR] [--timeout SECONDS] txn list
     shardkv [--router ADDR] [--timeout SECONDS] txn show ID
     shardkv [--router ADDR] [--timeout SECONDS] txn resolve ID (--commit | --abort)
+    shardkv [--router ADDR] admin add-group [--weight W] [--nodes A,B,C] [--id G] [--plan]
+    shardkv [--router ADDR] admin remove-group G [--plan]
+    shardkv [--router ADDR] admin set-weight G W [--plan]
+    shardkv [--router ADDR] admin rebalance (--plan | --apply)
 
 Every command but ``up`` goes through ``router.Client``. The router address
 comes from ``--router`` (before or after the command), else ``SHARDKV_ROUTER``,
@@ -32,7 +36,26 @@ terminal); ``scan`` writes ``key<TAB>value`` lines, with backslash escapes
 for what is not printable (``\\t``, ``\\n``, ``\\\\``, ``\\xNN`` for a byte that is
 not UTF-8, ``\\uNNNN`` for a character that is not printable); ``put`` and
 ``delete`` write nothing; ``status`` a table, or with ``--json`` the same
-summary as JSON (``summarize_status``).
+summary as JSON (``summarize_status``). While the ring changes, ``status``
+also shows each move of the migration: from and to which group, its phase, a
+progress bar of keys copied against the estimate, the rate since the move
+started, the time left at that rate, how long the moving keys were
+unwritable (``frozen``), and why a move is stuck when it is.
+
+``admin`` is for operators: ``add-group``, ``remove-group`` and ``set-weight``
+each change the ring into a new epoch through the meta group; the moves then
+run in the background (``status`` follows them). With ``--plan`` they change
+nothing and print what would move: one row per pair of groups, with the
+share of the ring, the estimated keys (the source's key count times the
+moving part of its share) and the estimated time at ``PLANNING_RATE`` keys
+per second. Bytes are not known before the copy (nodes report key counts
+only); ``status`` shows the bytes copied. ``rebalance --plan`` prints the
+plan of the ring change under way, or else each group's share of the ring
+beside its share of the weights: the ring is a function of the weights, so
+without a change of weights nothing is to move ("balanced: nothing to
+move"). ``rebalance --apply`` says the same: a change under way runs by
+itself. A ring change the meta group refuses (one is under way already,
+FAILED_PRECONDITION; the group exists) prints why and exits 4.
 
 ``txn`` is for operators: ``list`` prints the transactions not finished (a
 table: id ``hexclient:seq``, state, time to the deadline after which anyone
@@ -65,9 +88,10 @@ import grpc
 
 from router.client import Client, parse_addresses
 from router.errors import ClientError, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from shardkv.ring import build_ring, moving_shares
 from shardkv.tls import TlsError, TlsFiles
 from shardkv.txn_protocol import now_ms, step_keys, txn_name
-from shardkv.v1 import kv_pb2, node_pb2, router_pb2
+from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, router_pb2
 
 __all__ = [
     "DEFAULT_ROUTER",
@@ -78,15 +102,21 @@ __all__ = [
     "EXIT_OK",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
+    "PLANNING_RATE",
     "GroupRow",
+    "MigrationSummary",
+    "MoveRow",
     "NodeRow",
+    "PlanRow",
     "StatusSummary",
     "build_parser",
     "escape",
+    "format_plan",
     "format_status",
     "format_txn",
     "format_txn_list",
     "main",
+    "plan_rows",
     "resolve_router",
     "resolve_tls",
     "summarize_status",
@@ -105,6 +135,11 @@ DEFAULT_ROUTER = "127.0.0.1:7000"
 DEFAULT_TIMEOUT = 5.0
 
 _PROGRAM = "shardkv"
+
+# Keys per second a move copies, for plans' time estimates: a planning figure
+# (a chunked copy through the target's Raft log), not a measurement; status
+# shows each move's real rate.
+PLANNING_RATE = 50_000
 
 
 # -- output -----------------------------------------------------------------------------
@@ -172,11 +207,42 @@ class GroupRow:
 
 
 @dataclass(frozen=True)
+class MoveRow:
+    """One move of a migration, as the meta group last recorded it (times in unix ms)."""
+
+    source: int
+    target: int
+    # "pending", "copying", "frozen", "active" or "done".
+    phase: str
+    keys_copied: int
+    keys_estimate: int
+    bytes_copied: int
+    started_ms: int
+    finished_ms: int
+    # How long the moving keys were unwritable (0 until known).
+    frozen_ms: int
+    # Why the last step failed ("" while the move progresses).
+    stuck: str
+
+
+@dataclass(frozen=True)
+class MigrationSummary:
+    """The ring change under way: to the ring of ``epoch``."""
+
+    epoch: int
+    reason: str
+    started_ms: int
+    retiring: tuple[int, ...]
+    moves: tuple[MoveRow, ...]
+
+
+@dataclass(frozen=True)
 class StatusSummary:
     cluster_id: str
     epoch: int
     nodes: tuple[NodeRow, ...]
     groups: tuple[GroupRow, ...]
+    migration: MigrationSummary | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -238,6 +304,36 @@ def summarize_status(status: router_pb2.ClusterStatusResponse) -> StatusSummary:
         epoch=status.map.ring.epoch,
         nodes=nodes,
         groups=tuple(groups),
+        migration=_migration(status.map) if status.map.HasField("migration") else None,
+    )
+
+
+def _phase_name(phase: cluster_pb2.MovePhase) -> str:
+    return cluster_pb2.MovePhase.Name(phase).removeprefix("MOVE_").lower()
+
+
+def _migration(cluster_map: cluster_pb2.ClusterMap) -> MigrationSummary:
+    migration = cluster_map.migration
+    return MigrationSummary(
+        epoch=migration.target.epoch,
+        reason=migration.reason,
+        started_ms=migration.started_ms,
+        retiring=tuple(migration.retiring),
+        moves=tuple(
+            MoveRow(
+                source=move.source,
+                target=move.target,
+                phase=_phase_name(move.phase),
+                keys_copied=move.keys_copied,
+                keys_estimate=move.keys_estimate,
+                bytes_copied=move.bytes_copied,
+                started_ms=move.started_ms,
+                finished_ms=move.finished_ms,
+                frozen_ms=move.frozen_ms,
+                stuck=move.stuck,
+            )
+            for move in migration.moves
+        ),
     )
 
 
@@ -249,7 +345,81 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-def format_status(summary: StatusSummary) -> str:
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{rest:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+_BAR = 20
+
+
+def _bar(done: int, total: int) -> str:
+    fraction = min(1.0, done / total) if total else 0.0
+    filled = int(fraction * _BAR)
+    return f"[{'#' * filled}{'.' * (_BAR - filled)}] {fraction * 100:3.0f}%"
+
+
+def _move_cells(move: MoveRow, now: int) -> tuple[str, ...]:
+    """PROGRESS, KEYS, BYTES, RATE, ETA and FROZEN of a move at ``now`` (unix ms)."""
+    copied = move.phase in ("active", "done")
+    progress = _bar(1, 1) if copied else _bar(move.keys_copied, move.keys_estimate)
+    keys = f"{move.keys_copied:,}/{move.keys_estimate:,}"
+    until = move.finished_ms or now
+    rate = None
+    if move.started_ms and until > move.started_ms:
+        rate = move.keys_copied / ((until - move.started_ms) / 1000)
+    eta = "-"
+    if copied:
+        eta = "done"
+    elif rate:
+        eta = _duration(max(0, move.keys_estimate - move.keys_copied) / rate)
+    return (
+        progress,
+        keys,
+        f"{move.bytes_copied:,}",
+        "-" if rate is None else f"{rate:,.0f}/s",
+        eta,
+        f"{move.frozen_ms} ms" if move.frozen_ms else "-",
+    )
+
+
+def _format_migration(migration: MigrationSummary, now: int) -> str:
+    started = (
+        f", started {_duration(max(0, now - migration.started_ms) / 1000)} ago"
+        if migration.started_ms
+        else ""
+    )
+    lines = [
+        f"ring change to epoch {migration.epoch}"
+        + (f" ({migration.reason})" if migration.reason else "")
+        + started
+    ]
+    if migration.retiring:
+        lines.append(f"retiring {_groups_text(migration.retiring)} once it is done")
+    rows = [
+        (f"{move.source}->{move.target}", move.phase, *_move_cells(move, now))
+        for move in migration.moves
+    ]
+    lines.append(
+        _table(("MOVE", "PHASE", "PROGRESS", "KEYS", "BYTES", "RATE", "ETA", "FROZEN"), rows)
+    )
+    lines.extend(
+        f"{move.source}->{move.target} stuck: {move.stuck}"
+        for move in migration.moves
+        if move.stuck
+    )
+    return "\n".join(lines) + "\n"
+
+
+def format_status(summary: StatusSummary, now: int | None = None) -> str:
+    """``status``'s text; ``now`` (unix ms, default the clock) times a migration's moves."""
     node_rows = [
         (str(node.node_id), node.address, "yes" if node.reachable else f"no: {node.error}")
         for node in summary.nodes
@@ -276,7 +446,188 @@ def format_status(summary: StatusSummary) -> str:
             group_rows,
         )
         + "\n"
+        + (
+            ""
+            if summary.migration is None
+            else "\n" + _format_migration(summary.migration, now_ms() if now is None else now)
+        )
     )
+
+
+# -- ring changes -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """What one pair of groups would move: a ``share`` of the ring, estimated keys and time."""
+
+    source: int
+    target: int
+    share: float
+    # None when no leader of the source reported its key count.
+    keys: int | None
+    seconds: float | None
+
+
+def plan_rows(
+    cluster_map: cluster_pb2.ClusterMap, key_counts: Mapping[int, int]
+) -> tuple[PlanRow, ...]:
+    """The moves of ``cluster_map``'s migration (planned or under way), sorted by groups.
+
+    A source's keys are taken as spread evenly over its arcs: the moving
+    part of its key count is its count times the moving share over its
+    share. Nothing when the map has no migration.
+    """
+    if not cluster_map.HasField("migration"):
+        return ()
+    ring = build_ring(cluster_map.ring)
+    shares = ring.shares()
+    rows = []
+    for (source, target), share in sorted(
+        moving_shares(ring, build_ring(cluster_map.migration.target)).items()
+    ):
+        count = key_counts.get(source)
+        keys = None
+        if count is not None and shares.get(source):
+            keys = round(count * share / shares[source])
+        rows.append(
+            PlanRow(
+                source=source,
+                target=target,
+                share=share,
+                keys=keys,
+                seconds=None if keys is None else keys / PLANNING_RATE,
+            )
+        )
+    return tuple(rows)
+
+
+def format_plan(cluster_map: cluster_pb2.ClusterMap, rows: Sequence[PlanRow]) -> str:
+    """A plan's table and its totals; "nothing to move" when it is empty."""
+    if not rows:
+        return f"nothing to move (ring epoch {cluster_map.ring.epoch})\n"
+    migration = cluster_map.migration
+    header = f"ring epoch {cluster_map.ring.epoch} -> {migration.target.epoch}"
+    if migration.reason:
+        header = f"{migration.reason}: {header}"
+    table = _table(
+        ("FROM", "TO", "SHARE", "KEYS (EST.)", "TIME (EST.)"),
+        [
+            (
+                str(row.source),
+                str(row.target),
+                f"{row.share * 100:.1f}%",
+                "?" if row.keys is None else f"~{row.keys:,}",
+                "?" if row.seconds is None else f"~{_duration(row.seconds)}",
+            )
+            for row in rows
+        ],
+    )
+    known = [row.keys for row in rows if row.keys is not None]
+    keys = f"~{sum(known):,} keys" if len(known) == len(rows) else "keys unknown for some groups"
+    total = (
+        f"total: {sum(row.share for row in rows) * 100:.1f}% of the ring, {keys}, "
+        f"~{_duration(sum(known) / PLANNING_RATE)} at {PLANNING_RATE:,} keys/s; "
+        "bytes are known only as they are copied"
+    )
+    return f"{header}\n{table}\n{total}\n"
+
+
+def _key_counts(status: router_pb2.ClusterStatusResponse) -> dict[int, int]:
+    """Each group's key count as its leader reports it (groups with no leader left out)."""
+    return {
+        group.group_id: group.key_count
+        for group in summarize_status(status).groups
+        if group.leader is not None
+    }
+
+
+def _format_balance(status: router_pb2.ClusterStatusResponse) -> str:
+    weights = {entry.group_id: entry.weight for entry in status.map.ring.groups}
+    total = sum(weights.values())
+    if not total:
+        return f"no group on the ring (epoch {status.map.ring.epoch})\n"
+    shares = {share.group_id: share.share for share in status.shares}
+    rows = [
+        (
+            str(group_id),
+            str(weight),
+            f"{weight / total * 100:.1f}%",
+            f"{shares.get(group_id, 0.0) * 100:.1f}%",
+        )
+        for group_id, weight in sorted(weights.items())
+    ]
+    return _table(("GROUP", "WEIGHT", "WEIGHT SHARE", "RING SHARE"), rows) + "\n"
+
+
+_REFUSED = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
+
+
+def _change_ring(
+    client: Client,
+    args: argparse.Namespace,
+    change: Callable[[bool], cluster_pb2.ClusterMap],
+) -> int:
+    """Plan (``--plan``) or start a ring change, and print its plan."""
+    status = client.status()  # first: the key counts the estimates need
+    try:
+        changed = change(args.plan)
+    except ClientError as exc:
+        if exc.code not in _REFUSED:
+            raise
+        return _fail(f"cannot change the ring: {exc.details}", EXIT_FAILED)
+    plan = format_plan(changed, plan_rows(changed, _key_counts(status)))
+    if args.plan:
+        _write_text("plan only, nothing changed: " + plan)
+    elif changed.HasField("migration"):
+        _write_text("started: " + plan + "follow it with `shardkv status`\n")
+    else:
+        _write_text(plan)
+    return EXIT_OK
+
+
+def _add_group(client: Client, args: argparse.Namespace) -> int:
+    return _change_ring(
+        client,
+        args,
+        lambda dry_run: client.add_group(args.weight, args.nodes, args.id, dry_run),
+    )
+
+
+def _remove_group(client: Client, args: argparse.Namespace) -> int:
+    return _change_ring(client, args, lambda dry_run: client.remove_group(args.group, dry_run))
+
+
+def _set_weight(client: Client, args: argparse.Namespace) -> int:
+    return _change_ring(
+        client, args, lambda dry_run: client.set_weight(args.group, args.weight, dry_run)
+    )
+
+
+def _rebalance(client: Client, args: argparse.Namespace) -> int:
+    status = client.status()
+    if status.map.HasField("migration"):
+        plan = format_plan(status.map, plan_rows(status.map, _key_counts(status)))
+        _write_text("under way: " + plan + "it runs by itself; follow it with `shardkv status`\n")
+        return EXIT_OK
+    _write_text(
+        _format_balance(status)
+        + "balanced: nothing to move (the ring gives each group the arcs of its weight; "
+        "change weights with `shardkv admin set-weight`)\n"
+    )
+    return EXIT_OK
+
+
+_ADMIN_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "add-group": _add_group,
+    "remove-group": _remove_group,
+    "set-weight": _set_weight,
+    "rebalance": _rebalance,
+}
+
+
+def _admin(client: Client, args: argparse.Namespace) -> int:
+    return _ADMIN_COMMANDS[args.admin_command](client, args)
 
 
 # -- transactions -----------------------------------------------------------------------
@@ -468,6 +819,7 @@ _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "scan": _scan,
     "status": _status,
     "txn": _txn,
+    "admin": _admin,
 }
 
 
@@ -486,6 +838,20 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
     return value
+
+
+def _whole_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is below 0")
+    return value
+
+
+def _node_ids(text: str) -> list[int]:
+    return [_positive_int(part.strip()) for part in text.split(",")]
 
 
 def _seconds(text: str) -> float:
@@ -644,6 +1010,67 @@ def build_parser() -> argparse.ArgumentParser:
         "--commit", dest="commit", action="store_true", default=None, help="commit it"
     )
     outcome.add_argument("--abort", dest="commit", action="store_false", help="abort it")
+
+    admin = commands.add_parser(
+        "admin",
+        parents=[connection],
+        help="change the ring: add or remove a group, change a weight (for operators)",
+        description="Each change makes a new ring epoch through the meta group; the keys "
+        "that change owner then move in the background, each pair of groups in turn "
+        "(`shardkv status` follows them). One change at a time: another is refused while "
+        "one is under way (exit status 4). --plan prints what would move and changes nothing.",
+    )
+    admin_commands = admin.add_subparsers(
+        dest="admin_command", required=True, metavar="ADMIN_COMMAND"
+    )
+    plan = argparse.ArgumentParser(add_help=False)
+    plan.add_argument(
+        "--plan", action="store_true", help="only print what would move; change nothing"
+    )
+    add_group = admin_commands.add_parser(
+        "add-group", parents=[connection, plan], help="add a data group; keys move to it"
+    )
+    add_group.add_argument(
+        "--weight", type=_positive_int, default=1, help="its weight on the ring (default: 1)"
+    )
+    add_group.add_argument(
+        "--nodes",
+        type=_node_ids,
+        metavar="A,B,C",
+        help="the node ids to host it (default: the least loaded nodes)",
+    )
+    add_group.add_argument(
+        "--id",
+        type=_positive_int,
+        default=0,
+        metavar="G",
+        help="its group id (default: the next free one)",
+    )
+    remove_group = admin_commands.add_parser(
+        "remove-group",
+        parents=[connection, plan],
+        help="move a data group's keys to the others, then retire it",
+    )
+    remove_group.add_argument("group", type=_positive_int, metavar="G", help="the group id")
+    set_weight = admin_commands.add_parser(
+        "set-weight",
+        parents=[connection, plan],
+        help="change a data group's weight; keys move to or from it",
+    )
+    set_weight.add_argument("group", type=_positive_int, metavar="G", help="the group id")
+    set_weight.add_argument(
+        "weight", type=_whole_number, metavar="W", help="its new weight (0: off the ring)"
+    )
+    rebalance = admin_commands.add_parser(
+        "rebalance",
+        parents=[connection],
+        help="show the ring change under way, or how balanced the ring is",
+    )
+    mode = rebalance.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--plan", action="store_true", help="print what is or would be moving")
+    mode.add_argument(
+        "--apply", action="store_true", help="move what is to move (a change under way runs)"
+    )
     return parser
 
 

@@ -38,6 +38,15 @@ What it promises:
    unknown outcome is retried with the same seq, never started anew. A
    conflict (ABORTED: nothing applied) is retried with a new seq, up to
    ``conflict_retries`` (default 10), then raised as ``TransactionConflict``.
+7. **Ring changes** (``add_group``, ``remove_group``, ``set_weight``; for
+   operators) return the ``ClusterMap`` with the change: its ``migration``
+   holds the moves, which then run in the background (``status`` shows
+   them). With ``dry_run=True`` it is the plan, and nothing changes. They
+   are retried on UNAVAILABLE like reads: a repeat of a change that did
+   start is refused by the meta group (FAILED_PRECONDITION: a migration is
+   under way), never applied twice. So that a repeat cannot add two groups,
+   ``add_group`` without ``group_id`` first asks for the plan and then adds
+   the group id the plan gave.
 
 Channels: one ``grpc.aio`` channel per router address, made on first use and
 kept until ``close()``, with 64 MiB message limits. With ``tls=TlsFiles(ca,
@@ -96,7 +105,7 @@ from router.transactions import (
     parse_txn_id,
 )
 from shardkv.tls import TlsFiles, open_channel
-from shardkv.v1 import kv_pb2, router_pb2, router_pb2_grpc
+from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, router_pb2, router_pb2_grpc
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -183,6 +192,20 @@ def _positive(name: str, value: int) -> int:
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name} must be 1 or more, not {value}")
+    return value
+
+
+def _whole(name: str, value: int, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not least <= value < 1 << 32:
+        raise ValueError(f"{name} must be from {least} to {(1 << 32) - 1}, not {value}")
+    return value
+
+
+def _flag(name: str, value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
     return value
 
 
@@ -691,6 +714,74 @@ class AsyncClient:
         )
         return response.record
 
+    # -- ring changes, for operators --
+
+    async def add_group(
+        self,
+        weight: int = 1,
+        nodes: Sequence[int] | None = None,
+        group_id: int = 0,
+        dry_run: bool = False,
+        *,
+        timeout: float | None = None,
+    ) -> cluster_pb2.ClusterMap:
+        """Add a data group of ``weight`` on ``nodes`` (default: the least loaded nodes).
+
+        ``group_id`` 0 takes the next free id. Returns the map with the
+        change (see the module docstring, 7); ``ClusterError`` with
+        FAILED_PRECONDITION while another ring change is under way. The
+        plan and the change share one ``timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + (self._timeout if timeout is None else _timeout(timeout))
+        add = node_pb2.AddGroup(
+            group_id=_whole("group_id", group_id, 0),
+            weight=_whole("weight", weight, 1),
+            nodes=[_whole("node id", node, 1) for node in nodes or ()],
+        )
+        if not _flag("dry_run", dry_run) and add.group_id == 0:
+            plan = await self._change_ring(
+                node_pb2.ChangeRingRequest(add_group=add, dry_run=True), ends - loop.time()
+            )
+            added = _added_group(plan)
+            if added is not None:
+                add.group_id = added
+        return await self._change_ring(
+            node_pb2.ChangeRingRequest(add_group=add, dry_run=dry_run), ends - loop.time()
+        )
+
+    async def remove_group(
+        self, group_id: int, dry_run: bool = False, *, timeout: float | None = None
+    ) -> cluster_pb2.ClusterMap:
+        """Move every key of data group ``group_id`` to the others, then retire it."""
+        request = node_pb2.ChangeRingRequest(
+            remove_group=_whole("group_id", group_id, 1), dry_run=_flag("dry_run", dry_run)
+        )
+        return await self._change_ring(request, timeout)
+
+    async def set_weight(
+        self, group_id: int, weight: int, dry_run: bool = False, *, timeout: float | None = None
+    ) -> cluster_pb2.ClusterMap:
+        """Give data group ``group_id`` ``weight``: its share of the ring follows its share
+        of the weights; weight 0 takes it off the ring (it keeps its replicas)."""
+        request = node_pb2.ChangeRingRequest(
+            set_weight=node_pb2.SetWeight(
+                group_id=_whole("group_id", group_id, 1), weight=_whole("weight", weight, 0)
+            ),
+            dry_run=_flag("dry_run", dry_run),
+        )
+        return await self._change_ring(request, timeout)
+
+    async def _change_ring(
+        self, request: node_pb2.ChangeRingRequest, timeout: float | None
+    ) -> cluster_pb2.ClusterMap:
+        if timeout is not None:
+            timeout = max(timeout, 0.001)
+        response: node_pb2.ChangeRingResponse = await self._call(
+            "ChangeRing", request, timeout, None
+        )
+        return response.map
+
     # -- calls --
 
     def _backoff(self, attempt: int) -> float:
@@ -910,6 +1001,13 @@ class AsyncClient:
                 ) from exc
 
 
+def _added_group(plan: cluster_pb2.ClusterMap) -> int | None:
+    """The one group a planned ``add_group`` puts on the ring, if the plan says which."""
+    before = {entry.group_id for entry in plan.ring.groups}
+    added = {entry.group_id for entry in plan.migration.target.groups} - before
+    return added.pop() if len(added) == 1 else None
+
+
 def _retry_after(error: grpc.aio.AioRpcError) -> float | None:
     """A RESOURCE_EXHAUSTED's ``retry-after-ms`` hint, in seconds; None without one."""
     # The stubs type the metadata as one item; under grpc.aio it is (key, value) pairs.
@@ -1112,6 +1210,27 @@ class Client:
         self, txn_id: str, commit: bool, *, timeout: float | None = None
     ) -> kv_pb2.TxnRecord:
         return self._run(self._async.resolve_transaction(txn_id, commit, timeout=timeout))
+
+    def add_group(
+        self,
+        weight: int = 1,
+        nodes: Sequence[int] | None = None,
+        group_id: int = 0,
+        dry_run: bool = False,
+        *,
+        timeout: float | None = None,
+    ) -> cluster_pb2.ClusterMap:
+        return self._run(self._async.add_group(weight, nodes, group_id, dry_run, timeout=timeout))
+
+    def remove_group(
+        self, group_id: int, dry_run: bool = False, *, timeout: float | None = None
+    ) -> cluster_pb2.ClusterMap:
+        return self._run(self._async.remove_group(group_id, dry_run, timeout=timeout))
+
+    def set_weight(
+        self, group_id: int, weight: int, dry_run: bool = False, *, timeout: float | None = None
+    ) -> cluster_pb2.ClusterMap:
+        return self._run(self._async.set_weight(group_id, weight, dry_run, timeout=timeout))
 
     def put_many(
         self,

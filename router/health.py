@@ -8,12 +8,13 @@ node of the map for its ``Status`` (all at once, each within
 says it leads it. The check reports:
 
 - no cluster map yet (the router has not reached any node);
-- the ring's groups that no reachable node leads, and the nodes that did
+- the serving groups that no reachable node leads, and the nodes that did
   not answer.
 
-Only the groups on the ring count: they are what clients' keys go to. The
-check only reads: it does not touch the routing cache, so health probing
-never changes where requests go.
+Only the groups that serve keys count: the ring's, and during a ring change
+the groups it moves keys to (``Routing.groups``). The check only reads: it
+does not touch the routing cache, so health probing never changes where
+requests go.
 """
 
 from __future__ import annotations

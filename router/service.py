@@ -32,6 +32,20 @@ the same seq for other keys of the request: during a ring change, those keys
 are at-least-once. (Rings change only with rebalancing; until then it does
 not arise.)
 
+During a ring change (``ClusterMap.migration``) a key goes to its move's
+target once the move is active, to its source before (``shardkv.ring.Routing``).
+A group refuses a key in transit (frozen at the source, not yet served by
+the target) with WRONG_GROUP naming the migration's target epoch, while the
+map only changes its version as the moves advance; so after any WRONG_GROUP
+the router asks for the map at once and routes again as soon as a newer one
+arrives, or after a backoff (``_after_reroute``). Scans do the same when a
+group answers a page with WRONG_GROUP, until the deadline.
+
+``ChangeRing`` (admin) is forwarded to the meta group's leader. Its refusals
+keep their status code: INVALID_ARGUMENT, FAILED_PRECONDITION (a migration is
+under way, ...), NOT_FOUND, ALREADY_EXISTS, ABORTED, UNIMPLEMENTED; a dry run
+changes nothing, and the map it answers is never taken as the router's own.
+
 The service's ``metrics`` (``router.metrics``) are shared by its parts; the
 server counts its calls with ``metrics.interceptor``.
 """
@@ -81,7 +95,21 @@ _T = TypeVar("_T")
 _DEADLINE_PASSED = "the deadline passed before the cluster answered; a write may still apply"
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
-_MAP_WAIT = 0.05
+# The meta group: it holds the cluster map and plans ring changes.
+META_GROUP = 0
+# What the meta group's refusal of a ChangeRing may say, passed on as is (an
+# INVALID_ARGUMENT is passed on by GroupChannel; other codes are retried there).
+_ADMIN_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
 
 
 class _Sessions:
@@ -98,6 +126,19 @@ class _Sessions:
     def finish(self, session: router_pb2.Session) -> None:
         if session.client_id == self._numbers.client_id:
             self._numbers.finish(session.seq)
+
+
+class _Passed(RouteError):
+    """A node's refusal of an admin call, passed on with its own status code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _reroute_backoff(attempt: int) -> float:
+    """How long to wait for a newer map after the ``attempt``-th WRONG_GROUP of a request."""
+    return min(0.5, 0.01 * 2.0 ** min(attempt, 10))
 
 
 def _node_error(code: int, message: str) -> RouteError:
@@ -276,18 +317,17 @@ class RouterService(router_pb2_grpc.RouterServicer):
         ]
 
     async def _after_reroute(self, reroute: Reroute, attempt: int) -> None:
-        """Wait until routing again can go elsewhere: a newer map, or the group catching up."""
-        epoch = reroute.wrong_group.epoch
-        if epoch > self.topology.epoch:
-            self.topology.refresh()
-            for _ in range(100):
-                if self.topology.epoch >= epoch:
-                    return
-                await asyncio.sleep(_MAP_WAIT)
-        else:
-            # The group applies an older ring than ours: it will catch up.
-            self.topology.refresh()
-            await asyncio.sleep(min(0.5, 0.01 * 2**attempt))
+        """Wait until routing again may go elsewhere: the next map, or a backoff.
+
+        The refusal's epoch cannot say whether our map is behind: during a
+        migration a move advancing changes only the map's version (the epoch
+        rises once every move is done), and a group may as well lag behind
+        our map. So ask for the map now and go again as soon as a newer one
+        arrives, or once the backoff has passed (the group catching up).
+        """
+        _log.debug("%s (attempt %d): routing again with the next map", reroute, attempt)
+        self.topology.refresh()
+        await self.topology.changed(_reroute_backoff(attempt))
 
     def _session(self, session: router_pb2.Session) -> router_pb2.Session:
         if session.client_id:
@@ -519,6 +559,46 @@ class RouterService(router_pb2_grpc.RouterServicer):
 
         return await self._serve(context, work)
 
+    # -- ring changes ---------------------------------------------------------------------
+
+    async def ChangeRing(
+        self,
+        request: node_pb2.ChangeRingRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.ChangeRingResponse:
+        async def work(deadline: float) -> node_pb2.ChangeRingResponse:
+            await self._wait_for_map()
+            return await self._change_ring(request, deadline)
+
+        return await self._serve(context, work)
+
+    async def _change_ring(
+        self, request: node_pb2.ChangeRingRequest, deadline: float
+    ) -> node_pb2.ChangeRingResponse:
+        """The meta group leader's answer; its refusals keep their code (module docstring)."""
+
+        async def invoke(
+            stub: node_pb2_grpc.NodeStub, timeout: float
+        ) -> node_pb2.ChangeRingResponse:
+            try:
+                response: node_pb2.ChangeRingResponse = await stub.ChangeRing(
+                    request, timeout=timeout
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() in _ADMIN_REFUSALS:
+                    raise _Passed(error.code(), error.details() or error.code().name) from error
+                raise
+            return response
+
+        response = await self.groups.call(
+            META_GROUP, invoke, lambda r: r.error if r.HasField("error") else None, deadline
+        )
+        if not request.dry_run:
+            # The change is in the map now: route with it soon. (A dry run's
+            # map is only a plan, never learnt.)
+            self.topology.refresh()
+        return response
+
     # -- many keys ----------------------------------------------------------------------
 
     async def PutMany(
@@ -652,8 +732,6 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self, start: bytes, end: bytes | None, page: int, deadline: float
     ) -> router_pb2.ScanKeysResponse:
         await self._wait_for_map()
-        ring = self.topology.ring
-        assert ring is not None
         request = node_pb2.ScanRequest(start=start, end=end or b"", limit=page)
 
         async def scan_group(group_id: int) -> node_pb2.ScanResponse:
@@ -671,12 +749,22 @@ class RouterService(router_pb2_grpc.RouterServicer):
 
         # Locks in a page: as for a single read (see _read_key), the values
         # under locks of running transactions stand; other locks are
-        # settled (finished here) and the page is read again.
+        # settled (finished here) and the page is read again. A group that
+        # answers WRONG_GROUP holds keys in transit (a ring change): every
+        # group is asked again once the map moved on or after a backoff.
         for attempt in itertools.count():
-            pages = await asyncio.gather(*(scan_group(group_id) for group_id in ring.groups))
+            groups = self.topology.current_ring().groups
+            answers = await asyncio.gather(
+                *(scan_group(group_id) for group_id in groups), return_exceptions=True
+            )
+            try:
+                pages = _pages_or_raise(answers)
+            except Reroute as reroute:
+                await self._after_reroute(reroute, attempt)
+                continue
             locked = [
                 (group_id, lock)
-                for group_id, page_of_group in zip(ring.groups, pages, strict=True)
+                for group_id, page_of_group in zip(groups, pages, strict=True)
                 for lock in page_of_group.locks
             ]
             settled = await asyncio.gather(
@@ -729,6 +817,19 @@ class RouterService(router_pb2_grpc.RouterServicer):
         else:
             report.status.CopyFrom(status)
         return report
+
+
+def _pages_or_raise(
+    answers: Sequence[node_pb2.ScanResponse | BaseException],
+) -> list[node_pb2.ScanResponse]:
+    """Every group's page; raises a group's error, ``Reroute`` only when no other error."""
+    errors = [answer for answer in answers if isinstance(answer, BaseException)]
+    for error in errors:
+        if not isinstance(error, Reroute):
+            raise error
+    if errors:
+        raise errors[0]
+    return [answer for answer in answers if not isinstance(answer, BaseException)]
 
 
 def _scan_range(request: router_pb2.ScanKeysRequest) -> tuple[bytes, bytes | None]:

@@ -1,14 +1,16 @@
-"""What a router knows of the cluster: the map, the ring, and who leads each group.
+"""What a router knows of the cluster: the map, the routing, and who leads each group.
 
 ``Topology`` keeps the newest ``ClusterMap`` it has heard from any node
 (``GetClusterMap``; the highest ring epoch, then map version, wins, so a lagging node never
-takes the router back), the ``KeyRing`` built from it, one gRPC channel per
-node, and a cache of each group's leader:
+takes the router back), the ``Routing`` built from it (the ring, and during a
+ring change the moves already served by their target: ``shardkv.ring``), one
+gRPC channel per node, and a cache of each group's leader:
 
 - the map is polled every ``poll_interval`` seconds from the seed addresses
   and every node of the map, and at once when a node answers with a newer
   epoch than ours (``refresh``); callers wait for the first map with
-  ``ready()``;
+  ``ready()``, and for the next newer one with ``changed(timeout)`` (during
+  a migration a move advancing changes the map's version, not its epoch);
 - a leader is learnt from NOT_LEADER hints; with no hint, or after a node
   failed, the next replica is tried in turn (``next_candidate``), so a group
   whose leader died is found again in at most one pass over its replicas.
@@ -26,7 +28,7 @@ from collections.abc import Iterable, Sequence
 import grpc
 import grpc.aio
 
-from shardkv.ring import KeyRing, build_ring, map_order
+from shardkv.ring import Routing, map_order
 from shardkv.tls import TlsMaterial, open_channel
 from shardkv.v1 import cluster_pb2, node_pb2, node_pb2_grpc
 
@@ -57,7 +59,7 @@ class Topology:
         self.poll_interval = poll_interval
         self._tls = tls
         self.map: cluster_pb2.ClusterMap | None = None
-        self.ring: KeyRing | None = None
+        self.ring: Routing | None = None
         self._addresses: dict[int, str] = {}
         self._replicas: dict[int, tuple[int, ...]] = {}
         self._leaders: dict[int, int] = {}
@@ -66,6 +68,8 @@ class Topology:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, node_pb2_grpc.NodeStub] = {}
         self._have_map = asyncio.Event()
+        # Set and replaced by every map taken: ``changed`` waits on the current one.
+        self._map_changed = asyncio.Event()
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -92,6 +96,16 @@ class Topology:
         """Poll for a newer map now (a node answered with a newer epoch)."""
         self._poke.set()
 
+    async def changed(self, timeout: float) -> bool:
+        """Wait until ``learn`` takes a newer map, at most ``timeout`` seconds; whether it did."""
+        event = self._map_changed
+        try:
+            async with asyncio.timeout(max(0.0, timeout)):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
+
     # -- the map ----------------------------------------------------------------------
 
     def learn(self, cluster_map: cluster_pb2.ClusterMap) -> bool:
@@ -100,22 +114,44 @@ class Topology:
             return False
         if self.map == cluster_map:
             return False
+        before = self.ring
         self.map = cluster_map
-        self.ring = build_ring(cluster_map.ring)
+        self.ring = Routing(cluster_map)
         self._addresses = {node.node_id: node.address for node in cluster_map.nodes}
         self._replicas = {group.group_id: tuple(group.replicas) for group in cluster_map.groups}
         for group_id in list(self._leaders):
             if self._leaders[group_id] not in self._replicas.get(group_id, ()):
                 del self._leaders[group_id]
         self._have_map.set()
-        _log.info("cluster map of epoch %d: %d groups", cluster_map.ring.epoch, len(self._replicas))
+        self._map_changed.set()
+        self._map_changed = asyncio.Event()
+        # A migration's progress changes the map often; only a change of where
+        # keys go is worth a line at info.
+        moved = before is None or (before.epoch, before.groups, before.active) != (
+            self.ring.epoch,
+            self.ring.groups,
+            self.ring.active,
+        )
+        _log.log(
+            logging.INFO if moved else logging.DEBUG,
+            "cluster map of epoch %d, version %d: %d groups%s",
+            cluster_map.ring.epoch,
+            cluster_map.version,
+            len(self._replicas),
+            " (migrating)" if cluster_map.HasField("migration") else "",
+        )
         return True
 
     @property
     def epoch(self) -> int:
         return self.map.ring.epoch if self.map is not None else 0
 
-    def current_ring(self) -> KeyRing:
+    @property
+    def version(self) -> int:
+        """The map's version: it rises with every change, a move's progress included."""
+        return self.map.version if self.map is not None else 0
+
+    def current_ring(self) -> Routing:
         if self.ring is None:
             raise LookupError("no cluster map yet")
         return self.ring

@@ -22,6 +22,7 @@ one place that decides ownership, so it is pure and shared.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 from collections.abc import Mapping
 
@@ -99,8 +100,17 @@ class KeyRing:
 
 
 def build_ring(ring: cluster_pb2.Ring) -> KeyRing:
-    """The ``KeyRing`` of a stored ``Ring``: the same in every process."""
-    return KeyRing(ring.epoch, {entry.group_id: entry.weight for entry in ring.groups})
+    """The ``KeyRing`` of a stored ``Ring``: the same in every process.
+
+    Cached by content: a map whose version rises (a move's progress) keeps
+    its rings, and building one costs milliseconds.
+    """
+    return _build_ring(ring.epoch, tuple((entry.group_id, entry.weight) for entry in ring.groups))
+
+
+@functools.lru_cache(maxsize=64)
+def _build_ring(epoch: int, weights: tuple[tuple[int, int], ...]) -> KeyRing:
+    return KeyRing(epoch, dict(weights))
 
 
 def map_order(cluster_map: cluster_pb2.ClusterMap) -> tuple[int, int]:

@@ -15,7 +15,9 @@ not:
   ring but keeps it).
 
 One ring change at a time: a change while a migration runs is refused, as is
-one that moves nothing. The target ring has the next epoch; its moves are the
+one that moves nothing; the very change under way asked again (a retry whose
+answer was lost; ``Migration.reason`` names it) is answered with the map as it
+is. The target ring has the next epoch; its moves are the
 pairs of groups between which ``moving_shares`` finds keys changing owner.
 """
 
@@ -36,6 +38,8 @@ _MAX_WEIGHT = 1000
 def plan_change(
     current: cluster_pb2.ClusterMap, request: node_pb2.ChangeRingRequest, now_ms: int
 ) -> cluster_pb2.ClusterMap:
+    if current.HasField("migration") and current.migration.reason == _reason(request):
+        return current  # the same change asked again (a retry): the one under way
     if current.HasField("migration"):
         migration = current.migration
         raise FailedPrecondition(
@@ -117,6 +121,18 @@ def finish_migration(current: cluster_pb2.ClusterMap) -> cluster_pb2.ClusterMap:
     finished.groups.extend(kept)
     finished.version = current.version + 1
     return finished
+
+
+def _reason(request: node_pb2.ChangeRingRequest) -> str:
+    """How a change names itself in ``Migration.reason`` ("" when it names no group yet)."""
+    kind = request.WhichOneof("change")
+    if kind == "add_group":
+        return f"add-group {request.add_group.group_id}" if request.add_group.group_id else ""
+    if kind == "remove_group":
+        return f"remove-group {request.remove_group}"
+    if kind == "set_weight":
+        return f"set-weight {request.set_weight.group_id} {request.set_weight.weight}"
+    return ""
 
 
 def _check_data_group(groups: dict[int, cluster_pb2.GroupInfo], group_id: int) -> None:

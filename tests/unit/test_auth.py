@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from router import AsyncClient, PermissionDenied, RetryPolicy, Unauthenticated
@@ -32,11 +33,12 @@ TOKENS = {READ_WRITE: Role.READ_WRITE, ADMIN: Role.ADMIN}
 
 
 def _response_class(name: str) -> Any:
-    return getattr(router_pb2, _SERVICE.methods_by_name[name].output_type.name)
+    # Some methods reuse the node's messages (ChangeRing): look them up by descriptor.
+    return GetMessageClass(_SERVICE.methods_by_name[name].output_type)
 
 
 def _request_class(name: str) -> Any:
-    return getattr(router_pb2, _SERVICE.methods_by_name[name].input_type.name)
+    return GetMessageClass(_SERVICE.methods_by_name[name].input_type)
 
 
 class StubRouter(router_pb2_grpc.RouterServicer):

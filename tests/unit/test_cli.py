@@ -31,10 +31,14 @@ from router.cli import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    PLANNING_RATE,
     escape,
+    format_plan,
+    format_status,
     format_txn,
     format_txn_list,
     main,
+    plan_rows,
     resolve_router,
     summarize_status,
 )
@@ -50,10 +54,11 @@ from router.launcher import (
     wait_ready,
     write_layout,
 )
+from shardkv.ring import build_ring, moving_shares, ring_of
 from shardkv.txn_protocol import now_ms
-from shardkv.v1 import kv_pb2, node_pb2, router_pb2
+from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, router_pb2
 from tests.ports import free_port_run, free_ports
-from tests.unit.test_client import FakeRouter, RouterThread
+from tests.unit.test_client import FakeRouter, RouterThread, four_groups
 
 
 @pytest.fixture
@@ -754,3 +759,252 @@ async def test_wait_ready_prints_hints_once_every_group_has_a_leader(fake: FakeR
         assert "the router is not running" in err.getvalue()
     finally:
         server.stop()
+
+
+# -- ring changes (admin) ---------------------------------------------------------------
+
+
+def _four_groups_status() -> router_pb2.ClusterStatusResponse:
+    """Four data groups of weight 1 in ring epoch 3, each led by node 1 with 100,000 keys."""
+    status = router_pb2.ClusterStatusResponse()
+    four_groups(status.map)
+    status.map.nodes.add(node_id=1, address="127.0.0.1:7001", state="up")
+    report = status.nodes.add(node_id=1, address="127.0.0.1:7001")
+    for group_id, share in sorted(build_ring(status.map.ring).shares().items()):
+        status.shares.add(group_id=group_id, share=share)
+        report.status.groups.add(group_id=group_id, role="leader", key_count=100_000, epoch=3)
+    return status
+
+
+def test_admin_arguments() -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["admin", "add-group", "--weight", "2", "--nodes", "1, 2,3", "--id", "5", "--plan"]
+    )
+    assert (args.admin_command, args.weight, args.nodes, args.id, args.plan) == (
+        "add-group",
+        2,
+        [1, 2, 3],
+        5,
+        True,
+    )
+    args = parser.parse_args(["admin", "add-group"])
+    assert (args.weight, args.nodes, args.id, args.plan) == (1, None, 0, False)
+    args = parser.parse_args(["admin", "set-weight", "2", "0", "--router", "b:2"])
+    assert (args.group, args.weight, args.plan, args.router) == (2, 0, False, "b:2")
+    assert parser.parse_args(["admin", "remove-group", "4", "--plan"]).group == 4
+    args = parser.parse_args(["admin", "rebalance", "--apply"])
+    assert (args.plan, args.apply) == (False, True)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["admin"],
+        ["admin", "add-group", "--weight", "0"],
+        ["admin", "add-group", "--nodes", "1,x"],
+        ["admin", "remove-group"],
+        ["admin", "remove-group", "0"],
+        ["admin", "set-weight", "1"],
+        ["admin", "set-weight", "1", "-1"],
+        ["admin", "rebalance"],
+        ["admin", "rebalance", "--plan", "--apply"],
+    ],
+)
+def test_admin_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == EXIT_USAGE
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_a_plan_estimates_keys_and_time_from_the_sources_key_counts() -> None:
+    status = _four_groups_status()
+    planned = cluster_pb2.ClusterMap()
+    planned.CopyFrom(status.map)
+    planned.migration.target.CopyFrom(ring_of(4, dict.fromkeys((1, 2, 3, 4, 5), 1)))
+    planned.migration.reason = "add-group 5"
+    ring = build_ring(status.map.ring)
+    moving = moving_shares(ring, build_ring(planned.migration.target))
+    rows = plan_rows(planned, {1: 100_000, 2: 100_000, 3: 100_000})
+    assert [(row.source, row.target) for row in rows] == [(1, 5), (2, 5), (3, 5), (4, 5)]
+    for row in rows[:3]:
+        assert row.share == moving[(row.source, 5)]
+        assert row.keys == round(100_000 * row.share / ring.shares()[row.source])
+        assert row.seconds == row.keys / PLANNING_RATE
+    assert (rows[3].keys, rows[3].seconds) == (None, None), "no key count for group 4"
+    lines = format_plan(planned, rows).splitlines()
+    assert lines[0] == "add-group 5: ring epoch 3 -> 4"
+    assert lines[1].split() == ["FROM", "TO", "SHARE", "KEYS", "(EST.)", "TIME", "(EST.)"]
+    assert lines[2].split()[:3] == ["1", "5", f"{rows[0].share * 100:.1f}%"]
+    assert lines[2].split()[3] == f"~{rows[0].keys:,}"
+    assert lines[5].split()[3:] == ["?", "?"]
+    assert lines[6].startswith(f"total: {sum(moving.values()) * 100:.1f}% of the ring")
+    assert "keys unknown for some groups" in lines[6]
+    assert "bytes are known only as they are copied" in lines[6]
+    assert plan_rows(status.map, {}) == ()
+    assert format_plan(status.map, ()) == "nothing to move (ring epoch 3)\n"
+
+
+def test_admin_add_group_plan_prints_what_would_move_and_changes_nothing(
+    router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.status = _four_groups_status()
+    status, out = run(monkeypatch, "admin", "add-group", "--weight", "2", "--plan")
+    assert status == EXIT_OK
+    lines = out.decode().splitlines()
+    assert lines[0] == "plan only, nothing changed: add-group 5: ring epoch 3 -> 4"
+    assert [line.split()[:2] for line in lines[2:6]] == [
+        ["1", "5"],
+        ["2", "5"],
+        ["3", "5"],
+        ["4", "5"],
+    ]
+    assert lines[6].startswith("total: ")
+    # About a third of 400,000 keys moves to a group of weight 2 of 6.
+    assert 100_000 < int(lines[6].split("~")[1].split()[0].replace(",", "")) < 170_000
+    assert not fake.status.map.HasField("migration")
+    assert [request.dry_run for request in fake.requests["ChangeRing"]] == [True]
+    assert fake.requests["ChangeRing"][0].add_group.weight == 2
+
+
+def test_admin_set_weight_starts_a_change_and_a_second_one_is_refused_with_exit_4(
+    router: str,
+    fake: FakeRouter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.status = _four_groups_status()
+    status, out = run(monkeypatch, "admin", "set-weight", "2", "3")
+    assert status == EXIT_OK
+    lines = out.decode().splitlines()
+    assert lines[0] == "started: set-weight 2 3: ring epoch 3 -> 4"
+    assert lines[-1] == "follow it with `shardkv status`"
+    assert {line.split()[1] for line in lines[2:-2]} == {"2"}, "keys move only to group 2"
+    assert fake.status.map.migration.reason == "set-weight 2 3"
+    assert run(monkeypatch, "admin", "remove-group", "1") == (EXIT_FAILED, b"")
+    assert capsys.readouterr().err == (
+        "shardkv: cannot change the ring: a ring change is under way (set-weight 2 3)\n"
+    )
+
+
+def test_admin_remove_group_of_an_unknown_group_exits_1(
+    router: str,
+    fake: FakeRouter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.status = _four_groups_status()
+    assert run(monkeypatch, "admin", "remove-group", "9") == (EXIT_NOT_FOUND, b"")
+    assert "no data group 9" in capsys.readouterr().err
+
+
+def test_admin_rebalance_shows_the_balance_or_the_change_under_way(
+    router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.status = _four_groups_status()
+    for mode in ("--plan", "--apply"):
+        status, out = run(monkeypatch, "admin", "rebalance", mode)
+        assert status == EXIT_OK
+        lines = out.decode().splitlines()
+        assert lines[0].split() == ["GROUP", "WEIGHT", "WEIGHT", "SHARE", "RING", "SHARE"]
+        assert lines[1].split()[:3] == ["1", "1", "25.0%"]
+        assert lines[-1].startswith("balanced: nothing to move")
+    assert "ChangeRing" not in fake.requests
+    assert run(monkeypatch, "admin", "remove-group", "4")[0] == EXIT_OK
+    status, out = run(monkeypatch, "admin", "rebalance", "--plan")
+    assert status == EXIT_OK
+    lines = out.decode().splitlines()
+    assert lines[0] == "under way: remove-group 4: ring epoch 3 -> 4"
+    assert {line.split()[0] for line in lines[2:-2]} == {"4"}
+    assert lines[-1] == "it runs by itself; follow it with `shardkv status`"
+
+
+def _migrating_status() -> router_pb2.ClusterStatusResponse:
+    status = _four_groups_status()
+    migration = status.map.migration
+    migration.target.CopyFrom(ring_of(4, dict.fromkeys((1, 2, 3, 4, 5), 1)))
+    migration.reason = "add-group 5"
+    migration.started_ms = _NOW - 90_000
+    migration.moves.add(
+        source=1,
+        target=5,
+        phase=cluster_pb2.MOVE_DONE,
+        keys_copied=20_000,
+        keys_estimate=20_000,
+        bytes_copied=2_000_000,
+        started_ms=_NOW - 90_000,
+        finished_ms=_NOW - 80_000,
+        frozen_ms=120,
+    )
+    migration.moves.add(
+        source=2,
+        target=5,
+        phase=cluster_pb2.MOVE_COPYING,
+        keys_copied=5_000,
+        keys_estimate=20_000,
+        bytes_copied=500_000,
+        started_ms=_NOW - 10_000,
+    )
+    migration.moves.add(
+        source=3,
+        target=5,
+        phase=cluster_pb2.MOVE_FROZEN,
+        keys_copied=100,
+        keys_estimate=1_000,
+        started_ms=_NOW - 1_000,
+        stuck="freeze: group 3: no leader (UNAVAILABLE)",
+    )
+    migration.moves.add(source=4, target=5, keys_estimate=20_000)
+    return status
+
+
+def test_status_shows_each_move_of_a_migration() -> None:
+    summary = summarize_status(_migrating_status())
+    assert summary.migration is not None
+    assert (summary.migration.epoch, summary.migration.reason) == (4, "add-group 5")
+    assert [(m.source, m.target, m.phase) for m in summary.migration.moves] == [
+        (1, 5, "done"),
+        (2, 5, "copying"),
+        (3, 5, "frozen"),
+        (4, 5, "pending"),
+    ]
+    text = format_status(summary, _NOW)
+    tail = text.split("\n\n")[-1].splitlines()
+    assert tail[0] == "ring change to epoch 4 (add-group 5), started 1m30s ago"
+    assert tail[1].split() == [
+        "MOVE", "PHASE", "PROGRESS", "KEYS", "BYTES", "RATE", "ETA", "FROZEN"
+    ]  # fmt: skip
+    done, copying, frozen, pending = tail[2:6]
+    assert done.split() == [
+        "1->5", "done", "[####################]", "100%", "20,000/20,000", "2,000,000",
+        "2,000/s", "done", "120", "ms",
+    ]  # fmt: skip
+    # 5,000 keys in 10 s: 500 keys/s, 15,000 keys left: 30 s.
+    assert copying.split() == [
+        "2->5", "copying", "[#####...............]", "25%", "5,000/20,000", "500,000",
+        "500/s", "30s", "-",
+    ]  # fmt: skip
+    assert frozen.split()[:2] == ["3->5", "frozen"]
+    assert pending.split() == [
+        "4->5", "pending", "[....................]", "0%", "0/20,000", "0", "-", "-", "-",
+    ]  # fmt: skip
+    assert tail[6] == "3->5 stuck: freeze: group 3: no leader (UNAVAILABLE)"
+    assert "ring change" not in format_status(summarize_status(_four_groups_status()), _NOW)
+
+
+def test_status_json_has_the_migration(
+    router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.status = _migrating_status()
+    status, out = run(monkeypatch, "status", "--json")
+    assert status == EXIT_OK
+    migration = json.loads(out)["migration"]
+    assert (migration["epoch"], migration["reason"], migration["retiring"]) == (
+        4,
+        "add-group 5",
+        [],
+    )
+    assert migration["moves"][2]["stuck"] == "freeze: group 3: no leader (UNAVAILABLE)"
+    assert migration["moves"][0]["frozen_ms"] == 120
+    status, out = run(monkeypatch, "status")
+    assert status == EXIT_OK
+    assert "2->5  copying" in out.decode()

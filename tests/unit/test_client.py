@@ -4,7 +4,9 @@
 versions and revisions), runs transactions on it, deduplicates writes by
 ``(client_id, seq)`` as the cluster does, records every request, and fails or
 delays calls on demand; it answers the transaction admin calls with what a
-test puts in ``txns`` and ``shown``. ``RouterThread`` serves it from its own
+test puts in ``txns`` and ``shown``, and plans ring changes (``ChangeRing``)
+on the map of ``status`` as the meta group would: the next free group id,
+one change at a time, and with ``dry_run`` nothing kept. ``RouterThread`` serves it from its own
 event loop in a thread, so that the blocking ``Client`` (which waits on the
 calling thread) and the ``AsyncClient`` (on the test's loop) both reach it.
 The CLI tests use them too.
@@ -44,7 +46,8 @@ from router import (
 )
 from router.client import SessionNumbers
 from router.transactions import absent, delete, get, put, value
-from shardkv.v1 import kv_pb2, router_pb2, router_pb2_grpc
+from shardkv.ring import build_ring, moving_shares, ring_of
+from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, router_pb2, router_pb2_grpc
 from tests.ports import free_ports
 
 # Retries in these tests back off for milliseconds, not the default 50 ms .. 1 s.
@@ -305,6 +308,65 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
         return router_pb2.ResolveTxnResponse(
             record=kv_pb2.TxnRecord(txn=request.txn, state=state, finished=True)
         )
+
+    async def ChangeRing(self, request: Any, context: Any) -> node_pb2.ChangeRingResponse:
+        await self._enter("ChangeRing", request, context)
+        current = self.status.map
+        if current.HasField("migration"):
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"a ring change is under way ({current.migration.reason})",
+            )
+        groups = {group.group_id for group in current.groups}
+        weights = {entry.group_id: entry.weight for entry in current.ring.groups}
+        changed = cluster_pb2.ClusterMap()
+        changed.CopyFrom(current)
+        changed.version += 1
+        kind = request.WhichOneof("change")
+        retiring: list[int] = []
+        if kind == "add_group":
+            group_id = request.add_group.group_id or max(groups, default=0) + 1
+            if group_id in groups:
+                await context.abort(
+                    grpc.StatusCode.ALREADY_EXISTS, f"group {group_id} exists already"
+                )
+            weights[group_id] = request.add_group.weight
+            changed.groups.add(
+                group_id=group_id,
+                replicas=request.add_group.nodes or [1, 2, 3],
+                weight=request.add_group.weight,
+            )
+            reason = f"add-group {group_id}"
+        else:
+            group_id = (
+                request.remove_group if kind == "remove_group" else request.set_weight.group_id
+            )
+            if group_id not in weights:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no data group {group_id}")
+            if kind == "remove_group":
+                del weights[group_id]
+                retiring.append(group_id)
+                reason = f"remove-group {group_id}"
+            else:
+                weights[group_id] = request.set_weight.weight
+                reason = f"set-weight {group_id} {request.set_weight.weight}"
+        target = ring_of(current.ring.epoch + 1, weights)
+        moves = moving_shares(build_ring(current.ring), build_ring(target))
+        if moves:
+            changed.migration.CopyFrom(
+                cluster_pb2.Migration(
+                    target=target,
+                    moves=[
+                        cluster_pb2.Move(source=source, target=to) for source, to in sorted(moves)
+                    ],
+                    started_ms=1_700_000_000_000,
+                    reason=reason,
+                    retiring=retiring,
+                )
+            )
+        if not request.dry_run:
+            self.status.map.CopyFrom(changed)
+        return node_pb2.ChangeRingResponse(map=changed)
 
     async def Batch(self, request: Any, context: Any) -> router_pb2.BatchResponse:
         """Each request through its single method, as the real router answers a batch."""
@@ -915,6 +977,106 @@ async def test_admin_calls_refuse_bad_ids_and_a_commit_that_is_not_a_bool(
     with pytest.raises(TypeError, match="bool"):
         await client.resolve_transaction("1:1", "abort")  # type: ignore[arg-type]
     assert not fake.requests
+
+
+# -- ring changes -------------------------------------------------------------------------
+
+
+def four_groups(the_map: cluster_pb2.ClusterMap) -> None:
+    """Make ``the_map`` one of four data groups of weight 1, in ring epoch 3."""
+    the_map.version = 10
+    the_map.ring.CopyFrom(ring_of(3, dict.fromkeys((1, 2, 3, 4), 1)))
+    the_map.groups.add(group_id=0, replicas=[1, 2, 3])
+    for group_id in (1, 2, 3, 4):
+        the_map.groups.add(group_id=group_id, replicas=[1, 2, 3], weight=1)
+
+
+async def test_a_dry_run_returns_the_plan_and_changes_nothing(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    four_groups(fake.status.map)
+    before = cluster_pb2.ClusterMap()
+    before.CopyFrom(fake.status.map)
+    plan = await client.add_group(weight=2, nodes=[1, 2, 3], dry_run=True)
+    assert [entry.group_id for entry in plan.migration.target.groups] == [1, 2, 3, 4, 5]
+    assert plan.migration.target.epoch == 4
+    assert {(move.source, move.target) for move in plan.migration.moves} == {
+        (1, 5),
+        (2, 5),
+        (3, 5),
+        (4, 5),
+    }
+    assert fake.status.map == before
+    assert fake.requests["ChangeRing"] == [
+        node_pb2.ChangeRingRequest(
+            add_group=node_pb2.AddGroup(weight=2, nodes=[1, 2, 3]), dry_run=True
+        )
+    ]
+
+
+async def test_add_group_without_an_id_adds_the_id_its_plan_gave(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    # So that a retry of the change cannot add a second group.
+    four_groups(fake.status.map)
+    changed = await client.add_group()
+    assert changed.migration.reason == "add-group 5"
+    assert fake.status.map.HasField("migration")
+    assert [(r.add_group.group_id, r.dry_run) for r in fake.requests["ChangeRing"]] == [
+        (0, True),
+        (5, False),
+    ]
+
+
+async def test_remove_group_and_set_weight_send_their_change(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    four_groups(fake.status.map)
+    plan = await client.remove_group(2, dry_run=True)
+    assert list(plan.migration.retiring) == [2]
+    assert {move.source for move in plan.migration.moves} == {2}
+    plan = await client.set_weight(3, 0, dry_run=True)
+    assert [entry.group_id for entry in plan.migration.target.groups] == [1, 2, 4]
+    assert fake.requests["ChangeRing"] == [
+        node_pb2.ChangeRingRequest(remove_group=2, dry_run=True),
+        node_pb2.ChangeRingRequest(
+            set_weight=node_pb2.SetWeight(group_id=3, weight=0), dry_run=True
+        ),
+    ]
+    changed = await client.set_weight(3, 2)
+    assert changed.migration.reason == "set-weight 3 2"
+    # One change at a time: the meta group refuses the next one.
+    with pytest.raises(ClusterError) as refused:
+        await client.remove_group(1)
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "under way (set-weight 3 2)" in refused.value.details
+
+
+async def test_ring_changes_refuse_bad_arguments_before_any_call(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    with pytest.raises(ValueError, match="weight"):
+        await client.add_group(weight=0)
+    with pytest.raises(ValueError, match="node id"):
+        await client.add_group(nodes=[1, 0])
+    with pytest.raises(TypeError, match="group_id"):
+        await client.remove_group("2")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="group_id"):
+        await client.remove_group(0)
+    with pytest.raises(ValueError, match="weight"):
+        await client.set_weight(1, -1)
+    with pytest.raises(TypeError, match="dry_run"):
+        await client.set_weight(1, 1, dry_run="yes")  # type: ignore[arg-type]
+    assert not fake.requests
+
+
+def test_ring_changes_from_the_blocking_client(sync_client: Client, fake: FakeRouter) -> None:
+    four_groups(fake.status.map)
+    with pytest.raises(NotFound, match="no data group 9"):
+        sync_client.remove_group(9)
+    assert sync_client.add_group(group_id=7, dry_run=True).migration.reason == "add-group 7"
+    assert sync_client.set_weight(1, 3).migration.reason == "set-weight 1 3"
+    assert fake.status.map.migration.target.epoch == 4
 
 
 # -- lifecycle and the blocking face ----------------------------------------------------

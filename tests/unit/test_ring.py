@@ -1,15 +1,18 @@
-"""The ring: the same in every process, weighted, and minimal movement."""
+"""The ring: the same in every process, weighted, and minimal movement; what a
+ring change moves (``moving_shares``) and where keys go during one (``Routing``)."""
 
 from __future__ import annotations
 
 import collections
+import random
 import subprocess
 import sys
 
 import pytest
 from uhashring import HashRing
 
-from shardkv.ring import KeyRing, build_ring, normalise_key, ring_of
+from shardkv.ring import KeyRing, Routing, build_ring, moving_shares, normalise_key, ring_of
+from shardkv.v1 import cluster_pb2
 
 KEYS = [b"key-%d" % number for number in range(20_000)]
 
@@ -76,3 +79,90 @@ def test_the_fast_lookup_is_uhashrings_own() -> None:
     keys = [*KEYS, *(bytes([byte]) * 3 for byte in range(256)), b"\xff\xfe\x00 not utf-8"]
     expected = [int(reference.get_node(normalise_key(key))) for key in keys]
     assert [ring.group_for(key) for key in keys] == expected
+
+
+# -- ring changes -------------------------------------------------------------------------
+
+FOUR = dict.fromkeys((1, 2, 3, 4), 1)
+FIVE = dict.fromkeys((1, 2, 3, 4, 5), 1)
+
+
+def _random_keys(count: int) -> list[bytes]:
+    rng = random.Random(6)
+    return [rng.randbytes(rng.randint(1, 24)) for _ in range(count)]
+
+
+def test_moving_shares_predicts_what_adding_a_fifth_group_moves() -> None:
+    before, after = KeyRing(1, FOUR), KeyRing(2, FIVE)
+    keys = _random_keys(100_000)
+    moved = collections.Counter(
+        (before.group_for(key), after.group_for(key))
+        for key in keys
+        if before.group_for(key) != after.group_for(key)
+    )
+    assert {target for _, target in moved} == {5}, "every moved key goes to the new group"
+    assert 0.15 < moved.total() / len(keys) < 0.25, "about a fifth moves"
+    shares = moving_shares(before, after)
+    assert set(shares) == set(moved)
+    assert sum(shares.values()) == pytest.approx(after.shares()[5], abs=1e-9)
+    for pair, share in shares.items():
+        assert share == pytest.approx(moved[pair] / len(keys), abs=0.01), pair
+
+
+def test_moving_shares_of_removing_a_group_and_of_no_change() -> None:
+    before, after = KeyRing(1, FIVE), KeyRing(2, FOUR)
+    shares = moving_shares(before, after)
+    assert {source for source, _ in shares} == {5}, "only the removed group's keys move"
+    assert sum(shares.values()) == pytest.approx(before.shares()[5], abs=1e-9)
+    assert moving_shares(before, KeyRing(2, FIVE)) == {}
+    assert moving_shares(KeyRing(1, {}), before) == {}
+
+
+def _map(moves: dict[tuple[int, int], cluster_pb2.MovePhase]) -> cluster_pb2.ClusterMap:
+    """Ring epoch 1 of four groups, migrating to a fifth with ``moves`` in these phases."""
+    the_map = cluster_pb2.ClusterMap(version=12, ring=ring_of(1, FOUR))
+    the_map.migration.target.CopyFrom(ring_of(2, FIVE))
+    for (source, target), phase in moves.items():
+        the_map.migration.moves.add(source=source, target=target, phase=phase)
+    return the_map
+
+
+def test_routing_without_a_migration_is_the_ring() -> None:
+    the_map = cluster_pb2.ClusterMap(version=3, ring=ring_of(1, FOUR))
+    routing, ring = Routing(the_map), KeyRing(1, FOUR)
+    assert (routing.epoch, routing.version, routing.groups) == (1, 3, (1, 2, 3, 4))
+    assert [routing.group_for(key) for key in KEYS[:2000]] == [
+        ring.group_for(key) for key in KEYS[:2000]
+    ]
+    assert routing.shares() == ring.shares()
+
+
+def test_routing_sends_a_moving_key_to_its_target_only_once_its_move_is_active() -> None:
+    before, after = KeyRing(1, FOUR), KeyRing(2, FIVE)
+    phases = {
+        (1, 5): cluster_pb2.MOVE_ACTIVE,
+        (2, 5): cluster_pb2.MOVE_DONE,
+        (3, 5): cluster_pb2.MOVE_FROZEN,
+        (4, 5): cluster_pb2.MOVE_COPYING,
+    }
+    routing = Routing(_map(phases))
+    assert routing.epoch == 1, "the epoch rises only when the whole migration is done"
+    assert routing.groups == (1, 2, 3, 4, 5), "the targets serve keys too"
+    for key in KEYS:
+        source, target = before.group_for(key), after.group_for(key)
+        served_by_target = source != target and phases[(source, target)] >= cluster_pb2.MOVE_ACTIVE
+        assert routing.group_for(key) == (target if served_by_target else source), key
+    shares = routing.shares()
+    moving = moving_shares(before, after)
+    assert shares[5] == pytest.approx(moving[(1, 5)] + moving[(2, 5)])
+    assert shares[3] == pytest.approx(before.shares()[3])
+    assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_routing_before_any_move_is_active_is_the_old_ring() -> None:
+    routing = Routing(_map({(g, 5): cluster_pb2.MOVE_PENDING for g in FOUR}))
+    ring = KeyRing(1, FOUR)
+    assert [routing.group_for(key) for key in KEYS[:2000]] == [
+        ring.group_for(key) for key in KEYS[:2000]
+    ]
+    assert routing.shares()[5] == 0.0
