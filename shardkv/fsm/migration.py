@@ -69,7 +69,10 @@ from shardkv.v1 import cluster_pb2, kv_pb2
 if TYPE_CHECKING:
     from shardkv.fsm.kv import KeyValueStateMachine
 
-__all__ = ["Access", "Migration"]
+__all__ = ["ACTIVE_ALREADY", "Access", "Migration"]
+
+# How a copy refused by a target that serves the keys already begins its reason.
+ACTIVE_ALREADY = "active already"
 
 _COUNTER = struct.Struct(">Q")
 
@@ -266,6 +269,8 @@ class Migration:
     def _copy(self, batch: Batch, step: kv_pb2.MigrateStep) -> str | None:
         assert self.state is not None
         arc = self.state.incoming.get(step.source, cluster_pb2.ARC_NONE)
+        if arc == _IN_ACTIVE:
+            return f"{ACTIVE_ALREADY}: group {self.group_id} serves the keys of {step.source}"
         if arc != _IN_IMPORTING:
             return f"move from {step.source} is {cluster_pb2.ArcState.Name(arc)}, not importing"
         data = step.copy

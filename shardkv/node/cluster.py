@@ -11,9 +11,11 @@ every ``interval`` seconds and whenever woken:
    over time or a restart in the middle write it once.
 2. **Learn.** A node with a replica of the meta group reads the map from its
    own applied state (never older than what it applied before: epochs only
-   rise); a node without one asks its peers (``GetClusterMap``) and keeps
-   the highest epoch it hears. ``map`` is what the node's service answers
-   routers with.
+   rise); a node without one asks its peers (``GetClusterMap``) every pass
+   and keeps the newest map it hears, and one whose replica does not lead
+   asks them too every ``_PEER_POLL_INTERVAL`` seconds (its replica may lag,
+   or have been moved away before it applied its own removal). ``map`` is
+   what the node's service answers routers with.
 3. **Ring.** For every data group this node leads whose applied ring is
    older than the map's, it proposes the map's ring through the group's log
    (one proposal at a time per group). From then on the group refuses keys
@@ -25,11 +27,19 @@ back by compare-and-set on the value it read (retrying if the map moved).
 Adding a node again with the same address answers the current map; another
 node's id or address is a ``FailedPrecondition``. Every node dials the nodes
 the map names (``transport.update_peers``), so later placement can use them.
+Ring and placement changes (``change_ring``, ``change_placement``) are planned
+by ``shardkv.node.ring_change`` and ``shardkv.node.placement_change`` and
+written the same way (``update_map``); the meta leader's drivers carry them
+out.
 
-4. **Leaders spread.** Each group has a preferred leader, the voter at
-   position ``group_id mod voters`` of its sorted voters, so the groups'
-   leaders spread over the nodes instead of piling on whichever node won
-   the first elections. A leader that is not the preferred one hands the
+4. **Replicas.** The node starts the replicas the map gives it and drops the
+   ones the map took away (``_place_replicas``; new groups, replica moves,
+   retired groups).
+5. **Leaders spread.** Each group has a preferred leader: the one the map
+   names (``GroupInfo.preferred_leader``: transfer-leader, rebalance), else
+   the voter at position ``group_id mod voters`` of its sorted voters, so the
+   groups' leaders spread over the nodes instead of piling on whichever node
+   won the first elections. A leader that is not the preferred one hands the
    lead over (Raft's leadership transfer) when the preferred node is
    reachable and caught up, at most once per ``transfer_backoff`` seconds
    per group, so a flapping node cannot make the lead ping-pong.
@@ -51,6 +61,7 @@ import grpc.aio
 
 from shardkv.errors import FailedPrecondition, NotLeader, ProposalFailed, ShardKVError
 from shardkv.node.config import NodeConfig
+from shardkv.node.placement_change import plan_placement
 from shardkv.node.ring_change import plan_change
 from shardkv.node.runtime import NodeRuntime
 from shardkv.raft import Role
@@ -66,6 +77,8 @@ _log = logging.getLogger(__name__)
 META_GROUP = 0
 CLUSTER_MAP_KEY = b"\x00cluster/map"
 _POLL_TIMEOUT = 1.0
+# How often a node with a meta replica that does not lead asks its peers for the map.
+_PEER_POLL_INTERVAL = 1.0
 
 
 def initial_map(config: NodeConfig) -> cluster_pb2.ClusterMap:
@@ -98,7 +111,7 @@ class ClusterAgent:
         interval: float = 0.2,
         transfer_backoff: float = 10.0,
         tls: TlsMaterial | None = None,
-        create_group: Callable[[int, list[int]], None] | None = None,
+        create_group: Callable[[int, list[int] | None], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self._tls = tls
@@ -112,6 +125,9 @@ class ClusterAgent:
         self._pending: dict[int, asyncio.Future[kv_pb2.CommandResult]] = {}
         self.transfer_backoff = transfer_backoff
         self._next_transfer: dict[int, float] = {}
+        self._next_poll = 0.0
+        # Preferred leaders the map names (transfer-leader, rebalance).
+        self._preferred: dict[int, int] = {}
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -144,9 +160,13 @@ class ClusterAgent:
             stored = meta.machine.get(CLUSTER_MAP_KEY)
             if stored is not None:
                 self.learn(cluster_pb2.ClusterMap.FromString(stored.value))
-        else:
+        loop = asyncio.get_running_loop()
+        if meta is None or (meta.role != Role.LEADER and loop.time() >= self._next_poll):
+            # A replica of the meta group may lag, or have been moved away
+            # without applying its removal: ask the others too, now and then.
+            self._next_poll = loop.time() + _PEER_POLL_INTERVAL
             await self._poll()
-        self._host_new_groups()
+        self._place_replicas()
         self._push_ring()
         self._balance_leaders()
 
@@ -159,7 +179,9 @@ class ClusterAgent:
             voters = sorted(peer.conf_state.voters)
             if not voters:
                 continue
-            preferred = voters[group_id % len(voters)]
+            preferred = self._preferred.get(group_id, 0)
+            if preferred not in voters:
+                preferred = voters[group_id % len(voters)]
             progress = raft.progress.get(preferred)
             if preferred == self.runtime.node_id or progress is None:
                 continue
@@ -189,6 +211,11 @@ class ClusterAgent:
             len(cluster_map.nodes),
         )
         self.map = cluster_map
+        self._preferred = {
+            group.group_id: group.preferred_leader
+            for group in cluster_map.groups
+            if group.preferred_leader
+        }
         addresses = {node.node_id: node.address for node in cluster_map.nodes}
         self._peers.update(
             (node, address) for node, address in addresses.items() if node != self.runtime.node_id
@@ -260,6 +287,31 @@ class ClusterAgent:
 
         return await self.update_map(change)
 
+    async def change_placement(
+        self, request: node_pb2.ChangePlacementRequest
+    ) -> cluster_pb2.ClusterMap:
+        """Plan a placement change (``shardkv.node.placement_change``); start it unless dry."""
+        planned: list[cluster_pb2.ClusterMap] = []
+
+        def change(current: cluster_pb2.ClusterMap) -> cluster_pb2.ClusterMap | None:
+            planned[:] = [plan_placement(current, request, now_ms())]
+            if request.dry_run or planned[0] is current:
+                return None
+            return planned[0]
+
+        await self.update_map(change)
+        if not request.dry_run:
+            _log.info(
+                "node %d: placement change %s: %d replica moves under way",
+                self.runtime.node_id,
+                request.WhichOneof("change"),
+                len(planned[0].replica_moves),
+                extra={"node_id": self.runtime.node_id},
+            )
+            self._next_transfer.clear()  # a new preferred leader is taken at once
+            self.wake()
+        return planned[0]
+
     async def change_ring(self, request: node_pb2.ChangeRingRequest) -> cluster_pb2.ClusterMap:
         """Plan a ring change (``shardkv.node.ring_change``) and, unless a dry run, start it."""
         planned: list[cluster_pb2.ClusterMap] = []
@@ -299,26 +351,51 @@ class ClusterAgent:
         )
         self._propose(META_GROUP, command)
 
-    def _host_new_groups(self) -> None:
-        """Start the replicas the map gives this node of groups it does not host yet.
+    def _place_replicas(self) -> None:
+        """Host the replicas the map gives this node; drop the ones it took away.
 
-        A group added by a ring change starts on its nodes as the first
-        groups did: every replica bootstraps the same initial configuration
-        (its replicas as voters), so they elect a leader among themselves.
+        - A group the map lists this node in and that it does not host starts
+          here. A voter of a group that never changed membership
+          (``conf_index`` 0, a group just added) bootstraps the initial
+          configuration as the first groups did, so the replicas elect a
+          leader among themselves; any other (a learner of a replica move)
+          starts empty and catches up from the leader.
+        - A hosted group that is retired, or that the map lists without this
+          node, is dropped, but only if the replica has not applied past the
+          map's ``conf_index`` with this node still a member: a stale map
+          (read before this node joined the group) never drops a replica.
         """
-        if self.map is None or self._create_group is None:
+        cluster_map = self.map
+        if cluster_map is None or self._create_group is None:
             return
         node_id = self.runtime.node_id
-        for group in self.map.groups:
-            if node_id in group.replicas and group.group_id not in self.runtime.peers:
+        for group in cluster_map.groups:
+            peer = self.runtime.peers.get(group.group_id)
+            member = node_id in group.replicas or node_id in group.learners
+            extra = {"node_id": node_id, "group_id": group.group_id}
+            if peer is None and member and not group.retired:
+                bootstrap = node_id in group.replicas and not group.conf_index
                 _log.info(
-                    "node %d: starting a replica of new group %d (replicas %s)",
+                    "node %d: starting a replica of group %d (%s)",
                     node_id,
                     group.group_id,
-                    list(group.replicas),
-                    extra={"node_id": node_id, "group_id": group.group_id},
+                    "bootstrapped" if bootstrap else "empty, to catch up",
+                    extra=extra,
                 )
-                self._create_group(group.group_id, sorted(group.replicas))
+                self._create_group(group.group_id, sorted(group.replicas) if bootstrap else None)
+            elif peer is not None and (group.retired or not member):
+                state = peer.conf_state
+                still_member = node_id in state.voters or node_id in state.learners
+                if not group.retired and still_member and peer.applied >= group.conf_index:
+                    continue  # this map is older than our membership
+                _log.info(
+                    "node %d: dropping its replica of group %d (%s)",
+                    node_id,
+                    group.group_id,
+                    "retired" if group.retired else "moved away",
+                    extra=extra,
+                )
+                self.runtime.remove_peer(group.group_id)
 
     def _push_ring(self) -> None:
         if self.map is None:

@@ -2,11 +2,10 @@
 
 A ring change (``shardkv.node.ring_change``) writes a ``Migration`` into the
 cluster map: the target ring and one ``Move`` per (source, target) pair of
-groups. ``MigrationDriver`` runs on every node and acts only where the meta
-group's leader is. For each move not done it runs one task, which reads the
-move's phase from the map and does the next step, recording every phase in
-the map (compare-and-set through the meta group) before going on, so a new
-leader, or this one after a crash, resumes where the map says:
+groups. ``MigrationDriver`` (a ``MapDriver``: one task per move, where this
+node leads the meta group) does each move's next step and records every
+phase in the map (compare-and-set through the meta group) before going on, so
+a new leader, or this one after a crash, resumes where the map says:
 
 1. ``MOVE_PENDING``: ``begin`` in the source and the target (the source starts
    marking changes of moving keys); record ``MOVE_COPYING``.
@@ -28,18 +27,18 @@ then apply it and forget the migration) and retired groups leave it.
 
 Decisions:
 
-- **Fencing.** Each step carries the driver's token: the meta group's term
-  when this node began to lead it. The groups refuse lower tokens, so a
-  deposed leader that still runs a task cannot write into a move its
-  successor took over. A task also stops as soon as this node stops leading.
+- **Fencing.** Each step carries the driver's token (``MapDriver.token``).
+  The groups refuse lower tokens, so a deposed leader that still runs a task
+  cannot write into a move its successor took over.
 - **Resuming** a move in ``MOVE_FROZEN`` copies every change marked since the
   move began (the watermark of the earlier copy was in a memory that is
-  gone); in ``MOVE_COPYING`` it copies everything again. Both are safe
-  because a copy writes records as the source holds them.
+  gone); in ``MOVE_COPYING`` it copies everything again, and its first
+  catch-up also takes every change since the move began (a key an earlier
+  copy brought over and the source deleted since is only in the marks). A
+  target found active already (activated, the record lost) is not copied into.
 - **A step that fails** (a group without a leader, a refusal) is retried
-  after a back-off growing to ``_MAX_RETRY`` seconds; what failed is written
-  into the move (``Move.stuck``) so that ``shardkv status`` can say why a move
-  does not progress.
+  after a back-off; what failed is written into the move (``Move.stuck``),
+  so that ``shardkv status`` can say why a move does not progress.
 - Progress (keys and bytes copied) is written into the map at most every
   ``_PROGRESS_INTERVAL`` seconds.
 """
@@ -51,11 +50,11 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from shardkv.errors import ShardKVError
-from shardkv.node.cluster import META_GROUP, ClusterAgent
+from shardkv.fsm.migration import ACTIVE_ALREADY
+from shardkv.node.cluster import ClusterAgent
+from shardkv.node.driving import MapDriver, StepFailed
 from shardkv.node.resolver import NodeGroupCalls
 from shardkv.node.ring_change import finish_migration
-from shardkv.raft import Role
 from shardkv.ring import build_ring, moving_shares
 from shardkv.txn_protocol import now_ms
 from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2
@@ -69,15 +68,13 @@ _SMALL_ROUND = 500
 _MAX_ROUNDS = 8
 _IMPORTS_IN_FLIGHT = 4
 _PROGRESS_INTERVAL = 1.0
-_FIRST_RETRY = 0.1
-_MAX_RETRY = 5.0
 _SEAL_POLL = 0.02
 
 _Pair = tuple[int, int]
 
 
-class MoveFailed(ShardKVError):
-    """A step of a move did not apply; the move is retried from its recorded phase."""
+class _TargetActive(StepFailed):
+    """A copy refused because the target serves the keys already."""
 
 
 @dataclass(slots=True)
@@ -91,76 +88,43 @@ class _Progress:
     recorded_at: float = 0.0
 
 
-class MigrationDriver:
-    def __init__(
-        self,
-        agent: ClusterAgent,
-        calls: NodeGroupCalls,
-        *,
-        interval: float = 0.2,
-    ) -> None:
-        self.agent = agent
-        self.runtime = agent.runtime
-        self.calls = calls
-        self.interval = interval
-        self._tasks: dict[_Pair, asyncio.Task[None]] = {}
-        self._token = 0
+class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.Move]]):
+    name = "migration"
+
+    def __init__(self, agent: ClusterAgent, calls: NodeGroupCalls, *, interval: float = 0.2):
+        super().__init__(agent, calls, interval=interval)
         self._progress: dict[_Pair, _Progress] = {}
-        self._finishing = False
-        self._stopping = False
-        self._wake = asyncio.Event()
 
-    async def run(self) -> None:
-        while not self._stopping:
-            try:
-                await self.step()
-            except Exception:  # one bad pass must not end the driver
-                _log.exception("node %d: migration driver pass failed", self.runtime.node_id)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):
-                    await self._wake.wait()
-            self._wake.clear()
+    def pending(self, cluster_map: cluster_pb2.ClusterMap) -> list[_Pair]:
+        if not cluster_map.HasField("migration"):
+            return []
+        return [
+            (move.source, move.target)
+            for move in cluster_map.migration.moves
+            if move.phase != cluster_pb2.MOVE_DONE
+        ]
 
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        await self._cancel()
+    def item(
+        self, cluster_map: cluster_pb2.ClusterMap, key: _Pair
+    ) -> tuple[cluster_pb2.Migration, cluster_pb2.Move] | None:
+        if not cluster_map.HasField("migration"):
+            return None
+        for move in cluster_map.migration.moves:
+            if (move.source, move.target) == key and move.phase != cluster_pb2.MOVE_DONE:
+                return cluster_map.migration, move
+        return None
 
-    async def _cancel(self) -> None:
-        tasks, self._tasks = list(self._tasks.values()), {}
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    def forget(self) -> None:
         self._progress.clear()
 
-    async def step(self) -> None:
-        meta = self.runtime.peers.get(META_GROUP)
-        if meta is None or meta.role != Role.LEADER:
-            if self._tasks:
-                await self._cancel()
-            return
-        term = meta.raw.raft.term
-        if term != self._token:
-            await self._cancel()
-            self._token = term
-        cluster_map = self.agent.map
-        if cluster_map is None or not cluster_map.HasField("migration"):
-            return
-        for pair, task in list(self._tasks.items()):
-            if task.done():
-                del self._tasks[pair]
-        moves = cluster_map.migration.moves
-        if all(move.phase == cluster_pb2.MOVE_DONE for move in moves):
-            await self._finish()
-            return
-        for move in moves:
-            pair = (move.source, move.target)
-            if move.phase != cluster_pb2.MOVE_DONE and pair not in self._tasks:
-                self._tasks[pair] = asyncio.create_task(
-                    self._drive(pair), name=f"move-{pair[0]}-{pair[1]}"
-                )
+    async def record_stuck(self, key: _Pair, why: str) -> None:
+        await self._record(key, stuck=why)
 
-    async def _finish(self) -> None:
+    async def settle(self, cluster_map: cluster_pb2.ClusterMap) -> None:
+        """Every move is done: the map takes the target ring."""
+        if not cluster_map.HasField("migration"):
+            return
+
         def change(current: cluster_pb2.ClusterMap) -> cluster_pb2.ClusterMap | None:
             if not current.HasField("migration") or any(
                 move.phase != cluster_pb2.MOVE_DONE for move in current.migration.moves
@@ -179,48 +143,11 @@ class MigrationDriver:
             self._progress.clear()
             self.agent.wake()
 
-    # -- one move ----------------------------------------------------------------------
-
-    def _move(self, pair: _Pair) -> tuple[cluster_pb2.Migration, cluster_pb2.Move] | None:
-        cluster_map = self.agent.map
-        if cluster_map is None or not cluster_map.HasField("migration"):
-            return None
-        for move in cluster_map.migration.moves:
-            if (move.source, move.target) == pair:
-                return cluster_map.migration, move
-        return None
-
-    async def _drive(self, pair: _Pair) -> None:
-        failures = 0
-        progress = self._progress.setdefault(pair, _Progress())
-        while True:
-            found = self._move(pair)
-            if found is None or found[1].phase == cluster_pb2.MOVE_DONE:
-                return
-            migration, move = found
-            phase = move.phase
-            try:
-                await self._advance(migration, move, progress)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                failures += 1
-                why = (
-                    f"{cluster_pb2.MovePhase.Name(phase)} step of move {pair[0]}->{pair[1]}: "
-                    f"{type(error).__name__}: {error}"
-                )
-                _log.warning(
-                    "node %d: %s (attempt %d)",
-                    self.runtime.node_id,
-                    why,
-                    failures,
-                    extra={"node_id": self.runtime.node_id, "group_id": pair[0]},
-                )
-                with contextlib.suppress(Exception):
-                    await self._record(pair, stuck=why[:500])
-                await asyncio.sleep(min(_MAX_RETRY, _FIRST_RETRY * 2 ** min(failures, 8)))
-            else:
-                failures = 0
+    async def advance(
+        self, key: _Pair, item: tuple[cluster_pb2.Migration, cluster_pb2.Move]
+    ) -> None:
+        migration, move = item
+        await self._advance(migration, move, self._progress.setdefault(key, _Progress()))
 
     async def _advance(
         self, migration: cluster_pb2.Migration, move: cluster_pb2.Move, progress: _Progress
@@ -243,10 +170,16 @@ class MigrationDriver:
             progress.watermark = None
             progress.keys = progress.bytes = 0
             await self._copy(epoch, pair, node_pb2.EXPORT_ALL, 0, progress)
+            # The first catch-up takes every change since the move began, not
+            # only since this copy: a key an earlier, interrupted copy brought
+            # over and the source deleted since is absent from this copy, and
+            # only its mark says it must go.
+            since = 0
             for _ in range(_MAX_ROUNDS):
                 before = progress.keys
+                await self._copy(epoch, pair, node_pb2.EXPORT_CHANGES, since, progress)
                 assert progress.watermark is not None
-                await self._copy(epoch, pair, node_pb2.EXPORT_CHANGES, progress.watermark, progress)
+                since = progress.watermark
                 if progress.keys - before < _SMALL_ROUND:
                     break
             await self._apply(move.source, self._step(epoch, pair, freeze=True))
@@ -262,7 +195,9 @@ class MigrationDriver:
         elif move.phase == cluster_pb2.MOVE_FROZEN:
             await self._seal(epoch, pair)
             since = progress.watermark if progress.watermark is not None else 0
-            await self._copy(epoch, pair, node_pb2.EXPORT_CHANGES, since, progress)
+            # _TargetActive: activated before a crash, unrecorded; its copy was complete.
+            with contextlib.suppress(_TargetActive):
+                await self._copy(epoch, pair, node_pb2.EXPORT_CHANGES, since, progress)
             await self._apply(move.target, self._step(epoch, pair, activate=True))
             frozen_ms = (
                 int((loop.time() - progress.frozen_at) * 1000)
@@ -291,7 +226,7 @@ class MigrationDriver:
             )
 
     def _step(self, epoch: int, pair: _Pair, **kind: object) -> kv_pb2.Command:
-        step = kv_pb2.MigrateStep(epoch=epoch, source=pair[0], target=pair[1], driver=self._token)
+        step = kv_pb2.MigrateStep(epoch=epoch, source=pair[0], target=pair[1], driver=self.token)
         for name, value in kind.items():
             if isinstance(value, bool):
                 setattr(step, name, value)
@@ -303,7 +238,9 @@ class MigrationDriver:
         result = await self.calls.propose(group_id, command)
         if not result.migrate.applied:
             kind = command.migrate.WhichOneof("kind")
-            raise MoveFailed(f"group {group_id} did not apply {kind}: {result.migrate.reason}")
+            if kind == "copy" and result.migrate.reason.startswith(ACTIVE_ALREADY):
+                raise _TargetActive(result.migrate.reason)
+            raise StepFailed(f"group {group_id} did not apply {kind}: {result.migrate.reason}")
         return result.migrate
 
     async def _seal(self, epoch: int, pair: _Pair) -> None:
@@ -313,7 +250,7 @@ class MigrationDriver:
             if result.migrate.applied:
                 return
             if "waiting for" not in result.migrate.reason:
-                raise MoveFailed(f"group {pair[0]} did not seal: {result.migrate.reason}")
+                raise StepFailed(f"group {pair[0]} did not seal: {result.migrate.reason}")
             await asyncio.sleep(_SEAL_POLL)
 
     async def _copy(

@@ -204,6 +204,19 @@ class Peer:
             futures.extend(chunk_futures)
         return futures
 
+    def propose_conf_change(self, change: ConfChange) -> asyncio.Future[kv_pb2.CommandResult]:
+        """Append a membership change; the future settles (empty result) once it applied."""
+        try:
+            index, term = self.raw.propose_conf_change(change)
+        except ProposalDropped as dropped:
+            if dropped.leader_id == self.node_id:
+                raise ProposalFailed(str(dropped)) from dropped  # the leader refused it
+            raise NotLeader(self.group_id, dropped.leader_id) from dropped
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[kv_pb2.CommandResult] = loop.create_future()
+        self._proposals.setdefault(index, []).append(_PendingProposal(term, [future], loop.time()))
+        return future
+
     def read_barrier(self) -> asyncio.Future[None]:
         """§6.4: settles once this replica may serve a linearizable read."""
         context = next(self._read_ids).to_bytes(8, "big")
@@ -338,6 +351,10 @@ class Peer:
                     for future, result in zip(pending.futures, results, strict=True):
                         if not future.done():
                             future.set_result(result)
+                else:  # a membership change: it took effect
+                    for future in pending.futures:
+                        if not future.done():
+                            future.set_result(kv_pb2.CommandResult())
         self._settled.clear()
         if ready.snapshot is not None:
             # Entries a snapshot covered were never applied one by one here:

@@ -92,6 +92,7 @@ from shardkv.node.data_dir import (
 from shardkv.node.health import health_interval, leaderless_groups
 from shardkv.node.migration import MigrationDriver
 from shardkv.node.peer import Peer, PeerOptions
+from shardkv.node.placement import PlacementDriver
 from shardkv.node.resolver import NodeGroupCalls, TxnResolver
 from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import NodeService
@@ -178,12 +179,18 @@ def _build_peers(config: NodeConfig, engine: Engine) -> dict[int, Peer]:
 
 
 def _create_group(
-    config: NodeConfig, engine: Engine, runtime: NodeRuntime, group_id: int, replicas: list[int]
+    config: NodeConfig,
+    engine: Engine,
+    runtime: NodeRuntime,
+    group_id: int,
+    bootstrap: list[int] | None,
 ) -> None:
-    """Start this node's replica of a group a ring change created (``ClusterAgent``)."""
-    # AlreadyBootstrapped: an earlier start created it; the peer picks up its state.
-    with contextlib.suppress(AlreadyBootstrapped):
-        GroupStorage(engine, group_id).bootstrap(tuple(replicas))
+    """Start this node's replica of a group the map gives it (``ClusterAgent``): with
+    ``bootstrap``, as one of a new group's first voters; without, empty, to catch up."""
+    if bootstrap is not None:
+        # AlreadyBootstrapped: an earlier start created it; the peer picks up its state.
+        with contextlib.suppress(AlreadyBootstrapped):
+            GroupStorage(engine, group_id).bootstrap(tuple(bootstrap))
     runtime.add_peer(Peer(engine, group_id, config.node_id, peer_options(config)))
 
 
@@ -300,6 +307,8 @@ class NodeProcess:
             undo.push_async_callback(driver_calls.close)
             driver = MigrationDriver(agent, driver_calls)
             undo.push_async_callback(driver.stop)
+            placer = PlacementDriver(agent, driver_calls)
+            undo.push_async_callback(placer.stop)
             # The generated registration function carries no type hints.
             node_pb2_grpc.add_NodeServicer_to_server(  # type: ignore[no-untyped-call]
                 NodeService(runtime, config.initial_cluster, agent), server
@@ -332,6 +341,7 @@ class NodeProcess:
             driver_task = asyncio.create_task(
                 driver.run(), name=f"node-{config.node_id}-migrations"
             )
+            placer_task = asyncio.create_task(placer.run(), name=f"node-{config.node_id}-placement")
             health.start()
             undo.pop_all()
         _log.info(
@@ -351,6 +361,7 @@ class NodeProcess:
             agent_task,
             [
                 (driver.stop, driver_task),
+                (placer.stop, placer_task),
                 (resolver.stop, resolver_task),
                 (driver_calls.close, None),
             ],

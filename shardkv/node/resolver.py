@@ -58,6 +58,7 @@ from shardkv.errors import NotLeader, OutcomeUnknown, ProposalFailed, UnknownGro
 from shardkv.failpoints import failpoint
 from shardkv.fsm.migration import Access
 from shardkv.node.cluster import META_GROUP
+from shardkv.node.membership import reconfigure
 from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import txn_listing
 from shardkv.raft import Role
@@ -159,6 +160,24 @@ class NodeGroupCalls:
             return (response.error if response.HasField("error") else None), response
 
         return await self._call(group_id, here, there)
+
+    async def reconfigure(
+        self, request: node_pb2.ReconfigureRequest
+    ) -> node_pb2.ReconfigureResponse:
+        """One membership change at the group's leader (``shardkv.node.membership``)."""
+
+        async def here() -> node_pb2.ReconfigureResponse:
+            return await reconfigure(self.runtime, request)
+
+        async def there(
+            stub: node_pb2_grpc.NodeStub, timeout: float
+        ) -> tuple[node_pb2.GroupError | None, node_pb2.ReconfigureResponse]:
+            response: node_pb2.ReconfigureResponse = await stub.Reconfigure(
+                request, timeout=timeout
+            )
+            return (response.error if response.HasField("error") else None), response
+
+        return await self._call(request.group_id, here, there)
 
     async def export(self, request: node_pb2.ExportRequest) -> AsyncIterator[node_pb2.ExportChunk]:
         """The chunks of ``Node.Export`` from the group's leader (found as ``_call`` does).

@@ -9,8 +9,9 @@ not:
   replicas (ties by node id); it joins the map's groups at once (its nodes
   create it) and the target ring with its weight (default 1).
 - ``remove_group``: the group's weight goes to 0 in the target ring; once
-  every key moved out it leaves the map (``Migration.retiring``). The last
-  group on the ring cannot go.
+  every key moved out it is marked retired (``Migration.retiring``,
+  ``GroupInfo.retired``) and its nodes drop it. The last group on the ring
+  cannot go, nor can a retired one come back (its id is never reused).
 - ``set_weight``: the group's weight in the target ring (0 takes it off the
   ring but keeps it).
 
@@ -66,6 +67,8 @@ def plan_change(
     elif kind == "remove_group":
         group_id = request.remove_group
         _check_data_group(groups, group_id)
+        if groups[group_id].retired:
+            raise FailedPrecondition(f"group {group_id} is retired already")
         if not any(weight for other, weight in weights.items() if other != group_id):
             raise FailedPrecondition(
                 f"group {group_id} is the last group on the ring: add another before removing it"
@@ -76,6 +79,8 @@ def plan_change(
     elif kind == "set_weight":
         group_id, weight = request.set_weight.group_id, request.set_weight.weight
         _check_data_group(groups, group_id)
+        if groups[group_id].retired:
+            raise FailedPrecondition(f"group {group_id} is retired: add a new group instead")
         _check_weight(weight, allow_zero=True)
         if not weight and not any(w for other, w in weights.items() if other != group_id):
             raise FailedPrecondition(
@@ -116,9 +121,10 @@ def finish_migration(current: cluster_pb2.ClusterMap) -> cluster_pb2.ClusterMap:
     finished.ring.CopyFrom(migration.target)
     finished.ClearField("migration")
     retiring = set(migration.retiring)
-    kept = [group for group in finished.groups if group.group_id not in retiring]
-    del finished.groups[:]
-    finished.groups.extend(kept)
+    for group in finished.groups:
+        if group.group_id in retiring:
+            group.retired = True
+            group.weight = 0
     finished.version = current.version + 1
     return finished
 
@@ -157,12 +163,13 @@ def _place(current: cluster_pb2.ClusterMap, nodes: list[int]) -> list[int]:
         if len(set(nodes)) != len(nodes):
             raise InvalidArgument(f"nodes {nodes} name a node twice")
         return sorted(nodes)
-    sizes = [len(group.replicas) for group in current.groups if group.group_id != 0]
+    live = [group for group in current.groups if not group.retired]
+    sizes = [len(group.replicas) for group in live if group.group_id != 0]
     replication = max(set(sizes), key=sizes.count) if sizes else DEFAULT_REPLICATION
     if len(up) < replication:
         raise FailedPrecondition(
             f"a group needs {replication} nodes and only {len(up)} are up: add nodes, or "
             "name them with --nodes"
         )
-    load = Counter(replica for group in current.groups for replica in group.replicas)
+    load = Counter(replica for group in live for replica in group.replicas)
     return sorted(sorted(up, key=lambda node: (load[node], node))[:replication])

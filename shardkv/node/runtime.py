@@ -45,8 +45,8 @@ from shardkv.errors import UnknownGroup
 from shardkv.metrics import NodeMetrics
 from shardkv.node.peer import Peer
 from shardkv.node.transport import Transport
-from shardkv.raft import Message, Ready
-from shardkv.storage import StorageEngine
+from shardkv.raft import ConfChange, Message, Ready
+from shardkv.storage import ColumnFamily, StorageEngine, keys
 from shardkv.v1 import kv_pb2
 
 __all__ = ["NodeRuntime", "RoundStats"]
@@ -115,6 +115,26 @@ class NodeRuntime:
             raise ValueError(f"group {peer.group_id} is hosted already")
         self.peers[peer.group_id] = peer
         self._wake.set()
+
+    def remove_peer(self, group_id: int) -> None:
+        """Stop hosting a group (its replica moved away, or the group retired) and
+        drop everything of it this node stored."""
+        peer = self.peers.pop(group_id, None)
+        if peer is None:
+            return
+        peer.stop()
+        batch = self.engine.new_batch()
+        low, high = keys.group_range(group_id)
+        for cf in ColumnFamily:
+            batch.delete_range(cf, low, high if high is not None else b"\xff" * 9)
+        self.engine.write(batch, sync=True)
+
+    def propose_conf_change(
+        self, group_id: int, change: ConfChange
+    ) -> asyncio.Future[kv_pb2.CommandResult]:
+        future = self.peer(group_id).propose_conf_change(change)
+        self._wake.set()
+        return future
 
     def propose(
         self, group_id: int, command: kv_pb2.Command

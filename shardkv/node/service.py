@@ -49,6 +49,7 @@ from shardkv.fsm.kv import KeyValueStateMachine
 from shardkv.fsm.migration import Access
 from shardkv.limits import check_key
 from shardkv.node.export import export_chunks
+from shardkv.node.membership import reconfigure
 from shardkv.node.runtime import NodeRuntime
 from shardkv.raft import Role
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
@@ -345,6 +346,30 @@ class NodeService(node_pb2_grpc.NodeServicer):
         except ShardKVError as error:
             return node_pb2.ChangeRingResponse(error=await self._routing_error(context, error))
         return node_pb2.ChangeRingResponse(map=cluster_map)
+
+    async def ChangePlacement(
+        self,
+        request: node_pb2.ChangePlacementRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.ChangePlacementResponse:
+        if self.agent is None:
+            await self._abort(context, UnknownGroup(0))
+        assert self.agent is not None
+        try:
+            cluster_map = await self.agent.change_placement(request)
+        except ShardKVError as error:
+            return node_pb2.ChangePlacementResponse(error=await self._routing_error(context, error))
+        return node_pb2.ChangePlacementResponse(map=cluster_map)
+
+    async def Reconfigure(
+        self,
+        request: node_pb2.ReconfigureRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.ReconfigureResponse:
+        try:
+            return await reconfigure(self.runtime, request)
+        except ShardKVError as error:
+            return node_pb2.ReconfigureResponse(error=await self._routing_error(context, error))
 
     async def Export(
         self,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shardkv/v1/cluster.proto\x12\nshardkv.v1\";\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\"?\n\tGroupInfo\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x10\n\x08replicas\x18\x02 \x03(\x04\x12\x0e\n\x06weight\x18\x03 \x01(\r\">\n\x04Ring\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\'\n\x06groups\x18\x02 \x03(\x0b\x32\x17.shardkv.v1.GroupWeight\"/\n\x0bGroupWeight\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x0e\n\x06weight\x18\x02 \x01(\r\"\xc7\x01\n\nClusterMap\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\x1e\n\x04ring\x18\x02 \x01(\x0b\x32\x10.shardkv.v1.Ring\x12#\n\x05nodes\x18\x03 \x03(\x0b\x32\x14.shardkv.v1.NodeInfo\x12%\n\x06groups\x18\x04 \x03(\x0b\x32\x15.shardkv.v1.GroupInfo\x12(\n\tmigration\x18\x06 \x01(\x0b\x32\x15.shardkv.v1.Migration\"\x84\x01\n\tMigration\x12 \n\x06target\x18\x01 \x01(\x0b\x32\x10.shardkv.v1.Ring\x12\x1f\n\x05moves\x18\x02 \x03(\x0b\x32\x10.shardkv.v1.Move\x12\x12\n\nstarted_ms\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08retiring\x18\x05 \x03(\x04\"\xf3\x01\n\x04Move\x12\x0e\n\x06source\x18\x01 \x01(\x04\x12\x0e\n\x06target\x18\x02 \x01(\x04\x12$\n\x05phase\x18\x03 \x01(\x0e\x32\x15.shardkv.v1.MovePhase\x12\x13\n\x0bkeys_copied\x18\x04 \x01(\x04\x12\x14\n\x0c\x62ytes_copied\x18\x05 \x01(\x04\x12\x15\n\rkeys_estimate\x18\x06 \x01(\x04\x12\x12\n\nstarted_ms\x18\x07 \x01(\x04\x12\x18\n\x10phase_started_ms\x18\x08 \x01(\x04\x12\x13\n\x0b\x66inished_ms\x18\t \x01(\x04\x12\r\n\x05stuck\x18\n \x01(\t\x12\x11\n\tfrozen_ms\x18\x0b \x01(\x04\"\xd7\x02\n\x0eGroupMigration\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12 \n\x06target\x18\x02 \x01(\x0b\x32\x10.shardkv.v1.Ring\x12:\n\x08outgoing\x18\x03 \x03(\x0b\x32(.shardkv.v1.GroupMigration.OutgoingEntry\x12:\n\x08incoming\x18\x04 \x03(\x0b\x32(.shardkv.v1.GroupMigration.IncomingEntry\x12\x0e\n\x06\x64river\x18\x05 \x01(\x04\x1a\x45\n\rOutgoingEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12#\n\x05value\x18\x02 \x01(\x0e\x32\x14.shardkv.v1.ArcState:\x02\x38\x01\x1a\x45\n\rIncomingEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12#\n\x05value\x18\x02 \x01(\x0e\x32\x14.shardkv.v1.ArcState:\x02\x38\x01*`\n\tMovePhase\x12\x10\n\x0cMOVE_PENDING\x10\x00\x12\x10\n\x0cMOVE_COPYING\x10\x01\x12\x0f\n\x0bMOVE_FROZEN\x10\x02\x12\x0f\n\x0bMOVE_ACTIVE\x10\x03\x12\r\n\tMOVE_DONE\x10\x04*\x94\x01\n\x08\x41rcState\x12\x0c\n\x08\x41RC_NONE\x10\x00\x12\x13\n\x0f\x41RC_OUT_COPYING\x10\x01\x12\x12\n\x0e\x41RC_OUT_FROZEN\x10\x02\x12\x12\n\x0e\x41RC_OUT_SEALED\x10\x03\x12\x14\n\x10\x41RC_OUT_RELEASED\x10\x04\x12\x14\n\x10\x41RC_IN_IMPORTING\x10\x05\x12\x11\n\rARC_IN_ACTIVE\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shardkv/v1/cluster.proto\x12\nshardkv.v1\";\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\"\x90\x01\n\tGroupInfo\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x10\n\x08replicas\x18\x02 \x03(\x04\x12\x0e\n\x06weight\x18\x03 \x01(\r\x12\x18\n\x10preferred_leader\x18\x04 \x01(\x04\x12\x10\n\x08learners\x18\x05 \x03(\x04\x12\x12\n\nconf_index\x18\x06 \x01(\x04\x12\x0f\n\x07retired\x18\x07 \x01(\x08\">\n\x04Ring\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\'\n\x06groups\x18\x02 \x03(\x0b\x32\x17.shardkv.v1.GroupWeight\"/\n\x0bGroupWeight\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x0e\n\x06weight\x18\x02 \x01(\r\"\xf7\x01\n\nClusterMap\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\x1e\n\x04ring\x18\x02 \x01(\x0b\x32\x10.shardkv.v1.Ring\x12#\n\x05nodes\x18\x03 \x03(\x0b\x32\x14.shardkv.v1.NodeInfo\x12%\n\x06groups\x18\x04 \x03(\x0b\x32\x15.shardkv.v1.GroupInfo\x12(\n\tmigration\x18\x06 \x01(\x0b\x32\x15.shardkv.v1.Migration\x12.\n\rreplica_moves\x18\x07 \x03(\x0b\x32\x17.shardkv.v1.ReplicaMove\"\xa9\x01\n\x0bReplicaMove\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x11\n\tfrom_node\x18\x02 \x01(\x04\x12\x0f\n\x07to_node\x18\x03 \x01(\x04\x12\'\n\x05phase\x18\x04 \x01(\x0e\x32\x18.shardkv.v1.ReplicaPhase\x12\x12\n\nstarted_ms\x18\x05 \x01(\x04\x12\x18\n\x10phase_started_ms\x18\x06 \x01(\x04\x12\r\n\x05stuck\x18\x07 \x01(\t\"\x84\x01\n\tMigration\x12 \n\x06target\x18\x01 \x01(\x0b\x32\x10.shardkv.v1.Ring\x12\x1f\n\x05moves\x18\x02 \x03(\x0b\x32\x10.shardkv.v1.Move\x12\x12\n\nstarted_ms\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08retiring\x18\x05 \x03(\x04\"\xf3\x01\n\x04Move\x12\x0e\n\x06source\x18\x01 \x01(\x04\x12\x0e\n\x06target\x18\x02 \x01(\x04\x12$\n\x05phase\x18\x03 \x01(\x0e\x32\x15.shardkv.v1.MovePhase\x12\x13\n\x0bkeys_copied\x18\x04 \x01(\x04\x12\x14\n\x0c\x62ytes_copied\x18\x05 \x01(\x04\x12\x15\n\rkeys_estimate\x18\x06 \x01(\x04\x12\x12\n\nstarted_ms\x18\x07 \x01(\x04\x12\x18\n\x10phase_started_ms\x18\x08 \x01(\x04\x12\x13\n\x0b\x66inished_ms\x18\t \x01(\x04\x12\r\n\x05stuck\x18\n \x01(\t\x12\x11\n\tfrozen_ms\x18\x0b \x01(\x04\"\xd7\x02\n\x0eGroupMigration\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12 \n\x06target\x18\x02 \x01(\x0b\x32\x10.shardkv.v1.Ring\x12:\n\x08outgoing\x18\x03 \x03(\x0b\x32(.shardkv.v1.GroupMigration.OutgoingEntry\x12:\n\x08incoming\x18\x04 \x03(\x0b\x32(.shardkv.v1.GroupMigration.IncomingEntry\x12\x0e\n\x06\x64river\x18\x05 \x01(\x04\x1a\x45\n\rOutgoingEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12#\n\x05value\x18\x02 \x01(\x0e\x32\x14.shardkv.v1.ArcState:\x02\x38\x01\x1a\x45\n\rIncomingEntry\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12#\n\x05value\x18\x02 \x01(\x0e\x32\x14.shardkv.v1.ArcState:\x02\x38\x01*M\n\x0cReplicaPhase\x12\x13\n\x0fREPLICA_PENDING\x10\x00\x12\x14\n\x10REPLICA_LEARNING\x10\x01\x12\x12\n\x0eREPLICA_VOTING\x10\x02*`\n\tMovePhase\x12\x10\n\x0cMOVE_PENDING\x10\x00\x12\x10\n\x0cMOVE_COPYING\x10\x01\x12\x0f\n\x0bMOVE_FROZEN\x10\x02\x12\x0f\n\x0bMOVE_ACTIVE\x10\x03\x12\r\n\tMOVE_DONE\x10\x04*\x94\x01\n\x08\x41rcState\x12\x0c\n\x08\x41RC_NONE\x10\x00\x12\x13\n\x0f\x41RC_OUT_COPYING\x10\x01\x12\x12\n\x0e\x41RC_OUT_FROZEN\x10\x02\x12\x12\n\x0e\x41RC_OUT_SEALED\x10\x03\x12\x14\n\x10\x41RC_OUT_RELEASED\x10\x04\x12\x14\n\x10\x41RC_IN_IMPORTING\x10\x05\x12\x11\n\rARC_IN_ACTIVE\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,28 +35,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GROUPMIGRATION_OUTGOINGENTRY']._serialized_options = b'8\001'
   _globals['_GROUPMIGRATION_INCOMINGENTRY']._loaded_options = None
   _globals['_GROUPMIGRATION_INCOMINGENTRY']._serialized_options = b'8\001'
-  _globals['_MOVEPHASE']._serialized_start=1208
-  _globals['_MOVEPHASE']._serialized_end=1304
-  _globals['_ARCSTATE']._serialized_start=1307
-  _globals['_ARCSTATE']._serialized_end=1455
+  _globals['_REPLICAPHASE']._serialized_start=1510
+  _globals['_REPLICAPHASE']._serialized_end=1587
+  _globals['_MOVEPHASE']._serialized_start=1589
+  _globals['_MOVEPHASE']._serialized_end=1685
+  _globals['_ARCSTATE']._serialized_start=1688
+  _globals['_ARCSTATE']._serialized_end=1836
   _globals['_NODEINFO']._serialized_start=40
   _globals['_NODEINFO']._serialized_end=99
-  _globals['_GROUPINFO']._serialized_start=101
-  _globals['_GROUPINFO']._serialized_end=164
-  _globals['_RING']._serialized_start=166
-  _globals['_RING']._serialized_end=228
-  _globals['_GROUPWEIGHT']._serialized_start=230
-  _globals['_GROUPWEIGHT']._serialized_end=277
-  _globals['_CLUSTERMAP']._serialized_start=280
-  _globals['_CLUSTERMAP']._serialized_end=479
-  _globals['_MIGRATION']._serialized_start=482
-  _globals['_MIGRATION']._serialized_end=614
-  _globals['_MOVE']._serialized_start=617
-  _globals['_MOVE']._serialized_end=860
-  _globals['_GROUPMIGRATION']._serialized_start=863
-  _globals['_GROUPMIGRATION']._serialized_end=1206
-  _globals['_GROUPMIGRATION_OUTGOINGENTRY']._serialized_start=1066
-  _globals['_GROUPMIGRATION_OUTGOINGENTRY']._serialized_end=1135
-  _globals['_GROUPMIGRATION_INCOMINGENTRY']._serialized_start=1137
-  _globals['_GROUPMIGRATION_INCOMINGENTRY']._serialized_end=1206
+  _globals['_GROUPINFO']._serialized_start=102
+  _globals['_GROUPINFO']._serialized_end=246
+  _globals['_RING']._serialized_start=248
+  _globals['_RING']._serialized_end=310
+  _globals['_GROUPWEIGHT']._serialized_start=312
+  _globals['_GROUPWEIGHT']._serialized_end=359
+  _globals['_CLUSTERMAP']._serialized_start=362
+  _globals['_CLUSTERMAP']._serialized_end=609
+  _globals['_REPLICAMOVE']._serialized_start=612
+  _globals['_REPLICAMOVE']._serialized_end=781
+  _globals['_MIGRATION']._serialized_start=784
+  _globals['_MIGRATION']._serialized_end=916
+  _globals['_MOVE']._serialized_start=919
+  _globals['_MOVE']._serialized_end=1162
+  _globals['_GROUPMIGRATION']._serialized_start=1165
+  _globals['_GROUPMIGRATION']._serialized_end=1508
+  _globals['_GROUPMIGRATION_OUTGOINGENTRY']._serialized_start=1368
+  _globals['_GROUPMIGRATION_OUTGOINGENTRY']._serialized_end=1437
+  _globals['_GROUPMIGRATION_INCOMINGENTRY']._serialized_start=1439
+  _globals['_GROUPMIGRATION_INCOMINGENTRY']._serialized_end=1508
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReplicaPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPLICA_PENDING: _ClassVar[ReplicaPhase]
+    REPLICA_LEARNING: _ClassVar[ReplicaPhase]
+    REPLICA_VOTING: _ClassVar[ReplicaPhase]
+
 class MovePhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MOVE_PENDING: _ClassVar[MovePhase]
@@ -24,6 +30,9 @@ class ArcState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ARC_OUT_RELEASED: _ClassVar[ArcState]
     ARC_IN_IMPORTING: _ClassVar[ArcState]
     ARC_IN_ACTIVE: _ClassVar[ArcState]
+REPLICA_PENDING: ReplicaPhase
+REPLICA_LEARNING: ReplicaPhase
+REPLICA_VOTING: ReplicaPhase
 MOVE_PENDING: MovePhase
 MOVE_COPYING: MovePhase
 MOVE_FROZEN: MovePhase
@@ -48,14 +57,22 @@ class NodeInfo(_message.Message):
     def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
 
 class GroupInfo(_message.Message):
-    __slots__ = ("group_id", "replicas", "weight")
+    __slots__ = ("group_id", "replicas", "weight", "preferred_leader", "learners", "conf_index", "retired")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_LEADER_FIELD_NUMBER: _ClassVar[int]
+    LEARNERS_FIELD_NUMBER: _ClassVar[int]
+    CONF_INDEX_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_FIELD_NUMBER: _ClassVar[int]
     group_id: int
     replicas: _containers.RepeatedScalarFieldContainer[int]
     weight: int
-    def __init__(self, group_id: _Optional[int] = ..., replicas: _Optional[_Iterable[int]] = ..., weight: _Optional[int] = ...) -> None: ...
+    preferred_leader: int
+    learners: _containers.RepeatedScalarFieldContainer[int]
+    conf_index: int
+    retired: bool
+    def __init__(self, group_id: _Optional[int] = ..., replicas: _Optional[_Iterable[int]] = ..., weight: _Optional[int] = ..., preferred_leader: _Optional[int] = ..., learners: _Optional[_Iterable[int]] = ..., conf_index: _Optional[int] = ..., retired: _Optional[bool] = ...) -> None: ...
 
 class Ring(_message.Message):
     __slots__ = ("epoch", "groups")
@@ -74,20 +91,40 @@ class GroupWeight(_message.Message):
     def __init__(self, group_id: _Optional[int] = ..., weight: _Optional[int] = ...) -> None: ...
 
 class ClusterMap(_message.Message):
-    __slots__ = ("cluster_id", "version", "ring", "nodes", "groups", "migration")
+    __slots__ = ("cluster_id", "version", "ring", "nodes", "groups", "migration", "replica_moves")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RING_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_MOVES_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     version: int
     ring: Ring
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     groups: _containers.RepeatedCompositeFieldContainer[GroupInfo]
     migration: Migration
-    def __init__(self, cluster_id: _Optional[str] = ..., version: _Optional[int] = ..., ring: _Optional[_Union[Ring, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupInfo, _Mapping]]] = ..., migration: _Optional[_Union[Migration, _Mapping]] = ...) -> None: ...
+    replica_moves: _containers.RepeatedCompositeFieldContainer[ReplicaMove]
+    def __init__(self, cluster_id: _Optional[str] = ..., version: _Optional[int] = ..., ring: _Optional[_Union[Ring, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupInfo, _Mapping]]] = ..., migration: _Optional[_Union[Migration, _Mapping]] = ..., replica_moves: _Optional[_Iterable[_Union[ReplicaMove, _Mapping]]] = ...) -> None: ...
+
+class ReplicaMove(_message.Message):
+    __slots__ = ("group_id", "from_node", "to_node", "phase", "started_ms", "phase_started_ms", "stuck")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    TO_NODE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    STUCK_FIELD_NUMBER: _ClassVar[int]
+    group_id: int
+    from_node: int
+    to_node: int
+    phase: ReplicaPhase
+    started_ms: int
+    phase_started_ms: int
+    stuck: str
+    def __init__(self, group_id: _Optional[int] = ..., from_node: _Optional[int] = ..., to_node: _Optional[int] = ..., phase: _Optional[_Union[ReplicaPhase, str]] = ..., started_ms: _Optional[int] = ..., phase_started_ms: _Optional[int] = ..., stuck: _Optional[str] = ...) -> None: ...
 
 class Migration(_message.Message):
     __slots__ = ("target", "moves", "started_ms", "reason", "retiring")

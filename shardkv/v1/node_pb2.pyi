@@ -9,14 +9,89 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReconfigureKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RECONFIGURE_ADD_LEARNER: _ClassVar[ReconfigureKind]
+    RECONFIGURE_PROMOTE: _ClassVar[ReconfigureKind]
+    RECONFIGURE_REMOVE: _ClassVar[ReconfigureKind]
+
 class ExportKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EXPORT_ALL: _ClassVar[ExportKind]
     EXPORT_CHANGES: _ClassVar[ExportKind]
     EXPORT_KEYS: _ClassVar[ExportKind]
+RECONFIGURE_ADD_LEARNER: ReconfigureKind
+RECONFIGURE_PROMOTE: ReconfigureKind
+RECONFIGURE_REMOVE: ReconfigureKind
 EXPORT_ALL: ExportKind
 EXPORT_CHANGES: ExportKind
 EXPORT_KEYS: ExportKind
+
+class MoveReplica(_message.Message):
+    __slots__ = ("group_id", "from_node", "to_node")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    TO_NODE_FIELD_NUMBER: _ClassVar[int]
+    group_id: int
+    from_node: int
+    to_node: int
+    def __init__(self, group_id: _Optional[int] = ..., from_node: _Optional[int] = ..., to_node: _Optional[int] = ...) -> None: ...
+
+class TransferLeader(_message.Message):
+    __slots__ = ("group_id", "to_node")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    TO_NODE_FIELD_NUMBER: _ClassVar[int]
+    group_id: int
+    to_node: int
+    def __init__(self, group_id: _Optional[int] = ..., to_node: _Optional[int] = ...) -> None: ...
+
+class ChangePlacementRequest(_message.Message):
+    __slots__ = ("move_replica", "remove_node", "transfer_leader", "rebalance", "dry_run")
+    MOVE_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_NODE_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_LEADER_FIELD_NUMBER: _ClassVar[int]
+    REBALANCE_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    move_replica: MoveReplica
+    remove_node: int
+    transfer_leader: TransferLeader
+    rebalance: bool
+    dry_run: bool
+    def __init__(self, move_replica: _Optional[_Union[MoveReplica, _Mapping]] = ..., remove_node: _Optional[int] = ..., transfer_leader: _Optional[_Union[TransferLeader, _Mapping]] = ..., rebalance: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class ChangePlacementResponse(_message.Message):
+    __slots__ = ("error", "map")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MAP_FIELD_NUMBER: _ClassVar[int]
+    error: GroupError
+    map: _cluster_pb2.ClusterMap
+    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., map: _Optional[_Union[_cluster_pb2.ClusterMap, _Mapping]] = ...) -> None: ...
+
+class ReconfigureRequest(_message.Message):
+    __slots__ = ("group_id", "kind", "node_id")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    group_id: int
+    kind: ReconfigureKind
+    node_id: int
+    def __init__(self, group_id: _Optional[int] = ..., kind: _Optional[_Union[ReconfigureKind, str]] = ..., node_id: _Optional[int] = ...) -> None: ...
+
+class ReconfigureResponse(_message.Message):
+    __slots__ = ("error", "done", "reason", "voters", "learners", "index")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    VOTERS_FIELD_NUMBER: _ClassVar[int]
+    LEARNERS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    error: GroupError
+    done: bool
+    reason: str
+    voters: _containers.RepeatedScalarFieldContainer[int]
+    learners: _containers.RepeatedScalarFieldContainer[int]
+    index: int
+    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., done: _Optional[bool] = ..., reason: _Optional[str] = ..., voters: _Optional[_Iterable[int]] = ..., learners: _Optional[_Iterable[int]] = ..., index: _Optional[int] = ...) -> None: ...
 
 class ExportRequest(_message.Message):
     __slots__ = ("group_id", "epoch", "target", "kind", "since_revision", "chunk_keys")

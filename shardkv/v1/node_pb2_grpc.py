@@ -84,6 +84,16 @@ class NodeStub:
                 request_serializer=shardkv_dot_v1_dot_node__pb2.ChangeRingRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_node__pb2.ChangeRingResponse.FromString,
                 _registered_method=True)
+        self.ChangePlacement = channel.unary_unary(
+                '/shardkv.v1.Node/ChangePlacement',
+                request_serializer=shardkv_dot_v1_dot_node__pb2.ChangePlacementRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_node__pb2.ChangePlacementResponse.FromString,
+                _registered_method=True)
+        self.Reconfigure = channel.unary_unary(
+                '/shardkv.v1.Node/Reconfigure',
+                request_serializer=shardkv_dot_v1_dot_node__pb2.ReconfigureRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_node__pb2.ReconfigureResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -169,6 +179,21 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangePlacement(self, request, context):
+        """At the meta group's leader: plan or start a placement change (replica
+        moves, node removal, leader preference).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reconfigure(self, request, context):
+        """At a group's leader: one Raft membership change, applied before the answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +246,16 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.ChangeRing,
                     request_deserializer=shardkv_dot_v1_dot_node__pb2.ChangeRingRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_node__pb2.ChangeRingResponse.SerializeToString,
+            ),
+            'ChangePlacement': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePlacement,
+                    request_deserializer=shardkv_dot_v1_dot_node__pb2.ChangePlacementRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_node__pb2.ChangePlacementResponse.SerializeToString,
+            ),
+            'Reconfigure': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reconfigure,
+                    request_deserializer=shardkv_dot_v1_dot_node__pb2.ReconfigureRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_node__pb2.ReconfigureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -493,6 +528,60 @@ class Node:
             '/shardkv.v1.Node/ChangeRing',
             shardkv_dot_v1_dot_node__pb2.ChangeRingRequest.SerializeToString,
             shardkv_dot_v1_dot_node__pb2.ChangeRingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePlacement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Node/ChangePlacement',
+            shardkv_dot_v1_dot_node__pb2.ChangePlacementRequest.SerializeToString,
+            shardkv_dot_v1_dot_node__pb2.ChangePlacementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconfigure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Node/Reconfigure',
+            shardkv_dot_v1_dot_node__pb2.ReconfigureRequest.SerializeToString,
+            shardkv_dot_v1_dot_node__pb2.ReconfigureResponse.FromString,
             options,
             channel_credentials,
             insecure,

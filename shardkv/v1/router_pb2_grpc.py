@@ -105,6 +105,11 @@ class RouterStub:
                 request_serializer=shardkv_dot_v1_dot_node__pb2.ChangeRingRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_node__pb2.ChangeRingResponse.FromString,
                 _registered_method=True)
+        self.ChangePlacement = channel.unary_unary(
+                '/shardkv.v1.Router/ChangePlacement',
+                request_serializer=shardkv_dot_v1_dot_node__pb2.ChangePlacementRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_node__pb2.ChangePlacementResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -215,6 +220,15 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangePlacement(self, request, context):
+        """Admin: plan (dry_run) or start a placement change (move-replica,
+        remove-node, transfer-leader, rebalance); forwarded to the meta group's
+        leader, run in the background: ClusterStatus shows replica moves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -287,6 +301,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.ChangeRing,
                     request_deserializer=shardkv_dot_v1_dot_node__pb2.ChangeRingRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_node__pb2.ChangeRingResponse.SerializeToString,
+            ),
+            'ChangePlacement': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePlacement,
+                    request_deserializer=shardkv_dot_v1_dot_node__pb2.ChangePlacementRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_node__pb2.ChangePlacementResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -667,6 +686,33 @@ class Router:
             '/shardkv.v1.Router/ChangeRing',
             shardkv_dot_v1_dot_node__pb2.ChangeRingRequest.SerializeToString,
             shardkv_dot_v1_dot_node__pb2.ChangeRingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePlacement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Router/ChangePlacement',
+            shardkv_dot_v1_dot_node__pb2.ChangePlacementRequest.SerializeToString,
+            shardkv_dot_v1_dot_node__pb2.ChangePlacementResponse.FromString,
             options,
             channel_credentials,
             insecure,
