@@ -150,6 +150,35 @@ class NodeMetrics:
             "Attempts of the background resolver that failed (retried on a later pass).",
             registry=registry,
         )
+        # The meta leader's drivers (shardkv.node.migration, shardkv.node.placement).
+        self.migration_keys = Counter(
+            "shardkv_migration_keys_copied",
+            "Keys (and deletions) copied from a source group to a target group by moves "
+            "this node drove, catch-up rounds included.",
+            registry=registry,
+        )
+        self.migration_bytes = Counter(
+            "shardkv_migration_bytes_copied",
+            "Bytes of stored records copied by moves this node drove.",
+            registry=registry,
+        )
+        self.migration_keys_collected = Counter(
+            "shardkv_migration_keys_collected",
+            "Moved keys dropped at their source group once the target served them.",
+            registry=registry,
+        )
+        self.migration_frozen_seconds = Histogram(
+            "shardkv_migration_frozen_seconds",
+            "How long a move's keys were unwritable: freeze until the target served them.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.driver_steps = Counter(
+            "shardkv_driver_steps",
+            "Steps of ring moves and replica moves this node drove, by kind and outcome.",
+            ["kind", "outcome"],
+            registry=registry,
+        )
 
     def observe_commits(self, ages: Iterable[float]) -> None:
         for age in ages:

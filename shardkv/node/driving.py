@@ -142,11 +142,13 @@ class MapDriver(abc.ABC, Generic[_Key, _Item]):
             if item is None:
                 self._wake.set()  # the pass may have work to close
                 return
+            steps = self.runtime.metrics.driver_steps
             try:
                 await self.advance(key, item)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                steps.labels(self.name, "failed").inc()
                 failures += 1
                 why = f"{type(error).__name__}: {error}"
                 _log.warning(
@@ -162,4 +164,5 @@ class MapDriver(abc.ABC, Generic[_Key, _Item]):
                     await self.record_stuck(key, why[:500])
                 await asyncio.sleep(min(_MAX_RETRY, _FIRST_RETRY * 2 ** min(failures, 8)))
             else:
+                steps.labels(self.name, "done").inc()
                 failures = 0

@@ -205,6 +205,8 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
                 else 0
             )
             await self._record(pair, phase=cluster_pb2.MOVE_ACTIVE, frozen_ms=frozen_ms)
+            if progress.frozen_at is not None:
+                self.runtime.metrics.migration_frozen_seconds.observe(frozen_ms / 1000)
             _log.info(
                 "node %d: move %d->%d active: group %d serves the moved keys (frozen %d ms)",
                 self.runtime.node_id,
@@ -286,8 +288,13 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
                 in_flight.add(
                     asyncio.create_task(self._apply(target, self._step(epoch, pair, copy=data)))
                 )
-                progress.keys += len(data.keys) + len(data.deleted)
-                progress.bytes += sum(len(record) for record in data.records)
+                copied_keys = len(data.keys) + len(data.deleted)
+                copied_bytes = sum(len(record) for record in data.records)
+                progress.keys += copied_keys
+                progress.bytes += copied_bytes
+                metrics = self.runtime.metrics
+                metrics.migration_keys.inc(copied_keys)
+                metrics.migration_bytes.inc(copied_bytes)
                 await self._maybe_record_progress(pair, progress)
             for pending in asyncio.as_completed(in_flight):
                 await pending
@@ -308,6 +315,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
                 collect = kv_pb2.MigrateCollect(keys=chunk.data.keys)
                 await self._apply(source, self._step(epoch, pair, collect=collect))
                 collected += len(chunk.data.keys)
+                self.runtime.metrics.migration_keys_collected.inc(len(chunk.data.keys))
         await self._apply(source, self._step(epoch, pair, collect=kv_pb2.MigrateCollect(last=True)))
         return collected
 
