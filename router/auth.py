@@ -16,7 +16,7 @@ A refused call never reaches its handler, so nothing of it is applied.
 Roles: ``read-write`` may read and write keys, run transactions and read the
 cluster's status; ``admin`` may do all that and also the operator's commands
 (``ADMIN_METHODS``: listing, showing and resolving transactions, planning
-and changing the ring). Health
+and changing the ring and the placement of replicas). Health
 checking and server reflection stay open, as is usual, so that load balancers
 and standard tools work without a token.
 
@@ -56,8 +56,11 @@ METADATA_KEY = "authorization"
 _SCHEME = "bearer "
 
 # The operator's commands: they read and change other callers' transactions,
-# and change (or plan to change) which group owns which keys.
-ADMIN_METHODS = frozenset({"ListTransactions", "ShowTxn", "ResolveTxn", "ChangeRing"})
+# and change (or plan to change) which group owns which keys and which nodes
+# hold which groups.
+ADMIN_METHODS = frozenset(
+    {"ListTransactions", "ShowTxn", "ResolveTxn", "ChangeRing", "ChangePlacement"}
+)
 
 if TYPE_CHECKING:
     _Handler = grpc.RpcMethodHandler[object, object]

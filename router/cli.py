@@ -16,6 +16,10 @@
     shardkv [--router ADDR] admin remove-group G [--plan]
     shardkv [--router ADDR] admin set-weight G W [--plan]
     shardkv [--router ADDR] admin rebalance (--plan | --apply)
+    shardkv [--router ADDR] admin move-replica G FROM TO [--plan]
+    shardkv [--router ADDR] admin remove-node N [--plan]
+    shardkv [--router ADDR] admin transfer-leader G TO
+    shardkv [--router ADDR] admin add-node ADDR
 
 Every command but ``up`` goes through ``router.Client``. The router address
 comes from ``--router`` (before or after the command), else ``SHARDKV_ROUTER``,
@@ -40,7 +44,11 @@ summary as JSON (``summarize_status``). While the ring changes, ``status``
 also shows each move of the migration: from and to which group, its phase, a
 progress bar of keys copied against the estimate, the rate since the move
 started, the time left at that rate, how long the moving keys were
-unwritable (``frozen``), and why a move is stuck when it is.
+unwritable (``frozen``), and why a move is stuck when it is. It shows each
+node's state (up, leaving, removed), each group's learners and preferred
+leader, ``retired`` for a group removed from the ring, and the replica moves
+under way: group, from and to which node, phase (pending, learning,
+voting), for how long, and why a move is stuck when it is.
 
 ``admin`` is for operators: ``add-group``, ``remove-group`` and ``set-weight``
 each change the ring into a new epoch through the meta group; the moves then
@@ -56,6 +64,17 @@ without a change of weights nothing is to move ("balanced: nothing to
 move"). ``rebalance --apply`` says the same: a change under way runs by
 itself. A ring change the meta group refuses (one is under way already,
 FAILED_PRECONDITION; the group exists) prints why and exits 4.
+
+Placement (``admin``, through ``ChangePlacement``): ``move-replica``,
+``remove-node`` (decommission) and ``transfer-leader`` plan or start a
+placement change; ``rebalance`` prints its ring part, then its placement
+part: the replica moves and preferred leaders that even out replicas and
+leaders over the up nodes (``format_placement``: what the planned map
+changes in the current one), which ``--apply`` starts. ``add-node`` changes
+nothing: a node joins by itself (``shardkv-node --join <member address>``);
+it asks the node at ADDR for its id, directly (``Node.GetClusterMap``, with
+the same ``--tls-*`` files), and exits 0 when the map lists it as a member,
+4 when not (another cluster, removed, unknown), 3 when nothing answers.
 
 ``txn`` is for operators: ``list`` prints the transactions not finished (a
 table: id ``hexclient:seq``, state, time to the deadline after which anyone
@@ -91,7 +110,7 @@ from router.errors import ClientError, DeadlineExceeded, InvalidArgument, NotFou
 from shardkv.ring import build_ring, moving_shares
 from shardkv.tls import TlsError, TlsFiles
 from shardkv.txn_protocol import now_ms, step_keys, txn_name
-from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, router_pb2
+from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, node_pb2_grpc, router_pb2
 
 __all__ = [
     "DEFAULT_ROUTER",
@@ -108,9 +127,11 @@ __all__ = [
     "MoveRow",
     "NodeRow",
     "PlanRow",
+    "ReplicaMoveRow",
     "StatusSummary",
     "build_parser",
     "escape",
+    "format_placement",
     "format_plan",
     "format_status",
     "format_txn",
@@ -190,6 +211,9 @@ class NodeRow:
     reachable: bool
     # Why the router could not reach it ("" when reachable).
     error: str
+    # "up", "leaving" (its replicas move away: remove-node) or "removed" (it
+    # hosts nothing); "" for a node the map does not list.
+    state: str = "up"
 
 
 @dataclass(frozen=True)
@@ -204,6 +228,28 @@ class GroupRow:
     epoch: int
     # Fraction of the ring, 0..1; None for groups off the ring (the meta group).
     share: float | None
+    # Nodes catching up as Raft learners (a replica move heading there).
+    learners: tuple[int, ...] = ()
+    # The node the map asks to lead the group (None: the default spread).
+    preferred_leader: int | None = None
+    # Removed by remove-group: kept in the map, holds nothing.
+    retired: bool = False
+
+
+@dataclass(frozen=True)
+class ReplicaMoveRow:
+    """One replica move, as the meta group last recorded it (times in unix ms)."""
+
+    group_id: int
+    from_node: int
+    to_node: int
+    # "pending" (recorded), "learning" (the new node catching up) or "voting"
+    # (the new node a voter, the old one being removed).
+    phase: str
+    started_ms: int
+    phase_started_ms: int
+    # Why the last step failed ("" while the move progresses).
+    stuck: str
 
 
 @dataclass(frozen=True)
@@ -243,6 +289,7 @@ class StatusSummary:
     nodes: tuple[NodeRow, ...]
     groups: tuple[GroupRow, ...]
     migration: MigrationSummary | None = None
+    replica_moves: tuple[ReplicaMoveRow, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -256,6 +303,8 @@ def summarize_status(status: router_pb2.ClusterStatusResponse) -> StatusSummary:
     leader's. With no leader, they are the highest any replica reports.
     """
     addresses = {node.node_id: node.address for node in status.map.nodes}
+    # An older map leaves the state empty for a member: it is up.
+    node_states = {node.node_id: node.state or "up" for node in status.map.nodes}
     reports = {report.node_id: report for report in status.nodes}
     nodes = tuple(
         NodeRow(
@@ -263,6 +312,7 @@ def summarize_status(status: router_pb2.ClusterStatusResponse) -> StatusSummary:
             address=reports[node_id].address if node_id in reports else addresses[node_id],
             reachable=node_id in reports and not reports[node_id].error,
             error=reports[node_id].error if node_id in reports else "not reported by the router",
+            state=node_states.get(node_id, ""),
         )
         for node_id in sorted(addresses.keys() | reports.keys())
     )
@@ -297,6 +347,9 @@ def summarize_status(status: router_pb2.ClusterStatusResponse) -> StatusSummary:
                 key_count=keys,
                 epoch=epoch,
                 share=shares.get(info.group_id),
+                learners=tuple(info.learners),
+                preferred_leader=info.preferred_leader or None,
+                retired=info.retired,
             )
         )
     return StatusSummary(
@@ -305,6 +358,18 @@ def summarize_status(status: router_pb2.ClusterStatusResponse) -> StatusSummary:
         nodes=nodes,
         groups=tuple(groups),
         migration=_migration(status.map) if status.map.HasField("migration") else None,
+        replica_moves=tuple(
+            ReplicaMoveRow(
+                group_id=move.group_id,
+                from_node=move.from_node,
+                to_node=move.to_node,
+                phase=cluster_pb2.ReplicaPhase.Name(move.phase).removeprefix("REPLICA_").lower(),
+                started_ms=move.started_ms,
+                phase_started_ms=move.phase_started_ms,
+                stuck=move.stuck,
+            )
+            for move in status.map.replica_moves
+        ),
     )
 
 
@@ -418,39 +483,88 @@ def _format_migration(migration: MigrationSummary, now: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_status(summary: StatusSummary, now: int | None = None) -> str:
-    """``status``'s text; ``now`` (unix ms, default the clock) times a migration's moves."""
-    node_rows = [
-        (str(node.node_id), node.address, "yes" if node.reachable else f"no: {node.error}")
-        for node in summary.nodes
-    ]
-    group_rows = [
+def _format_replica_moves(moves: Sequence[ReplicaMoveRow], now: int) -> str:
+    def ago(since_ms: int) -> str:
+        return _duration(max(0, now - since_ms) / 1000) if since_ms else "-"
+
+    rows = [
         (
-            str(group.group_id),
-            ",".join(map(str, group.replicas)),
-            "-" if group.leader is None else str(group.leader),
-            str(group.term),
-            str(group.applied_index),
-            str(group.key_count),
-            str(group.epoch),
-            "-" if group.share is None else f"{group.share * 100:.1f}%",
+            str(move.group_id),
+            f"{move.from_node}->{move.to_node}",
+            move.phase,
+            ago(move.phase_started_ms),
+            ago(move.started_ms),
         )
-        for group in summary.groups
+        for move in moves
+    ]
+    lines = [
+        f"replica moves under way: {len(moves)}",
+        _table(("GROUP", "MOVE", "PHASE", "IN PHASE", "STARTED"), rows),
+    ]
+    lines.extend(
+        f"group {move.group_id} {move.from_node}->{move.to_node} stuck: {move.stuck}"
+        for move in moves
+        if move.stuck
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _node_ids_text(node_ids: Iterable[int]) -> str:
+    return ",".join(map(str, node_ids)) or "-"
+
+
+def _group_cells(group: GroupRow) -> tuple[str, ...]:
+    if group.retired:
+        # A retired group holds nothing: its numbers would be stale.
+        return (str(group.group_id), "-", "-", "retired", *("-",) * 6)
+    return (
+        str(group.group_id),
+        _node_ids_text(group.replicas),
+        _node_ids_text(group.learners),
+        "-" if group.leader is None else str(group.leader),
+        "-" if group.preferred_leader is None else str(group.preferred_leader),
+        str(group.term),
+        str(group.applied_index),
+        str(group.key_count),
+        str(group.epoch),
+        "-" if group.share is None else f"{group.share * 100:.1f}%",
+    )
+
+
+def format_status(summary: StatusSummary, now: int | None = None) -> str:
+    """``status``'s text; ``now`` (unix ms, default the clock) times the moves under way."""
+    at = now_ms() if now is None else now
+    node_rows = [
+        (
+            str(node.node_id),
+            node.address,
+            node.state or "-",
+            "yes" if node.reachable else f"no: {node.error}",
+        )
+        for node in summary.nodes
     ]
     return (
         f"cluster {summary.cluster_id or '(unknown)'}, ring epoch {summary.epoch}\n\n"
-        + _table(("NODE", "ADDRESS", "REACHABLE"), node_rows)
+        + _table(("NODE", "ADDRESS", "STATE", "REACHABLE"), node_rows)
         + "\n\n"
         + _table(
-            ("GROUP", "REPLICAS", "LEADER", "TERM", "APPLIED", "KEYS", "EPOCH", "SHARE"),
-            group_rows,
+            (
+                "GROUP",
+                "REPLICAS",
+                "LEARNERS",
+                "LEADER",
+                "PREFERRED",
+                "TERM",
+                "APPLIED",
+                "KEYS",
+                "EPOCH",
+                "SHARE",
+            ),
+            [_group_cells(group) for group in summary.groups],
         )
         + "\n"
-        + (
-            ""
-            if summary.migration is None
-            else "\n" + _format_migration(summary.migration, now_ms() if now is None else now)
-        )
+        + ("" if summary.migration is None else "\n" + _format_migration(summary.migration, at))
+        + ("\n" + _format_replica_moves(summary.replica_moves, at) if summary.replica_moves else "")
     )
 
 
@@ -605,16 +719,236 @@ def _set_weight(client: Client, args: argparse.Namespace) -> int:
 
 
 def _rebalance(client: Client, args: argparse.Namespace) -> int:
+    """The ring part (nothing to apply unless a change is under way), then the placement part."""
     status = client.status()
     if status.map.HasField("migration"):
         plan = format_plan(status.map, plan_rows(status.map, _key_counts(status)))
         _write_text("under way: " + plan + "it runs by itself; follow it with `shardkv status`\n")
-        return EXIT_OK
-    _write_text(
-        _format_balance(status)
-        + "balanced: nothing to move (the ring gives each group the arcs of its weight; "
-        "change weights with `shardkv admin set-weight`)\n"
+    else:
+        _write_text(
+            _format_balance(status)
+            + "balanced: nothing to move (the ring gives each group the arcs of its weight; "
+            "change weights with `shardkv admin set-weight`)\n"
+        )
+    _write_text("\n")
+    return _change_placement(
+        client,
+        args.plan,
+        status.map,
+        lambda dry_run: client.rebalance_replicas(dry_run),
+        # Moves under way: there is nothing to plan yet, which is an answer.
+        refused_plan_is_answer=True,
     )
+
+
+# -- placement changes ------------------------------------------------------------------
+
+
+def _replicas_per_node(cluster_map: cluster_pb2.ClusterMap) -> dict[int, int]:
+    """Replicas per node once the map's replica moves are done (retired groups hold none)."""
+    leaving: dict[int, set[int]] = {}
+    for move in cluster_map.replica_moves:
+        leaving.setdefault(move.group_id, set()).add(move.from_node)
+    counts = dict.fromkeys((node.node_id for node in cluster_map.nodes), 0)
+    for group in cluster_map.groups:
+        if not group.retired:
+            held = {*group.replicas, *group.learners} - leaving.get(group.group_id, set())
+            for node_id in held:
+                counts[node_id] = counts.get(node_id, 0) + 1
+    return counts
+
+
+def _changed(before: str, after: str) -> str:
+    return before if before == after else f"{before} -> {after}"
+
+
+def format_placement(current: cluster_pb2.ClusterMap, planned: cluster_pb2.ClusterMap) -> str:
+    """What ``planned`` changes in ``current``'s placement; "nothing to move" when nothing.
+
+    One row per group that changes: its voters, learners and preferred leader
+    (``before -> after`` where they differ) and its new replica move; then
+    node states that change, and the replicas per node before and after.
+    """
+    lines = _placement_changes(current, planned)
+    if not lines:
+        return "placement: nothing to move (replicas and leaders are spread evenly)\n"
+    return "placement:\n" + "\n".join(lines) + "\n"
+
+
+def _placement_changes(
+    current: cluster_pb2.ClusterMap, planned: cluster_pb2.ClusterMap
+) -> list[str]:
+    """``format_placement``'s lines; none when ``planned`` changes nothing of the placement."""
+    before_groups = {group.group_id: group for group in current.groups}
+    known = {(m.group_id, m.from_node, m.to_node) for m in current.replica_moves}
+    new_moves = {
+        move.group_id: f"{move.from_node}->{move.to_node}"
+        for move in planned.replica_moves
+        if (move.group_id, move.from_node, move.to_node) not in known
+    }
+    rows = []
+    for group in sorted(planned.groups, key=lambda group: group.group_id):
+        old = before_groups.get(group.group_id, cluster_pb2.GroupInfo())
+        cells = (
+            _changed(_node_ids_text(old.replicas), _node_ids_text(group.replicas)),
+            _changed(_node_ids_text(old.learners), _node_ids_text(group.learners)),
+            _changed(str(old.preferred_leader or "-"), str(group.preferred_leader or "-")),
+        )
+        move = new_moves.get(group.group_id, "-")
+        if move != "-" or any(" -> " in cell for cell in cells):
+            rows.append((str(group.group_id), *cells, move))
+    old_states = {node.node_id: node.state or "up" for node in current.nodes}
+    node_lines = [
+        f"node {node.node_id}: {old_states.get(node.node_id, '-')} -> {node.state or 'up'}"
+        for node in planned.nodes
+        if old_states.get(node.node_id) != (node.state or "up")
+    ]
+    if not rows and not node_lines:
+        return []
+    lines = []
+    if rows:
+        lines.append(_table(("GROUP", "REPLICAS", "LEARNERS", "PREFERRED LEADER", "MOVE"), rows))
+    lines.extend(node_lines)
+    counts_before, counts_after = _replicas_per_node(current), _replicas_per_node(planned)
+    lines.append(
+        "replicas per node, once the moves are done: "
+        + ", ".join(
+            f"{node_id}: {_changed(str(counts_before.get(node_id, 0)), str(count))}"
+            for node_id, count in sorted(counts_after.items())
+        )
+    )
+    return lines
+
+
+def _change_placement(
+    client: Client,
+    plan: bool,
+    current: cluster_pb2.ClusterMap,
+    change: Callable[[bool], cluster_pb2.ClusterMap],
+    *,
+    refused_plan_is_answer: bool = False,
+) -> int:
+    """Plan (``plan``) or start a placement change, and print what it changes in ``current``."""
+    try:
+        changed = change(plan)
+    except ClientError as exc:
+        if exc.code not in _REFUSED:
+            raise
+        if plan and refused_plan_is_answer:
+            _write_text(f"placement: nothing planned: {exc.details}\n")
+            return EXIT_OK
+        return _fail(f"cannot change the placement: {exc.details}", EXIT_FAILED)
+    text = format_placement(current, changed)
+    if plan:
+        _write_text("plan only, nothing changed: " + text)
+    elif _placement_changes(current, changed):
+        _write_text("started: " + text + "follow it with `shardkv status`\n")
+    else:
+        _write_text(text)
+    return EXIT_OK
+
+
+def _move_replica(client: Client, args: argparse.Namespace) -> int:
+    return _change_placement(
+        client,
+        args.plan,
+        client.status().map,
+        lambda dry_run: client.move_replica(args.group, args.from_node, args.to_node, dry_run),
+    )
+
+
+def _remove_node(client: Client, args: argparse.Namespace) -> int:
+    return _change_placement(
+        client,
+        args.plan,
+        client.status().map,
+        lambda dry_run: client.remove_node(args.node, dry_run),
+    )
+
+
+def _transfer_leader(client: Client, args: argparse.Namespace) -> int:
+    current = client.status().map
+    try:
+        client.transfer_leader(args.group, args.to_node)
+    except ClientError as exc:
+        if exc.code not in _REFUSED:
+            raise
+        return _fail(f"cannot transfer the lead: {exc.details}", EXIT_FAILED)
+    before = next(
+        (group.preferred_leader for group in current.groups if group.group_id == args.group), 0
+    )
+    _write_text(
+        f"group {args.group}: preferred leader {before or '-'} -> {args.to_node}; the lead "
+        "moves there once the node is caught up (`shardkv status` shows the leader)\n"
+    )
+    return EXIT_OK
+
+
+def _ask_node(address: str, args: argparse.Namespace) -> node_pb2.GetClusterMapResponse:
+    """The node at ``address``'s id and map, straight from it (not through the router)."""
+    tls = resolve_tls(args, os.environ)
+    material = tls.load() if tls is not None else None
+    channel = (
+        grpc.insecure_channel(address)
+        if material is None
+        else grpc.secure_channel(address, material.channel_credentials())
+    )
+    with channel:
+        stub = node_pb2_grpc.NodeStub(channel)  # type: ignore[no-untyped-call]
+        response: node_pb2.GetClusterMapResponse = stub.GetClusterMap(
+            node_pb2.GetClusterMapRequest(), timeout=getattr(args, "timeout", DEFAULT_TIMEOUT)
+        )
+        return response
+
+
+def _add_node(client: Client, args: argparse.Namespace) -> int:
+    """Whether the node at ADDR is a member; a node becomes one by joining, not from here."""
+    try:
+        [address] = parse_addresses(args.address)
+    except ValueError as exc:
+        raise _UsageError(f"add-node: {exc}") from None
+    cluster_map = client.status().map
+    members = [node for node in cluster_map.nodes if node.state in ("", "up")]
+    join = f"`shardkv-node --join {members[0].address if members else '<member address>'}`"
+    try:
+        answer = _ask_node(address, args)
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return _fail(
+                f"no node answers at {address}: {details}; start it with {join}",
+                EXIT_UNAVAILABLE,
+            )
+        return _fail(f"the node at {address} did not answer: {details}", EXIT_FAILED)
+    node_id = answer.node_id
+    other = answer.map.cluster_id
+    if answer.HasField("map") and other and other != cluster_map.cluster_id:
+        return _fail(
+            f"node {node_id} at {address} is not a member: it belongs to cluster {other}, "
+            f"not {cluster_map.cluster_id}",
+            EXIT_FAILED,
+        )
+    member = next((node for node in cluster_map.nodes if node.node_id == node_id), None)
+    if member is None:
+        return _fail(
+            f"node {node_id} at {address} is not a member: start it with {join}", EXIT_FAILED
+        )
+    if member.state == "removed":
+        return _fail(
+            f"node {node_id} at {address} was removed from the cluster (remove-node); "
+            "a removed node does not come back: give a new node a new id and start it "
+            f"with {join}",
+            EXIT_FAILED,
+        )
+    held = _replicas_per_node(cluster_map).get(node_id, 0)
+    where = "" if member.address == address else f" (the map has it at {member.address})"
+    hint = (
+        f"; it holds {held} replicas"
+        if held
+        else "; it holds no replica yet: `shardkv admin rebalance --apply` places some there"
+    )
+    _write_text(f"node {node_id} at {address} is a member{where}, {member.state or 'up'}{hint}\n")
     return EXIT_OK
 
 
@@ -623,6 +957,10 @@ _ADMIN_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "remove-group": _remove_group,
     "set-weight": _set_weight,
     "rebalance": _rebalance,
+    "move-replica": _move_replica,
+    "remove-node": _remove_node,
+    "transfer-leader": _transfer_leader,
+    "add-node": _add_node,
 }
 
 
@@ -1014,11 +1352,13 @@ def build_parser() -> argparse.ArgumentParser:
     admin = commands.add_parser(
         "admin",
         parents=[connection],
-        help="change the ring: add or remove a group, change a weight (for operators)",
-        description="Each change makes a new ring epoch through the meta group; the keys "
+        help="change the ring (groups, weights) and the placement (replicas, leaders, nodes)",
+        description="A ring change makes a new ring epoch through the meta group; the keys "
         "that change owner then move in the background, each pair of groups in turn "
-        "(`shardkv status` follows them). One change at a time: another is refused while "
-        "one is under way (exit status 4). --plan prints what would move and changes nothing.",
+        "(`shardkv status` follows them). One ring change at a time: another is refused while "
+        "one is under way (exit status 4). A placement change moves replicas between nodes "
+        "(one Raft membership change at a time, one move per group at a time) or changes a "
+        "group's preferred leader. --plan prints what would change and changes nothing.",
     )
     admin_commands = admin.add_subparsers(
         dest="admin_command", required=True, metavar="ADMIN_COMMAND"
@@ -1064,13 +1404,60 @@ def build_parser() -> argparse.ArgumentParser:
     rebalance = admin_commands.add_parser(
         "rebalance",
         parents=[connection],
-        help="show the ring change under way, or how balanced the ring is",
+        help="show the ring's balance or its change under way; even out replicas and leaders",
+        description="The ring part: the ring change under way, or each group's ring share "
+        "beside its weight share (the ring follows the weights: nothing to apply). The "
+        "placement part: replica moves that even out the replicas per up node, and "
+        "preferred leaders spread over the nodes.",
     )
     mode = rebalance.add_mutually_exclusive_group(required=True)
     mode.add_argument("--plan", action="store_true", help="print what is or would be moving")
     mode.add_argument(
-        "--apply", action="store_true", help="move what is to move (a change under way runs)"
+        "--apply",
+        action="store_true",
+        help="start the replica moves and leader changes (a ring change under way runs)",
     )
+    move_replica = admin_commands.add_parser(
+        "move-replica",
+        parents=[connection, plan],
+        help="move a group's replica from one node to another",
+        description="The new node joins the group as a Raft learner, catches up, becomes a "
+        "voter, then the old node leaves the group; the group serves throughout.",
+    )
+    move_replica.add_argument("group", type=_whole_number, metavar="G", help="the group id")
+    move_replica.add_argument(
+        "from_node", type=_positive_int, metavar="FROM", help="the node that holds it"
+    )
+    move_replica.add_argument(
+        "to_node", type=_positive_int, metavar="TO", help="the node to hold it instead"
+    )
+    remove_node = admin_commands.add_parser(
+        "remove-node",
+        parents=[connection, plan],
+        help="decommission a node: move its replicas away, then mark it removed",
+        description="The node becomes 'leaving', each replica it holds moves to the up node "
+        "with the fewest replicas, then it is 'removed' and may be stopped.",
+    )
+    remove_node.add_argument("node", type=_positive_int, metavar="N", help="the node id")
+    transfer_leader = admin_commands.add_parser(
+        "transfer-leader",
+        parents=[connection],
+        help="make a voter of a group its preferred leader; the lead moves there",
+    )
+    transfer_leader.add_argument("group", type=_whole_number, metavar="G", help="the group id")
+    transfer_leader.add_argument(
+        "to_node", type=_positive_int, metavar="TO", help="a node holding a voter of the group"
+    )
+    add_node = admin_commands.add_parser(
+        "add-node",
+        parents=[connection],
+        help="check that the node at ADDR is a member (nodes join by themselves)",
+        description="A node becomes a member when it starts with `shardkv-node --join "
+        "<member address>`; it then holds nothing until `rebalance --apply` or "
+        "`move-replica` places replicas there. This asks the node at ADDR for its id and "
+        "says whether the cluster map lists it (exit status 0), or not (4).",
+    )
+    add_node.add_argument("address", metavar="ADDR", help="the node's host:port")
     return parser
 
 

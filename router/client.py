@@ -47,6 +47,15 @@ What it promises:
    under way), never applied twice. So that a repeat cannot add two groups,
    ``add_group`` without ``group_id`` first asks for the plan and then adds
    the group id the plan gave.
+8. **Placement changes** (``move_replica``, ``remove_node``,
+   ``transfer_leader``, ``rebalance_replicas``; for operators) return the
+   ``ClusterMap`` with the change: replica moves in ``replica_moves`` (each
+   adds the new node as a Raft learner, promotes it once caught up, then
+   removes the old one, in the background: ``status`` shows them), node
+   states, preferred leaders. With ``dry_run=True`` it is the plan. Retried
+   on UNAVAILABLE like ring changes: a repeat of a move that did start is
+   refused (FAILED_PRECONDITION: the group has a move under way), and
+   ``remove_node`` and ``transfer_leader`` asked again change nothing more.
 
 Channels: one ``grpc.aio`` channel per router address, made on first use and
 kept until ``close()``, with 64 MiB message limits. With ``tls=TlsFiles(ca,
@@ -740,14 +749,18 @@ class AsyncClient:
             nodes=[_whole("node id", node, 1) for node in nodes or ()],
         )
         if not _flag("dry_run", dry_run) and add.group_id == 0:
-            plan = await self._change_ring(
-                node_pb2.ChangeRingRequest(add_group=add, dry_run=True), ends - loop.time()
+            plan = await self._change(
+                "ChangeRing",
+                node_pb2.ChangeRingRequest(add_group=add, dry_run=True),
+                ends - loop.time(),
             )
             added = _added_group(plan)
             if added is not None:
                 add.group_id = added
-        return await self._change_ring(
-            node_pb2.ChangeRingRequest(add_group=add, dry_run=dry_run), ends - loop.time()
+        return await self._change(
+            "ChangeRing",
+            node_pb2.ChangeRingRequest(add_group=add, dry_run=dry_run),
+            ends - loop.time(),
         )
 
     async def remove_group(
@@ -757,7 +770,7 @@ class AsyncClient:
         request = node_pb2.ChangeRingRequest(
             remove_group=_whole("group_id", group_id, 1), dry_run=_flag("dry_run", dry_run)
         )
-        return await self._change_ring(request, timeout)
+        return await self._change("ChangeRing", request, timeout)
 
     async def set_weight(
         self, group_id: int, weight: int, dry_run: bool = False, *, timeout: float | None = None
@@ -770,15 +783,77 @@ class AsyncClient:
             ),
             dry_run=_flag("dry_run", dry_run),
         )
-        return await self._change_ring(request, timeout)
+        return await self._change("ChangeRing", request, timeout)
 
-    async def _change_ring(
-        self, request: node_pb2.ChangeRingRequest, timeout: float | None
+    # -- placement changes, for operators --
+
+    async def move_replica(
+        self,
+        group_id: int,
+        from_node: int,
+        to_node: int,
+        dry_run: bool = False,
+        *,
+        timeout: float | None = None,
     ) -> cluster_pb2.ClusterMap:
+        """Move group ``group_id``'s replica from node ``from_node`` to node ``to_node``.
+
+        Returns the map with the move in ``replica_moves`` (see the module
+        docstring, 8); FAILED_PRECONDITION when the group has a move under
+        way, ``from_node`` holds no replica of it, or ``to_node`` is not an up
+        node without one.
+        """
+        request = node_pb2.ChangePlacementRequest(
+            move_replica=node_pb2.MoveReplica(
+                group_id=_whole("group_id", group_id, 0),
+                from_node=_whole("from_node", from_node, 1),
+                to_node=_whole("to_node", to_node, 1),
+            ),
+            dry_run=_flag("dry_run", dry_run),
+        )
+        return await self._change("ChangePlacement", request, timeout)
+
+    async def remove_node(
+        self, node_id: int, dry_run: bool = False, *, timeout: float | None = None
+    ) -> cluster_pb2.ClusterMap:
+        """Decommission node ``node_id``: it becomes "leaving", each of its replicas moves
+        to another up node, then it is "removed" (and may be stopped)."""
+        request = node_pb2.ChangePlacementRequest(
+            remove_node=_whole("node_id", node_id, 1), dry_run=_flag("dry_run", dry_run)
+        )
+        return await self._change("ChangePlacement", request, timeout)
+
+    async def transfer_leader(
+        self, group_id: int, to_node: int, dry_run: bool = False, *, timeout: float | None = None
+    ) -> cluster_pb2.ClusterMap:
+        """Make node ``to_node``, a voter of group ``group_id``, its preferred leader: the
+        lead moves there and stays (``GroupInfo.preferred_leader``)."""
+        request = node_pb2.ChangePlacementRequest(
+            transfer_leader=node_pb2.TransferLeader(
+                group_id=_whole("group_id", group_id, 0), to_node=_whole("to_node", to_node, 1)
+            ),
+            dry_run=_flag("dry_run", dry_run),
+        )
+        return await self._change("ChangePlacement", request, timeout)
+
+    async def rebalance_replicas(
+        self, dry_run: bool = False, *, timeout: float | None = None
+    ) -> cluster_pb2.ClusterMap:
+        """Even out replicas per up node (replica moves) and spread preferred leaders."""
+        request = node_pb2.ChangePlacementRequest(rebalance=True, dry_run=_flag("dry_run", dry_run))
+        return await self._change("ChangePlacement", request, timeout)
+
+    async def _change(
+        self,
+        method: str,
+        request: node_pb2.ChangeRingRequest | node_pb2.ChangePlacementRequest,
+        timeout: float | None,
+    ) -> cluster_pb2.ClusterMap:
+        """A ring (``ChangeRing``) or placement (``ChangePlacement``) change: the map it answers."""
         if timeout is not None:
             timeout = max(timeout, 0.001)
-        response: node_pb2.ChangeRingResponse = await self._call(
-            "ChangeRing", request, timeout, None
+        response: node_pb2.ChangeRingResponse | node_pb2.ChangePlacementResponse = await self._call(
+            method, request, timeout, None
         )
         return response.map
 
@@ -1231,6 +1306,34 @@ class Client:
         self, group_id: int, weight: int, dry_run: bool = False, *, timeout: float | None = None
     ) -> cluster_pb2.ClusterMap:
         return self._run(self._async.set_weight(group_id, weight, dry_run, timeout=timeout))
+
+    def move_replica(
+        self,
+        group_id: int,
+        from_node: int,
+        to_node: int,
+        dry_run: bool = False,
+        *,
+        timeout: float | None = None,
+    ) -> cluster_pb2.ClusterMap:
+        return self._run(
+            self._async.move_replica(group_id, from_node, to_node, dry_run, timeout=timeout)
+        )
+
+    def remove_node(
+        self, node_id: int, dry_run: bool = False, *, timeout: float | None = None
+    ) -> cluster_pb2.ClusterMap:
+        return self._run(self._async.remove_node(node_id, dry_run, timeout=timeout))
+
+    def transfer_leader(
+        self, group_id: int, to_node: int, dry_run: bool = False, *, timeout: float | None = None
+    ) -> cluster_pb2.ClusterMap:
+        return self._run(self._async.transfer_leader(group_id, to_node, dry_run, timeout=timeout))
+
+    def rebalance_replicas(
+        self, dry_run: bool = False, *, timeout: float | None = None
+    ) -> cluster_pb2.ClusterMap:
+        return self._run(self._async.rebalance_replicas(dry_run, timeout=timeout))
 
     def put_many(
         self,

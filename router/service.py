@@ -41,10 +41,12 @@ the router asks for the map at once and routes again as soon as a newer one
 arrives, or after a backoff (``_after_reroute``). Scans do the same when a
 group answers a page with WRONG_GROUP, until the deadline.
 
-``ChangeRing`` (admin) is forwarded to the meta group's leader. Its refusals
-keep their status code: INVALID_ARGUMENT, FAILED_PRECONDITION (a migration is
-under way, ...), NOT_FOUND, ALREADY_EXISTS, ABORTED, UNIMPLEMENTED; a dry run
-changes nothing, and the map it answers is never taken as the router's own.
+``ChangeRing`` and ``ChangePlacement`` (admin) are forwarded to the meta
+group's leader, one way for both (``_at_meta_leader``). Their refusals keep
+their status code: INVALID_ARGUMENT, FAILED_PRECONDITION (a migration or a
+replica move is under way, ...), NOT_FOUND, ALREADY_EXISTS, ABORTED,
+UNIMPLEMENTED; a dry run changes nothing, and the map it answers is never
+taken as the router's own.
 
 The service's ``metrics`` (``router.metrics``) are shared by its parts; the
 server counts its calls with ``metrics.interceptor``.
@@ -59,7 +61,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import grpc.aio
@@ -95,10 +97,11 @@ _T = TypeVar("_T")
 _DEADLINE_PASSED = "the deadline passed before the cluster answered; a write may still apply"
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
-# The meta group: it holds the cluster map and plans ring changes.
+# The meta group: it holds the cluster map and plans ring and placement changes.
 META_GROUP = 0
-# What the meta group's refusal of a ChangeRing may say, passed on as is (an
-# INVALID_ARGUMENT is passed on by GroupChannel; other codes are retried there).
+# What the meta group's refusal of a ChangeRing or ChangePlacement may say,
+# passed on as is (an INVALID_ARGUMENT is passed on by GroupChannel; other
+# codes are retried there).
 _ADMIN_REFUSALS = frozenset(
     {
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -559,36 +562,45 @@ class RouterService(router_pb2_grpc.RouterServicer):
 
         return await self._serve(context, work)
 
-    # -- ring changes ---------------------------------------------------------------------
+    # -- ring and placement changes (admin) ----------------------------------------------
 
     async def ChangeRing(
         self,
         request: node_pb2.ChangeRingRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> node_pb2.ChangeRingResponse:
-        async def work(deadline: float) -> node_pb2.ChangeRingResponse:
-            await self._wait_for_map()
-            return await self._change_ring(request, deadline)
+        response: node_pb2.ChangeRingResponse = await self._serve(
+            context, lambda deadline: self._at_meta_leader("ChangeRing", request, deadline)
+        )
+        return response
 
-        return await self._serve(context, work)
+    async def ChangePlacement(
+        self,
+        request: node_pb2.ChangePlacementRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.ChangePlacementResponse:
+        response: node_pb2.ChangePlacementResponse = await self._serve(
+            context, lambda deadline: self._at_meta_leader("ChangePlacement", request, deadline)
+        )
+        return response
 
-    async def _change_ring(
-        self, request: node_pb2.ChangeRingRequest, deadline: float
-    ) -> node_pb2.ChangeRingResponse:
-        """The meta group leader's answer; its refusals keep their code (module docstring)."""
+    async def _at_meta_leader(
+        self,
+        method: str,
+        request: node_pb2.ChangeRingRequest | node_pb2.ChangePlacementRequest,
+        deadline: float,
+    ) -> Any:
+        """The meta group leader's answer to ``method``; its refusals keep their code
+        (module docstring). Typed by the caller: the node stub's methods are untyped."""
+        await self._wait_for_map()
 
-        async def invoke(
-            stub: node_pb2_grpc.NodeStub, timeout: float
-        ) -> node_pb2.ChangeRingResponse:
+        async def invoke(stub: node_pb2_grpc.NodeStub, timeout: float) -> Any:
             try:
-                response: node_pb2.ChangeRingResponse = await stub.ChangeRing(
-                    request, timeout=timeout
-                )
+                return await getattr(stub, method)(request, timeout=timeout)
             except grpc.aio.AioRpcError as error:
                 if error.code() in _ADMIN_REFUSALS:
                     raise _Passed(error.code(), error.details() or error.code().name) from error
                 raise
-            return response
 
         response = await self.groups.call(
             META_GROUP, invoke, lambda r: r.error if r.HasField("error") else None, deadline

@@ -8,12 +8,15 @@
   One move per group at a time; TO must be an up node without a replica of G.
 - ``remove_node(N)`` (decommission): N becomes "leaving" and every replica
   it holds gets a move to the up node with the fewest replicas that lacks one
-  of that group; a node holding nothing is "removed" at once.
+  of that group; a node holding nothing is "removed" at once. Refused while
+  a replica is moving to N (wait for that move first).
 - ``transfer_leader(G, TO)``: TO, a voter of G, becomes its preferred leader;
   the node leading G hands the lead over (``ClusterAgent``) and keeps it there.
 - ``rebalance``: replica moves from the nodes with the most replicas to those
   with the fewest until they differ by at most one, and preferred leaders
-  spread so that each node leads as evenly as its replicas allow.
+  spread so that each node leads as evenly as its replicas allow, counting
+  each group's voters as they will be once its move is done (a node joining
+  may be preferred: it takes the lead once it is a voter).
 
 ``finish_replica_move(current, move)`` is the map once a move is done: TO a
 voter in place of FROM, the move gone, and a leaving node that holds nothing
@@ -107,14 +110,17 @@ def _up_nodes(cluster_map: cluster_pb2.ClusterMap) -> list[int]:
     return [node.node_id for node in cluster_map.nodes if node.state in ("", "up")]
 
 
-def _load(cluster_map: cluster_pb2.ClusterMap) -> Counter[int]:
-    """Replicas per node, counting learners (where moves are heading)."""
+def _load(cluster_map: cluster_pb2.ClusterMap, *, after_moves: bool = True) -> Counter[int]:
+    """Replicas per node once the moves under way are done (learners in, movers out),
+    or as held now (``after_moves`` False: learners and movers both count)."""
     load: Counter[int] = Counter()
     for group in cluster_map.groups:
         if group.retired:
             continue
         load.update(group.replicas)
         load.update(group.learners)
+    if after_moves:
+        load.subtract(move.from_node for move in cluster_map.replica_moves)
     return load
 
 
@@ -151,6 +157,12 @@ def _remove_node(cluster_map: cluster_pb2.ClusterMap, node_id: int, now_ms: int)
         raise FailedPrecondition(f"there is no node {node_id}: see shardkv status")
     if node.state == "removed":
         return
+    incoming = sorted(move.group_id for move in cluster_map.replica_moves if move.to_node == node_id)
+    if incoming:
+        raise FailedPrecondition(
+            f"replicas of groups {incoming} are moving to node {node_id}: wait until those "
+            "moves are done, then remove it"
+        )
     node.state = "leaving"
     up = [candidate for candidate in _up_nodes(cluster_map) if candidate != node_id]
     moving = {(move.group_id, move.from_node) for move in cluster_map.replica_moves}
@@ -174,7 +186,7 @@ def _remove_node(cluster_map: cluster_pb2.ClusterMap, node_id: int, now_ms: int)
 
 
 def _mark_removed(cluster_map: cluster_pb2.ClusterMap) -> None:
-    load = _load(cluster_map)
+    load = _load(cluster_map, after_moves=False)
     for node in cluster_map.nodes:
         if node.state == "leaving" and not load[node.node_id]:
             node.state = "removed"
@@ -209,8 +221,9 @@ def _rebalance(cluster_map: cluster_pb2.ClusterMap, now_ms: int) -> None:
         if group.retired or not voters:
             continue
         for move in cluster_map.replica_moves:
-            if move.group_id == group.group_id and move.from_node in voters and len(voters) > 1:
+            if move.group_id == group.group_id and move.from_node in voters:
                 voters.remove(move.from_node)  # it is leaving the group
+                voters.append(move.to_node)  # and this one joins it
         leader = min(voters, key=lambda node: (leads[node], node))
         group.preferred_leader = leader
         leads[leader] += 1

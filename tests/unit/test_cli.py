@@ -18,7 +18,9 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -33,6 +35,7 @@ from router.cli import (
     EXIT_USAGE,
     PLANNING_RATE,
     escape,
+    format_placement,
     format_plan,
     format_status,
     format_txn,
@@ -56,7 +59,7 @@ from router.launcher import (
 )
 from shardkv.ring import build_ring, moving_shares, ring_of
 from shardkv.txn_protocol import now_ms
-from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, router_pb2
+from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, node_pb2_grpc, router_pb2
 from tests.ports import free_port_run, free_ports
 from tests.unit.test_client import FakeRouter, RouterThread, four_groups
 
@@ -325,21 +328,16 @@ def test_status_prints_a_table(
     assert status == EXIT_OK
     lines = out.decode().splitlines()
     assert lines[0] == "cluster demo, ring epoch 7"
-    assert lines[3].split() == ["1", "127.0.0.1:7001", "yes"]
-    assert lines[5].split()[:3] == ["3", "127.0.0.1:7003", "no:"]
+    assert lines[2].split() == ["NODE", "ADDRESS", "STATE", "REACHABLE"]
+    assert lines[3].split() == ["1", "127.0.0.1:7001", "up", "yes"]
+    assert lines[5].split()[:4] == ["3", "127.0.0.1:7003", "up", "no:"]
     assert lines[7].split() == [
-        "GROUP",
-        "REPLICAS",
-        "LEADER",
-        "TERM",
-        "APPLIED",
-        "KEYS",
-        "EPOCH",
-        "SHARE",
-    ]
-    assert lines[8].split() == ["0", "1,2,3", "1", "2", "30", "300", "0", "-"]
-    assert lines[9].split() == ["1", "1,2,3", "2", "4", "41", "410", "7", "25.0%"]
-    assert lines[10].split() == ["2", "1,2,3", "-", "6", "52", "520", "7", "75.0%"]
+        "GROUP", "REPLICAS", "LEARNERS", "LEADER", "PREFERRED", "TERM", "APPLIED", "KEYS",
+        "EPOCH", "SHARE",
+    ]  # fmt: skip
+    assert lines[8].split() == ["0", "1,2,3", "-", "1", "-", "2", "30", "300", "0", "-"]
+    assert lines[9].split() == ["1", "1,2,3", "-", "2", "-", "4", "41", "410", "7", "25.0%"]
+    assert lines[10].split() == ["2", "1,2,3", "-", "-", "-", "6", "52", "520", "7", "75.0%"]
 
 
 def test_status_json_is_the_same_summary(
@@ -355,6 +353,7 @@ def test_status_json_is_the_same_summary(
         "address": "127.0.0.1:7003",
         "reachable": False,
         "error": "UNAVAILABLE: connection refused",
+        "state": "up",
     }
     assert document["groups"][1] == {
         "group_id": 1,
@@ -365,8 +364,12 @@ def test_status_json_is_the_same_summary(
         "key_count": 410,
         "epoch": 7,
         "share": 0.25,
+        "learners": [],
+        "preferred_leader": None,
+        "retired": False,
     }
     assert document["groups"][2]["leader"] is None
+    assert document["replica_moves"] == []
 
 
 # -- transactions -----------------------------------------------------------------------
@@ -897,6 +900,11 @@ def test_admin_remove_group_of_an_unknown_group_exits_1(
     assert "no data group 9" in capsys.readouterr().err
 
 
+def _ring_part(out: bytes) -> list[str]:
+    """The ring part of ``rebalance``'s output (the placement part follows a blank line)."""
+    return out.decode().split("\n\n")[0].splitlines()
+
+
 def test_admin_rebalance_shows_the_balance_or_the_change_under_way(
     router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -904,7 +912,7 @@ def test_admin_rebalance_shows_the_balance_or_the_change_under_way(
     for mode in ("--plan", "--apply"):
         status, out = run(monkeypatch, "admin", "rebalance", mode)
         assert status == EXIT_OK
-        lines = out.decode().splitlines()
+        lines = _ring_part(out)
         assert lines[0].split() == ["GROUP", "WEIGHT", "WEIGHT", "SHARE", "RING", "SHARE"]
         assert lines[1].split()[:3] == ["1", "1", "25.0%"]
         assert lines[-1].startswith("balanced: nothing to move")
@@ -912,7 +920,7 @@ def test_admin_rebalance_shows_the_balance_or_the_change_under_way(
     assert run(monkeypatch, "admin", "remove-group", "4")[0] == EXIT_OK
     status, out = run(monkeypatch, "admin", "rebalance", "--plan")
     assert status == EXIT_OK
-    lines = out.decode().splitlines()
+    lines = _ring_part(out)
     assert lines[0] == "under way: remove-group 4: ring epoch 3 -> 4"
     assert {line.split()[0] for line in lines[2:-2]} == {"4"}
     assert lines[-1] == "it runs by itself; follow it with `shardkv status`"
@@ -1008,3 +1016,312 @@ def test_status_json_has_the_migration(
     status, out = run(monkeypatch, "status")
     assert status == EXIT_OK
     assert "2->5  copying" in out.decode()
+
+
+# -- placement changes (admin) ----------------------------------------------------------
+
+
+def _uneven_status() -> router_pb2.ClusterStatusResponse:
+    """Nodes 1 to 3 (node 1 with three replicas, node 3 with one) and a fourth node leaving."""
+    status = _four_groups_status()
+    del status.map.nodes[:]
+    for node_id in (1, 2, 3):
+        status.map.nodes.add(node_id=node_id, address=f"127.0.0.1:710{node_id}", state="up")
+    del status.map.groups[:]
+    for group_id, replicas in ((0, [1, 2]), (1, [1, 3]), (2, [1, 2])):
+        status.map.groups.add(group_id=group_id, replicas=replicas, weight=1 if group_id else 0)
+    status.map.ring.CopyFrom(ring_of(3, {1: 1, 2: 1}))
+    return status
+
+
+def test_admin_placement_arguments() -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["admin", "move-replica", "0", "1", "4", "--plan"])
+    assert (args.admin_command, args.group, args.from_node, args.to_node, args.plan) == (
+        "move-replica",
+        0,
+        1,
+        4,
+        True,
+    )
+    args = parser.parse_args(["admin", "remove-node", "3"])
+    assert (args.node, args.plan) == (3, False)
+    args = parser.parse_args(["admin", "transfer-leader", "2", "3"])
+    assert (args.group, args.to_node) == (2, 3)
+    assert parser.parse_args(["admin", "add-node", "10.0.0.5:7105"]).address == "10.0.0.5:7105"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["admin", "move-replica", "1", "2"],
+        ["admin", "move-replica", "1", "0", "2"],
+        ["admin", "remove-node", "0"],
+        ["admin", "transfer-leader", "1"],
+        ["admin", "transfer-leader", "1", "2", "--plan"],
+        ["admin", "add-node"],
+    ],
+)
+def test_admin_placement_usage_errors_exit_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == EXIT_USAGE
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_format_placement_shows_what_changes() -> None:
+    current = _uneven_status().map
+    planned = cluster_pb2.ClusterMap()
+    planned.CopyFrom(current)
+    planned.groups[1].learners.append(2)
+    planned.groups[1].preferred_leader = 3
+    planned.replica_moves.add(group_id=1, from_node=1, to_node=2)
+    planned.nodes[0].state = "leaving"
+    lines = format_placement(current, planned).splitlines()
+    assert lines[0] == "placement:"
+    assert lines[1].split() == ["GROUP", "REPLICAS", "LEARNERS", "PREFERRED", "LEADER", "MOVE"]
+    assert lines[2].split() == ["1", "1,3", "-", "->", "2", "-", "->", "3", "1->2"]
+    assert lines[3] == "node 1: up -> leaving"
+    assert lines[4] == "replicas per node, once the moves are done: 1: 3 -> 2, 2: 2 -> 3, 3: 1"
+    assert len(lines) == 5, "groups that do not change are left out"
+    assert format_placement(current, current) == (
+        "placement: nothing to move (replicas and leaders are spread evenly)\n"
+    )
+
+
+def test_admin_move_replica_plans_then_starts_and_a_repeat_is_refused_with_exit_4(
+    router: str,
+    fake: FakeRouter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.status = _uneven_status()
+    status, out = run(monkeypatch, "admin", "move-replica", "1", "1", "2", "--plan")
+    assert status == EXIT_OK
+    lines = out.decode().splitlines()
+    assert lines[0] == "plan only, nothing changed: placement:"
+    assert lines[2].split()[-1] == "1->2"
+    assert not fake.status.map.replica_moves
+    status, out = run(monkeypatch, "admin", "move-replica", "1", "1", "2")
+    assert status == EXIT_OK
+    lines = out.decode().splitlines()
+    assert lines[0] == "started: placement:"
+    assert lines[-1] == "follow it with `shardkv status`"
+    assert [(m.group_id, m.from_node, m.to_node) for m in fake.status.map.replica_moves] == [
+        (1, 1, 2)
+    ]
+    for plan in ((), ("--plan",)):
+        assert run(monkeypatch, "admin", "move-replica", "1", "3", "2", *plan) == (
+            EXIT_FAILED,
+            b"",
+        )
+        assert capsys.readouterr().err == (
+            "shardkv: cannot change the placement: node 2 holds a replica of group 1 already\n"
+        )
+    assert [request.dry_run for request in fake.requests["ChangePlacement"]] == [
+        True,
+        False,
+        False,
+        True,
+    ]
+
+
+def test_admin_remove_node_plan_shows_the_node_leaving_and_where_its_replicas_go(
+    router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.status = _uneven_status()
+    status, out = run(monkeypatch, "admin", "remove-node", "2", "--plan")
+    assert status == EXIT_OK
+    text = out.decode()
+    assert "node 2: up -> leaving" in text
+    moves = [line.split()[-1] for line in text.splitlines()[2:4]]
+    assert moves == ["2->3", "2->3"]
+    assert fake.requests["ChangePlacement"] == [
+        node_pb2.ChangePlacementRequest(remove_node=2, dry_run=True)
+    ]
+
+
+def test_admin_transfer_leader_sets_the_preferred_leader(
+    router: str,
+    fake: FakeRouter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.status = _uneven_status()
+    status, out = run(monkeypatch, "admin", "transfer-leader", "1", "3")
+    assert status == EXIT_OK
+    assert out.decode().startswith("group 1: preferred leader - -> 3; the lead moves there")
+    assert fake.status.map.groups[1].preferred_leader == 3
+    assert run(monkeypatch, "admin", "transfer-leader", "1", "2") == (EXIT_FAILED, b"")
+    assert "node 2 is not a voter of group 1" in capsys.readouterr().err
+
+
+def test_admin_rebalance_plans_and_applies_the_placement_part(
+    router: str,
+    fake: FakeRouter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.status = _uneven_status()
+    status, out = run(monkeypatch, "admin", "rebalance", "--plan")
+    assert status == EXIT_OK
+    ring, placement = out.decode().split("\n\n")
+    assert ring.splitlines()[-1].startswith("balanced: nothing to move")
+    lines = placement.splitlines()
+    assert lines[0] == "plan only, nothing changed: placement:"
+    # Node 1 has three replicas, node 3 one: one of node 1's moves to node 3.
+    assert [line.split()[-1] for line in lines[2:] if "->" in line.split()[-1]] == ["1->3"]
+    assert lines[-1] == "replicas per node, once the moves are done: 1: 3 -> 2, 2: 2, 3: 1 -> 2"
+    assert not fake.status.map.replica_moves
+    status, out = run(monkeypatch, "admin", "rebalance", "--apply")
+    assert status == EXIT_OK
+    assert "started: placement:" in out.decode()
+    assert len(fake.status.map.replica_moves) == 1
+    # While replica moves are under way: the plan says so, applying is refused.
+    status, out = run(monkeypatch, "admin", "rebalance", "--plan")
+    assert status == EXIT_OK
+    assert out.decode().endswith(
+        "\n\nplacement: nothing planned: replica moves are under way: wait until they are done\n"
+    )
+    status, out = run(monkeypatch, "admin", "rebalance", "--apply")
+    assert status == EXIT_FAILED
+    assert "cannot change the placement: replica moves are under way" in capsys.readouterr().err
+    assert [request.rebalance for request in fake.requests["ChangePlacement"]] == [True] * 4
+
+
+def _moving_status() -> router_pb2.ClusterStatusResponse:
+    status = _uneven_status()
+    status.map.nodes[1].state = "leaving"
+    status.map.nodes.add(node_id=4, address="127.0.0.1:7104", state="removed")
+    status.map.groups[1].learners.append(3)
+    status.map.groups[1].preferred_leader = 3
+    status.map.groups.add(group_id=3, replicas=[1, 2], retired=True)
+    status.map.replica_moves.add(
+        group_id=0,
+        from_node=2,
+        to_node=3,
+        phase=cluster_pb2.REPLICA_LEARNING,
+        started_ms=_NOW - 90_000,
+        phase_started_ms=_NOW - 12_000,
+        stuck="promote: node 3 is 500 entries behind",
+    )
+    status.map.replica_moves.add(
+        group_id=1,
+        from_node=1,
+        to_node=3,
+        phase=cluster_pb2.REPLICA_VOTING,
+        started_ms=_NOW - 5_000,
+        phase_started_ms=_NOW - 1_000,
+    )
+    return status
+
+
+def test_status_shows_node_states_learners_retired_groups_and_replica_moves() -> None:
+    summary = summarize_status(_moving_status())
+    assert [node.state for node in summary.nodes] == ["up", "leaving", "up", "removed"]
+    text = format_status(summary, _NOW)
+    nodes, groups, moves = text.split("\n\n")[1:]
+    assert nodes.splitlines()[2].split()[:3] == ["2", "127.0.0.1:7102", "leaving"]
+    assert nodes.splitlines()[4].split()[:3] == ["4", "127.0.0.1:7104", "removed"]
+    rows = [line.split() for line in groups.splitlines()]
+    assert rows[2][:5] == ["1", "1,3", "3", "1", "3"], "node 1 leads it, node 3 is preferred"
+    assert rows[4] == ["3", "-", "-", "retired", "-", "-", "-", "-", "-", "-"]
+    lines = moves.splitlines()
+    assert lines[0] == "replica moves under way: 2"
+    assert lines[1].split() == ["GROUP", "MOVE", "PHASE", "IN", "PHASE", "STARTED"]
+    assert lines[2].split() == ["0", "2->3", "learning", "12s", "1m30s"]
+    assert lines[3].split() == ["1", "1->3", "voting", "1.0s", "5.0s"]
+    assert lines[4] == "group 0 2->3 stuck: promote: node 3 is 500 entries behind"
+    assert "replica moves" not in format_status(summarize_status(_uneven_status()), _NOW)
+
+
+def test_status_json_has_the_placement(
+    router: str, fake: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.status = _moving_status()
+    status, out = run(monkeypatch, "status", "--json")
+    assert status == EXIT_OK
+    document = json.loads(out)
+    assert [node["state"] for node in document["nodes"]] == ["up", "leaving", "up", "removed"]
+    group = document["groups"][1]
+    assert (group["learners"], group["preferred_leader"], group["retired"]) == ([3], 3, False)
+    assert document["groups"][3]["retired"] is True
+    assert document["replica_moves"][0] == {
+        "group_id": 0,
+        "from_node": 2,
+        "to_node": 3,
+        "phase": "learning",
+        "started_ms": _NOW - 90_000,
+        "phase_started_ms": _NOW - 12_000,
+        "stuck": "promote: node 3 is 500 entries behind",
+    }
+
+
+class _FakeNode(node_pb2_grpc.NodeServicer):
+    """A node that answers ``GetClusterMap`` only: its id, and a map when it has one."""
+
+    def __init__(self, node_id: int, cluster_id: str) -> None:
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+
+    def GetClusterMap(self, request: Any, context: Any) -> node_pb2.GetClusterMapResponse:
+        response = node_pb2.GetClusterMapResponse(node_id=self.node_id)
+        if self.cluster_id:
+            response.map.cluster_id = self.cluster_id
+        return response
+
+
+@pytest.fixture
+def node_server() -> Iterator[tuple[_FakeNode, str]]:
+    node = _FakeNode(3, "demo")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    node_pb2_grpc.add_NodeServicer_to_server(node, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield node, f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+def test_admin_add_node_says_whether_the_node_is_a_member(
+    router: str,
+    fake: FakeRouter,
+    node_server: tuple[_FakeNode, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    node, address = node_server
+    fake.status = _uneven_status()
+    fake.status.map.cluster_id = "demo"
+    fake.status.map.nodes[2].address = address
+    status, out = run(monkeypatch, "admin", "add-node", address)
+    assert status == EXIT_OK
+    assert out.decode() == f"node 3 at {address} is a member, up; it holds 1 replicas\n"
+    node.node_id = 9
+    assert run(monkeypatch, "admin", "add-node", address) == (EXIT_FAILED, b"")
+    assert capsys.readouterr().err == (
+        f"shardkv: node 9 at {address} is not a member: start it with "
+        "`shardkv-node --join 127.0.0.1:7101`\n"
+    )
+    node.cluster_id = "other"
+    assert run(monkeypatch, "admin", "add-node", address) == (EXIT_FAILED, b"")
+    assert "it belongs to cluster other, not demo" in capsys.readouterr().err
+    node.node_id, node.cluster_id = 3, ""
+    fake.status.map.nodes[2].state = "removed"
+    assert run(monkeypatch, "admin", "add-node", address) == (EXIT_FAILED, b"")
+    assert "was removed from the cluster" in capsys.readouterr().err
+    assert "ChangePlacement" not in fake.requests
+
+
+def test_admin_add_node_with_no_node_there_exits_3(
+    router: str,
+    fake: FakeRouter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.status = _uneven_status()
+    dead = f"127.0.0.1:{free_ports(1)[0]}"
+    assert run(monkeypatch, "--timeout", "0.5", "admin", "add-node", dead) == (
+        EXIT_UNAVAILABLE,
+        b"",
+    )
+    assert f"no node answers at {dead}" in capsys.readouterr().err

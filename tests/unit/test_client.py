@@ -6,7 +6,9 @@ versions and revisions), runs transactions on it, deduplicates writes by
 delays calls on demand; it answers the transaction admin calls with what a
 test puts in ``txns`` and ``shown``, and plans ring changes (``ChangeRing``)
 on the map of ``status`` as the meta group would: the next free group id,
-one change at a time, and with ``dry_run`` nothing kept. ``RouterThread`` serves it from its own
+one change at a time, and with ``dry_run`` nothing kept; placement changes
+(``ChangePlacement``) it plans with the node's own rules
+(``shardkv.node.placement_change``). ``RouterThread`` serves it from its own
 event loop in a thread, so that the blocking ``Client`` (which waits on the
 calling thread) and the ``AsyncClient`` (on the test's loop) both reach it.
 The CLI tests use them too.
@@ -46,6 +48,9 @@ from router import (
 )
 from router.client import SessionNumbers
 from router.transactions import absent, delete, get, put, value
+from shardkv.errors import FailedPrecondition
+from shardkv.errors import InvalidArgument as NodeInvalidArgument
+from shardkv.node.placement_change import plan_placement
 from shardkv.ring import build_ring, moving_shares, ring_of
 from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, router_pb2, router_pb2_grpc
 from tests.ports import free_ports
@@ -367,6 +372,20 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
         if not request.dry_run:
             self.status.map.CopyFrom(changed)
         return node_pb2.ChangeRingResponse(map=changed)
+
+    async def ChangePlacement(self, request: Any, context: Any) -> node_pb2.ChangePlacementResponse:
+        await self._enter("ChangePlacement", request, context)
+        try:
+            changed = plan_placement(self.status.map, request, 1_700_000_000_000)
+        except FailedPrecondition as refused:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(refused))
+            raise AssertionError("unreachable") from None
+        except NodeInvalidArgument as refused:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(refused))
+            raise AssertionError("unreachable") from None
+        if not request.dry_run:
+            self.status.map.CopyFrom(changed)
+        return node_pb2.ChangePlacementResponse(map=changed)
 
     async def Batch(self, request: Any, context: Any) -> router_pb2.BatchResponse:
         """Each request through its single method, as the real router answers a batch."""
@@ -1077,6 +1096,82 @@ def test_ring_changes_from_the_blocking_client(sync_client: Client, fake: FakeRo
     assert sync_client.add_group(group_id=7, dry_run=True).migration.reason == "add-group 7"
     assert sync_client.set_weight(1, 3).migration.reason == "set-weight 1 3"
     assert fake.status.map.migration.target.epoch == 4
+
+
+# -- placement changes --------------------------------------------------------------------
+
+
+def four_nodes(the_map: cluster_pb2.ClusterMap) -> None:
+    """``four_groups`` on nodes 1, 2 and 3, and node 4 up and empty (it just joined)."""
+    four_groups(the_map)
+    for node_id in (1, 2, 3, 4):
+        the_map.nodes.add(node_id=node_id, address=f"127.0.0.1:710{node_id}", state="up")
+
+
+async def test_placement_changes_send_their_change_and_a_dry_run_keeps_nothing(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    four_nodes(fake.status.map)
+    before = cluster_pb2.ClusterMap()
+    before.CopyFrom(fake.status.map)
+    plan = await client.move_replica(2, 3, 4, dry_run=True)
+    assert [(m.group_id, m.from_node, m.to_node) for m in plan.replica_moves] == [(2, 3, 4)]
+    assert list(plan.groups[2].learners) == [4]
+    plan = await client.remove_node(1, dry_run=True)
+    assert next(node.state for node in plan.nodes if node.node_id == 1) == "leaving"
+    assert {move.from_node for move in plan.replica_moves} == {1}
+    plan = await client.transfer_leader(0, 2, dry_run=True)
+    assert plan.groups[0].preferred_leader == 2
+    plan = await client.rebalance_replicas(dry_run=True)
+    assert {move.to_node for move in plan.replica_moves} == {4}
+    assert fake.status.map == before
+    assert fake.requests["ChangePlacement"] == [
+        node_pb2.ChangePlacementRequest(
+            move_replica=node_pb2.MoveReplica(group_id=2, from_node=3, to_node=4), dry_run=True
+        ),
+        node_pb2.ChangePlacementRequest(remove_node=1, dry_run=True),
+        node_pb2.ChangePlacementRequest(
+            transfer_leader=node_pb2.TransferLeader(group_id=0, to_node=2), dry_run=True
+        ),
+        node_pb2.ChangePlacementRequest(rebalance=True, dry_run=True),
+    ]
+    changed = await client.move_replica(2, 3, 4)
+    assert fake.status.map == changed
+    assert changed.replica_moves[0].phase == cluster_pb2.REPLICA_PENDING
+    # A repeat (a retry whose first answer was lost) is refused, never applied twice.
+    with pytest.raises(ClusterError) as refused:
+        await client.move_replica(2, 3, 4)
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "node 4 holds a replica of group 2 already" in refused.value.details
+    assert len(fake.status.map.replica_moves) == 1
+
+
+async def test_placement_changes_refuse_bad_arguments_before_any_call(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    with pytest.raises(ValueError, match="from_node"):
+        await client.move_replica(1, 0, 2)
+    with pytest.raises(ValueError, match="to_node"):
+        await client.move_replica(1, 2, -1)
+    with pytest.raises(TypeError, match="group_id"):
+        await client.move_replica("1", 2, 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="node_id"):
+        await client.remove_node(0)
+    with pytest.raises(TypeError, match="to_node"):
+        await client.transfer_leader(1, True)
+    with pytest.raises(TypeError, match="dry_run"):
+        await client.rebalance_replicas(dry_run=1)  # type: ignore[arg-type]
+    assert not fake.requests
+
+
+def test_placement_changes_from_the_blocking_client(sync_client: Client, fake: FakeRouter) -> None:
+    four_nodes(fake.status.map)
+    assert sync_client.move_replica(1, 1, 4, dry_run=True).replica_moves[0].to_node == 4
+    assert sync_client.transfer_leader(1, 3).groups[1].preferred_leader == 3
+    assert sync_client.remove_node(4).nodes[3].state == "removed", "it held nothing"
+    with pytest.raises(ClusterError, match="not an up member"):
+        sync_client.move_replica(1, 1, 4)
+    assert sync_client.rebalance_replicas().version == fake.status.map.version
 
 
 # -- lifecycle and the blocking face ----------------------------------------------------

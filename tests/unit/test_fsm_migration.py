@@ -27,6 +27,7 @@ from shardkv.errors import ProposalFailed
 from shardkv.fsm.kv import STALE, KeyValueStateMachine
 from shardkv.fsm.migration import ACTIVE_ALREADY, Access
 from shardkv.fsm.snapshot import build_snapshot_data, stage_install_snapshot_data
+from shardkv.metrics import NodeMetrics
 from shardkv.node.cluster import ClusterAgent
 from shardkv.node.export import export_chunks
 from shardkv.node.migration import MigrationDriver
@@ -744,6 +745,9 @@ def test_replicas_applying_the_same_entries_in_other_rounds_agree(groups: Groups
 
 class _Runtime:
     node_id = 1
+
+    def __init__(self) -> None:
+        self.metrics = NodeMetrics()
 
 
 class _Agent:

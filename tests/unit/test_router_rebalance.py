@@ -1,5 +1,6 @@
 """The router during a ring change: the routing it keeps, waiting for the next map, scans
-that meet keys in transit, and ``ChangeRing`` forwarded to the meta group.
+that meet keys in transit, and ``ChangeRing`` and ``ChangePlacement`` forwarded to the meta
+group.
 
 The router's ``Topology`` is given maps by hand (no polling) and its node stubs
 are swapped for ``FakeNode``, which answers from queues the test fills.
@@ -41,6 +42,14 @@ class FakeNode:
     async def ChangeRing(self, request: Any, timeout: float) -> node_pb2.ChangeRingResponse:
         response: node_pb2.ChangeRingResponse = await self._answer(
             "ChangeRing", request, node_pb2.ChangeRingResponse()
+        )
+        return response
+
+    async def ChangePlacement(
+        self, request: Any, timeout: float
+    ) -> node_pb2.ChangePlacementResponse:
+        response: node_pb2.ChangePlacementResponse = await self._answer(
+            "ChangePlacement", request, node_pb2.ChangePlacementResponse()
         )
         return response
 
@@ -161,36 +170,52 @@ async def _serve(service: RouterService) -> tuple[grpc.aio.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
-async def test_change_ring_goes_to_the_meta_groups_leader_and_keeps_its_refusals(
-    service: RouterService, node: FakeNode
+# Each admin change: its method, response type, a dry run, and a change.
+_CHANGES = {
+    "ChangeRing": (
+        node_pb2.ChangeRingResponse,
+        node_pb2.ChangeRingRequest(add_group=node_pb2.AddGroup(weight=1), dry_run=True),
+        node_pb2.ChangeRingRequest(remove_group=2),
+    ),
+    "ChangePlacement": (
+        node_pb2.ChangePlacementResponse,
+        node_pb2.ChangePlacementRequest(rebalance=True, dry_run=True),
+        node_pb2.ChangePlacementRequest(remove_node=1),
+    ),
+}
+
+
+@pytest.mark.parametrize("method", sorted(_CHANGES))
+async def test_changes_go_to_the_meta_groups_leader_and_keep_their_refusals(
+    service: RouterService, node: FakeNode, method: str
 ) -> None:
+    response_type, dry_run, change = _CHANGES[method]
     planned = cluster_map(6, migrating=True)
-    node.answers["ChangeRing"] = [
-        node_pb2.ChangeRingResponse(
-            error=node_pb2.GroupError(not_leader=node_pb2.NotLeader(leader_id=1))
-        ),
-        node_pb2.ChangeRingResponse(map=planned),
-        _RpcError(grpc.StatusCode.FAILED_PRECONDITION, "a ring change is under way"),
-        _RpcError(grpc.StatusCode.INVALID_ARGUMENT, "weight 0: use remove-group"),
+    node.answers[method] = [
+        response_type(error=node_pb2.GroupError(not_leader=node_pb2.NotLeader(leader_id=1))),
+        response_type(map=planned),
+        _RpcError(grpc.StatusCode.FAILED_PRECONDITION, "a change is under way"),
+        _RpcError(grpc.StatusCode.INVALID_ARGUMENT, "the request names no change"),
+        response_type(map=planned),
     ]
     server, address = await _serve(service)
     try:
         async with grpc.aio.insecure_channel(address) as channel:
-            stub = router_pb2_grpc.RouterStub(channel)  # type: ignore[no-untyped-call]
-            request = node_pb2.ChangeRingRequest(
-                add_group=node_pb2.AddGroup(weight=1), dry_run=True
-            )
-            answer = await stub.ChangeRing(request, timeout=5)
+            call = getattr(router_pb2_grpc.RouterStub(channel), method)  # type: ignore[no-untyped-call]
+            answer = await call(dry_run, timeout=5)
             assert answer.map == planned
             assert service.topology.version == 5, "a plan is never taken as the map"
+            assert not service.topology._poke.is_set(), "nor does it make the router poll"
             for code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
-                    await stub.ChangeRing(node_pb2.ChangeRingRequest(remove_group=2), timeout=5)
+                    await call(change, timeout=5)
                 assert refused.value.code() is code
+            await call(change, timeout=5)
+            assert service.topology._poke.is_set(), "a change started: the router polls the map"
     finally:
         await server.stop(None)
-    assert len(node.requests["ChangeRing"]) == 4, "refusals are not retried"
-    assert node.requests["ChangeRing"][1] == request
+    assert len(node.requests[method]) == 5, "refusals are not retried"
+    assert node.requests[method][1] == dry_run
 
 
 async def test_cluster_status_shares_count_active_moves_at_their_target(
