@@ -157,7 +157,8 @@ def _remove_node(cluster_map: cluster_pb2.ClusterMap, node_id: int, now_ms: int)
         raise FailedPrecondition(f"there is no node {node_id}: see shardkv status")
     if node.state == "removed":
         return
-    incoming = sorted(move.group_id for move in cluster_map.replica_moves if move.to_node == node_id)
+    moves = cluster_map.replica_moves
+    incoming = sorted(move.group_id for move in moves if move.to_node == node_id)
     if incoming:
         raise FailedPrecondition(
             f"replicas of groups {incoming} are moving to node {node_id}: wait until those "
