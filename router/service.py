@@ -139,6 +139,11 @@ class _Passed(RouteError):
         self.code = code
 
 
+# The longest wait before trying again a key refused as moving (its move is
+# switching over: unwritable for a moment, then served by its target).
+_MOVING_BACKOFF = 0.05
+
+
 def _reroute_backoff(attempt: int) -> float:
     """How long to wait for a newer map after the ``attempt``-th WRONG_GROUP of a request."""
     return min(0.5, 0.01 * 2.0 ** min(attempt, 10))
@@ -326,10 +331,24 @@ class RouterService(router_pb2_grpc.RouterServicer):
         migration a move advancing changes only the map's version (the epoch
         rises once every move is done), and a group may as well lag behind
         our map. So ask for the map now and go again as soon as a newer one
-        arrives, or once the backoff has passed (the group catching up).
+        arrives, or once the backoff has passed (the group catching up). A
+        refusal that names where the key moved (``moved_to``: the source
+        sealed it) is routed there at once; one naming a newer epoch (a key
+        moving) waits at most ``_MOVING_BACKOFF``.
         """
         _log.debug("%s (attempt %d): routing again with the next map", reroute, attempt)
         self.topology.refresh()
+        wrong_group = reroute.wrong_group
+        if wrong_group.moved_to:
+            # The source sealed the key's move and names its target: go there
+            # now; it serves the key as soon as the move is active.
+            self.topology.moved(wrong_group.group_id, wrong_group.moved_to)
+            return
+        if wrong_group.epoch > self.topology.epoch:
+            # A migration is under way (or done) that our map may not show yet:
+            # its moving keys are unwritable only briefly, so look again soon.
+            await self.topology.changed(min(_MOVING_BACKOFF, _reroute_backoff(attempt)))
+            return
         await self.topology.changed(_reroute_backoff(attempt))
 
     def _session(self, session: router_pb2.Session) -> router_pb2.Session:

@@ -96,6 +96,12 @@ class Topology:
         """Poll for a newer map now (a node answered with a newer epoch)."""
         self._poke.set()
 
+    def moved(self, source: int, target: int) -> None:
+        """A group said its keys moving to ``target`` are no longer served by it: route
+        them there before the map says so (the target refuses until it serves them)."""
+        if self.ring is not None:
+            self.ring = self.ring.with_active(source, target)
+
     async def changed(self, timeout: float) -> bool:
         """Wait until ``learn`` takes a newer map, at most ``timeout`` seconds; whether it did."""
         event = self._map_changed

@@ -22,6 +22,7 @@ one place that decides ownership, so it is pure and shared.
 from __future__ import annotations
 
 import bisect
+import copy
 import functools
 import hashlib
 from collections.abc import Mapping
@@ -185,6 +186,15 @@ class Routing:
 
     def __repr__(self) -> str:
         return f"Routing(ring={self.ring!r}, target={self.target!r}, active={sorted(self.active)})"
+
+    def with_active(self, source: int, target: int) -> Routing:
+        """This routing with the move ``source -> target`` taken as active (a group said
+        the key moved there before the map did); ``self`` when it is already."""
+        if self.target is None or (source, target) in self.active:
+            return self
+        routing = copy.copy(self)
+        routing.active = self.active | {(source, target)}
+        return routing
 
     @property
     def groups(self) -> tuple[int, ...]:

@@ -387,13 +387,14 @@ class KeyValueStateMachine:
 
     def import_record(self, batch: Batch, key: bytes, stored: bytes) -> None:
         """Write a copied key as the source stores it (value and metadata)."""
-        record = Record.decode(stored)
-        if self._get_staged(key) is None:
+        record_format, _, create_revision, mod_revision = _RECORD.unpack_from(stored)
+        if record_format != _RECORD_FORMAT:
+            raise ValueError(f"unknown record format {record_format}")
+        engine_key = keys.data_key(self.group_id, key)
+        if self._read(ColumnFamily.DATA, engine_key) is None:
             self.key_count += 1
-        self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), stored)
-        self._imported_revision = max(
-            self._imported_revision, record.mod_revision, record.create_revision
-        )
+        self._write(batch, ColumnFamily.DATA, engine_key, stored)
+        self._imported_revision = max(self._imported_revision, mod_revision, create_revision)
 
     def drop_key(self, batch: Batch, key: bytes) -> None:
         """Delete a key that moved (no revision, no mark: not a write of the user's)."""

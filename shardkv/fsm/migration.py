@@ -22,10 +22,13 @@ index. The group keeps that state (``GroupMigration``) in its meta, and:
 - **Target** (``incoming[source]``): ``ARC_IN_IMPORTING`` takes copies
   (``copy``: stored records as they are, deletions, client sessions,
   transaction records whose primary key moves) and does not serve them;
-  ``ARC_IN_ACTIVE`` serves them.
+  ``ARC_IN_ACTIVE`` serves them (``activate``, or the last copy's
+  ``activate`` flag, in the same entry).
 
 A moving key is refused with WRONG_GROUP naming the migration's epoch, so a
-router learns there is a newer map. Between a seal and the activation, no
+router learns there is a newer map; from the seal on, the refusal also names
+the target (``moved_to``), so a router can try it there at once instead of
+waiting for the map to say the move is active. Between a seal and the activation, no
 group serves a moving key; that window is what the driver keeps short (the
 copy before the freeze does the bulk, the one after only the last changes).
 
@@ -130,6 +133,10 @@ class Migration:
                 return None
             if arc == _OUT_FROZEN and access is not Access.WRITE:
                 return None
+            if arc in (_OUT_SEALED, _OUT_RELEASED):
+                return kv_pb2.WrongGroup(
+                    group_id=group, epoch=state.epoch, key=key, moved_to=moved_to
+                )
         elif moved_to == group and owner is not None:
             if state.incoming.get(owner) == _IN_ACTIVE:
                 return None
@@ -284,6 +291,9 @@ class Migration:
         for txn_record in data.txn_records:
             machine.txns.import_record(batch, txn_record)
         machine.finish_import(batch)
+        if data.activate:
+            self.state.incoming[step.source] = _IN_ACTIVE
+            self._store(batch)
         return None
 
     def _collect(self, batch: Batch, step: kv_pb2.MigrateStep) -> str | None:

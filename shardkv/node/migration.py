@@ -50,6 +50,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from shardkv.errors import ShardKVError
 from shardkv.fsm.migration import ACTIVE_ALREADY
 from shardkv.node.cluster import ClusterAgent
 from shardkv.node.driving import MapDriver, StepFailed
@@ -73,6 +74,11 @@ _SEAL_POLL = 0.02
 _Pair = tuple[int, int]
 
 
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.debug("recording a phase failed (the next one records it): %s", task.exception())
+
+
 class _TargetActive(StepFailed):
     """A copy refused because the target serves the keys already."""
 
@@ -94,6 +100,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
     def __init__(self, agent: ClusterAgent, calls: NodeGroupCalls, *, interval: float = 0.2):
         super().__init__(agent, calls, interval=interval)
         self._progress: dict[_Pair, _Progress] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def pending(self, cluster_map: cluster_pb2.ClusterMap) -> list[_Pair]:
         if not cluster_map.HasField("migration"):
@@ -154,7 +161,6 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
     ) -> None:
         pair = (move.source, move.target)
         epoch = migration.target.epoch
-        loop = asyncio.get_running_loop()
         if move.phase == cluster_pb2.MOVE_PENDING:
             begin = self._step(epoch, pair, begin=migration.target)
             await asyncio.gather(self._apply(move.source, begin), self._apply(move.target, begin))
@@ -169,52 +175,25 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         elif move.phase == cluster_pb2.MOVE_COPYING:
             progress.watermark = None
             progress.keys = progress.bytes = 0
-            await self._copy(epoch, pair, node_pb2.EXPORT_ALL, 0, progress)
-            # The first catch-up takes every change since the move began, not
-            # only since this copy: a key an earlier, interrupted copy brought
-            # over and the source deleted since is absent from this copy, and
-            # only its mark says it must go.
-            since = 0
-            for _ in range(_MAX_ROUNDS):
-                before = progress.keys
-                await self._copy(epoch, pair, node_pb2.EXPORT_CHANGES, since, progress)
-                assert progress.watermark is not None
-                since = progress.watermark
-                if progress.keys - before < _SMALL_ROUND:
-                    break
-            await self._apply(move.source, self._step(epoch, pair, freeze=True))
-            progress.frozen_at = loop.time()
-            _log.info(
-                "node %d: move %d->%d frozen after copying %d keys",
-                self.runtime.node_id,
-                *pair,
-                progress.keys,
-                extra={"node_id": self.runtime.node_id, "group_id": move.source},
-            )
-            await self._record(pair, phase=cluster_pb2.MOVE_FROZEN)
-        elif move.phase == cluster_pb2.MOVE_FROZEN:
-            await self._seal(epoch, pair)
-            since = progress.watermark if progress.watermark is not None else 0
-            # _TargetActive: activated before a crash, unrecorded; its copy was complete.
+            progress.recorded_at = asyncio.get_running_loop().time()
+            # _TargetActive: activated before a crash, unrecorded; nothing to copy.
             with contextlib.suppress(_TargetActive):
-                await self._copy(epoch, pair, node_pb2.EXPORT_CHANGES, since, progress)
-            await self._apply(move.target, self._step(epoch, pair, activate=True))
-            frozen_ms = (
-                int((loop.time() - progress.frozen_at) * 1000)
-                if progress.frozen_at is not None
-                else 0
-            )
-            await self._record(pair, phase=cluster_pb2.MOVE_ACTIVE, frozen_ms=frozen_ms)
-            if progress.frozen_at is not None:
-                self.runtime.metrics.migration_frozen_seconds.observe(frozen_ms / 1000)
-            _log.info(
-                "node %d: move %d->%d active: group %d serves the moved keys (frozen %d ms)",
-                self.runtime.node_id,
-                *pair,
-                move.target,
-                frozen_ms,
-                extra={"node_id": self.runtime.node_id, "group_id": move.target},
-            )
+                await self._copy(epoch, pair, node_pb2.EXPORT_ALL, 0, progress)
+                # The first catch-up takes every change since the move began,
+                # not only since this copy: a key an earlier, interrupted copy
+                # brought over and the source deleted since is absent from
+                # this copy, and only its mark says it must go.
+                since = 0
+                for _ in range(_MAX_ROUNDS):
+                    before = progress.keys
+                    await self._copy(epoch, pair, node_pb2.EXPORT_CHANGES, since, progress)
+                    assert progress.watermark is not None
+                    since = progress.watermark
+                    if progress.keys - before < _SMALL_ROUND:
+                        break
+            await self._switch(epoch, pair, progress, record_frozen=True)
+        elif move.phase == cluster_pb2.MOVE_FROZEN:
+            await self._switch(epoch, pair, progress, record_frozen=False)
         elif move.phase == cluster_pb2.MOVE_ACTIVE:
             await self._apply(move.source, self._step(epoch, pair, release=True))
             collected = await self._collect(epoch, pair)
@@ -226,6 +205,44 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
                 collected,
                 extra={"node_id": self.runtime.node_id, "group_id": move.source},
             )
+
+    async def _switch(
+        self, epoch: int, pair: _Pair, progress: _Progress, *, record_frozen: bool
+    ) -> None:
+        """Freeze, seal, copy the last changes and activate: the keys' unwritable window.
+
+        Nothing in it waits for the map: the freeze is recorded beside it (a
+        crash before that record resumes in MOVE_COPYING, whose steps are all
+        idempotent on a frozen source), and the last copy activates the
+        target in its own entry.
+        """
+        source, target = pair
+        loop = asyncio.get_running_loop()
+        await self._apply(source, self._step(epoch, pair, freeze=True))
+        if progress.frozen_at is None:
+            progress.frozen_at = loop.time()
+        if record_frozen:
+            recording = asyncio.create_task(self._record(pair, phase=cluster_pb2.MOVE_FROZEN))
+            self._background.add(recording)
+            recording.add_done_callback(self._background.discard)
+            recording.add_done_callback(_retrieve)
+        await self._seal(epoch, pair)
+        since = progress.watermark if progress.watermark is not None else 0
+        # _TargetActive: activated before a crash, unrecorded; its copy was complete.
+        with contextlib.suppress(_TargetActive):
+            await self._copy(epoch, pair, node_pb2.EXPORT_CHANGES, since, progress, activate=True)
+        await self._apply(target, self._step(epoch, pair, activate=True))  # done already, mostly
+        frozen_ms = int((loop.time() - progress.frozen_at) * 1000)
+        await self._record(pair, phase=cluster_pb2.MOVE_ACTIVE, frozen_ms=frozen_ms)
+        self.runtime.metrics.migration_frozen_seconds.observe(frozen_ms / 1000)
+        _log.info(
+            "node %d: move %d->%d active: group %d serves the moved keys (frozen %d ms)",
+            self.runtime.node_id,
+            *pair,
+            target,
+            frozen_ms,
+            extra={"node_id": self.runtime.node_id, "group_id": target},
+        )
 
     def _step(self, epoch: int, pair: _Pair, **kind: object) -> kv_pb2.Command:
         step = kv_pb2.MigrateStep(epoch=epoch, source=pair[0], target=pair[1], driver=self.token)
@@ -262,42 +279,61 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         kind: node_pb2.ExportKind,
         since: int,
         progress: _Progress,
+        *,
+        activate: bool = False,
     ) -> None:
-        """Export from the source, import into the target, a few imports in flight."""
+        """Export from the source, import into the target, a few imports in flight.
+
+        With ``activate``, the last chunk goes alone once every other one
+        applied, and activates the target in the same entry.
+        """
         source, target = pair
         request = node_pb2.ExportRequest(
             group_id=source, epoch=epoch, target=target, kind=kind, since_revision=since
         )
         in_flight: set[asyncio.Task[kv_pb2.MigrateResult]] = set()
         revision: int | None = None
+        held: kv_pb2.MigrateImport | None = None
+
+        def send(data: kv_pb2.MigrateImport) -> asyncio.Task[kv_pb2.MigrateResult]:
+            copied_keys = len(data.keys) + len(data.deleted)
+            copied_bytes = sum(len(record) for record in data.records)
+            progress.keys += copied_keys
+            progress.bytes += copied_bytes
+            metrics = self.runtime.metrics
+            metrics.migration_keys.inc(copied_keys)
+            metrics.migration_bytes.inc(copied_bytes)
+            return asyncio.create_task(self._apply(target, self._step(epoch, pair, copy=data)))
+
         try:
             async for chunk in self.calls.export(request):
                 if revision is None:
                     revision = chunk.revision
                     if not progress.estimate:
                         progress.estimate = _estimate(self.agent.map, pair, chunk.key_count)
-                data = chunk.data
+                data: kv_pb2.MigrateImport | None = chunk.data
+                assert data is not None
                 if not (data.keys or data.deleted or data.sessions or data.txn_records):
                     continue
+                if activate:
+                    data, held = held, data  # the last one waits for the others
+                    if data is None:
+                        continue
                 while len(in_flight) >= _IMPORTS_IN_FLIGHT:
                     done, in_flight = await asyncio.wait(
                         in_flight, return_when=asyncio.FIRST_COMPLETED
                     )
                     for task in done:
                         task.result()
-                in_flight.add(
-                    asyncio.create_task(self._apply(target, self._step(epoch, pair, copy=data)))
-                )
-                copied_keys = len(data.keys) + len(data.deleted)
-                copied_bytes = sum(len(record) for record in data.records)
-                progress.keys += copied_keys
-                progress.bytes += copied_bytes
-                metrics = self.runtime.metrics
-                metrics.migration_keys.inc(copied_keys)
-                metrics.migration_bytes.inc(copied_bytes)
+                in_flight.add(send(data))
                 await self._maybe_record_progress(pair, progress)
             for pending in asyncio.as_completed(in_flight):
                 await pending
+            in_flight.clear()
+            if activate:
+                final = held if held is not None else kv_pb2.MigrateImport()
+                final.activate = True
+                await send(final)
         finally:
             for task in in_flight:
                 task.cancel()
@@ -325,7 +361,10 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         now = asyncio.get_running_loop().time()
         if now - progress.recorded_at >= _PROGRESS_INTERVAL:
             progress.recorded_at = now
-            await self._record(pair)
+            try:
+                await self._record(pair)
+            except ShardKVError as error:  # progress only: the copy goes on
+                _log.debug("recording the progress of move %s failed: %s", pair, error)
 
     async def _record(self, pair: _Pair, **fields: object) -> None:
         """Write the move's phase, progress and ``fields`` into the map."""

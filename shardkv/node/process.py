@@ -191,7 +191,12 @@ def _create_group(
         # AlreadyBootstrapped: an earlier start created it; the peer picks up its state.
         with contextlib.suppress(AlreadyBootstrapped):
             GroupStorage(engine, group_id).bootstrap(tuple(bootstrap))
-    runtime.add_peer(Peer(engine, group_id, config.node_id, peer_options(config)))
+    peer = Peer(engine, group_id, config.node_id, peer_options(config))
+    runtime.add_peer(peer)
+    if bootstrap and config.node_id == bootstrap[group_id % len(bootstrap)]:
+        # The replica that would get the lead anyway (ClusterAgent's spread)
+        # stands at once: a new group serves without waiting an election timeout.
+        peer.raw.campaign()
 
 
 def _serve_metrics(config: NodeConfig, metrics: NodeMetrics) -> MetricsServer | None:

@@ -26,8 +26,10 @@ Decisions (see also docs/design.md):
   heartbeat a quorum acknowledged. Followers refuse votes for ``election_tick``
   ticks after they hear from a leader (check-quorum), and for ``election_tick``
   ticks after they start (they may have acknowledged a heartbeat before a
-  crash). This needs every node's tick to last equally long; a leader that
-  has sent TIMEOUT_NOW serves no lease read again in its term.
+  crash), unless they are still at the bootstrap term (they never heard a
+  leader, so no lease is at stake: a new group elects at once). This needs
+  every node's tick to last equally long; a leader that has sent TIMEOUT_NOW
+  serves no lease read again in its term.
 - Snapshots are sent in chunks (paper §7, InstallSnapshot with offset/done),
   a few chunks in flight; the follower acknowledges each chunk's end offset,
   or names the offset it expects when a chunk was lost or duplicated.
@@ -44,7 +46,7 @@ from shardkv.raft.log import RaftLog
 from shardkv.raft.progress import Progress, ProgressState
 from shardkv.raft.quorum import VoteResult, committed_index, vote_result
 from shardkv.raft.read_only import ReadOnly
-from shardkv.raft.storage import Storage
+from shardkv.raft.storage import BOOTSTRAP_INDEX, Storage
 from shardkv.raft.types import (
     CAMPAIGN_TRANSFER,
     NONE,
@@ -148,6 +150,11 @@ class Raft:
         self._set_conf_state(conf_state)
         if not hard_state.is_empty():
             self._load_hard_state(hard_state)
+        if self.term <= BOOTSTRAP_INDEX:
+            # Still at the bootstrap term: this replica never acknowledged a
+            # leader (that would have raised and persisted its term), so no
+            # lease can be at stake and a new group elects without waiting.
+            self.vote_hold = 0
         if config.applied > 0:
             self.log.applied_to(config.applied)
         self.become_follower(self.term, NONE)

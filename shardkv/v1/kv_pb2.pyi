@@ -268,18 +268,20 @@ class MigrateStep(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., source: _Optional[int] = ..., target: _Optional[int] = ..., begin: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., freeze: _Optional[bool] = ..., seal: _Optional[bool] = ..., release: _Optional[bool] = ..., copy: _Optional[_Union[MigrateImport, _Mapping]] = ..., activate: _Optional[bool] = ..., collect: _Optional[_Union[MigrateCollect, _Mapping]] = ..., driver: _Optional[int] = ...) -> None: ...
 
 class MigrateImport(_message.Message):
-    __slots__ = ("keys", "records", "deleted", "sessions", "txn_records")
+    __slots__ = ("keys", "records", "deleted", "sessions", "txn_records", "activate")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     TXN_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATE_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     records: _containers.RepeatedScalarFieldContainer[bytes]
     deleted: _containers.RepeatedScalarFieldContainer[bytes]
     sessions: _containers.RepeatedCompositeFieldContainer[SessionCopy]
     txn_records: _containers.RepeatedCompositeFieldContainer[TxnRecord]
-    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., records: _Optional[_Iterable[bytes]] = ..., deleted: _Optional[_Iterable[bytes]] = ..., sessions: _Optional[_Iterable[_Union[SessionCopy, _Mapping]]] = ..., txn_records: _Optional[_Iterable[_Union[TxnRecord, _Mapping]]] = ...) -> None: ...
+    activate: bool
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., records: _Optional[_Iterable[bytes]] = ..., deleted: _Optional[_Iterable[bytes]] = ..., sessions: _Optional[_Iterable[_Union[SessionCopy, _Mapping]]] = ..., txn_records: _Optional[_Iterable[_Union[TxnRecord, _Mapping]]] = ..., activate: _Optional[bool] = ...) -> None: ...
 
 class SessionCopy(_message.Message):
     __slots__ = ("client_id", "floor", "seqs", "results")
@@ -352,11 +354,13 @@ class CommandResult(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., revision: _Optional[int] = ..., wrong_group: _Optional[_Union[WrongGroup, _Mapping]] = ..., stale: _Optional[bool] = ..., puts_written: _Optional[int] = ..., locked: _Optional[_Union[LockInfo, _Mapping]] = ..., txn: _Optional[_Union[TxnOutcome, _Mapping]] = ..., migrate: _Optional[_Union[MigrateResult, _Mapping]] = ...) -> None: ...
 
 class WrongGroup(_message.Message):
-    __slots__ = ("group_id", "epoch", "key")
+    __slots__ = ("group_id", "epoch", "key", "moved_to")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
+    MOVED_TO_FIELD_NUMBER: _ClassVar[int]
     group_id: int
     epoch: int
     key: bytes
-    def __init__(self, group_id: _Optional[int] = ..., epoch: _Optional[int] = ..., key: _Optional[bytes] = ...) -> None: ...
+    moved_to: int
+    def __init__(self, group_id: _Optional[int] = ..., epoch: _Optional[int] = ..., key: _Optional[bytes] = ..., moved_to: _Optional[int] = ...) -> None: ...

@@ -82,8 +82,10 @@ def decide(client_id: int, seq: int, primary_key: bytes, commit: bool = True) ->
     return decide_command(ref(client_id, seq), commit, True, primary_key)
 
 
-def wrong_group(key: bytes, epoch: int = EPOCH, group_id: int = SOURCE) -> kv_pb2.WrongGroup:
-    return kv_pb2.WrongGroup(group_id=group_id, epoch=epoch, key=key)
+def wrong_group(
+    key: bytes, epoch: int = EPOCH, group_id: int = SOURCE, moved_to: int = 0
+) -> kv_pb2.WrongGroup:
+    return kv_pb2.WrongGroup(group_id=group_id, epoch=epoch, key=key, moved_to=moved_to)
 
 
 def value_of(machine: KeyValueStateMachine, key: bytes) -> bytes | None:
@@ -369,7 +371,8 @@ def test_a_whole_move_carries_every_key_with_its_metadata(groups: Groups) -> Non
     groups.applies(source, step(seal=True))
     assert arcs(source) == ({TARGET: SEALED}, {})
     for access in Access:
-        assert source.wrong_group(MOVING[0], access) == wrong_group(MOVING[0])
+        sealed = wrong_group(MOVING[0], moved_to=TARGET)  # names where it goes
+        assert source.wrong_group(MOVING[0], access) == sealed
         assert source.wrong_group(STAYING[0], access) is None
         assert target.wrong_group(MOVING[0], access) is not None, "no one serves it now"
 
@@ -548,7 +551,7 @@ def test_transaction_records_move_with_their_primary_key(groups: Groups) -> None
     # Sealed: no decision on a moving primary at the source, even for a known record.
     for client_id, primary in ((7, MOVING[0]), (9, MOVING[1]), (10, MOVING[2])):
         refused = groups.apply(source, decide(client_id, 1, primary))
-        assert refused.wrong_group == wrong_group(primary)
+        assert refused.wrong_group == wrong_group(primary, moved_to=TARGET)
     assert groups.apply(source, decide(8, 1, STAYING[0])).txn.succeeded, "stays: served"
     groups.copy(CHANGES, watermark)
     groups.applies(target, step(activate=True))
@@ -823,8 +826,8 @@ async def test_a_copy_started_over_still_carries_a_deletion(groups: Groups) -> N
         await advance(driver, agent)
     assert value_of(target, MOVING[1]) == b"v1-" + MOVING[1]
     groups.write(source, delete(MOVING[1]))
-    # The task starts the phase over (copying everything again), then goes on.
-    assert await advance(driver, agent) == cluster_pb2.MOVE_FROZEN
+    # The task starts the phase over (copying everything again), then goes on:
+    # freeze, seal, the last copy and the activation in one pass.
     assert await advance(driver, agent) == cluster_pb2.MOVE_ACTIVE
     assert source.get(MOVING[1]) is None
     assert target.get(MOVING[1]) is None, "the key deleted at the source is back at the target"
@@ -836,13 +839,13 @@ async def test_a_move_whose_activation_was_not_recorded_goes_on(groups: Groups) 
     groups.write(source, put(MOVING[0], b"x"), client_id=3, seq=1)
     driver, agent, _ = driven(groups)
     assert await advance(driver, agent) == cluster_pb2.MOVE_COPYING
-    assert await advance(driver, agent) == cluster_pb2.MOVE_FROZEN
-    # The target activates, then recording MOVE_ACTIVE in the map fails.
-    agent.failures = 1
+    # The target activates, then recording MOVE_FROZEN (beside the switch) and
+    # MOVE_ACTIVE in the map both fail.
+    agent.failures = 2
     with pytest.raises(ProposalFailed):
         await advance(driver, agent)
     assert arcs(target) == ({}, {SOURCE: ACTIVE})
-    assert agent.map.migration.moves[0].phase == cluster_pb2.MOVE_FROZEN
+    assert agent.map.migration.moves[0].phase == cluster_pb2.MOVE_COPYING
     # The task starts the phase over: it must reach MOVE_ACTIVE, not fail forever.
     assert await advance(driver, agent) == cluster_pb2.MOVE_ACTIVE
     assert await advance(driver, agent) == cluster_pb2.MOVE_DONE

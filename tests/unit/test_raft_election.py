@@ -313,11 +313,31 @@ def test_restarted_node_holds_its_vote_for_an_election_timeout() -> None:
     (extending its lease) just before a crash, so after a restart it refuses
     votes for an election timeout."""
     h = Harness(3)
-    request = _vote_request(MessageType.VOTE, to=2, from_=1, term=2, index=1, log_term=1)
+    h.elect(1)
+    h.crash(2)
+    h.restart(2)
+    term = h.raft(2).term
+    request = _vote_request(
+        MessageType.VOTE,
+        to=2,
+        from_=3,
+        term=term + 1,
+        index=h.raft(2).log.last_index(),
+        log_term=term,
+    )
     for _ in range(ELECTION_TICK - 1):
         assert _answers(h, 2, request) == []
         h.tick(2)
-    assert h.raft(2).term == 1
+    assert h.raft(2).term == term
     h.tick(2)
+    (answer,) = _answers(h, 2, request)
+    assert not answer.reject and h.raft(2).vote == 3
+
+
+def test_a_node_that_never_heard_a_leader_votes_at_once() -> None:
+    """A replica still at the bootstrap term acknowledged no leader, so no lease
+    can be at stake: a new group elects its first leader without waiting."""
+    h = Harness(3)
+    request = _vote_request(MessageType.VOTE, to=2, from_=1, term=2, index=1, log_term=1)
     (answer,) = _answers(h, 2, request)
     assert not answer.reject and h.raft(2).vote == 1
