@@ -25,7 +25,7 @@ import bisect
 import copy
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from uhashring import HashRing
 
@@ -50,7 +50,9 @@ def normalise_key(key: bytes) -> str:
 
 def ring_position(key: bytes) -> int:
     """Where ``key`` falls on every ring (hash it once to ask several rings)."""
-    return int.from_bytes(hashlib.md5(normalise_key(key).encode("utf-8")).digest(), "big")
+    # An ASCII key's string form encodes back to the same bytes: hash them as they are.
+    text = key if key.isascii() else normalise_key(key).encode("utf-8")
+    return int.from_bytes(hashlib.md5(text).digest(), "big")
 
 
 class KeyRing:
@@ -75,6 +77,19 @@ class KeyRing:
 
     def group_for(self, key: bytes) -> int:
         return self.owner_at(ring_position(key))
+
+    def owners(self) -> Callable[[int], int]:
+        """``owner_at`` as a plain function over this ring's points, for hot loops."""
+        if not self.weights:
+            raise LookupError(f"the ring of epoch {self.epoch} has no groups")
+        positions, owners, last = self._positions, self._owners, len(self._owners)
+        find = bisect.bisect
+
+        def owner_at(position: int) -> int:
+            index = find(positions, position)
+            return owners[index if index < last else 0]
+
+        return owner_at
 
     def owner_at(self, position: int) -> int:
         """The group owning a ring position (``ring_position``)."""

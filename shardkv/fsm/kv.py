@@ -141,7 +141,7 @@ class KeyValueStateMachine:
     def apply(self, batch: Batch, command: kv_pb2.Command) -> kv_pb2.CommandResult:
         self._track(batch)
         if command.HasField("ring"):
-            return self._apply_ring(batch, command.ring)
+            return self.apply_ring(batch, command.ring)
         if command.HasField("migrate"):
             return self.migration.apply(batch, command.migrate)
         if not command.client_id:
@@ -286,7 +286,8 @@ class KeyValueStateMachine:
 
     # -- ownership -----------------------------------------------------------------------
 
-    def _apply_ring(self, batch: Batch, ring: cluster_pb2.Ring) -> kv_pb2.CommandResult:
+    def apply_ring(self, batch: Batch, ring: cluster_pb2.Ring) -> kv_pb2.CommandResult:
+        """Take ``ring`` (ownership) if it is newer than the one applied."""
         if ring.epoch > self.epoch:
             self._write(
                 batch, ColumnFamily.META, keys.ring_key(self.group_id), ring.SerializeToString()
@@ -398,8 +399,9 @@ class KeyValueStateMachine:
 
     def drop_key(self, batch: Batch, key: bytes) -> None:
         """Delete a key that moved (no revision, no mark: not a write of the user's)."""
-        if self._get_staged(key) is not None:
-            self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), None)
+        engine_key = keys.data_key(self.group_id, key)
+        if self._read(ColumnFamily.DATA, engine_key) is not None:
+            self._write(batch, ColumnFamily.DATA, engine_key, None)
             self.key_count -= 1
 
     def merge_session(self, batch: Batch, copy: kv_pb2.SessionCopy) -> None:

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from shardkv.ring import KeyRing, build_ring, ring_position
@@ -155,6 +155,20 @@ class Migration:
             return kv_pb2.WrongGroup(group_id=self.group_id, epoch=state.epoch)
         return None
 
+    def moving_filter(self, target: int) -> Callable[[bytes], bool]:
+        """Whether a key of this group moves to ``target``: ``moving_to(key) == target``,
+        as a plain function for loops over many keys (an export, a collect)."""
+        ring, target_ring = self.machine.ring, self.target_ring
+        if ring is None or target_ring is None or not ring.weights or not target_ring.weights:
+            return lambda key: False
+        old_owner, new_owner, group = ring.owners(), target_ring.owners(), self.group_id
+
+        def moves(key: bytes) -> bool:
+            position = ring_position(key)
+            return new_owner(position) == target and old_owner(position) == group
+
+        return moves
+
     def moving_to(self, key: bytes) -> int | None:
         """The group ``key`` moves to from this one in the migration, if it moves."""
         ring, target_ring = self.machine.ring, self.target_ring
@@ -220,6 +234,8 @@ class Migration:
 
     def _begin(self, batch: Batch, step: kv_pb2.MigrateStep) -> str | None:
         machine = self.machine
+        if step.HasField("base") and machine.epoch < step.base.epoch == step.epoch - 1:
+            machine.apply_ring(batch, step.base)  # a new group: its first ring
         if machine.epoch >= step.epoch:
             return f"group {self.group_id} applied epoch {machine.epoch} already"
         if machine.epoch != step.epoch - 1:
@@ -302,8 +318,9 @@ class Migration:
         if arc != _OUT_RELEASED:
             return f"move to {step.target} is {cluster_pb2.ArcState.Name(arc)}, not released"
         machine = self.machine
+        moves = self.moving_filter(step.target)
         for key in step.collect.keys:
-            if self.moving_to(key) == step.target:
+            if moves(key):
                 machine.drop_key(batch, key)
         machine.finish_import(batch)
         if step.collect.last:

@@ -47,12 +47,13 @@ def export_chunks(
         yield from _changes(machine, request.target, request.since_revision, chunk_keys)
         return
     with_records = request.kind == node_pb2.EXPORT_ALL
-    migration, group, target = machine.migration, machine.group_id, request.target
-    low, high = keys.group_range(group)
+    moves = machine.migration.moving_filter(request.target)
+    low, high = keys.group_range(machine.group_id)
     chunk, size = kv_pb2.MigrateImport(), 0
+    skip = keys.GROUP_KEY_SIZE
     for engine_key, stored in machine.engine.scan(ColumnFamily.DATA, low, high):
-        key = engine_key[keys.GROUP_KEY_SIZE :]
-        if migration.moving_to(key) != target:
+        key = engine_key[skip:]
+        if not moves(key):
             continue
         chunk.keys.append(key)
         size += len(key)

@@ -19,8 +19,9 @@ a new leader, or this one after a crash, resumes where the map says:
    (routers now send the moved keys to the target) with how long the keys
    were frozen.
 4. ``MOVE_ACTIVE``: ``release`` the source, drop the moved keys there
-   (``collect``, in chunks, the last one also dropping marks and records);
-   record ``MOVE_DONE``.
+   (``collect``, in chunks, the last one also dropping marks and records:
+   the keys this driver copied, when it remembers them, else what an
+   ``EXPORT_KEYS`` scan of the source finds); record ``MOVE_DONE``.
 
 When every move is done, the map takes the target ring (a new epoch; groups
 then apply it and forget the migration) and retired groups leave it.
@@ -48,7 +49,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 from shardkv.errors import ShardKVError
 from shardkv.fsm.migration import ACTIVE_ALREADY
@@ -68,10 +71,43 @@ _log = logging.getLogger(__name__)
 _SMALL_ROUND = 500
 _MAX_ROUNDS = 8
 _IMPORTS_IN_FLIGHT = 4
+# Keys per collect step (keys only: small entries).
+_COLLECT_CHUNK_KEYS = 4000
+# The most moved keys a move remembers to drop them at the source without a scan.
+_REMEMBERED_KEYS = 2_000_000
 _PROGRESS_INTERVAL = 1.0
 _SEAL_POLL = 0.02
 
 _Pair = tuple[int, int]
+
+
+class _Pipeline:
+    """At most ``limit`` steps in flight at once, in the order they were submitted."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._in_flight: set[asyncio.Task[Any]] = set()
+
+    async def submit(self, step: Awaitable[Any]) -> None:
+        """Start ``step`` once fewer than ``limit`` run; a failed one raises here."""
+        while len(self._in_flight) >= self.limit:
+            done, self._in_flight = await asyncio.wait(
+                self._in_flight, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                task.result()
+        self._in_flight.add(asyncio.ensure_future(step))
+
+    async def drain(self) -> None:
+        """Until every step submitted ended; the first failure raises."""
+        for pending in asyncio.as_completed(self._in_flight):
+            await pending
+        self._in_flight.clear()
+
+    def cancel(self) -> None:
+        for task in self._in_flight:
+            task.cancel()
+        self._in_flight.clear()
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
@@ -86,12 +122,22 @@ class _TargetActive(StepFailed):
 @dataclass(slots=True)
 class _Progress:
     keys: int = 0
-    bytes: int = 0
+    nbytes: int = 0
     estimate: int = 0
     # The source revision the last copy read at (changes after it are still to copy).
     watermark: int | None = None
     frozen_at: float | None = None
     recorded_at: float = 0.0
+    # The moving keys copied (so the source can drop them without another
+    # scan of the group); None past _REMEMBERED_KEYS, or after a restart.
+    copied: set[bytes] | None = None
+
+    def remember(self, data: kv_pb2.MigrateImport) -> None:
+        if self.copied is None:
+            return
+        self.copied.update(data.keys)
+        if len(self.copied) > _REMEMBERED_KEYS:
+            self.copied = None
 
 
 class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.Move]]):
@@ -163,6 +209,9 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         epoch = migration.target.epoch
         if move.phase == cluster_pb2.MOVE_PENDING:
             begin = self._step(epoch, pair, begin=migration.target)
+            cluster_map = self.agent.map
+            if cluster_map is not None and cluster_map.ring.epoch == epoch - 1:
+                begin.migrate.base.CopyFrom(cluster_map.ring)
             await asyncio.gather(self._apply(move.source, begin), self._apply(move.target, begin))
             _log.info(
                 "node %d: move %d->%d began (epoch %d)",
@@ -174,7 +223,8 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             await self._record(pair, phase=cluster_pb2.MOVE_COPYING, started_ms=now_ms())
         elif move.phase == cluster_pb2.MOVE_COPYING:
             progress.watermark = None
-            progress.keys = progress.bytes = 0
+            progress.keys = progress.nbytes = 0
+            progress.copied = set()
             progress.recorded_at = asyncio.get_running_loop().time()
             # _TargetActive: activated before a crash, unrecorded; nothing to copy.
             with contextlib.suppress(_TargetActive):
@@ -196,7 +246,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             await self._switch(epoch, pair, progress, record_frozen=False)
         elif move.phase == cluster_pb2.MOVE_ACTIVE:
             await self._apply(move.source, self._step(epoch, pair, release=True))
-            collected = await self._collect(epoch, pair)
+            collected = await self._collect(epoch, pair, progress.copied)
             await self._record(pair, phase=cluster_pb2.MOVE_DONE, finished_ms=now_ms())
             _log.info(
                 "node %d: move %d->%d done: %d keys dropped at the source",
@@ -291,19 +341,20 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         request = node_pb2.ExportRequest(
             group_id=source, epoch=epoch, target=target, kind=kind, since_revision=since
         )
-        in_flight: set[asyncio.Task[kv_pb2.MigrateResult]] = set()
+        pipeline = _Pipeline(_IMPORTS_IN_FLIGHT)
         revision: int | None = None
         held: kv_pb2.MigrateImport | None = None
 
-        def send(data: kv_pb2.MigrateImport) -> asyncio.Task[kv_pb2.MigrateResult]:
+        def send(data: kv_pb2.MigrateImport) -> Awaitable[kv_pb2.MigrateResult]:
             copied_keys = len(data.keys) + len(data.deleted)
             copied_bytes = sum(len(record) for record in data.records)
             progress.keys += copied_keys
-            progress.bytes += copied_bytes
+            progress.nbytes += copied_bytes
+            progress.remember(data)
             metrics = self.runtime.metrics
             metrics.migration_keys.inc(copied_keys)
             metrics.migration_bytes.inc(copied_bytes)
-            return asyncio.create_task(self._apply(target, self._step(epoch, pair, copy=data)))
+            return self._apply(target, self._step(epoch, pair, copy=data))
 
         try:
             async for chunk in self.calls.export(request):
@@ -319,41 +370,55 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
                     data, held = held, data  # the last one waits for the others
                     if data is None:
                         continue
-                while len(in_flight) >= _IMPORTS_IN_FLIGHT:
-                    done, in_flight = await asyncio.wait(
-                        in_flight, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    for task in done:
-                        task.result()
-                in_flight.add(send(data))
+                await pipeline.submit(send(data))
                 await self._maybe_record_progress(pair, progress)
-            for pending in asyncio.as_completed(in_flight):
-                await pending
-            in_flight.clear()
+            await pipeline.drain()
             if activate:
                 final = held if held is not None else kv_pb2.MigrateImport()
                 final.activate = True
                 await send(final)
         finally:
-            for task in in_flight:
-                task.cancel()
+            pipeline.cancel()
         if revision is not None:
             progress.watermark = revision
 
-    async def _collect(self, epoch: int, pair: _Pair) -> int:
-        source, target = pair
-        request = node_pb2.ExportRequest(
-            group_id=source, epoch=epoch, target=target, kind=node_pb2.EXPORT_KEYS
-        )
+    async def _collect(self, epoch: int, pair: _Pair, copied: set[bytes] | None) -> int:
+        """Drop the moved keys at the source: the ones this driver copied when it
+        remembers them all, else what a scan of the source finds moving."""
+        source = pair[0]
         collected = 0
-        async for chunk in self.calls.export(request):
-            if chunk.data.keys:
-                collect = kv_pb2.MigrateCollect(keys=chunk.data.keys)
-                await self._apply(source, self._step(epoch, pair, collect=collect))
-                collected += len(chunk.data.keys)
-                self.runtime.metrics.migration_keys_collected.inc(len(chunk.data.keys))
+        pipeline = _Pipeline(_IMPORTS_IN_FLIGHT)
+        try:
+            async for moved in self._moved_keys(epoch, pair, copied):
+                collect = self._step(epoch, pair, collect=kv_pb2.MigrateCollect(keys=moved))
+                await pipeline.submit(self._apply(source, collect))
+                collected += len(moved)
+                self.runtime.metrics.migration_keys_collected.inc(len(moved))
+            await pipeline.drain()
+        finally:
+            pipeline.cancel()
         await self._apply(source, self._step(epoch, pair, collect=kv_pb2.MigrateCollect(last=True)))
         return collected
+
+    async def _moved_keys(
+        self, epoch: int, pair: _Pair, copied: set[bytes] | None
+    ) -> AsyncIterator[list[bytes]]:
+        if copied is not None:
+            moved = sorted(copied)
+            for start in range(0, len(moved), _COLLECT_CHUNK_KEYS):
+                yield moved[start : start + _COLLECT_CHUNK_KEYS]
+            return
+        source, target = pair
+        request = node_pb2.ExportRequest(
+            group_id=source,
+            epoch=epoch,
+            target=target,
+            kind=node_pb2.EXPORT_KEYS,
+            chunk_keys=_COLLECT_CHUNK_KEYS,
+        )
+        async for chunk in self.calls.export(request):
+            if chunk.data.keys:
+                yield list(chunk.data.keys)
 
     # -- recording in the map ----------------------------------------------------------
 
@@ -381,7 +446,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
                 if "phase" in fields and move.phase >= fields["phase"]:  # type: ignore[operator]
                     return None  # recorded already (by a predecessor, or a repeat)
                 move.keys_copied = max(move.keys_copied, progress.keys)
-                move.bytes_copied = max(move.bytes_copied, progress.bytes)
+                move.bytes_copied = max(move.bytes_copied, progress.nbytes)
                 move.keys_estimate = progress.estimate or move.keys_estimate
                 if "stuck" not in fields:
                     move.stuck = ""
