@@ -9,8 +9,11 @@ SEEDS ?= 100000
 NODE_SEEDS ?= 10000
 # Per-test limit in seconds: generous, it only catches a hang.
 TEST_TIMEOUT ?= 600
+# bench-rebalance: keys loaded before the group is added, and their value size.
+KEYS ?= 1000000
+VALUE_SIZE ?= 100
 
-.PHONY: all install test up lint format proto sim node-sim soak bench-raft bench-node bench-compare bench-txn clean distclean
+.PHONY: all install test up lint format proto sim node-sim soak bench-raft bench-node bench-compare bench-txn bench-rebalance clean distclean
 
 all: test
 
@@ -68,6 +71,11 @@ bench-compare: $(STAMP)
 # Transfers through Txn on a fresh local cluster: two groups, one group, a hot set.
 bench-txn: $(STAMP)
 	$(PY) -m bench.txn
+
+# Add a group to 4 holding KEYS keys while a client writes the moving keys:
+# keys moved/s, the longest put of a moved key, frozen_ms; checks the data after.
+bench-rebalance: $(STAMP)
+	$(PY) -m bench.rebalance --keys $(KEYS) --value-size $(VALUE_SIZE)
 
 clean:
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

@@ -42,6 +42,10 @@ Decisions:
   so that ``shardkv status`` can say why a move does not progress.
 - Progress (keys and bytes copied) is written into the map at most every
   ``_PROGRESS_INTERVAL`` seconds.
+- **A switch goes first.** While one move is between its freeze and its
+  activation (its keys unwritable), the other moves' copies wait, so the
+  switch does not queue behind bulk copies on a busy machine. Each move
+  keeps ``_IMPORTS_IN_FLIGHT`` copy steps in flight.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ _log = logging.getLogger(__name__)
 # A catch-up round this small ends the copying: the freeze follows.
 _SMALL_ROUND = 500
 _MAX_ROUNDS = 8
-_IMPORTS_IN_FLIGHT = 4
+_IMPORTS_IN_FLIGHT = 2
 # Keys per collect step (keys only: small entries).
 _COLLECT_CHUNK_KEYS = 4000
 # The most moved keys a move remembers to drop them at the source without a scan.
@@ -147,6 +151,11 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         super().__init__(agent, calls, interval=interval)
         self._progress: dict[_Pair, _Progress] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Moves in their switch (freeze to active); while any is, the others'
+        # copies wait, so that the keys unwritable now get the machine.
+        self._switching = 0
+        self._no_switch = asyncio.Event()
+        self._no_switch.set()
 
     def pending(self, cluster_map: cluster_pb2.ClusterMap) -> list[_Pair]:
         if not cluster_map.HasField("migration"):
@@ -266,11 +275,30 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         idempotent on a frozen source), and the last copy activates the
         target in its own entry.
         """
+        self._switching += 1
+        self._no_switch.clear()
+        try:
+            await self._switch_steps(epoch, pair, progress, record_frozen=record_frozen)
+        finally:
+            self._switching -= 1
+            if not self._switching:
+                self._no_switch.set()
+
+    async def _switch_steps(
+        self, epoch: int, pair: _Pair, progress: _Progress, *, record_frozen: bool
+    ) -> None:
         source, target = pair
         loop = asyncio.get_running_loop()
         await self._apply(source, self._step(epoch, pair, freeze=True))
         if progress.frozen_at is None:
             progress.frozen_at = loop.time()
+        _log.info(
+            "node %d: move %d->%d frozen after copying %d keys",
+            self.runtime.node_id,
+            *pair,
+            progress.keys,
+            extra={"node_id": self.runtime.node_id, "group_id": source},
+        )
         if record_frozen:
             recording = asyncio.create_task(self._record(pair, phase=cluster_pb2.MOVE_FROZEN))
             self._background.add(recording)
@@ -370,6 +398,8 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
                     data, held = held, data  # the last one waits for the others
                     if data is None:
                         continue
+                if not activate:
+                    await self._no_switch.wait()  # another move is switching: let it
                 await pipeline.submit(send(data))
                 await self._maybe_record_progress(pair, progress)
             await pipeline.drain()
