@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -31,13 +31,19 @@ CLIENTS = 8
 SECONDS = 8.0
 
 
-async def run_client(number: int, address: str, history: list[Operation], stop_at: float) -> None:
+async def run_client(
+    number: int,
+    address: str,
+    history: list[Operation],
+    stop_at: float,
+    keys: Sequence[bytes] = KEYS,
+) -> None:
     rng = random.Random(number)
     async with AsyncClient(address, timeout=4.0) as client:
         for step in range(10_000):
             if time.monotonic() >= stop_at:
                 return
-            key = rng.choice(KEYS)
+            key = rng.choice(keys)
             kind = rng.choice(("put", "get", "get", "cas", "delete"))
             value = b"c%d-%d" % (number, step)
             expected = rng.choice(
