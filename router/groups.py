@@ -48,6 +48,7 @@ __all__ = [
     "Refused",
     "Reroute",
     "RouteError",
+    "SessionReused",
 ]
 
 _log = logging.getLogger(__name__)
@@ -125,6 +126,15 @@ class Locked(Exception):
     def __init__(self, lock: kv_pb2.LockInfo) -> None:
         super().__init__(f"key {lock.key!r} is locked by a transaction")
         self.lock = lock
+
+
+class SessionReused(Exception):
+    """The group kept another command's result under this session seq (the request was
+    planned over other groups before a ring change): nothing was applied for this one."""
+
+    def __init__(self, kept: kv_pb2.CommandResult) -> None:
+        super().__init__("the session's seq answered another command in this group")
+        self.kept = kept
 
 
 class Reroute(Exception):

@@ -25,12 +25,12 @@ applies at most once. A request without a session gets one from the router
 (exactly-once then covers the router's own retries only).
 
 A write a group refuses as WRONG_GROUP (the ring moved) is routed again with
-the newer map. For one key this keeps its session (the key's new group never
-applied that seq for another key). A multi-key part routed again goes out
-under a fresh router session instead, since the new group may already hold
-the same seq for other keys of the request: during a ring change, those keys
-are at-least-once. (Rings change only with rebalancing; until then it does
-not arise.)
+the newer map, keeping its session when it is one key. A multi-key part
+routed again goes out under a fresh router session instead, since the new
+group may already hold the same seq for other keys of the request; so does a
+write a group answers ``reused`` (it keeps another command's result under
+that seq: the sessions of moved keys move with them). During a ring change
+those keys are at-least-once.
 
 During a ring change (``ClusterMap.migration``) a key goes to its move's
 target once the move is active, to its source before (``shardkv.ring.Routing``).
@@ -77,6 +77,7 @@ from router.groups import (
     Overloaded,
     Reroute,
     RouteError,
+    SessionReused,
 )
 from router.limits import DEFAULT_LIMITS, RETRY_AFTER_KEY, RouterLimits
 from router.metrics import RouterMetrics
@@ -276,6 +277,8 @@ class RouterService(router_pb2_grpc.RouterServicer):
                     result = outcome.result
                     if result.HasField("wrong_group"):
                         outcomes[index] = Reroute(result.wrong_group)
+                    elif result.reused:
+                        outcomes[index] = SessionReused(result)
                     elif result.HasField("locked"):
                         outcomes[index] = Locked(result.locked)
                     else:
@@ -364,17 +367,30 @@ class RouterService(router_pb2_grpc.RouterServicer):
         self, key: bytes, command: kv_pb2.Command, deadline: float
     ) -> kv_pb2.CommandResult:
         await self._wait_for_map()
-        for attempt in itertools.count():
-            ring = self.topology.current_ring()
-            group_id = ring.group_for(key)
-            command.epoch = ring.epoch  # routed with this ring: see Command.epoch
-            try:
-                return await self._writer(group_id).call(command, deadline)
-            except Reroute as reroute:
-                await self._after_reroute(reroute, attempt)
-            except Locked as locked:
-                # Not applied (nor recorded): the same seq applies once the lock is gone.
-                await self.coordinator.wait_for_lock(group_id, locked.lock, attempt, deadline)
+        fresh: router_pb2.Session | None = None
+        try:
+            for attempt in itertools.count():
+                ring = self.topology.current_ring()
+                group_id = ring.group_for(key)
+                command.epoch = ring.epoch  # routed with this ring: see Command.epoch
+                try:
+                    return await self._writer(group_id).call(command, deadline)
+                except Reroute as reroute:
+                    await self._after_reroute(reroute, attempt)
+                except SessionReused:
+                    if fresh is not None:
+                        raise  # a session of our own cannot have been used before
+                    # See the module docstring: the seq answered another part of
+                    # the request here; this key goes out under a fresh session.
+                    fresh = self._sessions.issue()
+                    command.client_id, command.seq = fresh.client_id, fresh.seq
+                    command.acked_seq = fresh.acked_seq
+                except Locked as locked:
+                    # Not applied (nor recorded): the same seq applies once the lock is gone.
+                    await self.coordinator.wait_for_lock(group_id, locked.lock, attempt, deadline)
+        finally:
+            if fresh is not None:
+                self._sessions.finish(fresh)
         raise AssertionError("unreachable")
 
     async def _read_key(self, key: bytes, deadline: float) -> kv_pb2.KeyValue | None:
@@ -701,6 +717,8 @@ class RouterService(router_pb2_grpc.RouterServicer):
             if isinstance(result, Reroute):
                 await self._after_reroute(result, reroutes)
                 moved.extend(group_items)
+            elif isinstance(result, SessionReused):
+                moved.extend(group_items)  # another part kept this seq here: a fresh one
             elif isinstance(result, Locked):
                 # Not applied nor recorded: the same session applies it later.
                 await self.coordinator.wait_for_lock(group_id, result.lock, reroutes, deadline)

@@ -286,11 +286,15 @@ OpResult = GetResult | PutResult | DeleteResult
 class TxnResult:
     """``succeeded``: every compare held and the then-branch ran (else the else-branch).
 
-    ``results`` has one entry per operation of the branch that ran, in order.
+    ``results`` has one entry per operation of the branch that ran, in order,
+    except when ``results_unknown``: a retry found the transaction committed by
+    an earlier attempt planned before the ring moved its keys, whose
+    per-operation results are not kept (``results`` is empty then).
     """
 
     succeeded: bool
     results: list[OpResult]
+    results_unknown: bool = False
 
     @classmethod
     def from_response(
@@ -298,6 +302,8 @@ class TxnResult:
     ) -> TxnResult:
         """The result of ``request``, answered with ``response`` (ClusterError if they disagree)."""
         operations = request.success if response.succeeded else request.failure
+        if response.results_unknown:
+            return cls(response.succeeded, [], results_unknown=True)
         if len(operations) != len(response.results):
             raise ClusterError(
                 f"Txn: the router answered {len(response.results)} results for "

@@ -66,6 +66,7 @@ from router.groups import (
     Refused,
     Reroute,
     RouteError,
+    SessionReused,
     backoff,
 )
 from router.metrics import RouterMetrics
@@ -76,6 +77,7 @@ from shardkv.txn_protocol import (
     Settled,
     decide_command,
     expired,
+    finish_command,
     finish_everywhere,
     now_ms,
     operation_key,
@@ -239,6 +241,9 @@ class Coordinator:
         for attempt in range(10_000):
             try:
                 result = await self.writer(group_id).call(command, deadline)
+            except SessionReused as reused:
+                ref = kv_pb2.TxnRef(client_id=session.client_id, seq=session.seq)
+                return await self._reused(plan, ref, reused.kept, {}, deadline)
             except Locked as locked:
                 # It holds no lock itself, so it cannot deadlock; but it waits
                 # no longer than an older transaction would (then ABORTED).
@@ -277,6 +282,9 @@ class Coordinator:
             *(prepare_group(g, prepare) for g, prepare in plan.prepares.items()),
             return_exceptions=True,
         )
+        reused = next((answer for answer in answers if isinstance(answer, SessionReused)), None)
+        if reused is not None:
+            return await self._reused(plan, ref, reused.kept, outcomes, deadline)
         failure: BaseException | None = next(
             (answer for answer in answers if isinstance(answer, BaseException)), None
         )
@@ -328,7 +336,7 @@ class Coordinator:
                     # The holder may be decided already (its coordinator died
                     # after the record): finish it here rather than wait.
                     asked.add(holder)
-                    settled = await settle_lock(_Calls(self, deadline), group_id, lock)
+                    settled = await self._settle(group_id, lock, attempt, deadline)
                     if settled in (Settled.COMMITTED, Settled.ABORTED):
                         continue
                 older = age < (lock.started_ms, lock.txn.client_id, lock.txn.seq)
@@ -342,6 +350,49 @@ class Coordinator:
             _check_fresh(result)
             return result
         raise AssertionError("unreachable")
+
+    async def _reused(
+        self,
+        plan: _Plan,
+        ref: kv_pb2.TxnRef,
+        kept: kv_pb2.CommandResult,
+        prepared: dict[int, kv_pb2.TxnOutcome],
+        deadline: float,
+    ) -> router_pb2.TxnResponse:
+        """A group kept another attempt's result under this session: the transaction ran
+        before, planned over other groups (the ring moved its keys since). Its outcome is
+        that attempt's; this attempt's fresh prepares are dropped, never committed.
+
+        An earlier one-phase attempt applied whole: its kept outcome is the answer. An
+        earlier two-phase one is decided by its record at the primary (the first key's
+        group; the record moved with the key), written ABORTED first if absent: COMMITTED
+        answers its branch without per-operation results (the parts' results stayed
+        with the old plan), ABORTED is a conflict (nothing applied: run it anew).
+        """
+        calls = _Calls(self, deadline)
+        record: kv_pb2.TxnRecord | None = None
+        if not kept.txn.one_phase:
+            primary = calls.group_for(plan.first_key)
+            decided = await calls.propose(
+                primary, decide_command(ref, False, False, plan.first_key)
+            )
+            record = decided.txn.record
+        dropped = finish_command(kv_pb2.TxnRecord(txn=ref, state=kv_pb2.TXN_ABORTED))
+        for group_id in prepared:
+            try:
+                await calls.propose(group_id, dropped)
+            except (RouteError, Reroute) as error:  # resolvers end it after its deadline
+                _log.info("dropping transaction %s in group %d: %s", txn_name(ref), group_id, error)
+        if record is None:
+            return router_pb2.TxnResponse(
+                succeeded=kept.txn.succeeded, results=kept.txn.then_results
+            )
+        if record.state == kv_pb2.TXN_COMMITTED:
+            return router_pb2.TxnResponse(succeeded=record.then_branch, results_unknown=True)
+        raise Conflict(
+            f"transaction {txn_name(ref)} ran before the ring moved its keys and was aborted: "
+            "retry it"
+        )
 
     async def _abort(
         self,
@@ -420,10 +471,21 @@ class Coordinator:
         writer's wait for a lock does.
         """
         self.metrics.lock_waits.labels("read").inc()
-        settled = await settle_lock(_Calls(self, deadline), group_id, lock)
+        settled = await self._settle(group_id, lock, attempt, deadline)
         if settled is Settled.UNDECIDED:
             await asyncio.sleep(min(_MAX_LOCK_WAIT, backoff(attempt)))
         return settled
+
+    async def _settle(
+        self, group_id: int, lock: kv_pb2.LockInfo, attempt: int, deadline: float
+    ) -> Settled:
+        """``settle_lock``; UNDECIDED when a group it asks no longer keeps the key (a move):
+        the caller looks again, with the next map."""
+        try:
+            return await settle_lock(_Calls(self, deadline), group_id, lock)
+        except Reroute as reroute:
+            await self._after_reroute(reroute, attempt)
+            return Settled.UNDECIDED
 
     async def wait_for_lock(
         self, group_id: int, lock: kv_pb2.LockInfo, attempt: int, deadline: float
@@ -440,7 +502,7 @@ class Coordinator:
         self, group_id: int, lock: kv_pb2.LockInfo, attempt: int, deadline: float
     ) -> None:
         if expired(lock) or attempt == 0:
-            settled = await settle_lock(_Calls(self, deadline), group_id, lock)
+            settled = await self._settle(group_id, lock, attempt, deadline)
             if settled in (Settled.COMMITTED, Settled.ABORTED):
                 return
         await asyncio.sleep(min(_MAX_LOCK_WAIT, backoff(attempt)))

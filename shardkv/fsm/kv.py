@@ -20,7 +20,11 @@ What it promises:
 3. Exactly once, with many commands of a client in flight (RIFL's
    scheme): the group records the result of every command with a
    ``client_id`` under (client_id, seq) and answers a retry from it without
-   writing. The client says with each command which seqs it will never retry
+   writing. The result keeps the command's shape (kind and keys, hashed:
+   ``command_shape``); a command with the same seq and another shape (the
+   request re-planned over other groups after a ring change moved its keys
+   and their sessions here) gets the kept result marked ``reused``, and
+   nothing is applied for it. The client says with each command which seqs it will never retry
    (``acked_seq``); the session's floor rises to it and the results at or
    below are deleted. A command at or below the floor is answered ``stale``
    and does nothing (its outcome is no longer known). The floor also rises
@@ -58,6 +62,7 @@ leader's clock through the log comes with leases.
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -155,7 +160,10 @@ class KeyValueStateMachine:
         result_key = keys.result_key(self.group_id, client_id, seq)
         recorded = self._read(ColumnFamily.META, result_key)
         if recorded is not None:
-            return kv_pb2.CommandResult.FromString(recorded)
+            kept = kv_pb2.CommandResult.FromString(recorded)
+            if kept.shape and kept.shape != command_shape(command):
+                kept.reused = True  # another command's: see CommandResult.reused
+            return kept
         result = self._execute(batch, command)
         if result.HasField("wrong_group") or result.HasField("locked"):
             # Nothing happened here: not recorded, so that a retry with the
@@ -163,6 +171,7 @@ class KeyValueStateMachine:
             # or the lock is gone), is applied rather than answered with
             # this refusal.
             return result
+        result.shape = command_shape(command)
         self._write(batch, ColumnFamily.META, result_key, result.SerializeToString())
         new_floor = max(floor, min(command.acked_seq, seq - 1), seq - RESULT_WINDOW)
         if new_floor > floor:
@@ -500,6 +509,22 @@ def _command_keys(command: kv_pb2.Command) -> Iterator[bytes]:
         yield put.key
     if command.txn.HasField("prepare"):
         yield from step_keys(command.txn.prepare)
+
+
+def command_shape(command: kv_pb2.Command) -> int:
+    """A hash of what ``command`` is (its kind and keys, in order): two commands with the
+    same session seq are the same request's same part only if their shapes agree."""
+    if command.HasField("txn"):
+        step = command.txn
+        kind = step.WhichOneof("kind") or ""
+        if kind == "prepare" and step.prepare.one_phase:
+            kind = "one_phase"
+    else:
+        kind = "write"
+    shape = zlib.crc32(kind.encode())
+    for key in _command_keys(command):
+        shape = zlib.crc32(key, zlib.crc32(b"%d:" % len(key), shape))
+    return shape or 1  # 0 means "unknown"
 
 
 def _result(succeeded: bool, key: bytes, previous: Record | None) -> kv_pb2.OperationResult:

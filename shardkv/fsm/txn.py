@@ -215,6 +215,7 @@ class Transactions:
         outcome = kv_pb2.TxnOutcome(
             succeeded=evaluated.succeeded,
             then_results=evaluated.then_results if evaluated.succeeded else evaluated.else_results,
+            one_phase=True,
         )
         self.machine.write_operations(batch, _writes(branch))
         return kv_pb2.CommandResult(txn=outcome, revision=self.machine.revision)

@@ -206,16 +206,18 @@ class PreparedTxn(_message.Message):
     def __init__(self, txn: _Optional[_Union[TxnRef, _Mapping]] = ..., prepare: _Optional[_Union[TxnPrepare, _Mapping]] = ..., outcome: _Optional[_Union[TxnOutcome, _Mapping]] = ...) -> None: ...
 
 class TxnOutcome(_message.Message):
-    __slots__ = ("succeeded", "then_results", "else_results", "record")
+    __slots__ = ("succeeded", "then_results", "else_results", "record", "one_phase")
     SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
     THEN_RESULTS_FIELD_NUMBER: _ClassVar[int]
     ELSE_RESULTS_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
+    ONE_PHASE_FIELD_NUMBER: _ClassVar[int]
     succeeded: bool
     then_results: _containers.RepeatedCompositeFieldContainer[OperationResult]
     else_results: _containers.RepeatedCompositeFieldContainer[OperationResult]
     record: TxnRecord
-    def __init__(self, succeeded: _Optional[bool] = ..., then_results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., else_results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., record: _Optional[_Union[TxnRecord, _Mapping]] = ...) -> None: ...
+    one_phase: bool
+    def __init__(self, succeeded: _Optional[bool] = ..., then_results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., else_results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., record: _Optional[_Union[TxnRecord, _Mapping]] = ..., one_phase: _Optional[bool] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("client_id", "seq", "operations", "acked_seq", "ring", "batch", "epoch", "puts", "txn", "migrate")
@@ -336,7 +338,7 @@ class OperationResult(_message.Message):
     def __init__(self, succeeded: _Optional[bool] = ..., previous: _Optional[_Union[KeyValue, _Mapping]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("results", "revision", "wrong_group", "stale", "puts_written", "locked", "txn", "migrate")
+    __slots__ = ("results", "revision", "wrong_group", "stale", "puts_written", "locked", "txn", "migrate", "shape", "reused")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     WRONG_GROUP_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +347,8 @@ class CommandResult(_message.Message):
     LOCKED_FIELD_NUMBER: _ClassVar[int]
     TXN_FIELD_NUMBER: _ClassVar[int]
     MIGRATE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[OperationResult]
     revision: int
     wrong_group: WrongGroup
@@ -353,7 +357,9 @@ class CommandResult(_message.Message):
     locked: LockInfo
     txn: TxnOutcome
     migrate: MigrateResult
-    def __init__(self, results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., revision: _Optional[int] = ..., wrong_group: _Optional[_Union[WrongGroup, _Mapping]] = ..., stale: _Optional[bool] = ..., puts_written: _Optional[int] = ..., locked: _Optional[_Union[LockInfo, _Mapping]] = ..., txn: _Optional[_Union[TxnOutcome, _Mapping]] = ..., migrate: _Optional[_Union[MigrateResult, _Mapping]] = ...) -> None: ...
+    shape: int
+    reused: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., revision: _Optional[int] = ..., wrong_group: _Optional[_Union[WrongGroup, _Mapping]] = ..., stale: _Optional[bool] = ..., puts_written: _Optional[int] = ..., locked: _Optional[_Union[LockInfo, _Mapping]] = ..., txn: _Optional[_Union[TxnOutcome, _Mapping]] = ..., migrate: _Optional[_Union[MigrateResult, _Mapping]] = ..., shape: _Optional[int] = ..., reused: _Optional[bool] = ...) -> None: ...
 
 class WrongGroup(_message.Message):
     __slots__ = ("group_id", "epoch", "key", "moved_to")

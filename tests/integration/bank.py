@@ -324,6 +324,14 @@ class Bank:
         assert response is not None
         if response.succeeded:
             report.committed.append(transfer)
+            if response.results_unknown and outcome.retried:
+                return  # committed by an earlier attempt planned before a ring change
+            if len(response.results) != 2:
+                report.violations.append(
+                    f"transfer {transfer} committed with {len(response.results)} results, "
+                    f"not one per put (retried: {outcome.retried}): {response}"
+                )
+                return
             for result, kv in zip(response.results, (source, target), strict=True):
                 if result.previous.mod_revision != kv.mod_revision:
                     report.violations.append(

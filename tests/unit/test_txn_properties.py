@@ -38,7 +38,7 @@ from typing import TypeAlias
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardkv.fsm.kv import KeyValueStateMachine
+from shardkv.fsm.kv import KeyValueStateMachine, command_shape
 from shardkv.limits import check_command
 from shardkv.storage import ColumnFamily, MemoryEngine, StorageEngine, keys
 from shardkv.txn_protocol import decide_command, finish_command, forget_command
@@ -213,6 +213,7 @@ class GroupModel:
         result = self._execute(command)
         if result.HasField("locked"):
             return result
+        result.shape = command_shape(command)
         self.results[(client_id, seq)] = result
         new_floor = max(floor, min(command.acked_seq, seq - 1))
         if new_floor > floor:
@@ -284,7 +285,9 @@ class GroupModel:
             self.world.commits.append(Commit(name(txn), evaluated.succeeded))
             chosen = evaluated.then_results if evaluated.succeeded else evaluated.else_results
             return kv_pb2.CommandResult(
-                txn=kv_pb2.TxnOutcome(succeeded=evaluated.succeeded, then_results=chosen),
+                txn=kv_pb2.TxnOutcome(
+                    succeeded=evaluated.succeeded, then_results=chosen, one_phase=True
+                ),
                 revision=self.revision,
             )
         if name(txn) in self.prepared:
