@@ -342,10 +342,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
         _log.debug("%s (attempt %d): routing again with the next map", reroute, attempt)
         self.topology.refresh()
         wrong_group = reroute.wrong_group
-        if wrong_group.moved_to:
+        if wrong_group.moved_to and self.topology.moved(wrong_group.group_id, wrong_group.moved_to):
             # The source sealed the key's move and names its target: go there
             # now; it serves the key as soon as the move is active.
-            self.topology.moved(wrong_group.group_id, wrong_group.moved_to)
             return
         if wrong_group.epoch > self.topology.epoch:
             # A migration is under way (or done) that our map may not show yet:
@@ -802,7 +801,11 @@ class RouterService(router_pb2_grpc.RouterServicer):
         # answers WRONG_GROUP holds keys in transit (a ring change): every
         # group is asked again once the map moved on or after a backoff.
         for attempt in itertools.count():
-            groups = self.topology.current_ring().groups
+            routing = self.topology.current_ring()
+            groups = routing.groups
+            # The groups check the scan knows where their moved keys went.
+            request.epoch = routing.epoch
+            request.groups[:] = groups
             answers = await asyncio.gather(
                 *(scan_group(group_id) for group_id in groups), return_exceptions=True
             )

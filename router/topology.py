@@ -96,11 +96,15 @@ class Topology:
         """Poll for a newer map now (a node answered with a newer epoch)."""
         self._poke.set()
 
-    def moved(self, source: int, target: int) -> None:
+    def moved(self, source: int, target: int) -> bool:
         """A group said its keys moving to ``target`` are no longer served by it: route
-        them there before the map says so (the target refuses until it serves them)."""
-        if self.ring is not None:
-            self.ring = self.ring.with_active(source, target)
+        them there before the map says so (the target refuses until it serves them).
+        False when our map knows no such move (it predates the migration): wait for a
+        newer one."""
+        if self.ring is None or self.ring.target is None:
+            return False
+        self.ring = self.ring.with_active(source, target)
+        return True
 
     async def changed(self, timeout: float) -> bool:
         """Wait until ``learn`` takes a newer map, at most ``timeout`` seconds; whether it did."""

@@ -243,7 +243,7 @@ class Coordinator:
                 result = await self.writer(group_id).call(command, deadline)
             except SessionReused as reused:
                 ref = kv_pb2.TxnRef(client_id=session.client_id, seq=session.seq)
-                return await self._reused(plan, ref, reused.kept, {}, deadline)
+                return await self._reused(plan, ref, reused.kept, set(), deadline)
             except Locked as locked:
                 # It holds no lock itself, so it cannot deadlock; but it waits
                 # no longer than an older transaction would (then ABORTED).
@@ -270,6 +270,8 @@ class Coordinator:
         primary = plan.primary
         calls = _Calls(self, deadline)
         outcomes: dict[int, kv_pb2.TxnOutcome] = {}
+        # Groups that prepared in this attempt (not answered from the session).
+        fresh: set[int] = set()
 
         async def prepare_group(group_id: int, prepare: kv_pb2.TxnPrepare) -> None:
             command = _command(session, kv_pb2.TxnStep(prepare=prepare), plan.epoch)
@@ -277,6 +279,8 @@ class Coordinator:
             if not outcomes:
                 failpoint("txn.after_prepare")
             outcomes[group_id] = result.txn
+            if not result.replayed:
+                fresh.add(group_id)
 
         answers = await asyncio.gather(
             *(prepare_group(g, prepare) for g, prepare in plan.prepares.items()),
@@ -284,7 +288,7 @@ class Coordinator:
         )
         reused = next((answer for answer in answers if isinstance(answer, SessionReused)), None)
         if reused is not None:
-            return await self._reused(plan, ref, reused.kept, outcomes, deadline)
+            return await self._reused(plan, ref, reused.kept, fresh, deadline)
         failure: BaseException | None = next(
             (answer for answer in answers if isinstance(answer, BaseException)), None
         )
@@ -356,12 +360,14 @@ class Coordinator:
         plan: _Plan,
         ref: kv_pb2.TxnRef,
         kept: kv_pb2.CommandResult,
-        prepared: dict[int, kv_pb2.TxnOutcome],
+        fresh: set[int],
         deadline: float,
     ) -> router_pb2.TxnResponse:
         """A group kept another attempt's result under this session: the transaction ran
         before, planned over other groups (the ring moved its keys since). Its outcome is
-        that attempt's; this attempt's fresh prepares are dropped, never committed.
+        that attempt's; this attempt's own prepares (``fresh``: not answered from a
+        session, where the earlier attempt's prepare may still wait for its finish) are
+        dropped, never committed.
 
         An earlier one-phase attempt applied whole: its kept outcome is the answer. An
         earlier two-phase one is decided by its record at the primary (the first key's
@@ -378,7 +384,7 @@ class Coordinator:
             )
             record = decided.txn.record
         dropped = finish_command(kv_pb2.TxnRecord(txn=ref, state=kv_pb2.TXN_ABORTED))
-        for group_id in prepared:
+        for group_id in sorted(fresh):
             try:
                 await calls.propose(group_id, dropped)
             except (RouteError, Reroute) as error:  # resolvers end it after its deadline

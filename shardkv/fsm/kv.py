@@ -161,6 +161,7 @@ class KeyValueStateMachine:
         recorded = self._read(ColumnFamily.META, result_key)
         if recorded is not None:
             kept = kv_pb2.CommandResult.FromString(recorded)
+            kept.replayed = True
             if kept.shape and kept.shape != command_shape(command):
                 kept.reused = True  # another command's: see CommandResult.reused
             return kept
@@ -344,9 +345,12 @@ class KeyValueStateMachine:
             return self.wrong_group(command.txn.decide.primary_key, Access.DECIDE)
         return None
 
-    def scan_refusal(self) -> kv_pb2.WrongGroup | None:
-        """Why a scan of this group must wait (keys in transit), or None."""
-        return self.migration.scan_refusal()
+    def scan_refusal(self, epoch: int = 0, groups: Sequence[int] = ()) -> kv_pb2.WrongGroup | None:
+        """Why a scan routed with ring ``epoch`` over ``groups`` cannot be answered, or None:
+        keys in transit, or a router's map older than where this group's keys went."""
+        if epoch and self.ring is not None and epoch < self.ring.epoch:
+            return kv_pb2.WrongGroup(group_id=self.group_id, epoch=self.ring.epoch)
+        return self.migration.scan_refusal(groups)
 
     def _apply_operation(
         self, batch: Batch, operation: kv_pb2.Operation, revision: int

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from shardkv.ring import KeyRing, build_ring, ring_position
@@ -145,14 +145,18 @@ class Migration:
             return kv_pb2.WrongGroup(group_id=group, epoch=epoch, key=key)
         return kv_pb2.WrongGroup(group_id=group, epoch=state.epoch, key=key)
 
-    def scan_refusal(self) -> kv_pb2.WrongGroup | None:
-        """Keys of this group's range are in transit (sealed, not yet served by the target):
-        a scan must wait rather than miss them."""
+    def scan_refusal(self, groups: Sequence[int] = ()) -> kv_pb2.WrongGroup | None:
+        """Why a scan over ``groups`` must not be answered here now, or None: keys of this
+        group's range are in transit (sealed, not yet served by the target), or served
+        by a target the scan does not ask (a router whose map predates the move)."""
         state = self.state
         if state is None:
             return None
-        if any(arc == _OUT_SEALED for arc in state.outgoing.values()):
-            return kv_pb2.WrongGroup(group_id=self.group_id, epoch=state.epoch)
+        for target, arc in sorted(state.outgoing.items()):
+            if arc == _OUT_SEALED:
+                return kv_pb2.WrongGroup(group_id=self.group_id, epoch=state.epoch)
+            if arc == _OUT_RELEASED and groups and target not in groups:
+                return kv_pb2.WrongGroup(group_id=self.group_id, epoch=state.epoch, moved_to=target)
         return None
 
     def moving_filter(self, target: int) -> Callable[[bytes], bool]:

@@ -52,7 +52,6 @@ small (nodes and groups), so whole-value compare-and-set is simple and safe.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 
@@ -61,6 +60,7 @@ import grpc.aio
 
 from shardkv.errors import FailedPrecondition, NotLeader, ProposalFailed, ShardKVError
 from shardkv.node.config import NodeConfig
+from shardkv.node.passes import run_passes
 from shardkv.node.placement_change import plan_placement
 from shardkv.node.ring_change import plan_change
 from shardkv.node.runtime import NodeRuntime
@@ -135,15 +135,13 @@ class ClusterAgent:
         self._wake.set()
 
     async def run(self) -> None:
-        while not self._stopping:
-            try:
-                await self.step()
-            except Exception:  # one bad step must not end the agent
-                _log.exception("node %d: cluster agent step failed", self.runtime.node_id)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):
-                    await self._wake.wait()
-            self._wake.clear()
+        await run_passes(
+            self.step,
+            interval=self.interval,
+            wake=self._wake,
+            stopping=lambda: self._stopping,
+            what=f"node {self.runtime.node_id}: cluster agent",
+        )
 
     async def stop(self) -> None:
         self._stopping = True

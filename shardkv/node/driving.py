@@ -26,6 +26,7 @@ from typing import Generic, TypeVar
 
 from shardkv.errors import ShardKVError
 from shardkv.node.cluster import META_GROUP, ClusterAgent
+from shardkv.node.passes import run_passes
 from shardkv.node.resolver import NodeGroupCalls
 from shardkv.raft import Role
 from shardkv.v1 import cluster_pb2
@@ -88,15 +89,13 @@ class MapDriver(abc.ABC, Generic[_Key, _Item]):
         self._wake.set()
 
     async def run(self) -> None:
-        while not self._stopping:
-            try:
-                await self.step()
-            except Exception:  # one bad pass must not end the driver
-                _log.exception("node %d: %s pass failed", self.runtime.node_id, self.name)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):
-                    await self._wake.wait()
-            self._wake.clear()
+        await run_passes(
+            self.step,
+            interval=self.interval,
+            wake=self._wake,
+            stopping=lambda: self._stopping,
+            what=f"node {self.runtime.node_id}: {self.name} driver",
+        )
 
     async def stop(self) -> None:
         self._stopping = True

@@ -51,7 +51,6 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -235,8 +234,9 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             progress.keys = progress.nbytes = 0
             progress.copied = set()
             progress.recorded_at = asyncio.get_running_loop().time()
-            # _TargetActive: activated before a crash, unrecorded; nothing to copy.
-            with contextlib.suppress(_TargetActive):
+            # _TargetActive: activated before a crash, unrecorded; nothing to copy,
+            # and the keys to collect are not all known here.
+            try:
                 await self._copy(epoch, pair, node_pb2.EXPORT_ALL, 0, progress)
                 # The first catch-up takes every change since the move began,
                 # not only since this copy: a key an earlier, interrupted copy
@@ -250,6 +250,8 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
                     since = progress.watermark
                     if progress.keys - before < _SMALL_ROUND:
                         break
+            except _TargetActive:
+                progress.copied = None
             await self._switch(epoch, pair, progress, record_frozen=True)
         elif move.phase == cluster_pb2.MOVE_FROZEN:
             await self._switch(epoch, pair, progress, record_frozen=False)
@@ -306,9 +308,12 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             recording.add_done_callback(_retrieve)
         await self._seal(epoch, pair)
         since = progress.watermark if progress.watermark is not None else 0
-        # _TargetActive: activated before a crash, unrecorded; its copy was complete.
-        with contextlib.suppress(_TargetActive):
+        try:
             await self._copy(epoch, pair, node_pb2.EXPORT_CHANGES, since, progress, activate=True)
+        except _TargetActive:
+            # Activated before a crash, unrecorded: its copy was complete then;
+            # which keys to collect is not all known here.
+            progress.copied = None
         await self._apply(target, self._step(epoch, pair, activate=True))  # done already, mostly
         frozen_ms = int((loop.time() - progress.frozen_at) * 1000)
         await self._record(pair, phase=cluster_pb2.MOVE_ACTIVE, frozen_ms=frozen_ms)

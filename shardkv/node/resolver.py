@@ -42,7 +42,6 @@ idempotent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import logging
@@ -59,6 +58,7 @@ from shardkv.failpoints import failpoint
 from shardkv.fsm.migration import Access
 from shardkv.node.cluster import META_GROUP
 from shardkv.node.membership import reconfigure
+from shardkv.node.passes import run_passes
 from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import txn_listing
 from shardkv.raft import Role
@@ -396,15 +396,13 @@ class TxnResolver:
         self._stopping = False
 
     async def run(self) -> None:
-        while not self._stopping:
-            try:
-                self.step()
-            except Exception:  # one bad pass must not end the resolver
-                _log.exception("node %d: transaction resolver pass failed", self.runtime.node_id)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):
-                    await self._wake.wait()
-            self._wake.clear()
+        await run_passes(
+            self.step,
+            interval=self.interval,
+            wake=self._wake,
+            stopping=lambda: self._stopping,
+            what=f"node {self.runtime.node_id}: transaction resolver",
+        )
 
     async def stop(self) -> None:
         """Stop passing, cancel what is in flight, close the channels; twice is harmless."""

@@ -221,7 +221,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
             return node_pb2.ScanResponse(error=group_error)
         page = request.limit or DEFAULT_SCAN_PAGE
         machine = self.runtime.peer(request.group_id).machine
-        in_transit = machine.scan_refusal()
+        in_transit = machine.scan_refusal(request.epoch, request.groups)
         if in_transit is not None:
             return node_pb2.ScanResponse(error=node_pb2.GroupError(wrong_group=in_transit))
         prefix = request.prefix if request.HasField("prefix") else None

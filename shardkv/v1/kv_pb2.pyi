@@ -338,7 +338,7 @@ class OperationResult(_message.Message):
     def __init__(self, succeeded: _Optional[bool] = ..., previous: _Optional[_Union[KeyValue, _Mapping]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("results", "revision", "wrong_group", "stale", "puts_written", "locked", "txn", "migrate", "shape", "reused")
+    __slots__ = ("results", "revision", "wrong_group", "stale", "puts_written", "locked", "txn", "migrate", "shape", "reused", "replayed")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     WRONG_GROUP_FIELD_NUMBER: _ClassVar[int]
@@ -349,6 +349,7 @@ class CommandResult(_message.Message):
     MIGRATE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     REUSED_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[OperationResult]
     revision: int
     wrong_group: WrongGroup
@@ -359,7 +360,8 @@ class CommandResult(_message.Message):
     migrate: MigrateResult
     shape: int
     reused: bool
-    def __init__(self, results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., revision: _Optional[int] = ..., wrong_group: _Optional[_Union[WrongGroup, _Mapping]] = ..., stale: _Optional[bool] = ..., puts_written: _Optional[int] = ..., locked: _Optional[_Union[LockInfo, _Mapping]] = ..., txn: _Optional[_Union[TxnOutcome, _Mapping]] = ..., migrate: _Optional[_Union[MigrateResult, _Mapping]] = ..., shape: _Optional[int] = ..., reused: _Optional[bool] = ...) -> None: ...
+    replayed: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., revision: _Optional[int] = ..., wrong_group: _Optional[_Union[WrongGroup, _Mapping]] = ..., stale: _Optional[bool] = ..., puts_written: _Optional[int] = ..., locked: _Optional[_Union[LockInfo, _Mapping]] = ..., txn: _Optional[_Union[TxnOutcome, _Mapping]] = ..., migrate: _Optional[_Union[MigrateResult, _Mapping]] = ..., shape: _Optional[int] = ..., reused: _Optional[bool] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class WrongGroup(_message.Message):
     __slots__ = ("group_id", "epoch", "key", "moved_to")

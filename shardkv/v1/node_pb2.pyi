@@ -298,18 +298,22 @@ class ReadResponse(_message.Message):
     def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., kvs: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., locks: _Optional[_Iterable[_Union[_kv_pb2.LockInfo, _Mapping]]] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
-    __slots__ = ("group_id", "start", "end", "prefix", "limit")
+    __slots__ = ("group_id", "start", "end", "prefix", "limit", "epoch", "groups")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     group_id: int
     start: bytes
     end: bytes
     prefix: bytes
     limit: int
-    def __init__(self, group_id: _Optional[int] = ..., start: _Optional[bytes] = ..., end: _Optional[bytes] = ..., prefix: _Optional[bytes] = ..., limit: _Optional[int] = ...) -> None: ...
+    epoch: int
+    groups: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, group_id: _Optional[int] = ..., start: _Optional[bytes] = ..., end: _Optional[bytes] = ..., prefix: _Optional[bytes] = ..., limit: _Optional[int] = ..., epoch: _Optional[int] = ..., groups: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ScanResponse(_message.Message):
     __slots__ = ("error", "kvs", "more", "locks")

@@ -29,8 +29,8 @@ from typing import TypeVar
 import grpc
 import pytest
 
-from shardkv.ring import KeyRing
-from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
+from shardkv.ring import KeyRing, map_order
+from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, node_pb2_grpc
 from tests.ports import free_ports
 
 POLL = 0.05
@@ -225,6 +225,22 @@ class Cluster:
         self._channels.clear()
 
     # -- talking to nodes -----------------------------------------------------------
+
+    def newest_map(self) -> cluster_pb2.ClusterMap | None:
+        """The newest cluster map any running node knows (the meta leader's is the newest)."""
+        newest: cluster_pb2.ClusterMap | None = None
+        for node_id in self.running():
+            try:
+                response = self.stub(node_id).GetClusterMap(
+                    node_pb2.GetClusterMapRequest(), timeout=RPC_TIMEOUT
+                )
+            except grpc.RpcError:
+                continue
+            if response.HasField("map") and (
+                newest is None or map_order(response.map) > map_order(newest)
+            ):
+                newest = response.map
+        return newest
 
     def stub(self, node_id: int) -> node_pb2_grpc.NodeStub:
         channel = self._channels.get(node_id)

@@ -30,7 +30,6 @@ import grpc
 import pytest
 
 from router import AsyncClient, Client, DeadlineExceeded, Unavailable
-from shardkv.ring import map_order
 from shardkv.v1 import cluster_pb2, node_pb2
 from tests.checkers.linearizability import Operation, check_history
 from tests.integration.conftest import POLL, RPC_TIMEOUT, Cluster, Settings, wait_until
@@ -89,23 +88,6 @@ def move_replica(group_id: int, from_node: int, to_node: int) -> node_pb2.Change
     )
 
 
-def newest_map(cluster: Cluster) -> cluster_pb2.ClusterMap | None:
-    """The newest cluster map any running node knows."""
-    newest: cluster_pb2.ClusterMap | None = None
-    for node_id in cluster.running():
-        try:
-            response = cluster.stub(node_id).GetClusterMap(
-                node_pb2.GetClusterMapRequest(), timeout=RPC_TIMEOUT
-            )
-        except grpc.RpcError:
-            continue
-        if response.HasField("map") and (
-            newest is None or map_order(response.map) > map_order(newest)
-        ):
-            newest = response.map
-    return newest
-
-
 def replicas(cluster_map: cluster_pb2.ClusterMap) -> dict[int, list[int]]:
     return {group.group_id: sorted(group.replicas) for group in cluster_map.groups}
 
@@ -121,7 +103,7 @@ def wait_moves_done(cluster: Cluster, what: str) -> cluster_pb2.ClusterMap:
     last: list[cluster_pb2.ClusterMap] = []
 
     def done() -> cluster_pb2.ClusterMap | None:
-        current = newest_map(cluster)
+        current = cluster.newest_map()
         if current is None:
             return None
         last[:] = [current]
@@ -175,7 +157,7 @@ def test_moves_transfers_and_a_decommission_under_load_lose_nothing(
     wait_until(
         "the map to list node 4",
         lambda: (
-            (found := newest_map(cluster)) is not None
+            (found := cluster.newest_map()) is not None
             and NEW_NODE in [node.node_id for node in found.nodes]
         ),
     )
@@ -308,14 +290,14 @@ def test_a_move_completes_after_the_receiving_node_is_killed_midway(
                 MOVE_TIMEOUT,
             )
             cluster.kill(NEW_NODE)
-            during = newest_map(cluster)
+            during = cluster.newest_map()
             assert during is not None
             moving = [(m.group_id, m.from_node, m.to_node) for m in during.replica_moves]
             assert moving == [(1, 1, NEW_NODE)], "the move was over before node 4 was killed"
             # It cannot finish while node 4 is down: a learner that does not
             # answer never catches up, so it is never promoted.
             time.sleep(1.5)
-            stalled = newest_map(cluster)
+            stalled = cluster.newest_map()
             assert stalled is not None and len(stalled.replica_moves) == 1, stalled
             assert replicas(stalled)[1] == [1, 2, 3]
             # Writes to the group go on meanwhile.

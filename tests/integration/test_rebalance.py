@@ -45,13 +45,12 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-import grpc
 import pytest
 
 from router import AsyncClient, Client, DeadlineExceeded
 from shardkv.node.cluster import META_GROUP
-from shardkv.ring import KeyRing, build_ring, map_order
-from shardkv.v1 import cluster_pb2, node_pb2
+from shardkv.ring import KeyRing, build_ring
+from shardkv.v1 import cluster_pb2
 from tests.checkers.linearizability import Operation, check_history
 from tests.integration.bank import (
     MAX_SUBSET_SEARCH,
@@ -62,7 +61,6 @@ from tests.integration.bank import (
 )
 from tests.integration.conftest import (
     POLL,
-    RPC_TIMEOUT,
     Cluster,
     ClusterClient,
     Settings,
@@ -84,23 +82,6 @@ MOVING_PHASES = (cluster_pb2.MOVE_COPYING, cluster_pb2.MOVE_FROZEN)
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def newest_map(cluster: Cluster) -> cluster_pb2.ClusterMap | None:
-    """The newest cluster map any running node knows (the meta leader's is the newest)."""
-    newest: cluster_pb2.ClusterMap | None = None
-    for node_id in cluster.running():
-        try:
-            response = cluster.stub(node_id).GetClusterMap(
-                node_pb2.GetClusterMapRequest(), timeout=RPC_TIMEOUT
-            )
-        except grpc.RpcError:
-            continue
-        if response.HasField("map") and (
-            newest is None or map_order(response.map) > map_order(newest)
-        ):
-            newest = response.map
-    return newest
-
-
 def wait_change_done(
     cluster: Cluster, change: cluster_pb2.ClusterMap, timeout: float = CHANGE_TIMEOUT
 ) -> cluster_pb2.ClusterMap:
@@ -113,7 +94,7 @@ def wait_change_done(
     deadline = time.monotonic() + timeout
     current: cluster_pb2.ClusterMap | None = None
     while time.monotonic() < deadline:
-        current = newest_map(cluster)
+        current = cluster.newest_map()
         if current is not None and current.ring.epoch >= epoch:
             assert not current.HasField("migration") or current.ring.epoch > epoch, current
             return current
@@ -249,7 +230,7 @@ def test_register_clients_stay_linearizable_while_groups_are_added_and_removed(
                     Operation(CLIENTS, "get", key, None, None, value, call, time.monotonic())
                 )
             lost = read_back(client, settled)
-        final_map = newest_map(cluster)
+        final_map = cluster.newest_map()
         errors = unhandled_errors(*routers)
     finally:
         for router in routers:
@@ -351,7 +332,7 @@ def test_killing_the_meta_leader_mid_migration_still_completes_it(
 
             def moving() -> cluster_pb2.ClusterMap | None:
                 """The map once a move got past its copy while one is copying or frozen."""
-                current = newest_map(cluster)
+                current = cluster.newest_map()
                 if current is not None and current.ring.epoch >= target.epoch:
                     pytest.fail("the migration ended before the moment to kill: load more keys")
                 if current is None or not current.HasField("migration"):
@@ -573,7 +554,7 @@ def test_during_a_move_staying_keys_keep_their_latency_and_arrived_keys_are_serv
         assert key in found and found[key].value == data[key], (
             f"group {NEW_GROUP} does not serve {key!r} though its move is active: {found}"
         )
-        after = newest_map(cluster)
+        after = cluster.newest_map()
         if after is not None and after.ring.epoch == current.ring.epoch:
             served_early.append(f"{key!r} from {active[0]} at {phases(current)}")
 
@@ -601,7 +582,7 @@ def test_during_a_move_staying_keys_keep_their_latency_and_arrived_keys_are_serv
                 epoch = change.migration.target.epoch
 
                 def finished() -> bool:
-                    current = newest_map(cluster)
+                    current = cluster.newest_map()
                     for move in [] if current is None else current.migration.moves:
                         if move.phase >= cluster_pb2.MOVE_ACTIVE:
                             frozen_ms[f"{move.source}->{move.target}"] = move.frozen_ms

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from shardkv.storage import Engine, MemoryDisk, MemoryEngine, StorageEngine
+from shardkv.v1 import kv_pb2
 
 Opener = Callable[[], StorageEngine]
 
@@ -33,3 +34,11 @@ def engine_opener(
     yield open_
     for engine in opened:
         engine.close()
+
+
+def replayed(result: kv_pb2.CommandResult) -> kv_pb2.CommandResult:
+    """``result`` as a retry gets it: answered from the session (``replayed``)."""
+    answered = kv_pb2.CommandResult()
+    answered.CopyFrom(result)
+    answered.replayed = True
+    return answered

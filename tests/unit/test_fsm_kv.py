@@ -15,6 +15,7 @@ from shardkv.ring import KeyRing, ring_of
 from shardkv.storage import keys
 from shardkv.storage.engine import ColumnFamily, Engine, MemoryEngine, StorageEngine
 from shardkv.v1 import kv_pb2
+from tests.unit.engines import replayed
 
 
 @pytest.fixture(params=["memory", "rocksdb"])
@@ -133,7 +134,7 @@ def test_a_retry_is_answered_from_the_session_without_writing(engine: StorageEng
     [original] = apply(engine, machine, first)
     apply(engine, machine, command(put(b"k", b"other"), client_id=8, seq=1))
     [retried] = apply(engine, machine, first)
-    assert retried == original, "the recorded result, not a fresh (failing) compare-and-set"
+    assert retried == replayed(original), "the recorded result, not a fresh (failing) cas"
     k = machine.get(b"k")
     assert k is not None
     assert k.value == b"other"
@@ -151,12 +152,13 @@ def test_many_commands_of_a_client_in_flight_each_exactly_once(engine: StorageEn
     second = command(put(b"b", b"2"), client_id=7, seq=2)
     results = apply(engine, machine, third, first, second)
     assert [result.revision for result in results] == [1, 2, 3]
-    assert apply(engine, machine, third, first, second) == results, "retries are answered"
+    answers = apply(engine, machine, third, first, second)
+    assert answers == [replayed(result) for result in results], "retries are answered"
     assert machine.revision == 3
     # Acking 2 forgets 1 and 2, not 3.
     apply(engine, machine, command(put(b"d", b"4"), client_id=7, seq=4, acked_seq=2))
     assert apply(engine, machine, first, second) == [STALE, STALE]
-    assert apply(engine, machine, third) == [results[0]]
+    assert apply(engine, machine, third) == [replayed(results[0])]
     assert engine.get(ColumnFamily.META, keys.result_key(1, 7, 1)) is None
     assert engine.get(ColumnFamily.META, keys.result_key(1, 7, 3)) is not None
 
@@ -347,7 +349,7 @@ def test_puts_write_like_put_operations_and_are_only_counted(engine: StorageEngi
     )
     assert b is not None and (b.value, b.version) == (b"2", 1)
     assert machine.key_count == 3
-    assert apply(engine, machine, bulk) == [result], "a retry is answered, not applied"
+    assert apply(engine, machine, bulk) == [replayed(result)], "a retry is answered, not applied"
     assert machine.get(b"a").version == 2  # type: ignore[union-attr]
     # Puts are checked against the ring like operations.
     ring = KeyRing(1, {1: 1, 2: 1})

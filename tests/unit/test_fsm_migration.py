@@ -36,6 +36,7 @@ from shardkv.ring import build_ring, ring_of
 from shardkv.storage import ColumnFamily, MemoryEngine, StorageEngine, keys
 from shardkv.txn_protocol import decide_command
 from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2
+from tests.unit.engines import replayed
 from tests.unit.test_fsm_kv import command, delete, put
 from tests.unit.test_fsm_kv import engine as engine  # the fixture: both engines
 from tests.unit.test_fsm_txn import prepare, ref, state
@@ -513,7 +514,7 @@ def test_sessions_move_with_the_keys_and_floors_merge_to_the_higher(groups: Grou
     # A retry at the target of what applied at the source: the same answer, not applied again.
     revision, moved = target.revision, target.get(MOVING[1])
     retried = groups.write(target, put(MOVING[1], b"b"), client_id=9, seq=2, acked_seq=1)
-    assert retried == at_source
+    assert retried == replayed(at_source)
     assert (target.revision, target.get(MOVING[1])) == (revision, moved)
     assert groups.write(target, put(MOVING[0], b"a"), client_id=9, seq=1) == STALE
     assert groups.write(target, put(MOVING[2], b"c"), client_id=10, seq=12) == STALE

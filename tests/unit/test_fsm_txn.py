@@ -24,7 +24,7 @@ from shardkv.limits import check_command, check_txn
 from shardkv.storage import ColumnFamily, MemoryEngine, StorageEngine, keys
 from shardkv.txn_protocol import decide_command, forget_command, step_keys
 from shardkv.v1 import kv_pb2
-from tests.unit.engines import engine_opener
+from tests.unit.engines import engine_opener, replayed
 from tests.unit.test_fsm_kv import cas, command, delete, put
 from tests.unit.test_fsm_kv import engine as engine  # the fixture: both engines
 
@@ -432,15 +432,15 @@ def test_a_retried_prepare_is_answered_from_the_session_without_relocking(
     made = prepare(1, 1, then=[put(b"a", b"2")], acked_seq=0)
     original = run_one(machine, made)
     # While prepared: the same answer, nothing written.
-    assert writes_nothing(machine, made) == original
+    assert writes_nothing(machine, made) == replayed(original)
     # Finished: the same answer still, and the key stays unlocked.
     run(machine, finish(ref(1, 1), False))
-    assert writes_nothing(machine, made) == original
+    assert writes_nothing(machine, made) == replayed(original)
     assert machine.txns.locks == {}
     assert machine.txns.prepared() == []
     # Even while another transaction holds the key (the answer is the old one).
     run(machine, prepare(2, 1, then=[put(b"a", b"3")]))
-    assert writes_nothing(machine, made) == original
+    assert writes_nothing(machine, made) == replayed(original)
     assert locked_keys(machine) == {b"a": (2, 1)}
 
 
@@ -801,7 +801,7 @@ def test_one_phase_applies_the_chosen_branch_at_once(engine: StorageEngine, hold
     reused = writes_nothing(machine, prepare(1, 1, one_phase=True, then=[put(b"a", b"?")]))
     assert reused.reused and not result.reused
     reused.reused = False
-    assert reused == result
+    assert reused == replayed(result)
 
 
 # -- what survives ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ from shardkv.raft import Role
 from shardkv.ring import build_ring, ring_of
 from shardkv.storage import GroupStorage, MemoryEngine
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
+from tests.unit.engines import replayed
 
 GROUPS = (1, 2)
 
@@ -97,7 +98,7 @@ async def test_write_then_read_and_exactly_once_retry(stub: node_pb2_grpc.NodeSt
     first = await stub.Write(node_pb2.WriteRequest(group_id=1, command=put(b"k", b"v", 1)))
     assert not first.HasField("error")
     retried = await stub.Write(node_pb2.WriteRequest(group_id=1, command=put(b"k", b"v", 1)))
-    assert retried.result == first.result
+    assert retried.result == replayed(first.result)
     read = await stub.Read(node_pb2.ReadRequest(group_id=1, keys=[b"k", b"missing"]))
     assert [(kv.key, kv.value, kv.version) for kv in read.kvs] == [(b"k", b"v", 1)]
 
@@ -162,7 +163,9 @@ async def test_write_batch_answers_each_command_in_order(stub: node_pb2_grpc.Nod
     assert revisions == sorted(revisions) and len(set(revisions)) == 50
     # The same batch again: every command answered from its session, nothing applied twice.
     again = await stub.WriteBatch(node_pb2.WriteBatchRequest(group_id=1, commands=commands))
-    assert [outcome.result for outcome in again.outcomes] == [o.result for o in response.outcomes]
+    assert [outcome.result for outcome in again.outcomes] == [
+        replayed(o.result) for o in response.outcomes
+    ]
     read = await stub.Read(node_pb2.ReadRequest(group_id=1, keys=[b"b1", b"b50"]))
     assert [kv.version for kv in read.kvs] == [1, 1]
 
