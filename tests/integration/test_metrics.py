@@ -3,7 +3,8 @@
 Three ``shardkv-node`` processes (``--metrics-port``) and one
 ``shardkv-router`` (``SHARDKV_ROUTER_METRICS_PORT``): scrape every endpoint,
 do puts and a transaction through the router, scrape again, and check that
-the series that should have moved did.
+the series that should have moved did; then add a group and check that the
+migration series moved as the ring change ran.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shardkv.v1 import kv_pb2, router_pb2
+from shardkv.v1 import kv_pb2, node_pb2, router_pb2
 from tests.integration.conftest import Cluster, Settings, wait_until
 from tests.integration.routers import RouterProcess
 from tests.ports import free_ports
@@ -184,6 +185,37 @@ def test_metrics_are_served_and_move_with_puts_and_a_transaction(
     for samples in nodes_after:
         peers = {dict(labels)["peer"] for name, labels in samples if name.endswith("_sent_total")}
         assert len(peers) == 2
+
+    # A ring change: the meta leader's driver counts what it copied and collected.
+    stub.PutMany(
+        router_pb2.PutManyRequest(
+            items=[kv_pb2.KeyValue(key=b"spread-%03d" % n, value=b"x") for n in range(300)]
+        ),
+        timeout=DEADLINE,
+    )
+    change = stub.ChangeRing(
+        node_pb2.ChangeRingRequest(add_group=node_pb2.AddGroup()), timeout=DEADLINE
+    )
+    moves = len(change.map.migration.moves)
+    assert moves >= 1
+
+    def migrated() -> list[Samples] | None:
+        status = stub.ClusterStatus(router_pb2.ClusterStatusRequest(), timeout=DEADLINE)
+        target = change.map.migration.target.epoch
+        if status.map.ring.epoch < target or status.map.HasField("migration"):
+            return None
+        return [scrape(port) for port in node_ports]
+
+    migrated_scrapes = wait_until("the ring change to finish", migrated, 30.0)
+    assert summed(migrated_scrapes, "shardkv_migration_keys_copied_total") >= 1
+    assert summed(migrated_scrapes, "shardkv_migration_bytes_copied_total") >= 1
+    assert summed(migrated_scrapes, "shardkv_migration_keys_collected_total") >= 1
+    assert summed(migrated_scrapes, "shardkv_migration_frozen_seconds_count") == moves
+    steps = sum(
+        total(samples, "shardkv_driver_steps_total", kind="migration", outcome="done")
+        for samples in migrated_scrapes
+    )
+    assert steps >= 3 * moves  # begin, copy and switch, collect: each a step per move
 
 
 def test_a_metrics_port_in_use_stops_the_node_with_a_clear_error(tmp_path: Path) -> None:
