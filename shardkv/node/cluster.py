@@ -60,7 +60,7 @@ import grpc.aio
 
 from shardkv.errors import FailedPrecondition, NotLeader, ProposalFailed, ShardKVError
 from shardkv.node.config import NodeConfig
-from shardkv.node.passes import run_passes
+from shardkv.node.passes import Passes
 from shardkv.node.placement_change import plan_placement
 from shardkv.node.ring_change import plan_change
 from shardkv.node.runtime import NodeRuntime
@@ -101,7 +101,7 @@ def initial_map(config: NodeConfig) -> cluster_pb2.ClusterMap:
     )
 
 
-class ClusterAgent:
+class ClusterAgent(Passes):
     def __init__(
         self,
         runtime: NodeRuntime,
@@ -113,11 +113,11 @@ class ClusterAgent:
         tls: TlsMaterial | None = None,
         create_group: Callable[[int, list[int] | None], None] | None = None,
     ) -> None:
+        super().__init__(interval)
         self.runtime = runtime
         self._tls = tls
         self._create_group = create_group
         self.initial = initial
-        self.interval = interval
         self.map: cluster_pb2.ClusterMap | None = None
         self._initial_peers = dict(peers)
         self._peers = {node: address for node, address in peers.items() if node != runtime.node_id}
@@ -128,24 +128,12 @@ class ClusterAgent:
         self._next_poll = 0.0
         # Preferred leaders the map names (transfer-leader, rebalance).
         self._preferred: dict[int, int] = {}
-        self._wake = asyncio.Event()
-        self._stopping = False
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        await run_passes(
-            self.step,
-            interval=self.interval,
-            wake=self._wake,
-            stopping=lambda: self._stopping,
-            what=f"node {self.runtime.node_id}: cluster agent",
-        )
+    def describe(self) -> str:
+        return f"node {self.runtime.node_id}: cluster agent"
 
     async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
+        self.halt()
         for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()
@@ -417,7 +405,7 @@ class ClusterAgent:
             self._pending.pop(group_id, None)
             if not settled.cancelled():
                 settled.exception()  # retrieved: a failure is retried on a later pass
-            self._wake.set()
+            self.wake()
 
         future.add_done_callback(done)
 

@@ -26,7 +26,7 @@ from typing import Generic, TypeVar
 
 from shardkv.errors import ShardKVError
 from shardkv.node.cluster import META_GROUP, ClusterAgent
-from shardkv.node.passes import run_passes
+from shardkv.node.passes import Passes
 from shardkv.node.resolver import NodeGroupCalls
 from shardkv.raft import Role
 from shardkv.v1 import cluster_pb2
@@ -46,18 +46,16 @@ class StepFailed(ShardKVError):
     """A step did not apply; the item is retried from its recorded phase."""
 
 
-class MapDriver(abc.ABC, Generic[_Key, _Item]):
+class MapDriver(Passes, Generic[_Key, _Item]):
     name = "driver"
 
     def __init__(self, agent: ClusterAgent, calls: NodeGroupCalls, *, interval: float = 0.2):
+        super().__init__(interval)
         self.agent = agent
         self.runtime = agent.runtime
         self.calls = calls
-        self.interval = interval
         self.token = 0
         self._tasks: dict[_Key, asyncio.Task[None]] = {}
-        self._stopping = False
-        self._wake = asyncio.Event()
 
     # -- what a driver says --------------------------------------------------------------
 
@@ -85,21 +83,11 @@ class MapDriver(abc.ABC, Generic[_Key, _Item]):
 
     # -- the loop -----------------------------------------------------------------------
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        await run_passes(
-            self.step,
-            interval=self.interval,
-            wake=self._wake,
-            stopping=lambda: self._stopping,
-            what=f"node {self.runtime.node_id}: {self.name} driver",
-        )
+    def describe(self) -> str:
+        return f"node {self.runtime.node_id}: {self.name} driver"
 
     async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
+        self.halt()
         await self._cancel()
 
     async def _cancel(self) -> None:
@@ -139,7 +127,7 @@ class MapDriver(abc.ABC, Generic[_Key, _Item]):
             cluster_map = self.agent.map
             item = self.item(cluster_map, key) if cluster_map is not None else None
             if item is None:
-                self._wake.set()  # the pass may have work to close
+                self.wake()  # the pass may have work to close
                 return
             steps = self.runtime.metrics.driver_steps
             try:

@@ -58,7 +58,7 @@ from shardkv.failpoints import failpoint
 from shardkv.fsm.migration import Access
 from shardkv.node.cluster import META_GROUP
 from shardkv.node.membership import reconfigure
-from shardkv.node.passes import run_passes
+from shardkv.node.passes import Passes
 from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import txn_listing
 from shardkv.raft import Role
@@ -371,7 +371,7 @@ class _Job:
     record: tuple[int, kv_pb2.TxnRecord] | None = None
 
 
-class TxnResolver:
+class TxnResolver(Passes):
     """Finishes transactions left behind by their coordinator; see the module docstring."""
 
     def __init__(
@@ -384,30 +384,21 @@ class TxnResolver:
         calls: NodeGroupCalls | None = None,
         tls: TlsMaterial | None = None,
     ) -> None:
+        super().__init__(interval)
         self.runtime = runtime
         self.cluster_map = cluster_map
-        self.interval = interval
         self.max_in_flight = max_in_flight
         self.calls = calls if calls is not None else NodeGroupCalls(runtime, cluster_map, tls=tls)
         self._running: dict[_TxnKey, asyncio.Task[None]] = {}
         # txn -> (failures so far, loop time before which it is not retried)
         self._retry: dict[_TxnKey, tuple[int, float]] = {}
-        self._wake = asyncio.Event()
-        self._stopping = False
 
-    async def run(self) -> None:
-        await run_passes(
-            self.step,
-            interval=self.interval,
-            wake=self._wake,
-            stopping=lambda: self._stopping,
-            what=f"node {self.runtime.node_id}: transaction resolver",
-        )
+    def describe(self) -> str:
+        return f"node {self.runtime.node_id}: transaction resolver"
 
     async def stop(self) -> None:
         """Stop passing, cancel what is in flight, close the channels; twice is harmless."""
-        self._stopping = True
-        self._wake.set()
+        self.halt()
         running = list(self._running.values())
         for task in running:
             task.cancel()
@@ -416,7 +407,7 @@ class TxnResolver:
 
     def step(self) -> list[asyncio.Task[None]]:
         """One pass: start resolving what has expired; the tasks started (for tests)."""
-        if self._stopping or self.cluster_map() is None:
+        if self.stopping or self.cluster_map() is None:
             return []
         jobs = self._expired()
         now = asyncio.get_running_loop().time()
