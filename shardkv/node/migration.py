@@ -97,8 +97,10 @@ class _Pipeline:
             done, self._in_flight = await asyncio.wait(
                 self._in_flight, return_when=asyncio.FIRST_COMPLETED
             )
-            for task in done:
-                task.result()
+            failures = [task.exception() for task in done if not task.cancelled()]
+            failure = next((error for error in failures if error is not None), None)
+            if failure is not None:
+                raise failure
         self._in_flight.add(asyncio.ensure_future(step))
 
     async def drain(self) -> None:
