@@ -72,10 +72,16 @@ from shardkv.v1 import cluster_pb2, kv_pb2
 if TYPE_CHECKING:
     from shardkv.fsm.kv import KeyValueStateMachine
 
-__all__ = ["ACTIVE_ALREADY", "Access", "Migration"]
+__all__ = ["Access", "Migration"]
 
-# How a copy refused by a target that serves the keys already begins its reason.
-ACTIVE_ALREADY = "active already"
+
+class _Wait(str):
+    """A refusal that says: repeat the step shortly (``MigrateResult.wait``)."""
+
+
+class _TargetActive(str):
+    """A copy refused by a target serving the keys already (``MigrateResult.target_active``)."""
+
 
 _COUNTER = struct.Struct(">Q")
 
@@ -212,7 +218,12 @@ class Migration:
             self.state.driver = step.driver
             self._store(batch)
         return kv_pb2.CommandResult(
-            migrate=kv_pb2.MigrateResult(applied=refused is None, reason=refused or ""),
+            migrate=kv_pb2.MigrateResult(
+                applied=refused is None,
+                reason=refused or "",
+                wait=isinstance(refused, _Wait),
+                target_active=isinstance(refused, _TargetActive),
+            ),
             revision=self.machine.revision,
         )
 
@@ -282,7 +293,7 @@ class Migration:
         if self.state.outgoing.get(step.target) == _OUT_FROZEN:
             held = sum(1 for key in self.machine.txns.locks if self.moving_to(key) == step.target)
             if held:
-                return f"waiting for {held} locked moving keys to be released"
+                return _Wait(f"waiting for {held} locked moving keys to be released")
         return self._advance(batch, self.state.outgoing, step.target, _OUT_FROZEN, _OUT_SEALED)  # type: ignore[arg-type]
 
     def _release(self, batch: Batch, step: kv_pb2.MigrateStep) -> str | None:
@@ -297,7 +308,7 @@ class Migration:
         assert self.state is not None
         arc = self.state.incoming.get(step.source, cluster_pb2.ARC_NONE)
         if arc == _IN_ACTIVE:
-            return f"{ACTIVE_ALREADY}: group {self.group_id} serves the keys of {step.source}"
+            return _TargetActive(f"group {self.group_id} serves the keys of {step.source} already")
         if arc != _IN_IMPORTING:
             return f"move from {step.source} is {cluster_pb2.ArcState.Name(arc)}, not importing"
         data = step.copy

@@ -57,7 +57,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from shardkv.errors import ShardKVError
-from shardkv.fsm.migration import ACTIVE_ALREADY
 from shardkv.node.cluster import ClusterAgent
 from shardkv.node.driving import MapDriver, StepFailed
 from shardkv.node.resolver import NodeGroupCalls
@@ -342,7 +341,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         result = await self.calls.propose(group_id, command)
         if not result.migrate.applied:
             kind = command.migrate.WhichOneof("kind")
-            if kind == "copy" and result.migrate.reason.startswith(ACTIVE_ALREADY):
+            if kind == "copy" and result.migrate.target_active:
                 raise _TargetActive(result.migrate.reason)
             raise StepFailed(f"group {group_id} did not apply {kind}: {result.migrate.reason}")
         return result.migrate
@@ -353,7 +352,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             result = await self.calls.propose(pair[0], command)
             if result.migrate.applied:
                 return
-            if "waiting for" not in result.migrate.reason:
+            if not result.migrate.wait:
                 raise StepFailed(f"group {pair[0]} did not seal: {result.migrate.reason}")
             await asyncio.sleep(_SEAL_POLL)
 

@@ -308,12 +308,16 @@ class MigrateCollect(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., last: _Optional[bool] = ...) -> None: ...
 
 class MigrateResult(_message.Message):
-    __slots__ = ("applied", "reason")
+    __slots__ = ("applied", "reason", "wait", "target_active")
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     applied: bool
     reason: str
-    def __init__(self, applied: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    wait: bool
+    target_active: bool
+    def __init__(self, applied: _Optional[bool] = ..., reason: _Optional[str] = ..., wait: _Optional[bool] = ..., target_active: _Optional[bool] = ...) -> None: ...
 
 class KeyValue(_message.Message):
     __slots__ = ("key", "value", "version", "create_revision", "mod_revision")

@@ -396,8 +396,12 @@ class ClusterClient:
         pytest.fail(f"group {group_id}: no answer within {self.timeout} s; last: {last_problem}")
 
 
+# What the make_cluster fixture gives a test: build a cluster with these settings.
+MakeCluster = Callable[[Settings], Cluster]
+
+
 @pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[Callable[[Settings], Cluster]]:
+def make_cluster(tmp_path: Path) -> Iterator[MakeCluster]:
     """Build clusters under ``tmp_path``; every process is killed at teardown."""
     clusters: list[Cluster] = []
 

@@ -16,7 +16,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import grpc.aio
@@ -30,7 +30,7 @@ from shardkv.v1 import kv_pb2, router_pb2, router_pb2_grpc
 from tests.integration.conftest import (
     READY_TIMEOUT,
     STOP_TIMEOUT,
-    Cluster,
+    MakeCluster,
     Settings,
     clean_environment,
 )
@@ -39,7 +39,6 @@ from tests.ports import free_ports
 
 pytestmark = pytest.mark.integration
 
-MakeCluster = Callable[[Settings], Cluster]
 READ_WRITE = "rw-7f3a9c"
 ADMIN = "admin-51d2e8"
 MAX_IN_FLIGHT = 8

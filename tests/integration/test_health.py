@@ -10,7 +10,7 @@ lost their quorum) and so does the router, until the peers come back.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -20,12 +20,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from tests.integration.conftest import Cluster, Settings, wait_until
+from tests.integration.conftest import Cluster, MakeCluster, Settings, wait_until
 from tests.integration.routers import RouterProcess
 
 pytestmark = pytest.mark.integration
 
-MakeCluster = Callable[[Settings], Cluster]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 NODE = "shardkv.v1.Node"

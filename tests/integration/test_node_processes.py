@@ -15,7 +15,6 @@ import collections
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from functools import partial
 
 import pytest
@@ -27,8 +26,8 @@ from shardkv.storage import Engine, GroupStorage
 from shardkv.v1 import node_pb2
 from tests.integration.conftest import (
     READY_TIMEOUT,
-    Cluster,
     ClusterClient,
+    MakeCluster,
     Settings,
     clean_environment,
     node_command,
@@ -39,7 +38,6 @@ from tests.ports import free_ports
 
 pytestmark = pytest.mark.integration
 
-MakeCluster = Callable[[Settings], Cluster]
 CATCH_UP_TIMEOUT = 30.0
 
 

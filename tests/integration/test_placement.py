@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import grpc
 import pytest
@@ -32,13 +31,12 @@ import pytest
 from router import AsyncClient, Client, DeadlineExceeded, Unavailable
 from shardkv.v1 import cluster_pb2, node_pb2
 from tests.checkers.linearizability import Operation, check_history
-from tests.integration.conftest import POLL, RPC_TIMEOUT, Cluster, Settings, wait_until
+from tests.integration.conftest import POLL, RPC_TIMEOUT, Cluster, MakeCluster, Settings, wait_until
 from tests.integration.routers import RouterProcess
 from tests.integration.test_router_history import CLIENTS, run_client
 
 pytestmark = pytest.mark.integration
 
-MakeCluster = Callable[[Settings], Cluster]
 # Small snapshots, so a new replica catches up from a compacted log.
 SETTINGS = Settings(nodes=3, groups=2, snapshot_interval_entries=100)
 META_GROUP = 0

@@ -63,6 +63,7 @@ from tests.integration.conftest import (
     POLL,
     Cluster,
     ClusterClient,
+    MakeCluster,
     Settings,
     wait_until,
 )
@@ -71,7 +72,6 @@ from tests.integration.test_router_history import CLIENTS, run_client
 
 pytestmark = pytest.mark.integration
 
-MakeCluster = Callable[[Settings], Cluster]
 SETTINGS = Settings(nodes=3, groups=4)
 NEW_GROUP = 5
 # Generous: a change of a few thousand keys takes about a second here.

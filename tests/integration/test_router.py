@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from shardkv.limits import MAX_KEY_BYTES, MAX_OPERATIONS, MAX_VALUE_BYTES
 from shardkv.v1 import kv_pb2, router_pb2, router_pb2_grpc
-from tests.integration.conftest import Cluster, Settings, wait_until
+from tests.integration.conftest import Cluster, MakeCluster, Settings, wait_until
 from tests.integration.routers import RouterProcess, wait_ready
 
 pytestmark = pytest.mark.integration
 
-MakeCluster = Callable[[Settings], Cluster]
 DEADLINE = 15.0
 
 

@@ -14,18 +14,17 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 
 from router import AsyncClient, DeadlineExceeded, Unavailable
 from tests.checkers.linearizability import Operation, check_history
-from tests.integration.conftest import Cluster, Settings
+from tests.integration.conftest import MakeCluster, Settings
 from tests.integration.routers import RouterProcess
 
 pytestmark = pytest.mark.integration
 
-MakeCluster = Callable[[Settings], Cluster]
 KEYS = [b"h/%d" % number for number in range(4)]
 CLIENTS = 8
 SECONDS = 8.0

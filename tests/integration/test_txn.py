@@ -28,7 +28,7 @@ import itertools
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -51,12 +51,11 @@ from tests.integration.bank import (
     get_op,
     put_op,
 )
-from tests.integration.conftest import Cluster, Settings, wait_until
+from tests.integration.conftest import Cluster, MakeCluster, Settings, wait_until
 from tests.integration.routers import RouterProcess
 
 pytestmark = pytest.mark.integration
 
-MakeCluster = Callable[[Settings], Cluster]
 DEADLINE = 10.0
 # Locks expire after TXN_TTL; then a resolver (a node's, or any reader's) settles them.
 SETTLED_WITHIN = TXN_TTL + 3.0

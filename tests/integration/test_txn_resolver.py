@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 
 import grpc
 import pytest
@@ -22,6 +21,7 @@ from tests.integration.conftest import (
     RPC_TIMEOUT,
     Cluster,
     ClusterClient,
+    MakeCluster,
     Settings,
     clean_environment,
     put_command,
@@ -30,7 +30,6 @@ from tests.integration.conftest import (
 
 pytestmark = pytest.mark.integration
 
-MakeCluster = Callable[[Settings], Cluster]
 CLIENT = 0x7E5
 TTL_MS = 1000
 # How long past the deadline the resolvers may take (interval 0.5 s, plus a

@@ -25,7 +25,7 @@ import pytest
 
 from shardkv.errors import ProposalFailed
 from shardkv.fsm.kv import STALE, KeyValueStateMachine
-from shardkv.fsm.migration import ACTIVE_ALREADY, Access
+from shardkv.fsm.migration import Access
 from shardkv.fsm.snapshot import build_snapshot_data, stage_install_snapshot_data
 from shardkv.metrics import NodeMetrics
 from shardkv.node.cluster import ClusterAgent
@@ -364,6 +364,7 @@ def test_a_whole_move_carries_every_key_with_its_metadata(groups: Groups) -> Non
     groups.apply(source, prepare(9, 1, then=[put(STAYING[2], b"locked")]))
     reason = groups.refuses(source, step(seal=True))
     assert "waiting for 1 locked" in reason
+    assert groups.migrate(source, step(seal=True)).wait, "the driver repeats it"
     assert arcs(source) == ({TARGET: FROZEN}, {})
     decided = groups.apply(source, decide(7, 1, MOVING[3]))
     assert decided.txn.succeeded, "a decision of a transaction prepared is served"
@@ -669,7 +670,8 @@ def test_repeated_steps_are_harmless_and_steps_out_of_order_refused(groups: Grou
     assert arcs(target) == ({}, {SOURCE: ACTIVE})
     # A copy after the activation would overwrite what the target serves: refused.
     groups.write(target, put(MOVING[0], b"served"))
-    assert groups.refuses(target, step(copy=chunks[0])).startswith(ACTIVE_ALREADY)
+    assert "already" in groups.refuses(target, step(copy=chunks[0]))
+    assert groups.migrate(target, step(copy=chunks[0])).target_active
     assert value_of(target, MOVING[0]) == b"served"
     groups.applies(source, step(release=True))
     groups.applies(source, step(release=True))
