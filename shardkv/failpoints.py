@@ -12,12 +12,28 @@ loop included), ``error`` (raises ``FailpointError``). A name may carry a
 count, ``name=2*exit``: the action fires on the second time the point is
 reached (the first is passed).
 
-The points: ``txn.after_prepare`` (the coordinator, after the first
-participant prepared and before the others answered), ``txn.after_record``
-(after the primary wrote the record, before any other participant
-finished), ``txn.between_commits`` (after one other participant finished),
-``txn.resolver`` (a node's resolver, after it settled the record at the
-primary and before it finished its own group).
+The points, with where they sit:
+
+- Raft, in the node's round: ``raft.before_persist`` (a round's Raft state
+  is built, nothing of it written), ``raft.after_persist`` (written and
+  fsynced, not yet sent), ``fsm.before_apply`` (committed entries applied
+  into the round's batch, not yet written), ``fsm.after_apply`` (written,
+  proposers not yet answered).
+- Snapshots: ``snapshot.send`` (a chunk about to leave for a follower),
+  ``snapshot.install`` (a follower about to stage a received snapshot).
+- Migration, in the driver at the meta leader: ``migration.after_begin``,
+  ``migration.after_copy`` (the bulk copy, before the catch-up rounds),
+  ``migration.after_freeze``, ``migration.after_seal``,
+  ``migration.after_activate`` (the target serves, the map not yet told),
+  ``migration.before_collect`` (released, nothing dropped yet).
+- Transactions: ``txn.after_prepare`` (the coordinator, after the first
+  participant prepared and before the others answered), ``txn.after_record``
+  (after the primary wrote the record, before any other participant
+  finished), ``txn.between_commits`` (after one other participant
+  finished), ``txn.resolver`` (a node's resolver, after it settled the
+  record at the primary and before it finished its own group).
+
+``POINTS`` lists them all, for tests that draw one at random.
 """
 
 from __future__ import annotations
@@ -28,9 +44,29 @@ import signal
 import time
 from dataclasses import dataclass
 
-__all__ = ["FailpointError", "configure", "failpoint"]
+__all__ = ["POINTS", "FailpointError", "configure", "failpoint"]
 
 ENV = "SHARDKV_FAILPOINTS"
+
+# Node-side points first, then the router's (txn.after_* and between_commits).
+POINTS = (
+    "raft.before_persist",
+    "raft.after_persist",
+    "fsm.before_apply",
+    "fsm.after_apply",
+    "snapshot.send",
+    "snapshot.install",
+    "migration.after_begin",
+    "migration.after_copy",
+    "migration.after_freeze",
+    "migration.after_seal",
+    "migration.after_activate",
+    "migration.before_collect",
+    "txn.resolver",
+    "txn.after_prepare",
+    "txn.after_record",
+    "txn.between_commits",
+)
 
 _ACTION = re.compile(r"^(?:(\d+)\*)?(exit|error|sleep\(([0-9.]+)\))$")
 

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shardkv.errors import ShardKVError
+from shardkv.failpoints import failpoint
 from shardkv.node.cluster import ClusterAgent
 from shardkv.node.driving import MapDriver, StepFailed
 from shardkv.node.resolver import NodeGroupCalls
@@ -222,6 +223,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             if cluster_map is not None and cluster_map.ring.epoch == epoch - 1:
                 begin.migrate.base.CopyFrom(cluster_map.ring)
             await asyncio.gather(self._apply(move.source, begin), self._apply(move.target, begin))
+            failpoint("migration.after_begin")
             _log.info(
                 "node %d: move %d->%d began (epoch %d)",
                 self.runtime.node_id,
@@ -239,6 +241,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             # and the keys to collect are not all known here.
             try:
                 await self._copy(epoch, pair, node_pb2.EXPORT_ALL, 0, progress)
+                failpoint("migration.after_copy")
                 # The first catch-up takes every change since the move began,
                 # not only since this copy: a key an earlier, interrupted copy
                 # brought over and the source deleted since is absent from
@@ -258,6 +261,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             await self._switch(epoch, pair, progress, record_frozen=False)
         elif move.phase == cluster_pb2.MOVE_ACTIVE:
             await self._apply(move.source, self._step(epoch, pair, release=True))
+            failpoint("migration.before_collect")
             collected = await self._collect(epoch, pair, progress.copied)
             await self._record(pair, phase=cluster_pb2.MOVE_DONE, finished_ms=now_ms())
             _log.info(
@@ -293,6 +297,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         source, target = pair
         loop = asyncio.get_running_loop()
         await self._apply(source, self._step(epoch, pair, freeze=True))
+        failpoint("migration.after_freeze")
         if progress.frozen_at is None:
             progress.frozen_at = loop.time()
         _log.info(
@@ -308,6 +313,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             recording.add_done_callback(self._background.discard)
             recording.add_done_callback(_retrieve)
         await self._seal(epoch, pair)
+        failpoint("migration.after_seal")
         since = progress.watermark if progress.watermark is not None else 0
         try:
             await self._copy(epoch, pair, node_pb2.EXPORT_CHANGES, since, progress, activate=True)
@@ -316,6 +322,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             # which keys to collect is not all known here.
             progress.copied = None
         await self._apply(target, self._step(epoch, pair, activate=True))  # done already, mostly
+        failpoint("migration.after_activate")
         frozen_ms = int((loop.time() - progress.frozen_at) * 1000)
         await self._record(pair, phase=cluster_pb2.MOVE_ACTIVE, frozen_ms=frozen_ms)
         self.runtime.metrics.migration_frozen_seconds.observe(frozen_ms / 1000)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from shardkv.errors import InvalidArgument, NotLeader, OutcomeUnknown, ProposalFailed
+from shardkv.failpoints import failpoint
 from shardkv.fsm.kv import KeyValueStateMachine
 from shardkv.fsm.snapshot import snapshot_source, stage_install_snapshot_data
 from shardkv.limits import check_command
@@ -236,6 +237,7 @@ class Peer:
             return None
         ready = self.raw.ready()
         if ready.snapshot is not None:
+            failpoint("snapshot.install")
             # The log it replaces, the image and the applied index change in
             # one write: a crash between them would leave applied behind a
             # log that no longer holds what lies between.

@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from shardkv.errors import UnknownGroup
+from shardkv.failpoints import failpoint
 from shardkv.metrics import NodeMetrics
 from shardkv.node.peer import Peer
 from shardkv.node.transport import Transport
@@ -218,12 +219,14 @@ class NodeRuntime:
         # Ready and advance). Nothing of this round is sent or applied before
         # it is durable.
         if len(raft_batch):
+            failpoint("raft.before_persist")
             self.engine.write(raft_batch, sync=False)
             if must_sync:
                 started = loop.time()
                 await self.engine.sync()
                 stats.synced_writes += 1
                 self._observe_sync(loop.time() - started, readies)
+            failpoint("raft.after_persist")
         else:
             raft_batch.discard()
         if not readies:
@@ -241,8 +244,10 @@ class NodeRuntime:
             peer.apply(ready, apply_batch)
             stats.entries_applied += len(ready.committed_entries)
         if len(apply_batch):
+            failpoint("fsm.before_apply")
             self.engine.write(apply_batch, sync=False)
             stats.unsynced_writes += 1
+            failpoint("fsm.after_apply")
         else:
             apply_batch.discard()
         if stats.entries_applied > applied:

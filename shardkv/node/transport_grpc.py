@@ -83,7 +83,9 @@ from typing import NamedTuple
 import grpc
 import grpc.aio
 
+from shardkv.failpoints import failpoint
 from shardkv.node.codec import fill_message, message_from_proto
+from shardkv.node.netfaults import NetFaults
 from shardkv.node.transport import MessageTooLarge, TransportBase, TransportStats
 from shardkv.raft.types import Message, MessageType
 from shardkv.tls import TlsMaterial, open_channel
@@ -246,6 +248,8 @@ class GrpcTransport(TransportBase):
         self._inbound: set[asyncio.Task[None]] = set()
         # Per peer node, whatever the lane; see the module docstring.
         self.traffic: dict[int, PeerTraffic] = {}
+        # Test-only faults on what this node receives (shardkv.node.netfaults).
+        self._faults = NetFaults.from_environment()
 
     @property
     def options(self) -> GrpcTransportOptions:
@@ -307,6 +311,7 @@ class GrpcTransport(TransportBase):
             self._drop_for(to_node)
             return
         if message.type == MessageType.SNAPSHOT:
+            failpoint("snapshot.send")
             link = self._snapshot_links.get(to_node) or self._open_snapshot_lane(to_node)
         link.buffer(group_id, message)
 
@@ -429,6 +434,16 @@ class GrpcTransport(TransportBase):
                     exc,
                 )
                 continue
+            if self._faults is not None:
+                delay = self._faults.inbound(from_node)
+                if delay is None:
+                    continue
+                if delay:
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(
+                        delay, self._dispatch, from_node, group_message.group_id, message
+                    )
+                    continue
             self._dispatch(from_node, group_message.group_id, message)
 
 
