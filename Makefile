@@ -7,13 +7,15 @@ PYTHON ?= python3
 STAMP = $(VENV)/.installed
 SEEDS ?= 100000
 NODE_SEEDS ?= 10000
+# make soak: minutes of nemesis runs.
+MINUTES ?= 10
 # Per-test limit in seconds: generous, it only catches a hang.
 TEST_TIMEOUT ?= 600
 # bench-rebalance: keys loaded before the group is added, and their value size.
 KEYS ?= 1000000
 VALUE_SIZE ?= 100
 
-.PHONY: all install test up lint format proto sim node-sim soak bench-raft bench-node bench-compare bench-txn bench-rebalance clean distclean
+.PHONY: all install test up lint format proto sim node-sim soak soak-sim bench-raft bench-node bench-compare bench-txn bench-rebalance clean distclean
 
 all: test
 
@@ -51,7 +53,7 @@ up: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy shardkv router tests/sim tests/checkers bench
+	$(PY) -m mypy shardkv router tests/sim tests/checkers tests/fault bench
 
 format: $(STAMP)
 	$(PY) -m ruff check --fix .
@@ -67,7 +69,13 @@ sim: $(STAMP)
 node-sim: $(STAMP)
 	$(PY) -m tests.sim.node_sim --seeds 0 $(NODE_SEEDS) --jobs 2
 
-soak: sim node-sim
+# The simulators' long runs (many seeds; see the README).
+soak-sim: sim node-sim
+
+# Nemesis runs on real processes, back to back for MINUTES, then a summary
+# table (runs, faults, operations, anomalies); tests/fault/soak.py.
+soak: $(STAMP) $(APT_STAMP)
+	$(PY) -m tests.fault.soak --minutes $(MINUTES)
 
 bench-raft: $(STAMP)
 	$(PY) bench/raft_core.py

@@ -124,6 +124,9 @@ class Cluster:
         self.joiners: dict[int, list[str]] = {}
         self._starts = itertools.count(1)
         self._channels: dict[int, grpc.Channel] = {}
+        # Added to every node's environment when it starts; node_env to one node's.
+        self.env: dict[str, str] = {}
+        self.node_env: dict[int, dict[str, str]] = {}
 
     def key(self, group_id: int, name: str) -> bytes:
         """A key named after ``name`` that the cluster's ring gives ``group_id``."""
@@ -178,7 +181,7 @@ class Cluster:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=clean_environment(),
+                env={**clean_environment(), **self.env, **self.node_env.get(node_id, {})},
                 cwd=self.root,
             )
         if wait:

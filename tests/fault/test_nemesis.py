@@ -1,0 +1,39 @@
+"""Short nemesis runs, one per workload, each with a fixed seed (``make soak`` runs them long).
+
+Each run starts a fresh cluster (three or four nodes, two routers), throws
+the seed's faults at it for ``SECONDS`` of load, one failpoint included,
+heals, and checks the workload's history: linearizable registers, no lost
+insert, a conserved bank, no serializability cycle. The schedule is printed
+(``-s`` shows it), and a failure names the command that replays it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fault.run import run_one
+
+pytestmark = [pytest.mark.fault, pytest.mark.integration]
+
+SECONDS = 20.0
+# (workload, seed, nodes): the four-node runs can move replicas.
+RUNS = [
+    ("register", 101, 3),
+    ("set", 202, 4),
+    ("bank", 303, 3),
+    ("list-append", 404, 4),
+]
+# Fewest operations answered OK for a run to count: a wedged cluster must not pass.
+MIN_OK = {"register": 200, "set": 200, "bank": 20, "list-append": 30}
+
+
+@pytest.mark.parametrize(("workload", "seed", "nodes"), RUNS, ids=[run[0] for run in RUNS])
+def test_nemesis_run_finds_no_anomaly(tmp_path: Path, workload: str, seed: int, nodes: int) -> None:
+    result = run_one(tmp_path, seed, workload, SECONDS, nodes=nodes)
+    print(result.report())
+    assert not result.anomalies, result.report()
+    assert result.faults >= 3, result.schedule
+    assert len(result.nemesis) >= result.faults, result.report()
+    assert result.ok >= MIN_OK[workload], result.report()
