@@ -8,9 +8,9 @@ crash would hurt most. It does nothing unless the process was started with
 
 Actions: ``exit`` (the process kills itself with SIGKILL: a crash at exactly
 that point, nothing flushed), ``sleep(S)`` (a pause of S seconds, the event
-loop included), ``error`` (raises ``FailpointError``). A name may carry a
-count, ``name=2*exit``: the action fires on the second time the point is
-reached (the first is passed).
+loop included), ``error`` (raises ``FailpointError``). Without a count the
+action fires every time the point is reached; with one, ``name=2*sleep(1)``,
+it fires once, on the second time (the first is passed), and never again.
 
 The points, with where they sit:
 
@@ -38,6 +38,7 @@ The points, with where they sit:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -47,6 +48,8 @@ from dataclasses import dataclass
 __all__ = ["POINTS", "FailpointError", "configure", "failpoint"]
 
 ENV = "SHARDKV_FAILPOINTS"
+
+_log = logging.getLogger(__name__)
 
 # Node-side points first, then the router's (txn.after_* and between_commits).
 POINTS = (
@@ -80,6 +83,8 @@ class _Point:
     countdown: int
     action: str
     seconds: float
+    # Counted ("N*action"): fires on the N-th hit only.
+    once: bool
 
 
 def _parse(spec: str) -> dict[str, _Point]:
@@ -91,7 +96,8 @@ def _parse(spec: str) -> dict[str, _Point]:
             raise ValueError(f"{ENV}: cannot read {part!r} (name=exit|error|sleep(S), N*action)")
         count = int(match.group(1) or 1)
         action = "sleep" if match.group(3) else match.group(2)
-        points[name.strip()] = _Point(count, action, float(match.group(3) or 0))
+        once = match.group(1) is not None
+        points[name.strip()] = _Point(count, action, float(match.group(3) or 0), once)
     return points
 
 
@@ -108,6 +114,10 @@ def failpoint(name: str) -> None:
     point.countdown -= 1
     if point.countdown > 0:
         return
+    if point.once:
+        del _points[name]
+    # Flushed by the handler before an exit: the log says where the crash was.
+    _log.warning("failpoint %s fires: %s", name, point.action)
     if point.action == "exit":
         os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(10)  # the signal is on its way

@@ -127,10 +127,27 @@ class FaultCluster:
             self.nodes.kill(node_id)
         self.down.add(node_id)
 
+    def kill_all_nodes(self) -> None:
+        """SIGKILL to every node before waiting for any: they all die at the same instant."""
+        for node_id in list(self.paused):
+            self.resume_node(node_id)
+        processes = list(self.nodes.processes.items())
+        for _, process in processes:
+            process.kill()
+        for node_id, process in processes:
+            process.wait(STOP_TIMEOUT)
+            del self.nodes.processes[node_id]
+            self.down.add(node_id)
+
+    def start_all_nodes(self) -> None:
+        for node_id in sorted(self.down):
+            self.start_node(node_id)
+
     def start_node(self, node_id: int) -> None:
+        """Start a node the nemesis killed (a failpoint not fired yet stays armed)."""
         self.down.discard(node_id)
         if node_id not in self.nodes.processes:
-            self._start_without_failpoint(node_id)
+            self.nodes.start(node_id, wait=False)
 
     def pause_node(self, node_id: int) -> None:
         if node_id in self.nodes.processes and node_id not in self.paused:
@@ -153,7 +170,6 @@ class FaultCluster:
         self.routers_down.discard(index)
         router = self.routers[index]
         if router.process is None:
-            router.env.pop("SHARDKV_FAILPOINTS", None)
             router.start(wait=False)
 
     def pause_router(self, index: int) -> None:
@@ -175,7 +191,7 @@ class FaultCluster:
             process.send_signal(signum)
 
     def _start_without_failpoint(self, node_id: int) -> None:
-        # A failpoint fires once per run: the restarted process runs clean.
+        # A failpoint fires once per run: the process it killed restarts clean.
         self.nodes.node_env[node_id].pop("SHARDKV_FAILPOINTS", None)
         self.nodes.start(node_id, wait=False)
 

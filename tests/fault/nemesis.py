@@ -10,6 +10,8 @@ not deterministic (real processes, real clocks); the faults are.
 The faults:
 
 - ``kill``: kill -9 a node, restart it when the fault ends.
+- ``kill-all``: kill -9 every node at once (a power cut), restart them all
+  at the end: every acknowledged write must survive it.
 - ``pause``: SIGSTOP a node (the leader of some group, when one is known),
   SIGCONT at the end.
 - ``partition``: the nodes split in two sides that hear nothing from each
@@ -65,6 +67,7 @@ Undo = Callable[[], None]
 
 FAULTS = (
     "kill",
+    "kill-all",
     "pause",
     "partition",
     "isolate-leader",
@@ -159,8 +162,8 @@ def plan(
         name = rng.choice(POINTS)
         action = rng.choice(("exit", "exit", "sleep(1.5)"))
         if name in FREQUENT_POINTS:
-            # A busy node runs a round or two hundred times a second.
-            point = Failpoint(name, action, rng.randint(100, 1500), rng.randint(1, nodes))
+            # A busy node runs tens of rounds a second, not all with entries to apply.
+            point = Failpoint(name, action, rng.randint(50, 600), rng.randint(1, nodes))
         else:
             # Hit where a driver, a snapshot or a coordinator happens to run: armed everywhere.
             point = Failpoint(
@@ -234,6 +237,10 @@ def _inflict(
         groups = sorted(leaders)
         return leaders[rng.choice(groups)] if groups else rng.choice(node_ids)
 
+    if kind == "kill-all":
+        cluster.kill_all_nodes()
+        log.note(started, "kill -9 every node at once")
+        return _undo(cluster.start_all_nodes, log, started, "restart every node")
     if kind in ("kill", "pause"):
         node_id = a_leader() if rng.random() < 0.7 else rng.choice(node_ids)
         if kind == "kill":

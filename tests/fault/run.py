@@ -135,7 +135,10 @@ def run_one(
         result.anomalies.extend(verdict.anomalies)
         cluster.check_processes()
         result.anomalies.extend(f"crash: {crash}" for crash in cluster.events.crashes)
-        result.failpoint_fired = bool(cluster.events.failpoint_exits)
+        result.failpoint_fired = point is not None and any(
+            f"failpoint {point.name} fires" in log_path.read_text(errors="replace")
+            for log_path in root.glob("*.log")
+        )
         result.nemesis, result.refused = log.done, log.refused
     finally:
         cluster.close()

@@ -41,6 +41,17 @@ def test_error_fires_on_the_counted_hit() -> None:
         failpoint("fsm.after_apply")
 
 
+def test_a_counted_point_fires_once_and_an_uncounted_one_every_time() -> None:
+    configure("a=2*error; b=error")
+    failpoint("a")
+    with pytest.raises(FailpointError):
+        failpoint("a")
+    failpoint("a")
+    for _ in range(3):
+        with pytest.raises(FailpointError):
+            failpoint("b")
+
+
 def test_sleep_is_parsed() -> None:
     configure("a=sleep(0.01); b=2*exit")
     assert failpoints._points["a"].action == "sleep"
