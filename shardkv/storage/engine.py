@@ -33,6 +33,17 @@ What an engine promises:
    translated in this module.
 
 Engines are not thread-safe: the node's loop owns its engine.
+
+**Test only: ``SHARDKV_UNSAFE_NO_FSYNC=1``.** Set in a node's environment (read
+once, when an ``Engine`` is made; a loud warning is logged), it breaks
+promise 1 on purpose, so that the durability test (tests/fault) can show it
+catches a store that acknowledges writes it has not made durable: RocksDB
+writes with its write-ahead log disabled and ``sync()`` does nothing, so a
+kill -9 loses everything since the last memtable flush, as a power loss
+would lose unsynced writes (merely skipping the fsync would not do: the OS
+keeps a killed process's unsynced log). A clean ``close()`` still flushes
+the memtables. Never set it in production: acknowledged writes are lost on a
+crash.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ import abc
 import asyncio
 import bisect
 import enum
+import logging
 import os
 import weakref
 from collections.abc import Callable, Iterator
@@ -52,6 +64,7 @@ from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 from shardkv.storage.errors import DataDirInUse, EngineClosed, EngineError
 
 __all__ = [
+    "UNSAFE_NO_FSYNC_ENV",
     "Batch",
     "ColumnFamily",
     "Engine",
@@ -59,6 +72,11 @@ __all__ = [
     "MemoryEngine",
     "StorageEngine",
 ]
+
+# The test-only switch of the module docstring: "1" turns it on.
+UNSAFE_NO_FSYNC_ENV = "SHARDKV_UNSAFE_NO_FSYNC"
+
+_log = logging.getLogger(__name__)
 
 
 class ColumnFamily(enum.StrEnum):
@@ -303,8 +321,20 @@ class Engine(StorageEngine):
         self._handles: dict[ColumnFamily, Any] = {
             cf: self._db.get_column_family_handle(cf.value) for cf in ColumnFamily
         }
+        self.unsafe_no_fsync = os.environ.get(UNSAFE_NO_FSYNC_ENV) == "1"
         self._write_options = {sync: WriteOptions() for sync in (False, True)}
-        self._write_options[True].sync = True
+        if self.unsafe_no_fsync:
+            _log.warning(
+                "%s=1: TEST-ONLY UNSAFE MODE, RocksDB at %s writes without its log and never "
+                "syncs; acknowledged writes WILL BE LOST on a crash. Never set it in production.",
+                UNSAFE_NO_FSYNC_ENV,
+                self.path,
+            )
+            for write_options in self._write_options.values():
+                # A property at run time; rocksdict's stub declares a method.
+                write_options.disable_wal = True  # type: ignore[method-assign,assignment]
+        else:
+            self._write_options[True].sync = True
 
     def __repr__(self) -> str:
         return f"Engine({self.path!r}{', closed' if self.closed else ''})"
@@ -320,6 +350,8 @@ class Engine(StorageEngine):
             raise EngineError(f"RocksDB write to {self.path} failed: {exc}") from exc
 
     async def _sync(self) -> None:
+        if self.unsafe_no_fsync:
+            return
         try:
             # flush_wal releases the GIL while it syncs.
             await asyncio.to_thread(self._db.flush_wal, True)
