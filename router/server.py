@@ -52,6 +52,7 @@ from router.limits import DEFAULT_LIMITS, InFlightInterceptor, RouterLimits
 from router.service import RouterService
 from router.topology import MAX_MESSAGE_BYTES, Topology
 from shardkv import logs
+from shardkv.decode import DecodeInterceptor
 from shardkv.health import Health
 from shardkv.metrics import DEFAULT_METRICS_ADDRESS, MetricsServer
 from shardkv.tls import TlsError, TlsFiles, TlsMaterial, add_port
@@ -200,6 +201,9 @@ async def serve(
     if tokens is not None:
         interceptors.append(AuthInterceptor(tokens))
     interceptors.append(InFlightInterceptor(limits.max_in_flight))
+    # Last, so that the others see its handlers: a request that does not decode
+    # is counted, authenticated and limited like any other, then refused.
+    interceptors.append(DecodeInterceptor())
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

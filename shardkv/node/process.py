@@ -79,6 +79,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import grpc.aio
 
+from shardkv.decode import DecodeInterceptor
 from shardkv.health import Health
 from shardkv.metrics import MetricsServer, NodeMetrics
 from shardkv.node.cluster import ClusterAgent, initial_map
@@ -272,7 +273,8 @@ class NodeProcess:
             # The server takes its limits from the transport, so that what one
             # node sends the other accepts.
             server = grpc.aio.server(
-                options=[*server_options(transport.options), ("grpc.so_reuseport", 0)]
+                interceptors=[DecodeInterceptor()],
+                options=[*server_options(transport.options), ("grpc.so_reuseport", 0)],
             )
             undo.push_async_callback(server.stop, None)
             # Unwound first: closing the transport ends the inbound Raft

@@ -25,7 +25,9 @@ finds out from the transaction's primary (``router.txn``).
 ``WriteBatch`` is the router's path: many commands for one group in one
 call, all proposed before the next round (so they share its fsync and its
 messages), each answered on its own. Commands carrying a ``ring`` are the
-node's own and are refused from callers.
+node's own and are refused from callers, and so is any write to the meta
+group: its nodes change the cluster map in-process (``ClusterAgent``), and
+a caller's write there could replace the map with bytes no node can read.
 """
 
 from __future__ import annotations
@@ -48,10 +50,12 @@ from shardkv.errors import (
 from shardkv.fsm.kv import KeyValueStateMachine
 from shardkv.fsm.migration import Access
 from shardkv.limits import check_key
+from shardkv.node.config import META_GROUP_ID
 from shardkv.node.export import export_chunks
 from shardkv.node.membership import reconfigure
 from shardkv.node.runtime import NodeRuntime
 from shardkv.raft import Role
+from shardkv.txn_protocol import now_ms
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
 
 if TYPE_CHECKING:
@@ -60,6 +64,9 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_SCAN_PAGE", "NodeService", "txn_listing"]
 
 DEFAULT_SCAN_PAGE = 1000
+# How far ahead a prepare's lock deadline may be: a lock that never expires
+# would block its keys forever if its coordinator died.
+MAX_LOCK_AHEAD_MS = 10 * 60 * 1000
 _MAX_SCAN_PAGE = 10_000
 
 
@@ -123,6 +130,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> node_pb2.WriteResponse:
         try:
+            _refuse_meta(request.group_id)
             _refuse_internal(request.command)
             future = self.runtime.propose(request.group_id, request.command)
             result = await future
@@ -136,6 +144,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> node_pb2.WriteBatchResponse:
         try:
+            _refuse_meta(request.group_id)
             for command in request.commands:
                 _refuse_internal(command)
             # Commands that would only be refused for a lock are answered so
@@ -415,11 +424,26 @@ def txn_listing(machine: KeyValueStateMachine, txn: kv_pb2.TxnRef) -> node_pb2.L
     return response
 
 
+def _refuse_meta(group_id: int) -> None:
+    if group_id == META_GROUP_ID:
+        raise InvalidArgument(
+            f"group {group_id} is the meta group: the cluster map changes only through Join, "
+            "ChangeRing and ChangePlacement; write keys through a router"
+        )
+
+
 def _refuse_internal(command: kv_pb2.Command) -> None:
     if command.HasField("ring") or command.batch:
         raise InvalidArgument(
             "ring and batch commands are the node's own; a caller cannot send one"
         )
+    if command.txn.WhichOneof("kind") == "prepare":
+        ahead = command.txn.prepare.deadline_ms - now_ms()
+        if ahead > MAX_LOCK_AHEAD_MS:
+            raise InvalidArgument(
+                f"a prepare's deadline_ms may be at most {MAX_LOCK_AHEAD_MS} ms ahead, not "
+                f"{ahead}: its locks would outlive any coordinator (a router's TTL is seconds)"
+            )
 
 
 def _unavailable(error: ShardKVError) -> tuple[int, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from shardkv.node.cluster import ClusterAgent, initial_map
+from shardkv.node.cluster import CLUSTER_MAP_KEY, ClusterAgent, initial_map
 from shardkv.node.config import NodeConfig
 from shardkv.node.peer import Peer, PeerOptions
 from shardkv.node.runtime import NodeRuntime
@@ -198,6 +198,45 @@ async def test_a_caller_cannot_send_a_ring_or_a_batch(stub: node_pb2_grpc.NodeSt
             await call
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "node's own" in (refused.value.details() or "")
+
+
+async def test_a_caller_cannot_write_the_meta_group() -> None:
+    # Found by tests/fault/test_fuzz.py: a put of garbage under the map's key
+    # left every admin call failing on a map no node could read.
+    async with one_node((0, 1)) as node:
+        garbage = kv_pb2.Command(
+            operations=[kv_pb2.Operation(put=kv_pb2.Put(key=CLUSTER_MAP_KEY, value=b"\xff"))]
+        )
+        for call in (
+            node.stub.Write(node_pb2.WriteRequest(group_id=0, command=garbage)),
+            node.stub.WriteBatch(node_pb2.WriteBatchRequest(group_id=0, commands=[garbage])),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "meta group" in (refused.value.details() or "")
+        assert node.runtime.peer(0).machine.get(CLUSTER_MAP_KEY) is None
+
+
+async def test_a_prepare_whose_locks_would_never_expire_is_refused() -> None:
+    # Found by tests/fault/test_fuzz.py: deadline_ms = 2**64 - 1 locked a key for good.
+    async with one_node((0, 1)) as node:
+        prepare = kv_pb2.Command(
+            client_id=7,
+            seq=1,
+            txn=kv_pb2.TxnStep(
+                prepare=kv_pb2.TxnPrepare(
+                    primary_key=b"k",
+                    deadline_ms=2**64 - 1,
+                    then_ops=[kv_pb2.Operation(put=kv_pb2.Put(key=b"k", value=b"v"))],
+                )
+            ),
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await node.stub.Write(node_pb2.WriteRequest(group_id=1, command=prepare))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "deadline_ms" in (refused.value.details() or "")
+        assert not node.runtime.peer(1).machine.txns.locks
 
 
 async def test_the_agent_bootstraps_the_map_and_puts_every_group_on_its_ring() -> None:
