@@ -36,6 +36,7 @@ from tests.integration.routers import RouterProcess
 __all__ = ["FaultCluster", "FaultSettings"]
 
 RPC_TIMEOUT = 2.0
+MAX_CRASH_RESTARTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,8 @@ class FaultCluster:
         # Processes the nemesis killed on purpose, to restart when the fault ends.
         self.down: set[int] = set()
         self.routers_down: set[int] = set()
+        # Crashes per node not caused by the nemesis or a failpoint.
+        self.crashed: dict[int, int] = {}
 
     @property
     def root(self) -> Path:
@@ -98,9 +101,17 @@ class FaultCluster:
 
     # -- life cycle ----------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, restart_clean: bool = False) -> None:
+        """Start every process; ``restart_clean`` stops the nodes once (SIGTERM) and starts
+        them again first, so that RocksDB has flushed what bootstrapping wrote (for runs
+        with durability switched off, whose kill -9 must lose data, not the cluster)."""
         self.nodes.start_all()
         self.nodes.wait_leaders(timeout=30)
+        if restart_clean:
+            for node_id in self.node_ids():
+                self.nodes.stop(node_id)
+            self.nodes.start_all()
+            self.nodes.wait_leaders(timeout=30)
         for router in self.routers:
             router.start()
 
@@ -208,7 +219,9 @@ class FaultCluster:
                 self.events.failpoint_exits.append(what)
             else:
                 self.events.crashes.append(f"{what}:\n{self.nodes.log_tail(node_id)}")
-            if node_id not in self.down:
+                self.crashed[node_id] = self.crashed.get(node_id, 0) + 1
+            # A node that keeps crashing stays down: its first crashes are the report.
+            if node_id not in self.down and self.crashed.get(node_id, 0) <= MAX_CRASH_RESTARTS:
                 self._start_without_failpoint(node_id)
         for index, router in enumerate(self.routers):
             if router.process is None or router.process.poll() is None:

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,7 +91,9 @@ def run_one(
     nodes: int = 3,
     kinds: Sequence[str] = FAULTS,
     failpoint: bool = True,
+    node_env: Mapping[str, str] | None = None,
 ) -> RunResult:
+    """One run; ``node_env`` adds to every node's environment (test-only modes)."""
     started = time.monotonic()
     schedule = plan(seed, seconds, nodes=nodes, replicas=REPLICAS, kinds=kinds, failpoint=failpoint)
     result = RunResult(
@@ -99,6 +101,7 @@ def run_one(
     )
     print(result.schedule, flush=True)
     cluster = FaultCluster(root, FaultSettings(nodes=nodes, replicas=REPLICAS))
+    cluster.nodes.env.update(node_env or {})
     point = schedule.failpoint
     if point is not None:
         result.failpoint = str(point)
@@ -108,7 +111,7 @@ def run_one(
             for node_id in cluster.node_ids() if point.where == ALL_NODES else [point.where]:
                 cluster.set_failpoint(node_id, point.spec)
     try:
-        cluster.start()
+        cluster.start(restart_clean=bool(node_env))
         addresses = cluster.addresses
         chosen = make_workload(workload)
         asyncio.run(chosen.setup(addresses))

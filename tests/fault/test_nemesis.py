@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from shardkv.storage.engine import UNSAFE_NO_FSYNC_ENV
 from tests.fault.run import run_one
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
@@ -37,3 +38,20 @@ def test_nemesis_run_finds_no_anomaly(tmp_path: Path, workload: str, seed: int, 
     assert result.faults >= 3, result.schedule
     assert len(result.nemesis) >= result.faults, result.report()
     assert result.ok >= MIN_OK[workload], result.report()
+
+
+def test_the_nemesis_catches_a_store_that_loses_acknowledged_writes(tmp_path: Path) -> None:
+    """The negative control: with durability off (test-only), a power cut must show as lost data."""
+    result = run_one(
+        tmp_path,
+        505,
+        "set",
+        8.0,
+        kinds=("kill-all",),
+        failpoint=False,
+        node_env={UNSAFE_NO_FSYNC_ENV: "1"},
+    )
+    print(result.report())
+    assert any("kill -9 every node" in line for line in result.nemesis), result.report()
+    lost = [anomaly for anomaly in result.anomalies if "lost" in anomaly]
+    assert lost, f"the nemesis missed a store without durability:\n{result.report()}"

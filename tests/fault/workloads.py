@@ -48,8 +48,14 @@ __all__ = ["WORKLOADS", "Workload", "WorkloadResult", "make_workload"]
 
 # The client's deadline for one operation (its retries included).
 OP_TIMEOUT = 3.0
-# After this long without any answer, a client stops (the run is over or wedged).
+# The final reads, after healing, give up after this long (a cluster that
+# did not recover is an anomaly of its own; the run must still end).
+FINAL_SECONDS = 60.0
 UNKNOWN = (DeadlineExceeded, Unavailable)
+
+
+class FinalReadFailed(Exception):
+    """The final read found no working cluster within ``FINAL_SECONDS``."""
 
 
 @dataclass(slots=True)
@@ -224,6 +230,7 @@ class SetWorkload:
         self.clients = clients
         self.adds: list[SetAdd] = []
         self.final_reads: list[frozenset[int]] = []
+        self.final_problem = ""
         self._elements = itertools.count()
 
     async def setup(self, addresses: Sequence[str]) -> None:
@@ -254,31 +261,39 @@ class SetWorkload:
 
     async def final(self, addresses: Sequence[str]) -> None:
         for address in addresses:
-            self.final_reads.append(await _scan_elements(address, self.PREFIX))
+            try:
+                self.final_reads.append(await _scan_elements(address, self.PREFIX))
+            except FinalReadFailed as error:
+                self.final_problem = str(error)
 
     def check(self) -> WorkloadResult:
         ok = sum(1 for add in self.adds if add.status == "ok")
         result = WorkloadResult(self.name, ok=ok, unknown=len(self.adds) - ok)
         verdict = check_set(self.adds, self.final_reads)
+        if self.final_problem:
+            result.anomalies.append(f"set: no final read: {self.final_problem}")
         if not verdict.ok:
             result.anomalies.append(f"set: {verdict.explanation}")
         result.detail = verdict.explanation
         return result
 
 
-async def _scan_elements(address: str, prefix: bytes, attempts: int = 20) -> frozenset[int]:
+async def _scan_elements(address: str, prefix: bytes) -> frozenset[int]:
     """Every element under ``prefix``, read through one router (retried whole while it fails)."""
     problem = "no attempt"
-    for _ in range(attempts):
+    deadline = _deadline(FINAL_SECONDS)
+    for _ in range(100):
+        if time.monotonic() > deadline:
+            break
         try:
-            async with AsyncClient(address, timeout=20.0) as client:
+            async with AsyncClient(address, timeout=10.0) as client:
                 return frozenset(
                     [int(value) async for _, value in client.scan(prefix=prefix, page_size=2000)]
                 )
         except ClientError as error:
             problem = f"{type(error).__name__}: {error}"
             await asyncio.sleep(0.5)
-    raise AssertionError(f"could not scan {prefix!r} through {address}: {problem}")
+    raise FinalReadFailed(f"could not scan {prefix!r} through {address}: {problem}")
 
 
 # -- bank --------------------------------------------------------------------------------
@@ -306,7 +321,9 @@ class BankWorkload:
         with grpc.insecure_channel(addresses[0]) as channel:
             stub = router_pb2_grpc.RouterStub(channel)  # type: ignore[no-untyped-call]
             try:
-                self.final_balances = await asyncio.to_thread(self.bank.final_balances, stub, 30.0)
+                self.final_balances = await asyncio.to_thread(
+                    self.bank.final_balances, stub, FINAL_SECONDS
+                )
             except AssertionError as error:
                 self.final_problem = str(error)
 
@@ -361,6 +378,7 @@ class ListAppendWorkload:
         self._names = itertools.count()
         self.active = [self._fresh() for _ in range(width)]
         self.lengths: dict[bytes, int] = {}
+        self.final_problem = ""
 
     def _fresh(self) -> bytes:
         return b"la/%d" % next(self._names)
@@ -458,8 +476,9 @@ class ListAppendWorkload:
     async def final(self, addresses: Sequence[str]) -> None:
         """One last read of every key ever used, so late appends get a place in the order."""
         keys = [b"la/%d" % number for number in range(next(self._names))]
-        async with AsyncClient(list(addresses), timeout=20.0) as client:
-            for attempt in range(10):
+        deadline = _deadline(FINAL_SECONDS)
+        async with AsyncClient(list(addresses), timeout=10.0) as client:
+            while time.monotonic() < deadline:
                 try:
                     read = await client.txn([], [get(key) for key in keys], conflict_retries=5)
                 except ClientError:
@@ -473,7 +492,7 @@ class ListAppendWorkload:
                     now = time.monotonic()
                     self.history.append(Transaction(-1, ops, "ok", now, now))
                     return
-                del attempt
+        self.final_problem = f"no final read of the lists in {FINAL_SECONDS:g} s"
 
     def check(self) -> WorkloadResult:
         counts = {status: 0 for status in ("ok", "fail", "info")}
@@ -483,6 +502,8 @@ class ListAppendWorkload:
             self.name, ok=counts["ok"], failed=counts["fail"], unknown=counts["info"]
         )
         verdict = check_list_append(self.history)
+        if self.final_problem:
+            result.anomalies.append(f"list-append: {self.final_problem}")
         if not verdict.ok:
             result.anomalies.append(f"list-append: {verdict.explanation}")
         result.anomalies.extend(self.mismatches[:5])
