@@ -53,8 +53,11 @@ Decisions:
   ``ConfigError``.
 - **Which groups.** A node hosts the groups whose replicas list it in the
   configured layout (``NodeConfig.hosted_groups``). On a restart every one
-  of them must already have Raft state in the data directory; one without is
-  a ``ConfigError`` (the layout is read only at a node's first start).
+  of them must already have Raft state in the data directory, unless the
+  node dropped its replica on purpose since (a replica move took it away, or
+  the group retired: ``NodeRuntime.remove_peer`` leaves a mark); one without
+  either is a ``ConfigError`` (the layout is read only at a node's first
+  start, and a voter that lost its state must not vote again).
   Groups a ring change created later (``ClusterAgent`` starts a replica when
   the map names this node) are found in storage at a restart
   (``stored_groups``) and hosted as well.
@@ -98,7 +101,15 @@ from shardkv.node.resolver import NodeGroupCalls, TxnResolver
 from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import NodeService
 from shardkv.node.transport_grpc import GrpcTransport, server_options
-from shardkv.storage import AlreadyBootstrapped, DataDirInUse, Engine, GroupStorage, stored_groups
+from shardkv.storage import (
+    AlreadyBootstrapped,
+    ColumnFamily,
+    DataDirInUse,
+    Engine,
+    GroupStorage,
+    keys,
+    stored_groups,
+)
 from shardkv.tls import TlsError, TlsMaterial, add_port, open_channel
 from shardkv.v1 import cluster_pb2, node_pb2, node_pb2_grpc, raft_pb2
 
@@ -168,6 +179,11 @@ def _build_peers(config: NodeConfig, engine: Engine) -> dict[int, Peer]:
     for group_id in config.hosted_groups:
         peer = Peer(engine, group_id, config.node_id, options)
         if peer.storage.snapshot_metadata().index == 0:
+            if engine.get(ColumnFamily.META, keys.dropped_group_key(group_id)) is not None:
+                # The layout put it here; a replica move or retirement took it
+                # away since. The map says whether it comes back (ClusterAgent).
+                _log.info("group %d: this node dropped its replica; not hosting it", group_id)
+                continue
             raise ConfigError(
                 f"group {group_id} has no Raft state in data dir {config.data_dir}, although "
                 f"the groups layout (from {config.origin('groups')}) puts it on node "
@@ -354,7 +370,7 @@ class NodeProcess:
         _log.info(
             "node %d serving groups %s on %s",
             config.node_id,
-            list(config.hosted_groups),
+            sorted(runtime.peers),
             config.listen,
         )
         return cls(

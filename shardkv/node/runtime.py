@@ -119,7 +119,8 @@ class NodeRuntime:
 
     def remove_peer(self, group_id: int) -> None:
         """Stop hosting a group (its replica moved away, or the group retired) and
-        drop everything of it this node stored."""
+        drop everything of it this node stored, leaving a mark that it was dropped
+        on purpose (a restart must not take the missing state for a lost disk)."""
         peer = self.peers.pop(group_id, None)
         if peer is None:
             return
@@ -128,6 +129,7 @@ class NodeRuntime:
         low, high = keys.group_range(group_id)
         for cf in ColumnFamily:
             batch.delete_range(cf, low, high if high is not None else b"\xff" * 9)
+        batch.put(ColumnFamily.META, keys.dropped_group_key(group_id), b"")
         self.engine.write(batch, sync=True)
 
     def propose_conf_change(

@@ -21,6 +21,10 @@ order is numeric order for group ids and Raft indexes alike::
     meta  group(8) 0x0a                     the migration the group takes part in (shardkv.fsm)
     meta  group(8) 0x0b target(8) user_key  a moving key changed since its move began (shardkv.fsm)
     data  group(8) user_key                 the user's value
+    meta  ff*8 0x01 group(8)                a group whose replica this node dropped (shardkv.node)
+
+The last group id, ``NODE_RECORDS`` (all 0xff), is no group: the node keeps
+its own records under it, out of every group's range.
 
 Within a group the data column family is ordered by user key, so a prefix or
 range of user keys is a range of engine keys (``data_range``,
@@ -37,6 +41,7 @@ from shardkv.storage.errors import CorruptValue
 
 __all__ = [
     "GROUP_KEY_SIZE",
+    "NODE_RECORDS",
     "all_results_range",
     "applied_state_key",
     "data_key",
@@ -97,6 +102,16 @@ _META_MIGRATION = 0x0A
 _META_MARK = 0x0B
 # group id, record tag, client id, seq
 _GROUP_TAG_CLIENT_SEQ = struct.Struct(">QBQQ")
+
+
+# Not a group: the node's own records (see the module docstring).
+NODE_RECORDS = (1 << 64) - 1
+_NODE_DROPPED_GROUP = 0x01
+
+
+def dropped_group_key(group_id: int) -> bytes:
+    """Marks that this node dropped its replica of ``group_id`` (it moved away, or retired)."""
+    return _GROUP_TAG_NUMBER.pack(NODE_RECORDS, _NODE_DROPPED_GROUP, group_id)
 
 
 def group_prefix(group_id: int) -> bytes:

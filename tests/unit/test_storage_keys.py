@@ -269,3 +269,12 @@ def test_an_unknown_entry_type_is_refused() -> None:
 def test_a_configuration_too_large_to_encode_is_refused() -> None:
     with pytest.raises(ValueError, match="at most"):
         values.encode_applied_state(1, ConfState(voters=tuple(range(1 << 16))))
+
+
+def test_the_dropped_group_mark_lies_outside_every_groups_range() -> None:
+    key = keys.dropped_group_key(7)
+    for group_id in (0, 7, 8, 2**63):
+        low, high = keys.group_range(group_id)
+        assert not (low <= key and (high is None or key < high))
+    assert key.startswith(keys.group_prefix(keys.NODE_RECORDS))
+    assert keys.dropped_group_key(7) < keys.dropped_group_key(8)
