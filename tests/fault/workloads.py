@@ -309,8 +309,21 @@ class BankWorkload:
         self.final_problem = ""
 
     async def setup(self, addresses: Sequence[str]) -> None:
-        with grpc.insecure_channel(addresses[0]) as channel:
-            await asyncio.to_thread(self.bank.setup, router_pb2_grpc.RouterStub(channel))  # type: ignore[no-untyped-call]
+        """The initial balances, through the next router while one fails (a failpoint may
+        crash a router in this very transaction; writing the same balances twice is
+        harmless before any transfer)."""
+        problem = "no attempt"
+        for attempt in range(20):
+            address = addresses[attempt % len(addresses)]
+            with grpc.insecure_channel(address) as channel:
+                stub = router_pb2_grpc.RouterStub(channel)  # type: ignore[no-untyped-call]
+                try:
+                    await asyncio.to_thread(self.bank.setup, stub)
+                    return
+                except grpc.RpcError as error:
+                    problem = f"{address}: {error}"
+            await asyncio.sleep(1.0)
+        raise AssertionError(f"could not write the initial balances: {problem}")
 
     async def run(self, addresses: Sequence[str], seconds: float, seed: int) -> None:
         self.report = await self.bank.run(
