@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -66,7 +67,13 @@ def summary_table(results: Sequence[RunResult]) -> str:
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM ends the soak as Ctrl-C does: the current run's processes are killed.
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--run-seconds", type=float, default=45.0)
