@@ -86,7 +86,7 @@ class InFlightInterceptor(RouterMethodInterceptor):
         self.max_in_flight = max_in_flight
         self.in_flight = 0
 
-    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+    def wrap_behavior(self, method: str, behavior: Behavior) -> Behavior:
         async def limited(
             request: object, context: grpc.aio.ServicerContext[object, object]
         ) -> object:

@@ -101,7 +101,7 @@ class _RequestInterceptor(RouterMethodInterceptor):
         super().__init__()
         self._metrics = metrics
 
-    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+    def wrap_behavior(self, method: str, behavior: Behavior) -> Behavior:
         metrics = self._metrics
 
         async def observed(

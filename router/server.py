@@ -52,8 +52,8 @@ from router.limits import DEFAULT_LIMITS, InFlightInterceptor, RouterLimits
 from router.service import RouterService
 from router.topology import MAX_MESSAGE_BYTES, Topology
 from shardkv import logs
-from shardkv.decode import DecodeInterceptor
 from shardkv.health import Health
+from shardkv.interceptors import DecodeInterceptor
 from shardkv.metrics import DEFAULT_METRICS_ADDRESS, MetricsServer
 from shardkv.tls import TlsError, TlsFiles, TlsMaterial, add_port
 from shardkv.v1 import router_pb2, router_pb2_grpc

@@ -82,8 +82,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 import grpc.aio
 
-from shardkv.decode import DecodeInterceptor
 from shardkv.health import Health
+from shardkv.interceptors import DecodeInterceptor
 from shardkv.metrics import MetricsServer, NodeMetrics
 from shardkv.node.cluster import ClusterAgent, initial_map
 from shardkv.node.config import ConfigError, NodeConfig

@@ -32,7 +32,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 import grpc
 
@@ -88,6 +88,45 @@ def _deadline(seconds: float) -> float:
     return time.monotonic() + seconds
 
 
+class _Clients:
+    """Concurrent clients, each a loop of ``step`` calls until the run's time is up."""
+
+    name: str
+
+    def __init__(self, clients: int) -> None:
+        self.clients = clients
+
+    async def setup(self, addresses: Sequence[str]) -> None:
+        return None
+
+    async def final(self, addresses: Sequence[str]) -> None:
+        return None
+
+    async def run(self, addresses: Sequence[str], seconds: float, seed: int) -> None:
+        stop_at = _deadline(seconds)
+        await asyncio.gather(
+            *(self._client(number, addresses, stop_at, seed) for number in range(self.clients))
+        )
+
+    async def _client(
+        self, number: int, addresses: Sequence[str], stop_at: float, seed: int
+    ) -> None:
+        rng = random.Random(seed * 1000 + number)
+        # Each client starts at another router (and fails over to the rest).
+        first = number % len(addresses)
+        mine = [*addresses[first:], *addresses[:first]]
+        async with AsyncClient(mine, timeout=OP_TIMEOUT) as client:
+            for step in range(100_000):
+                if time.monotonic() >= stop_at:
+                    return
+                if not await self.step(client, number, step, rng):
+                    await asyncio.sleep(0.05)  # no answer: do not spin while the cluster heals
+
+    async def step(self, client: AsyncClient, number: int, step: int, rng: random.Random) -> bool:
+        """One operation of client ``number``; False if it failed or its outcome is unknown."""
+        raise NotImplementedError
+
+
 # -- register ----------------------------------------------------------------------------
 
 
@@ -116,74 +155,41 @@ class _KeyPool:
             self.active[self.active.index(key)] = self._fresh()
 
 
-class RegisterWorkload:
+class RegisterWorkload(_Clients):
     name = "register"
     MAX_UNKNOWN = 20
     MAX_OPS = 300
 
     def __init__(self, clients: int = 6, width: int = 4) -> None:
-        self.clients = clients
+        super().__init__(clients)
         self.pool = _KeyPool(b"reg/", width, self.MAX_UNKNOWN, self.MAX_OPS)
         self.history: list[Operation] = []
         self.errors: list[str] = []
 
-    async def setup(self, addresses: Sequence[str]) -> None:
-        return None
-
-    async def run(self, addresses: Sequence[str], seconds: float, seed: int) -> None:
-        stop_at = _deadline(seconds)
-        await asyncio.gather(
-            *(self._client(number, addresses, stop_at, seed) for number in range(self.clients))
-        )
-
-    async def _client(
-        self, number: int, addresses: Sequence[str], stop_at: float, seed: int
-    ) -> None:
-        rng = random.Random(seed * 1000 + number)
-        async with AsyncClient(list(addresses), timeout=OP_TIMEOUT) as client:
-            for step in range(100_000):
-                if time.monotonic() >= stop_at:
-                    return
-                key = rng.choice(self.pool.active)
-                kind = rng.choice(("put", "get", "get", "cas", "delete"))
-                value = b"%d-%d" % (number, step)
-                recent = [op.value for op in self.history[-20:] if op.key == key and op.value]
-                expected = rng.choice([None, *recent]) if recent else None
-                call = time.monotonic()
-                output: object = None
-                try:
-                    if kind == "put":
-                        await client.put(key, value)
-                    elif kind == "get":
-                        output = await client.get(key)
-                    elif kind == "cas":
-                        output = await client.cas(key, expected, value)
-                    else:
-                        output = await client.delete(key)
-                except UNKNOWN:
-                    self.pool.record(key, unknown=kind != "get")
-                    if kind != "get":
-                        self.history.append(
-                            _register_op(number, kind, key, value, expected, None, call, None)
-                        )
-                    await asyncio.sleep(0.05)
-                    continue
-                except ClientError as error:
-                    # Not a verdict on the store's consistency, but every one is reported.
-                    self.errors.append(f"{kind} {key!r}: {type(error).__name__}: {error}")
-                    self.pool.record(key, unknown=kind != "get")
-                    if kind != "get":
-                        self.history.append(
-                            _register_op(number, kind, key, value, expected, None, call, None)
-                        )
-                    continue
-                self.pool.record(key, unknown=False)
+    async def step(self, client: AsyncClient, number: int, step: int, rng: random.Random) -> bool:
+        key = rng.choice(self.pool.active)
+        kind = rng.choice(("put", "get", "get", "cas", "delete"))
+        value = b"%d-%d" % (number, step)
+        recent = [op.value for op in self.history[-20:] if op.key == key and op.value]
+        expected = rng.choice([None, *recent]) if recent else None
+        call = time.monotonic()
+        try:
+            output = await register_call(client, kind, key, value, expected)
+        except ClientError as error:
+            if not isinstance(error, UNKNOWN):
+                # Not a verdict on consistency, but reported: the store should not say it.
+                self.errors.append(f"{kind} {key!r}: {type(error).__name__}: {error}")
+            self.pool.record(key, unknown=kind != "get")
+            if kind != "get":
                 self.history.append(
-                    _register_op(number, kind, key, value, expected, output, call, time.monotonic())
+                    register_operation(number, kind, key, value, expected, None, call, None)
                 )
-
-    async def final(self, addresses: Sequence[str]) -> None:
-        return None
+            return False
+        self.pool.record(key, unknown=False)
+        self.history.append(
+            register_operation(number, kind, key, value, expected, output, call, time.monotonic())
+        )
+        return True
 
     def check(self) -> WorkloadResult:
         answered = sum(1 for op in self.history if op.ret is not None)
@@ -197,7 +203,21 @@ class RegisterWorkload:
         return result
 
 
-def _register_op(
+async def register_call(
+    client: AsyncClient, kind: str, key: bytes, value: bytes, expected: bytes | None
+) -> object:
+    """Run one register operation; its output as ``Operation.output`` wants it."""
+    if kind == "put":
+        await client.put(key, value)
+        return None
+    if kind == "get":
+        return await client.get(key)
+    if kind == "cas":
+        return await client.cas(key, expected, value)
+    return await client.delete(key)
+
+
+def register_operation(
     client: int,
     kind: str,
     key: bytes,
@@ -222,42 +242,28 @@ def _register_op(
 # -- set ---------------------------------------------------------------------------------
 
 
-class SetWorkload:
+class SetWorkload(_Clients):
     name = "set"
     PREFIX = b"set/"
 
     def __init__(self, clients: int = 6) -> None:
-        self.clients = clients
+        super().__init__(clients)
         self.adds: list[SetAdd] = []
         self.final_reads: list[frozenset[int]] = []
         self.final_problem = ""
         self._elements = itertools.count()
 
-    async def setup(self, addresses: Sequence[str]) -> None:
-        return None
-
-    async def run(self, addresses: Sequence[str], seconds: float, seed: int) -> None:
-        stop_at = _deadline(seconds)
-        await asyncio.gather(*(self._client(addresses, stop_at) for _ in range(self.clients)))
-
-    async def _client(self, addresses: Sequence[str], stop_at: float) -> None:
-        async with AsyncClient(list(addresses), timeout=OP_TIMEOUT) as client:
-            for _ in range(100_000):
-                if time.monotonic() >= stop_at:
-                    return
-                element = next(self._elements)
-                call = time.monotonic()
-                status: Literal["ok", "fail", "info"] = "ok"
-                try:
-                    await client.put(b"%s%08d" % (self.PREFIX, element), b"%d" % element)
-                except UNKNOWN:
-                    status = "info"
-                except ClientError:
-                    status = "info"
-                ret = time.monotonic() if status == "ok" else None
-                self.adds.append(SetAdd(element, status, call, ret))
-                if status != "ok":
-                    await asyncio.sleep(0.05)
+    async def step(self, client: AsyncClient, number: int, step: int, rng: random.Random) -> bool:
+        element = next(self._elements)
+        call = time.monotonic()
+        try:
+            await client.put(b"%s%08d" % (self.PREFIX, element), b"%d" % element)
+        except ClientError:
+            # Unknown, whatever the error: the checker only needs what was acknowledged.
+            self.adds.append(SetAdd(element, "info", call, None))
+            return False
+        self.adds.append(SetAdd(element, "ok", call, time.monotonic()))
+        return True
 
     async def final(self, addresses: Sequence[str]) -> None:
         for address in addresses:
@@ -378,12 +384,12 @@ def _encode_list(elements: Sequence[int]) -> bytes:
     return b",".join(b"%d" % element for element in elements)
 
 
-class ListAppendWorkload:
+class ListAppendWorkload(_Clients):
     name = "list-append"
     MAX_LENGTH = 80
 
     def __init__(self, clients: int = 5, width: int = 6) -> None:
-        self.clients = clients
+        super().__init__(clients)
         self.width = width
         self.history: list[Transaction] = []
         self.mismatches: list[str] = []
@@ -396,43 +402,24 @@ class ListAppendWorkload:
     def _fresh(self) -> bytes:
         return b"la/%d" % next(self._names)
 
-    async def setup(self, addresses: Sequence[str]) -> None:
-        return None
-
-    async def run(self, addresses: Sequence[str], seconds: float, seed: int) -> None:
-        stop_at = _deadline(seconds)
-        await asyncio.gather(
-            *(self._client(number, addresses, stop_at, seed) for number in range(self.clients))
-        )
-
-    async def _client(
-        self, number: int, addresses: Sequence[str], stop_at: float, seed: int
-    ) -> None:
-        rng = random.Random(seed * 1000 + number)
-        async with AsyncClient(list(addresses), timeout=OP_TIMEOUT) as client:
-            for _ in range(100_000):
-                if time.monotonic() >= stop_at:
-                    return
-                plan = [
-                    (rng.choice(("r", "append")), rng.choice(self.active))
-                    for _ in range(rng.randint(1, 4))
-                ]
-                failed = await self._transaction(client, number, plan)
-                if failed:
-                    await asyncio.sleep(0.05)
+    async def step(self, client: AsyncClient, number: int, step: int, rng: random.Random) -> bool:
+        plan = [
+            (rng.choice(("r", "append")), rng.choice(self.active)) for _ in range(rng.randint(1, 4))
+        ]
+        return await self._transaction(client, number, plan)
 
     async def _transaction(
         self, client: AsyncClient, number: int, plan: list[tuple[str, bytes]]
     ) -> bool:
-        """Run one transaction of ``plan``; True if it failed or its outcome is unknown."""
+        """Run one transaction of ``plan``; False if it failed or its outcome is unknown."""
         keys = sorted({key for _, key in plan})
         call = time.monotonic()
         try:
             read = await client.txn([], [get(key) for key in keys], conflict_retries=0)
         except (ClientError, TransactionConflict):
-            return True
+            return False
         if not read.succeeded or read.results_unknown:
-            return True
+            return False
         seen: dict[bytes, tuple[bytes | None, int]] = {}
         for key, op_result in zip(keys, read.results, strict=True):
             kv = getattr(op_result, "kv", None)
@@ -451,7 +438,7 @@ class ListAppendWorkload:
                     appended.append(key)
         if not appended:
             self.history.append(Transaction(number, tuple(ops), "ok", call, time.monotonic()))
-            return False
+            return True
         for key in appended:
             self.lengths[key] = len(lists[key])
             if len(lists[key]) >= self.MAX_LENGTH and key in self.active:
@@ -463,15 +450,15 @@ class ListAppendWorkload:
             result = await client.txn(compares, then, conflict_retries=0)
         except TransactionConflict:
             self.history.append(Transaction(number, tuple(ops), "fail", call, time.monotonic()))
-            return True
+            return False
         except ClientError:
             unknown = tuple(MicroOp(op.kind, op.key, None) if op.kind == "r" else op for op in ops)
             self.history.append(Transaction(number, unknown, "info", call, None))
-            return True
+            return False
         ret = time.monotonic()
         if not result.succeeded:
             self.history.append(Transaction(number, tuple(ops), "fail", call, ret))
-            return True
+            return False
         if result.results_unknown:
             ops = [MicroOp(op.kind, op.key, None) if op.kind == "r" else op for op in ops]
         else:
@@ -484,7 +471,7 @@ class ListAppendWorkload:
                         f"{seen[key][1]} but its get saw {revision}"
                     )
         self.history.append(Transaction(number, tuple(ops), "ok", call, ret))
-        return False
+        return True
 
     async def final(self, addresses: Sequence[str]) -> None:
         """One last read of every key ever used, so late appends get a place in the order."""

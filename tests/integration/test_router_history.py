@@ -20,6 +20,7 @@ import pytest
 
 from router import AsyncClient, DeadlineExceeded, Unavailable
 from tests.checkers.linearizability import Operation, check_history
+from tests.fault.workloads import register_call, register_operation
 from tests.integration.conftest import MakeCluster, Settings
 from tests.integration.routers import RouterProcess
 
@@ -49,44 +50,17 @@ async def run_client(
                 (None, *[b"c%d-%d" % (rng.randrange(CLIENTS), rng.randrange(step + 1))])
             )
             call = time.monotonic()
-            output: object = None
             try:
-                if kind == "put":
-                    await client.put(key, value)
-                elif kind == "get":
-                    output = await client.get(key)
-                elif kind == "cas":
-                    output = await client.cas(key, expected, value)
-                else:
-                    output = await client.delete(key)
+                output = await register_call(client, kind, key, value, expected)
             except (DeadlineExceeded, Unavailable):
                 if kind != "get":  # a write that may or may not have applied
-                    history.append(_operation(number, kind, key, value, expected, None, call, None))
+                    history.append(
+                        register_operation(number, kind, key, value, expected, None, call, None)
+                    )
                 continue
             ret = time.monotonic()
-            history.append(_operation(number, kind, key, value, expected, output, call, ret))
-
-
-def _operation(
-    client: int,
-    kind: str,
-    key: bytes,
-    value: bytes,
-    expected: bytes | None,
-    output: object,
-    call: float,
-    ret: float | None,
-) -> Operation:
-    return Operation(
-        client_id=client,
-        kind=kind,
-        key=key,
-        value=value if kind in ("put", "cas") else None,
-        expected=expected if kind == "cas" else None,
-        output=output,
-        call=call,
-        ret=ret,
-    )
+            done = register_operation(number, kind, key, value, expected, output, call, ret)
+            history.append(done)
 
 
 def test_concurrent_clients_through_two_routers_with_a_node_crash_are_linearizable(

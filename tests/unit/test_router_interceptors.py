@@ -1,4 +1,4 @@
-"""``shardkv.decode.DecodeInterceptor``: requests that do not decode are INVALID_ARGUMENT.
+"""``shardkv.interceptors.DecodeInterceptor``: requests that do not decode are INVALID_ARGUMENT.
 
 Found by tests/fault/test_fuzz.py: without it, gRPC answers bytes that are
 not a message of the method's request type with UNKNOWN.
@@ -14,7 +14,7 @@ import grpc.aio
 import pytest
 
 from router.limits import InFlightInterceptor
-from shardkv.decode import DecodeInterceptor
+from shardkv.interceptors import DecodeInterceptor
 from shardkv.v1 import router_pb2, router_pb2_grpc
 
 GET = "/shardkv.v1.Router/Get"

@@ -1,4 +1,11 @@
-"""``DecodeInterceptor``: a request that does not decode is INVALID_ARGUMENT, not UNKNOWN.
+"""Server interceptors that wrap a method's handler once and keep it.
+
+``WrappingInterceptor`` is the base: ``wrap(path, handler)`` returns the
+handler to serve a method with (or the one given, untouched); the first
+call of each method wraps it, later ones cost one dictionary lookup. The
+router's metrics and in-flight limit build on it (``router.interceptors``).
+
+``DecodeInterceptor``: a request that does not decode is INVALID_ARGUMENT, not UNKNOWN.
 
 gRPC decodes a request before any handler runs, and a decode error there
 ends the call as UNKNOWN ("Unexpected DecodeError"), which a caller cannot
@@ -21,7 +28,7 @@ from typing import TYPE_CHECKING, cast
 import grpc
 import grpc.aio
 
-__all__ = ["DecodeInterceptor"]
+__all__ = ["Behavior", "DecodeInterceptor", "WrappingInterceptor"]
 
 if TYPE_CHECKING:
     Behavior = Callable[[object, grpc.aio.ServicerContext[object, object]], Awaitable[object]]
@@ -60,16 +67,16 @@ async def _refuse(path: str, request: _Undecodable, context: _Context) -> None:
     )
 
 
-class DecodeInterceptor(_Interceptor):
-    """Refuses undecodable requests with INVALID_ARGUMENT; see the module docstring.
-
-    Unary requests only (unary-unary, and unary-stream served by an async
-    generator): the others pass through untouched. Wrapped handlers are kept
-    as in ``RouterMethodInterceptor``.
-    """
+class WrappingInterceptor(_Interceptor):
+    """Serves each method with ``wrap``'s handler, made once; see the module docstring."""
 
     def __init__(self) -> None:
+        # method path -> (the handler continuation gave, its wrapped twin)
         self._handlers: dict[str, tuple[_Handler, _Handler]] = {}
+
+    def wrap(self, path: str, handler: _Handler) -> _Handler:
+        """The handler to serve ``path`` with (``handler`` itself to leave it alone)."""
+        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -77,18 +84,27 @@ class DecodeInterceptor(_Interceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
+        if handler is None:
             return handler
         path = handler_call_details.method
         cached = self._handlers.get(path)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = self._wrap(path, handler)
+        wrapped = self.wrap(path, handler)
         self._handlers[path] = (handler, wrapped)
         return wrapped
 
-    def _wrap(self, path: str, handler: _Handler) -> _Handler:
-        assert handler.request_deserializer is not None
+
+class DecodeInterceptor(WrappingInterceptor):
+    """Refuses undecodable requests with INVALID_ARGUMENT; see the module docstring.
+
+    Unary requests only (unary-unary, and unary-stream served by an async
+    generator): the others pass through untouched.
+    """
+
+    def wrap(self, path: str, handler: _Handler) -> _Handler:
+        if handler.request_deserializer is None:
+            return handler
         deserializer = _guarded(handler.request_deserializer)
         # The stubs type behaviors as synchronous; under grpc.aio they are coroutines.
         unary = cast("Behavior | None", handler.unary_unary)
