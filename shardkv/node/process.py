@@ -172,25 +172,28 @@ def _bootstrap(config: NodeConfig, engine: Engine) -> None:
 def _build_peers(config: NodeConfig, engine: Engine) -> dict[int, Peer]:
     options = peer_options(config)
     peers: dict[int, Peer] = {}
+    stored = stored_groups(engine)
     # Groups created later (a ring change added them) have Raft state here too.
-    for group_id in stored_groups(engine):
+    for group_id in stored:
         if group_id not in config.hosted_groups:
             peers[group_id] = Peer(engine, group_id, config.node_id, options)
     for group_id in config.hosted_groups:
         peer = Peer(engine, group_id, config.node_id, options)
         if peer.storage.snapshot_metadata().index == 0:
-            if engine.get(ColumnFamily.META, keys.dropped_group_key(group_id)) is not None:
+            dropped = engine.get(ColumnFamily.META, keys.dropped_group_key(group_id))
+            if dropped is not None and group_id not in stored:
                 # The layout put it here; a replica move or retirement took it
                 # away since. The map says whether it comes back (ClusterAgent).
                 _log.info("group %d: this node dropped its replica; not hosting it", group_id)
                 continue
-            raise ConfigError(
-                f"group {group_id} has no Raft state in data dir {config.data_dir}, although "
-                f"the groups layout (from {config.origin('groups')}) puts it on node "
-                f"{config.node_id}; the layout is read only at a node's first start: restore "
-                "the layout the cluster started with",
-                setting="groups",
-            )
+            if dropped is None:
+                raise ConfigError(
+                    f"group {group_id} has no Raft state in data dir {config.data_dir}, although "
+                    f"the groups layout (from {config.origin('groups')}) puts it on node "
+                    f"{config.node_id}; the layout is read only at a node's first start: restore "
+                    "the layout the cluster started with",
+                    setting="groups",
+                )
         peers[group_id] = peer
     return peers
 

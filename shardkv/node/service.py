@@ -64,9 +64,10 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_SCAN_PAGE", "NodeService", "txn_listing"]
 
 DEFAULT_SCAN_PAGE = 1000
-# How far ahead a prepare's lock deadline may be: a lock that never expires
-# would block its keys forever if its coordinator died.
-MAX_LOCK_AHEAD_MS = 10 * 60 * 1000
+# How far ahead of this node's clock a prepare's lock deadline may be: a lock
+# that never expires would block its keys forever if its coordinator died.
+# Generous: the deadline is on the coordinator's clock, which may run ahead.
+MAX_LOCK_AHEAD_MS = 60 * 60 * 1000
 _MAX_SCAN_PAGE = 10_000
 
 
@@ -441,8 +442,9 @@ def _refuse_internal(command: kv_pb2.Command) -> None:
         ahead = command.txn.prepare.deadline_ms - now_ms()
         if ahead > MAX_LOCK_AHEAD_MS:
             raise InvalidArgument(
-                f"a prepare's deadline_ms may be at most {MAX_LOCK_AHEAD_MS} ms ahead, not "
-                f"{ahead}: its locks would outlive any coordinator (a router's TTL is seconds)"
+                f"a prepare's deadline_ms may be at most {MAX_LOCK_AHEAD_MS} ms ahead of this "
+                f"node's clock, not {ahead}: its locks would outlive any coordinator (a "
+                "router's TTL is seconds); if it is the router's clock that runs ahead, fix it"
             )
 
 

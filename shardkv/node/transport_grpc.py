@@ -441,10 +441,15 @@ class GrpcTransport(TransportBase):
                 if delay:
                     loop = asyncio.get_running_loop()
                     loop.call_later(
-                        delay, self._dispatch, from_node, group_message.group_id, message
+                        delay, self._dispatch_late, from_node, group_message.group_id, message
                     )
                     continue
             self._dispatch(from_node, group_message.group_id, message)
+
+    def _dispatch_late(self, from_node: int, group_id: int, message: Message) -> None:
+        """A message the test-only faults delayed; nothing once the transport closed."""
+        if not self.closed:
+            self._dispatch(from_node, group_id, message)
 
 
 def _metadata(context: _Context) -> dict[str, object]:

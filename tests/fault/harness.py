@@ -6,7 +6,8 @@ SIGSTOP and SIGCONT, network cuts, loss and delay through each node's
 fault file (``shardkv.node.netfaults``), leader transfers, and ring and
 placement changes through a router's admin calls. ``heal`` undoes every
 fault; ``check_processes`` restarts a node that a failpoint killed and
-reports one that died any other way, which is always a bug.
+reports one that died any other way (a bug, always: a failpoint's exit is
+told by the "failpoint ... fires" line it logs first).
 
 Placement: with more than ``replicas`` nodes, group ``g``'s replicas are
 ``replicas`` consecutive nodes starting at ``g``, so every node lacks some
@@ -17,11 +18,9 @@ down or cut off catches up by snapshot as often as by log.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ import grpc
 
 from shardkv.node.netfaults import ENV as NET_FAULTS_ENV
 from shardkv.v1 import cluster_pb2, router_pb2
-from tests.integration.conftest import STOP_TIMEOUT, Cluster, Settings
+from tests.integration.conftest import Cluster, Settings, tail
 from tests.integration.routers import RouterProcess
 
 __all__ = ["FaultCluster", "FaultSettings"]
@@ -133,6 +132,7 @@ class FaultCluster:
     # -- process faults --------------------------------------------------------------
 
     def kill_node(self, node_id: int) -> None:
+        self.check_processes()  # a node that died by itself is a finding, not our kill
         if node_id in self.nodes.processes:
             self.resume_node(node_id)
             self.nodes.kill(node_id)
@@ -140,15 +140,10 @@ class FaultCluster:
 
     def kill_all_nodes(self) -> None:
         """SIGKILL to every node before waiting for any: they all die at the same instant."""
+        self.check_processes()  # a node that died by itself is a finding, not our kill
         for node_id in list(self.paused):
             self.resume_node(node_id)
-        processes = list(self.nodes.processes.items())
-        for _, process in processes:
-            process.kill()
-        for node_id, process in processes:
-            process.wait(STOP_TIMEOUT)
-            del self.nodes.processes[node_id]
-            self.down.add(node_id)
+        self.down.update(self.nodes.kill_all())
 
     def start_all_nodes(self) -> None:
         for node_id in sorted(self.down):
@@ -215,7 +210,7 @@ class FaultCluster:
             del self.nodes.processes[node_id]
             self.paused.discard(node_id)
             what = f"node {node_id} exited with status {status}"
-            if status == -signal.SIGKILL and "SHARDKV_FAILPOINTS" in self.nodes.node_env[node_id]:
+            if status == -signal.SIGKILL and _failpoint_fired(self.nodes.log_path(node_id)):
                 self.events.failpoint_exits.append(what)
             else:
                 self.events.crashes.append(f"{what}:\n{self.nodes.log_tail(node_id)}")
@@ -227,14 +222,13 @@ class FaultCluster:
             if router.process is None or router.process.poll() is None:
                 continue
             status = router.process.returncode
-            failpoint = "SHARDKV_FAILPOINTS" in router.env
-            router.process = None
+            router.close()
             self.paused_routers.discard(index)
             what = f"{router.name} exited with status {status}"
-            if status == -signal.SIGKILL and failpoint:
+            if status == -signal.SIGKILL and _failpoint_fired(router.log_path):
                 self.events.failpoint_exits.append(what)
             else:
-                self.events.crashes.append(f"{what}:\n{_tail(router.log_path)}")
+                self.events.crashes.append(f"{what}:\n{tail(router.log_path)}")
             if index not in self.routers_down:
                 router.env.pop("SHARDKV_FAILPOINTS", None)
                 router.start(wait=False)
@@ -303,7 +297,8 @@ class FaultCluster:
         return self.nodes.newest_map()
 
     def wait_healthy(self, timeout: float = 60.0) -> router_pb2.ClusterStatusResponse:
-        """Until some router answers with every group on its ring led at the ring's epoch."""
+        """Until some router answers with the meta group led and every group on its ring led
+        at the ring's epoch."""
         deadline = time.monotonic() + timeout
         problem = "no answer"
         while time.monotonic() < deadline:
@@ -319,32 +314,27 @@ class FaultCluster:
                     problem = f"{router.name}: {error.code().name} {error.details()}"
                     continue
                 ring = {weight.group_id for weight in status.map.ring.groups}
-                led = {
-                    group.group_id
+                leaders = [
+                    group
                     for node in status.nodes
                     for group in node.status.groups
-                    if group.role == "leader" and group.epoch == status.map.ring.epoch
-                }
-                if ring and ring <= led:
+                    if group.role == "leader"
+                ]
+                led = {g.group_id for g in leaders if g.epoch == status.map.ring.epoch}
+                meta_led = any(group.group_id == 0 for group in leaders)
+                if ring and ring <= led and meta_led:
                     return status
-                problem = f"{router.name}: groups led {sorted(led)} of {sorted(ring)}"
+                problem = (
+                    f"{router.name}: groups led {sorted(led)} of {sorted(ring)}, "
+                    f"meta group {'led' if meta_led else 'leaderless'}"
+                )
             time.sleep(0.2)
         raise AssertionError(f"the cluster did not become healthy in {timeout} s: {problem}")
 
-    def stop_all(self) -> None:
-        """Kill every process (the end of a run); logs stay under ``root``."""
-        for node_id in list(self.paused):
-            self.resume_node(node_id)
-        for router in self.routers:
-            router.close()
-        for node_id in list(self.nodes.processes):
-            process = self.nodes.processes.pop(node_id)
-            process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(STOP_TIMEOUT)
 
-
-def _tail(path: Path, lines: int = 30) -> str:
-    if not path.exists():
-        return "(no log)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+def _failpoint_fired(log: Path) -> bool:
+    """Whether the process's last start logged a failpoint firing (shardkv.failpoints)."""
+    if not log.exists():
+        return False
+    last_start = log.read_text(errors="replace").rsplit("---- start", 1)[-1]
+    return "failpoint " in last_start and " fires: exit" in last_start

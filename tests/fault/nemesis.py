@@ -28,8 +28,11 @@ The faults:
   one (only with more nodes than replicas).
 
 On top, ``failpoint`` may name one failpoint (``shardkv.failpoints``) armed
-in one node (or, for the coordinator's points, in every router) to fire on
-its N-th hit: a crash (exit) or a pause (sleep) at exactly that point.
+to fire on its N-th hit: a crash (exit) or a pause (sleep) at exactly that
+point. A point every round reaches is armed in one node; the others (a
+driver's, a snapshot's, a coordinator's, which run wherever leadership
+happens to be) in every node or every router, where each process may fire
+it once.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import logging
 import random
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -134,6 +138,9 @@ class NemesisLog:
 
     done: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    # Faults started and ended; the error that stopped the nemesis, if one did.
+    completed: int = 0
+    error: str = ""
 
     def note(self, started: float, text: str) -> None:
         self.done.append(f"t={time.monotonic() - started:5.1f}s {text}")
@@ -147,7 +154,10 @@ def plan(
     replicas: int,
     kinds: Sequence[str] = FAULTS,
     failpoint: bool = True,
+    transactions: bool = True,
 ) -> Schedule:
+    """The schedule of ``seed``; without ``transactions`` (the workload runs none) no
+    coordinator's or resolver's failpoint is drawn: it could never fire."""
     rng = random.Random(seed)
     usable = [kind for kind in kinds if kind != "move-replica" or nodes > replicas]
     faults: list[Fault] = []
@@ -159,7 +169,12 @@ def plan(
         at += hold + rng.uniform(0.5, 2.5)
     point: Failpoint | None = None
     if failpoint:
-        name = rng.choice(POINTS)
+        points = [
+            point
+            for point in POINTS
+            if transactions or not (point in ROUTER_POINTS or point == "txn.resolver")
+        ]
+        name = rng.choice(points)
         action = rng.choice(("exit", "exit", "sleep(1.5)"))
         if name in FREQUENT_POINTS:
             # A busy node runs tens of rounds a second, not all with entries to apply.
@@ -186,7 +201,10 @@ def describe(schedule: Schedule) -> str:
 def run_schedule(
     cluster: FaultCluster, schedule: Schedule, stop: threading.Event, log: NemesisLog
 ) -> None:
-    """Carry the schedule out (in a thread of its own); heals after each fault, and at the end."""
+    """Carry the schedule out (in a thread of its own); heals after each fault, and at the end.
+
+    An exception ends it, recorded in ``log.error`` (the run reports it as an anomaly).
+    """
     started = time.monotonic()
     added_groups: list[int] = []
     try:
@@ -202,7 +220,10 @@ def run_schedule(
                 cluster.check_processes()
                 time.sleep(0.1)
             undo()
+            log.completed += 1
             cluster.check_processes()
+    except Exception:
+        log.error = traceback.format_exc()
     finally:
         cluster.heal()
         log.note(started, "healed")
@@ -254,7 +275,8 @@ def _inflict(
     heal = _undo(cluster.heal_network, log, started, "heal network")
     if kind == "partition":
         shuffled = rng.sample(node_ids, len(node_ids))
-        cut = rng.randint(1, (len(shuffled) - 1) // 2 or 1)
+        # A minority against a majority, or (with an even count) two halves: no majority.
+        cut = rng.randint(1, len(shuffled) // 2)
         sides = [set(shuffled[:cut]), set(shuffled[cut:])]
         cluster.partition(sides)
         log.note(started, f"partition {sorted(sides[0])} | {sorted(sides[1])}")

@@ -5,8 +5,9 @@ failpoint, runs the workload while the nemesis thread carries out the
 schedule, heals everything, waits until every group is led again, lets the
 workload do its final reads, and checks the history. Anomalies are what
 the workload's checker found, plus any process that died other than by
-the nemesis' hand or a failpoint's, plus a cluster that did not recover
-after healing. Replay a run with the seed it printed::
+the nemesis' hand or a failpoint's, a cluster that did not recover after
+healing or answered too few operations (``MIN_OK``), and a nemesis that
+failed or did not carry out its whole schedule. Replay a run with the seed it printed::
 
     .venv/bin/python -m tests.fault.run --seed 7 --workload bank --seconds 30
 """
@@ -36,9 +37,13 @@ from tests.fault.nemesis import (
 )
 from tests.fault.workloads import WORKLOADS, make_workload
 
-__all__ = ["RunResult", "run_one"]
+__all__ = ["MIN_OK", "RunResult", "run_one"]
 
 REPLICAS = 3
+# Fewest operations a run must see answered OK: a wedged cluster must not pass.
+MIN_OK = {"register": 200, "set": 200, "bank": 20, "list-append": 30}
+# The workloads that run transactions (the coordinator's failpoints can fire).
+TRANSACTIONAL = ("bank", "list-append")
 
 
 @dataclass(slots=True)
@@ -95,7 +100,15 @@ def run_one(
 ) -> RunResult:
     """One run; ``node_env`` adds to every node's environment (test-only modes)."""
     started = time.monotonic()
-    schedule = plan(seed, seconds, nodes=nodes, replicas=REPLICAS, kinds=kinds, failpoint=failpoint)
+    schedule = plan(
+        seed,
+        seconds,
+        nodes=nodes,
+        replicas=REPLICAS,
+        kinds=kinds,
+        failpoint=failpoint,
+        transactions=workload in TRANSACTIONAL,
+    )
     result = RunResult(
         seed, workload, seconds, describe(schedule), nodes=nodes, faults=len(schedule.faults)
     )
@@ -126,6 +139,14 @@ def run_one(
         finally:
             stop.set()
             nemesis.join(timeout=120)
+        if nemesis.is_alive():
+            result.anomalies.append("the nemesis did not end within 120 s of the load")
+        if log.error:
+            result.anomalies.append(f"the nemesis failed:\n{log.error}")
+        elif log.completed < len(schedule.faults):
+            result.anomalies.append(
+                f"the nemesis carried out {log.completed} of {len(schedule.faults)} faults"
+            )
         cluster.heal()
         try:
             cluster.wait_healthy(timeout=60)
@@ -134,6 +155,11 @@ def run_one(
         asyncio.run(chosen.final(addresses))
         verdict = chosen.check()
         result.ok, result.failed, result.unknown = verdict.ok, verdict.failed, verdict.unknown
+        if verdict.ok < MIN_OK[workload]:
+            # A cluster that served (almost) nothing proves nothing: wedged is a finding.
+            result.anomalies.append(
+                f"only {verdict.ok} operations answered OK (at least {MIN_OK[workload]} expected)"
+            )
         result.detail = verdict.detail
         result.anomalies.extend(verdict.anomalies)
         cluster.check_processes()

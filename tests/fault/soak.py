@@ -22,6 +22,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from tests.fault.run import RunResult, run_one
 from tests.fault.workloads import WORKLOADS
 
@@ -86,24 +88,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     kept: list[Path] = []
     seed = args.first_seed
     print(f"soak: {args.minutes:g} minutes from seed {seed}", flush=True)
-    # A run needs its load time plus about 30 s to start, heal and check.
-    while time.monotonic() + args.run_seconds + 30 < ends or not results:
-        workload = workloads[len(results) % len(workloads)]
-        nodes = 4 if (len(results) // len(workloads)) % 2 else 3
-        root = Path(tempfile.mkdtemp(prefix=f"shardkv-soak-{seed}-"))
-        try:
-            result = run_one(root, seed, workload, args.run_seconds, nodes=nodes)
-        except Exception:  # a harness failure is an anomaly of its own, never a silent pass
-            result = RunResult(seed, workload, args.run_seconds, "", nodes=nodes)
-            result.anomalies.append(f"the run itself failed:\n{traceback.format_exc()}")
-        results.append(result)
-        print(result.report(), flush=True)
-        if result.anomalies:
-            kept.append(root)
-            print(f"  logs and data kept in {root}", flush=True)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-        seed += 1
+    try:
+        # A run needs its load time plus about 30 s to start, heal and check.
+        while time.monotonic() + args.run_seconds + 30 < ends or not results:
+            workload = workloads[len(results) % len(workloads)]
+            nodes = 4 if (len(results) // len(workloads)) % 2 else 3
+            root = Path(tempfile.mkdtemp(prefix=f"shardkv-soak-{seed}-"))
+            try:
+                result = run_one(root, seed, workload, args.run_seconds, nodes=nodes)
+            except (Exception, pytest.fail.Exception):
+                # A harness failure (the harness fails with pytest.fail too) is an
+                # anomaly of its own, never a silent pass.
+                result = RunResult(seed, workload, args.run_seconds, "", nodes=nodes)
+                result.anomalies.append(f"the run itself failed:\n{traceback.format_exc()}")
+            results.append(result)
+            print(result.report(), flush=True)
+            if result.anomalies:
+                kept.append(root)
+                print(f"  logs and data kept in {root}", flush=True)
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+            seed += 1
+    except KeyboardInterrupt:
+        print(f"\nsoak interrupted after {len(results)} runs", flush=True)
     print()
     print(summary_table(results))
     failing = [result for result in results if result.anomalies]

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import signal
 import time
 from dataclasses import dataclass, field
 
@@ -47,7 +46,7 @@ import pytest
 from router.client import AsyncClient
 from shardkv.storage.engine import UNSAFE_NO_FSYNC_ENV
 from tests.integration import conftest as harness
-from tests.integration.conftest import STOP_TIMEOUT, Cluster, MakeCluster, Settings
+from tests.integration.conftest import Cluster, MakeCluster, Settings
 from tests.integration.routers import RouterProcess, wait_ready
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
@@ -114,27 +113,6 @@ class Outcome:
         )
 
 
-def kill_all_at_once(cluster: Cluster) -> None:
-    """SIGKILL to every node before waiting on any: they crash at the same instant."""
-    processes = list(cluster.processes.values())
-    cluster.processes.clear()
-    for process in processes:
-        process.send_signal(signal.SIGKILL)
-    for process in processes:
-        process.wait(STOP_TIMEOUT)
-
-
-def stop_all(cluster: Cluster) -> None:
-    """SIGTERM to every node, then wait for each to stop cleanly."""
-    processes = list(cluster.processes.items())
-    cluster.processes.clear()
-    for _, process in processes:
-        process.send_signal(signal.SIGTERM)
-    for node_id, process in processes:
-        status = process.wait(STOP_TIMEOUT)
-        assert status == 0, f"node {node_id} exited with {status}:\n{cluster.log_tail(node_id)}"
-
-
 async def write_until_killed(address: str, cluster: Cluster, load: Load) -> None:
     """Run the writers, kill every node mid-load, then stop the writers."""
     token = secrets.token_hex(4)
@@ -179,7 +157,7 @@ async def write_until_killed(address: str, cluster: Cluster, load: Load) -> None
             # Synchronous on purpose: no writer runs between the check and the kill.
             load.in_flight_at_kill = len(in_flight)
             load.killed_after = time.monotonic() - started
-            kill_all_at_once(cluster)
+            cluster.kill_all()
             # Let the writers see their calls fail for a moment, then stop them.
             await asyncio.sleep(0.5)
         finally:
@@ -213,7 +191,7 @@ def crash_under_load(make_cluster: MakeCluster, env: dict[str, str]) -> Outcome:
     cluster.wait_leaders()
     phase("start")
     # A clean stop flushes the memtables: the bootstrap survives the kill in any mode.
-    stop_all(cluster)
+    cluster.stop_all()
     cluster.start_all()
     phase("clean restart")
     router = RouterProcess(cluster, "router")

@@ -280,6 +280,8 @@ def _tame(rpc: Rpc, message: Any, strict: bool) -> None:
         elif change == "transfer_leader":
             message.transfer_leader.group_id = _missing(message.transfer_leader.group_id)
         elif change == "rebalance":
+            # Deliberately swaps the oneof: a rebalance could really move replicas,
+            # a leader transfer of a missing group changes nothing.
             message.transfer_leader.group_id = _missing(0)
     elif rpc.name == "Reconfigure" and message.group_id in GROUPS:
         if strict:

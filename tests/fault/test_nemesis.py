@@ -26,18 +26,16 @@ RUNS = [
     ("bank", 303, 3),
     ("list-append", 404, 4),
 ]
-# Fewest operations answered OK for a run to count: a wedged cluster must not pass.
-MIN_OK = {"register": 200, "set": 200, "bank": 20, "list-append": 30}
 
 
 @pytest.mark.parametrize(("workload", "seed", "nodes"), RUNS, ids=[run[0] for run in RUNS])
 def test_nemesis_run_finds_no_anomaly(tmp_path: Path, workload: str, seed: int, nodes: int) -> None:
     result = run_one(tmp_path, seed, workload, SECONDS, nodes=nodes)
     print(result.report())
+    # The run itself counts as anomalies a nemesis that failed or skipped faults
+    # and a cluster that answered fewer than MIN_OK operations.
     assert not result.anomalies, result.report()
     assert result.faults >= 3, result.schedule
-    assert len(result.nemesis) >= result.faults, result.report()
-    assert result.ok >= MIN_OK[workload], result.report()
 
 
 def test_the_nemesis_catches_a_store_that_loses_acknowledged_writes(tmp_path: Path) -> None:
@@ -53,5 +51,5 @@ def test_the_nemesis_catches_a_store_that_loses_acknowledged_writes(tmp_path: Pa
     )
     print(result.report())
     assert any("kill -9 every node" in line for line in result.nemesis), result.report()
-    lost = [anomaly for anomaly in result.anomalies if "lost" in anomaly]
+    lost = [anomaly for anomaly in result.anomalies if anomaly.startswith("set: lost")]
     assert lost, f"the nemesis missed a store without durability:\n{result.report()}"

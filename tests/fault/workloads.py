@@ -21,7 +21,8 @@ unknown outcome, never guessed. After the nemesis heals the cluster,
   A transaction reads its keys in one read-only ``Txn``, then commits in a
   second ``Txn`` whose compares require every key's mod_revision unchanged
   (optimistic concurrency): if it commits, what it read was current at its
-  commit, which its gets in the same ``Txn`` confirm.
+  commit, which its gets in the same ``Txn`` confirm. The final read must
+  hold every acknowledged append (no read need have seen one before).
 """
 
 from __future__ import annotations
@@ -251,6 +252,7 @@ class SetWorkload(_Clients):
         self.adds: list[SetAdd] = []
         self.final_reads: list[frozenset[int]] = []
         self.final_problem = ""
+        self.errors: list[str] = []
         self._elements = itertools.count()
 
     async def step(self, client: AsyncClient, number: int, step: int, rng: random.Random) -> bool:
@@ -258,8 +260,10 @@ class SetWorkload(_Clients):
         call = time.monotonic()
         try:
             await client.put(b"%s%08d" % (self.PREFIX, element), b"%d" % element)
-        except ClientError:
-            # Unknown, whatever the error: the checker only needs what was acknowledged.
+        except ClientError as error:
+            # Unknown to the checker, whatever the error; one that is no timeout is reported.
+            if not isinstance(error, UNKNOWN):
+                self.errors.append(f"put {element}: {type(error).__name__}: {error}")
             self.adds.append(SetAdd(element, "info", call, None))
             return False
         self.adds.append(SetAdd(element, "ok", call, time.monotonic()))
@@ -278,8 +282,11 @@ class SetWorkload(_Clients):
         verdict = check_set(self.adds, self.final_reads)
         if self.final_problem:
             result.anomalies.append(f"set: no final read: {self.final_problem}")
+        if verdict.lost:
+            result.anomalies.append(f"set: lost {len(verdict.lost)} acknowledged adds")
         if not verdict.ok:
             result.anomalies.append(f"set: {verdict.explanation}")
+        result.anomalies.extend(f"unexpected error: {error}" for error in self.errors[:5])
         result.detail = verdict.explanation
         return result
 
@@ -398,6 +405,8 @@ class ListAppendWorkload(_Clients):
         self.active = [self._fresh() for _ in range(width)]
         self.lengths: dict[bytes, int] = {}
         self.final_problem = ""
+        self.final_lists: dict[bytes, object] = {}
+        self.errors: list[str] = []
 
     def _fresh(self) -> bytes:
         return b"la/%d" % next(self._names)
@@ -416,7 +425,8 @@ class ListAppendWorkload(_Clients):
         call = time.monotonic()
         try:
             read = await client.txn([], [get(key) for key in keys], conflict_retries=0)
-        except (ClientError, TransactionConflict):
+        except ClientError as error:
+            self._error("read", number, error)
             return False
         if not read.succeeded or read.results_unknown:
             return False
@@ -451,7 +461,8 @@ class ListAppendWorkload(_Clients):
         except TransactionConflict:
             self.history.append(Transaction(number, tuple(ops), "fail", call, time.monotonic()))
             return False
-        except ClientError:
+        except ClientError as error:
+            self._error("commit", number, error)
             unknown = tuple(MicroOp(op.kind, op.key, None) if op.kind == "r" else op for op in ops)
             self.history.append(Transaction(number, unknown, "info", call, None))
             return False
@@ -473,8 +484,14 @@ class ListAppendWorkload(_Clients):
         self.history.append(Transaction(number, tuple(ops), "ok", call, ret))
         return True
 
+    def _error(self, step: str, number: int, error: ClientError) -> None:
+        """Report an error that is neither a timeout nor a conflict (both are expected)."""
+        if not isinstance(error, (*UNKNOWN, TransactionConflict)):
+            self.errors.append(f"client {number} {step}: {type(error).__name__}: {error}")
+
     async def final(self, addresses: Sequence[str]) -> None:
-        """One last read of every key ever used, so late appends get a place in the order."""
+        """One last read of every key ever used: late appends get a place in the order, and
+        every acknowledged append must be in it."""
         keys = [b"la/%d" % number for number in range(next(self._names))]
         deadline = _deadline(FINAL_SECONDS)
         async with AsyncClient(list(addresses), timeout=10.0) as client:
@@ -491,6 +508,7 @@ class ListAppendWorkload(_Clients):
                     )
                     now = time.monotonic()
                     self.history.append(Transaction(-1, ops, "ok", now, now))
+                    self.final_lists = {op.key: op.value for op in ops}
                     return
         self.final_problem = f"no final read of the lists in {FINAL_SECONDS:g} s"
 
@@ -504,11 +522,31 @@ class ListAppendWorkload(_Clients):
         verdict = check_list_append(self.history)
         if self.final_problem:
             result.anomalies.append(f"list-append: {self.final_problem}")
+        elif lost := self._lost_appends():
+            result.anomalies.append(
+                f"list-append: {len(lost)} acknowledged appends are not in the final read: "
+                + ", ".join(f"{element} to {key!r}" for key, element in lost[:10])
+            )
+        result.anomalies.extend(f"unexpected error: {error}" for error in self.errors[:5])
         if not verdict.ok:
             result.anomalies.append(f"list-append: {verdict.explanation}")
         result.anomalies.extend(self.mismatches[:5])
         result.detail = f"{len(self.lengths)} keys appended to"
         return result
+
+    def _lost_appends(self) -> list[tuple[bytes, int]]:
+        """Appends of committed transactions missing from the final read (which came after
+        them all): the cycle checker alone cannot see an append that no read observed."""
+        lost: list[tuple[bytes, int]] = []
+        for transaction in self.history:
+            if transaction.status != "ok":
+                continue
+            for op in transaction.ops:
+                final = self.final_lists.get(op.key, ())
+                if op.kind == "append" and isinstance(final, tuple) and op.value not in final:
+                    assert isinstance(op.value, int)
+                    lost.append((op.key, op.value))
+        return lost
 
 
 WORKLOADS = ("register", "set", "bank", "list-append")

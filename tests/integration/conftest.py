@@ -93,6 +93,13 @@ class Settings:
         return "\n".join(lines)
 
 
+def tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a log file."""
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
 def node_command(*arguments: str) -> list[str]:
     """The command line of one node process."""
     return [sys.executable, "-m", "shardkv.node.main", *arguments]
@@ -145,10 +152,7 @@ class Cluster:
         return self.root / f"node-{node_id}.log"
 
     def log_tail(self, node_id: int, lines: int = 30) -> str:
-        path = self.log_path(node_id)
-        if not path.exists():
-            return "(no log)"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return tail(self.log_path(node_id), lines)
 
     def node_arguments(self, node_id: int) -> list[str]:
         """The flags a node of this cluster starts with."""
@@ -213,6 +217,28 @@ class Cluster:
             process.wait(STOP_TIMEOUT)
             pytest.fail(f"node {node_id} did not stop within {STOP_TIMEOUT} s of SIGTERM")
         assert status == 0, f"node {node_id} exited with {status}:\n{self.log_tail(node_id)}"
+
+    def kill_all(self) -> list[int]:
+        """SIGKILL to every node before waiting on any: they crash at the same instant.
+
+        Returns the nodes killed."""
+        processes = list(self.processes.items())
+        self.processes.clear()
+        for _, process in processes:
+            process.kill()
+        for _, process in processes:
+            process.wait(STOP_TIMEOUT)
+        return [node_id for node_id, _ in processes]
+
+    def stop_all(self) -> None:
+        """SIGTERM to every node at once, then check each stopped cleanly (exit status 0)."""
+        processes = list(self.processes.items())
+        self.processes.clear()
+        for _, process in processes:
+            process.send_signal(signal.SIGTERM)
+        for node_id, process in processes:
+            status = process.wait(STOP_TIMEOUT)
+            assert status == 0, f"node {node_id} exited with {status}:\n{self.log_tail(node_id)}"
 
     def wipe(self, node_id: int) -> None:
         """Delete the data directory of a stopped node."""
