@@ -61,7 +61,7 @@ format: $(STAMP)
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. \
-		proto/shardkv/v1/*.proto
+		proto/shardkv/v1/*.proto proto/shardkv/etcd/*.proto
 
 sim: $(STAMP)
 	$(PY) -m tests.sim.soak --seeds $(SEEDS) --jobs 2

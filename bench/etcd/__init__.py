@@ -5,7 +5,7 @@
 - ``load``: etcd's own run of the closed-loop measurements, which live in
   ``bench.load`` (for any store).
 - ``ensure_etcd`` (``install``): installs Debian's ``etcd-server`` if missing.
-- ``etcdpb``: Python generated from the etcd API subset in ``bench/proto/etcd``.
+- The etcd API comes from ``shardkv.etcd`` (the protos of ``proto/shardkv/etcd``).
 
 Errors are drawn in ``errors``. Import from the modules: the package
 re-exports nothing, because ``load`` and ``install`` also run as

@@ -26,7 +26,7 @@ from typing import Self, TypeVar
 import grpc
 
 from bench.etcd.errors import EtcdClusterError, EtcdError, EtcdRequestError
-from bench.etcd.etcdpb import rpc_pb2, rpc_pb2_grpc
+from shardkv.etcd import rpc_pb2, rpc_pb2_grpc
 
 __all__ = ["EtcdClient", "find_leader"]
 

@@ -1,4 +1,5 @@
-"""The committed generated code in shardkv/v1 is what proto/ generates today.
+"""The committed generated code in shardkv/v1 and shardkv/etcd is what proto/
+generates today.
 
 Runs protoc exactly as ``make proto`` does, into a temporary directory, and
 compares byte for byte, so a .proto edit without ``make proto`` (or a
@@ -15,7 +16,9 @@ from grpc_tools import protoc
 
 REPO = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO / "proto"
-PROTO_FILES = sorted(PROTO_ROOT.glob("shardkv/v1/*.proto"))
+# Our own protocol, and etcd's v3 API (wire-compatible copy): `make proto` builds both.
+PROTO_PACKAGES = ("shardkv/v1", "shardkv/etcd")
+PROTO_FILES = sorted(path for pkg in PROTO_PACKAGES for path in PROTO_ROOT.glob(f"{pkg}/*.proto"))
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
@@ -39,19 +42,21 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def generated_names(root: Path) -> list[str]:
     return sorted(
         str(path.relative_to(root))
-        for path in root.glob("shardkv/v1/*")
+        for pkg in PROTO_PACKAGES
+        for path in root.glob(f"{pkg}/*")
         if path.name.endswith(GENERATED_SUFFIXES)
     )
 
 
-def test_there_are_protos() -> None:
-    assert PROTO_FILES, "no .proto files found under proto/shardkv/v1"
+@pytest.mark.parametrize("pkg", PROTO_PACKAGES)
+def test_there_are_protos(pkg: str) -> None:
+    assert list(PROTO_ROOT.glob(f"{pkg}/*.proto")), f"no .proto files found under proto/{pkg}"
 
 
 def test_generated_file_set_matches(fresh: Path) -> None:
     assert generated_names(REPO) == generated_names(fresh), (
-        "shardkv/v1 does not hold exactly the files proto/ generates: run `make proto` "
-        "(and delete generated files of removed .proto files)"
+        "shardkv/v1 and shardkv/etcd do not hold exactly the files proto/ generates: "
+        "run `make proto` (and delete generated files of removed .proto files)"
     )
 
 
