@@ -138,8 +138,10 @@ class KeyValueStateMachine:
         if stored is not None:
             self.key_count: int = _COUNTER.unpack(stored)[0]
         else:
-            # No counter yet (a new group, or data written before counters): count once.
-            self.key_count = sum(1 for _ in self.scan())
+            # No counter yet (a new group, or data written before counters): count
+            # once, every stored key (scan() would skip the ones a migration hides).
+            low, high = keys.data_range(group_id)
+            self.key_count = sum(1 for _ in engine.scan(ColumnFamily.DATA, low, high))
 
     # -- applying ----------------------------------------------------------------
 
@@ -434,7 +436,8 @@ class KeyValueStateMachine:
                 self._write(batch, ColumnFamily.META, result_key, result)
 
     def finish_import(self, batch: Batch) -> None:
-        """Record the key count, and a revision above every imported one."""
+        """Record the key count, and raise the revision counter to the highest imported
+        revision (so the next write here gets a revision above every imported one)."""
         revision = self._imported_revision if self._imported_revision > self.revision else None
         self._imported_revision = 0
         self._count(batch, revision, -1)  # -1: always record the count

@@ -321,7 +321,8 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             # Activated before a crash, unrecorded: its copy was complete then;
             # which keys to collect is not all known here.
             progress.copied = None
-        await self._apply(target, self._step(epoch, pair, activate=True))  # done already, mostly
+        # The last copy activated the target in its own entry (or _TargetActive said
+        # an earlier attempt had): no separate activate step in the unwritable window.
         failpoint("migration.after_activate")
         frozen_ms = int((loop.time() - progress.frozen_at) * 1000)
         await self._record(pair, phase=cluster_pb2.MOVE_ACTIVE, frozen_ms=frozen_ms)

@@ -91,7 +91,10 @@ class PlacementDriver(MapDriver[_Key, cluster_pb2.ReplicaMove]):
         group_id = key[0]
         name = node_pb2.ReconfigureKind.Name(kind)
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        # The first report after _REPORT_AFTER, then one every _REPORT_AFTER: a
+        # reason that changes at every poll ("index X of Y") must not rewrite the
+        # map ten times a second.
+        report_at = loop.time() + _REPORT_AFTER
         while True:
             response = await self.calls.reconfigure(
                 node_pb2.ReconfigureRequest(group_id=group_id, kind=kind, node_id=node)
@@ -100,8 +103,9 @@ class PlacementDriver(MapDriver[_Key, cluster_pb2.ReplicaMove]):
                 return response.index
             if not response.reason:
                 raise StepFailed(f"group {group_id}: {name} node {node} was not done")
-            if loop.time() - started > _REPORT_AFTER:
+            if loop.time() >= report_at:
                 await self._record(key, stuck=f"{name} node {node}: {response.reason}")
+                report_at = loop.time() + _REPORT_AFTER
             await asyncio.sleep(_NOT_DONE_WAIT)
 
     async def _record(self, key: _Key, **fields: object) -> None:

@@ -123,8 +123,10 @@ class NodeGroupCalls:
         return self._key_ring().group_for(key)
 
     async def propose(self, group_id: int, command: kv_pb2.Command) -> kv_pb2.CommandResult:
-        """The command's result; a refusal as WRONG_GROUP (a key moved, or is moving)
-        is retried until the map routes it elsewhere or ``timeout`` passes."""
+        """The command's result. A refusal as WRONG_GROUP (a key moving, frozen for
+        its switch) is retried at this group until ``timeout`` passes; a key that
+        moved for good keeps being refused, and the caller, which re-resolves its
+        groups on its next pass (``group_for``), sends it to the new owner then."""
 
         async def here() -> kv_pb2.CommandResult:
             return _owned(group_id, await self.runtime.propose(group_id, command))

@@ -100,6 +100,8 @@ class NodeRuntime:
         self._ticks_due = 0
         self._wake = asyncio.Event()
         self._stopping = False
+        # Groups removed since the last round, whose storage the next round drops.
+        self._dropping: set[int] = set()
         transport.set_handler(self._receive)
 
     # -- callers ----------------------------------------------------------------
@@ -114,23 +116,36 @@ class NodeRuntime:
         """Host one more group (created while the node runs: a ring change added it)."""
         if peer.group_id in self.peers:
             raise ValueError(f"group {peer.group_id} is hosted already")
+        if peer.group_id in self._dropping:
+            raise ValueError(f"group {peer.group_id} is being dropped: try after the next round")
         self.peers[peer.group_id] = peer
         self._wake.set()
 
     def remove_peer(self, group_id: int) -> None:
-        """Stop hosting a group (its replica moved away, or the group retired) and
-        drop everything of it this node stored, leaving a mark that it was dropped
-        on purpose (a restart must not take the missing state for a lost disk)."""
+        """Stop hosting a group (its replica moved away, or the group retired); the
+        next round drops everything of it this node stored, leaving a mark that it
+        was dropped on purpose (a restart must not take the missing state for a lost
+        disk). Not here: a round suspended in its fsync may still write the group's
+        Raft state and applied entries, which the drop must come after."""
         peer = self.peers.pop(group_id, None)
         if peer is None:
             return
         peer.stop()
+        self._dropping.add(group_id)
+        self._wake.set()
+
+    async def _drop_removed(self) -> None:
+        dropping, self._dropping = self._dropping, set()
         batch = self.engine.new_batch()
-        low, high = keys.group_range(group_id)
-        for cf in ColumnFamily:
-            batch.delete_range(cf, low, high if high is not None else b"\xff" * 9)
-        batch.put(ColumnFamily.META, keys.dropped_group_key(group_id), b"")
-        self.engine.write(batch, sync=True)
+        for group_id in sorted(dropping):
+            low, high = keys.group_range(group_id)
+            if high is None:
+                raise ValueError(f"group {group_id} has no bounded key range")
+            for cf in ColumnFamily:
+                batch.delete_range(cf, low, high)
+            batch.put(ColumnFamily.META, keys.dropped_group_key(group_id), b"")
+        self.engine.write(batch, sync=False)
+        await self.engine.sync()
 
     def propose_conf_change(
         self, group_id: int, change: ConfChange
@@ -178,6 +193,8 @@ class NodeRuntime:
         self._wake.set()
 
     async def round(self) -> None:
+        if self._dropping:
+            await self._drop_removed()
         stats = self.stats
         stats.rounds += 1
         self._last_round_requests, self._requests = self._requests, 0
@@ -282,7 +299,7 @@ class NodeRuntime:
                 peer.raw.report_unreachable(node_id)
 
     def has_work(self) -> bool:
-        return bool(self._inbox or self._ticks_due) or any(
+        return bool(self._inbox or self._ticks_due or self._dropping) or any(
             peer.raw.has_ready() for peer in self.peers.values()
         )
 

@@ -19,27 +19,20 @@ import pytest
 
 from shardkv.errors import FailedPrecondition, NotLeader
 from shardkv.node.membership import reconfigure
-from shardkv.node.peer import Peer, PeerOptions
+from shardkv.node.peer import Peer
 from shardkv.node.runtime import NodeRuntime
 from shardkv.node.transport_memory import MemoryNetwork, MemoryTransport
 from shardkv.raft import Role
 from shardkv.storage import GroupStorage, MemoryDisk, MemoryEngine
 from shardkv.v1 import kv_pb2, node_pb2
-from tests.unit.test_node_runtime import put
+from tests.unit.test_node_runtime import COMPACTING, put
 
 GROUP = 1
 VOTERS = (1, 2, 3)
 NEWCOMER = 4
 ALL_NODES = (*VOTERS, NEWCOMER)
-# Snapshots every few entries with no log kept behind them, in small chunks:
-# a learner added late can only catch up by snapshot, over several steps.
-COMPACTING = PeerOptions(
-    election_ticks=10,
-    heartbeat_ticks=1,
-    snapshot_interval=5,
-    compaction_lag=0,
-    snapshot_chunk_size=64,
-)
+# COMPACTING (snapshots every few entries, no log kept behind them, small
+# chunks): a learner added late can only catch up by snapshot, over several steps.
 BOUND = 300
 LOAD_CLIENT = 77
 
