@@ -79,7 +79,6 @@ class FaultCluster:
             self.nodes.node_env[node_id] = {NET_FAULTS_ENV: str(self.faults_path(node_id))}
         self.routers = [RouterProcess(self.nodes, f"router-{n + 1}") for n in range(routers)]
         self.paused: set[int] = set()
-        self.paused_routers: set[int] = set()
         self.events = ProcessEvents()
         # Processes the nemesis killed on purpose, to restart when the fault ends.
         self.down: set[int] = set()
@@ -167,7 +166,6 @@ class FaultCluster:
 
     def kill_router(self, index: int) -> None:
         router = self.routers[index]
-        self.resume_router(index)
         if router.process is not None:
             router.kill()
         self.routers_down.add(index)
@@ -177,19 +175,6 @@ class FaultCluster:
         router = self.routers[index]
         if router.process is None:
             router.start(wait=False)
-
-    def pause_router(self, index: int) -> None:
-        process = self.routers[index].process
-        if process is not None and index not in self.paused_routers:
-            process.send_signal(signal.SIGSTOP)
-            self.paused_routers.add(index)
-
-    def resume_router(self, index: int) -> None:
-        process = self.routers[index].process
-        if index in self.paused_routers:
-            self.paused_routers.discard(index)
-            if process is not None:
-                process.send_signal(signal.SIGCONT)
 
     def _signal_node(self, node_id: int, signum: signal.Signals) -> None:
         process = self.nodes.processes.get(node_id)
@@ -223,7 +208,6 @@ class FaultCluster:
                 continue
             status = router.process.returncode
             router.close()
-            self.paused_routers.discard(index)
             what = f"{router.name} exited with status {status}"
             if status == -signal.SIGKILL and _failpoint_fired(router.log_path):
                 self.events.failpoint_exits.append(what)
@@ -272,8 +256,6 @@ class FaultCluster:
         self.heal_network()
         for node_id in list(self.paused):
             self.resume_node(node_id)
-        for index in list(self.paused_routers):
-            self.resume_router(index)
         self.check_processes()
         for node_id in list(self.down):
             self.start_node(node_id)
@@ -283,15 +265,9 @@ class FaultCluster:
     # -- what the cluster says ---------------------------------------------------
 
     def leaders(self) -> dict[int, int]:
-        """Group id -> the node that claims to lead it at the highest term, for groups with one."""
-        claims: dict[int, tuple[int, int]] = {}
-        for node_id in self.nodes.running():
-            if node_id in self.paused:
-                continue
-            for group_id, group in (self.nodes.group_statuses(node_id) or {}).items():
-                if group.role == "leader" and group.term > claims.get(group_id, (-1, 0))[0]:
-                    claims[group_id] = (group.term, node_id)
-        return {group_id: node_id for group_id, (_, node_id) in claims.items()}
+        """Group id -> the node that claims to lead it at the highest term (paused nodes
+        not asked: they would not answer), for the groups that have one."""
+        return self.nodes.leader_claims(skip=self.paused)
 
     def cluster_map(self) -> cluster_pb2.ClusterMap | None:
         return self.nodes.newest_map()
@@ -301,7 +277,9 @@ class FaultCluster:
         at the ring's epoch."""
         deadline = time.monotonic() + timeout
         problem = "no answer"
-        while time.monotonic() < deadline:
+        for _ in range(int(timeout / 0.2) + 1):
+            if time.monotonic() > deadline:
+                break
             self.check_processes()
             for router in self.routers:
                 if router.process is None:

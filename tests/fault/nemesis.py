@@ -138,8 +138,10 @@ class NemesisLog:
 
     done: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
-    # Faults started and ended; the error that stopped the nemesis, if one did.
+    # Faults the schedule got through, of them those not refused (admin calls
+    # a cluster may refuse); the error that stopped the nemesis, if one did.
     completed: int = 0
+    inflicted: int = 0
     error: str = ""
 
     def note(self, started: float, text: str) -> None:
@@ -158,6 +160,10 @@ def plan(
 ) -> Schedule:
     """The schedule of ``seed``; without ``transactions`` (the workload runs none) no
     coordinator's or resolver's failpoint is drawn: it could never fire."""
+    unknown = set(kinds) - set(FAULTS)
+    if unknown:
+        named = ", ".join(sorted(unknown))
+        raise ValueError(f"no such fault: {named} (known: {', '.join(FAULTS)})")
     rng = random.Random(seed)
     usable = [kind for kind in kinds if kind != "move-replica" or nodes > replicas]
     faults: list[Fault] = []
@@ -209,24 +215,39 @@ def run_schedule(
     added_groups: list[int] = []
     try:
         for fault in schedule.faults:
-            while time.monotonic() - started < fault.at:
-                if stop.wait(0.1):
+            for _ in range(_ticks(fault.at - (time.monotonic() - started))):
+                if time.monotonic() - started >= fault.at:
+                    break
+                if stop.wait(_TICK):
                     return
                 cluster.check_processes()
             rng = random.Random(fault.pick)
+            refused_before = len(log.refused)
             undo = _inflict(cluster, fault, rng, log, started, added_groups)
             ends = time.monotonic() + fault.hold
-            while time.monotonic() < ends and not stop.is_set():
+            for _ in range(_ticks(fault.hold)):
+                if time.monotonic() >= ends or stop.is_set():
+                    break
                 cluster.check_processes()
-                time.sleep(0.1)
+                time.sleep(_TICK)
             undo()
             log.completed += 1
+            log.inflicted += len(log.refused) == refused_before
             cluster.check_processes()
     except Exception:
         log.error = traceback.format_exc()
     finally:
         cluster.heal()
         log.note(started, "healed")
+
+
+# How often the nemesis looks at the processes while it waits.
+_TICK = 0.1
+
+
+def _ticks(seconds: float) -> int:
+    """A bound on the polls of a wait of ``seconds`` (with room for slow polls)."""
+    return max(int(seconds / _TICK) * 2, 0) + 2
 
 
 def _nothing() -> None:

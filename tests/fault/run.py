@@ -53,7 +53,9 @@ class RunResult:
     seconds: float
     schedule: str
     nodes: int = 3
+    # Planned, and carried out (not refused by the cluster).
     faults: int = 0
+    inflicted: int = 0
     failpoint: str = ""
     failpoint_fired: bool = False
     ok: int = 0
@@ -75,7 +77,8 @@ class RunResult:
     def report(self) -> str:
         lines = [
             f"{self.workload} seed {self.seed}: {self.ok} ok, {self.failed} failed, "
-            f"{self.unknown} unknown; {self.faults} faults; {self.failpoint or 'no failpoint'}"
+            f"{self.unknown} unknown; {self.inflicted} of {self.faults} faults inflicted; "
+            f"{self.failpoint or 'no failpoint'}"
             f"{' (fired)' if self.failpoint_fired else ''}; {self.elapsed:.0f} s",
             f"  {self.detail}",
             *(f"  nemesis: {line}" for line in self.nemesis),
@@ -169,6 +172,7 @@ def run_one(
             for log_path in root.glob("*.log")
         )
         result.nemesis, result.refused = log.done, log.refused
+        result.inflicted = log.inflicted
     finally:
         cluster.close()
     result.elapsed = time.monotonic() - started

@@ -48,7 +48,7 @@ def summary_table(results: Sequence[RunResult]) -> str:
             (
                 name,
                 str(len(chosen)),
-                str(sum(result.faults for result in chosen)),
+                str(sum(result.inflicted for result in chosen)),
                 str(sum(result.failpoint_fired for result in chosen)),
                 str(sum(result.ok for result in chosen)),
                 str(sum(result.failed for result in chosen)),

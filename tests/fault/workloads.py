@@ -43,7 +43,7 @@ from shardkv.v1 import router_pb2_grpc
 from tests.checkers.linearizability import Operation, check_history
 from tests.checkers.list_append import MicroOp, Transaction, check_list_append
 from tests.checkers.sets import SetAdd, check_set
-from tests.integration.bank import Bank, BankReport, check_balances, explain_final
+from tests.integration.bank import Bank, BankReport
 
 __all__ = ["WORKLOADS", "Workload", "WorkloadResult", "make_workload"]
 
@@ -134,26 +134,34 @@ class _Clients:
 class _KeyPool:
     """The keys in play; a key is swapped for a fresh one once it has done enough."""
 
-    def __init__(self, prefix: bytes, width: int, max_unknown: int, max_ops: int) -> None:
+    def __init__(self, prefix: bytes, width: int, max_unknown: int = 0, max_ops: int = 0) -> None:
         self.prefix = prefix
         self.max_unknown = max_unknown
         self.max_ops = max_ops
-        self._names = itertools.count()
+        self._issued = 0
         self.active = [self._fresh() for _ in range(width)]
         self.unknown: dict[bytes, int] = {}
         self.ops: dict[bytes, int] = {}
 
     def _fresh(self) -> bytes:
-        return b"%s%d" % (self.prefix, next(self._names))
+        self._issued += 1
+        return b"%s%d" % (self.prefix, self._issued - 1)
+
+    def retire(self, key: bytes) -> None:
+        """Swap ``key`` for a fresh one, if it is still in play."""
+        if key in self.active:
+            self.active[self.active.index(key)] = self._fresh()
+
+    def used(self) -> list[bytes]:
+        """Every key ever put in play."""
+        return [b"%s%d" % (self.prefix, number) for number in range(self._issued)]
 
     def record(self, key: bytes, unknown: bool) -> None:
         self.ops[key] = self.ops.get(key, 0) + 1
         if unknown:
             self.unknown[key] = self.unknown.get(key, 0) + 1
-        if key in self.active and (
-            self.unknown.get(key, 0) >= self.max_unknown or self.ops[key] >= self.max_ops
-        ):
-            self.active[self.active.index(key)] = self._fresh()
+        if self.unknown.get(key, 0) >= self.max_unknown or self.ops[key] >= self.max_ops:
+            self.retire(key)
 
 
 class RegisterWorkload(_Clients):
@@ -363,18 +371,13 @@ class BankWorkload:
             unknown=len(report.unknown) + report.reads_unanswered,
             detail=report.summary(),
         )
-        result.anomalies.extend(f"bank: {violation}" for violation in report.violations)
         if self.final_balances is None:
             result.anomalies.append(f"bank: no final read: {self.final_problem}")
+            result.anomalies.extend(f"bank: {violation}" for violation in report.violations)
             return result
         result.anomalies.extend(
-            f"bank final: {problem}"
-            for problem in check_balances(self.final_balances, self.bank.total)
+            f"bank: {problem}" for problem in self.bank.problems(report, self.final_balances)
         )
-        initial = dict.fromkeys(self.bank.keys, self.bank.initial)
-        problem = explain_final(initial, self.final_balances, report.committed, report.unknown)
-        if problem is not None:
-            result.anomalies.append(f"bank final: {problem}")
         return result
 
 
@@ -401,20 +404,15 @@ class ListAppendWorkload(_Clients):
         self.history: list[Transaction] = []
         self.mismatches: list[str] = []
         self._elements = itertools.count(1)
-        self._names = itertools.count()
-        self.active = [self._fresh() for _ in range(width)]
+        self.pool = _KeyPool(b"la/", width)
         self.lengths: dict[bytes, int] = {}
         self.final_problem = ""
         self.final_lists: dict[bytes, object] = {}
         self.errors: list[str] = []
 
-    def _fresh(self) -> bytes:
-        return b"la/%d" % next(self._names)
-
     async def step(self, client: AsyncClient, number: int, step: int, rng: random.Random) -> bool:
-        plan = [
-            (rng.choice(("r", "append")), rng.choice(self.active)) for _ in range(rng.randint(1, 4))
-        ]
+        kinds = ("r", "append")
+        plan = [(rng.choice(kinds), rng.choice(self.pool.active)) for _ in range(rng.randint(1, 4))]
         return await self._transaction(client, number, plan)
 
     async def _transaction(
@@ -451,8 +449,8 @@ class ListAppendWorkload(_Clients):
             return True
         for key in appended:
             self.lengths[key] = len(lists[key])
-            if len(lists[key]) >= self.MAX_LENGTH and key in self.active:
-                self.active[self.active.index(key)] = self._fresh()
+            if len(lists[key]) >= self.MAX_LENGTH:
+                self.pool.retire(key)
         compares = [mod_revision(key) == seen[key][1] for key in keys]
         then = [put(key, _encode_list(lists[key])) for key in appended]
         then += [get(key) for key in keys]
@@ -492,24 +490,28 @@ class ListAppendWorkload(_Clients):
     async def final(self, addresses: Sequence[str]) -> None:
         """One last read of every key ever used: late appends get a place in the order, and
         every acknowledged append must be in it."""
-        keys = [b"la/%d" % number for number in range(next(self._names))]
+        keys = self.pool.used()
         deadline = _deadline(FINAL_SECONDS)
         async with AsyncClient(list(addresses), timeout=10.0) as client:
-            while time.monotonic() < deadline:
+            for _ in range(int(FINAL_SECONDS / 0.5)):
+                if time.monotonic() > deadline:
+                    break
                 try:
                     read = await client.txn([], [get(key) for key in keys], conflict_retries=5)
                 except ClientError:
                     await asyncio.sleep(0.5)
                     continue
-                if read.succeeded and not read.results_unknown:
-                    ops = tuple(
-                        MicroOp("r", key, _decode_list(getattr(r, "value", None)))
-                        for key, r in zip(keys, read.results, strict=True)
-                    )
-                    now = time.monotonic()
-                    self.history.append(Transaction(-1, ops, "ok", now, now))
-                    self.final_lists = {op.key: op.value for op in ops}
-                    return
+                if not read.succeeded or read.results_unknown:
+                    await asyncio.sleep(0.5)
+                    continue
+                ops = tuple(
+                    MicroOp("r", key, _decode_list(getattr(r, "value", None)))
+                    for key, r in zip(keys, read.results, strict=True)
+                )
+                now = time.monotonic()
+                self.history.append(Transaction(-1, ops, "ok", now, now))
+                self.final_lists = {op.key: op.value for op in ops}
+                return
         self.final_problem = f"no final read of the lists in {FINAL_SECONDS:g} s"
 
     def check(self) -> WorkloadResult:

@@ -219,6 +219,23 @@ class Bank:
                 await channel.close(None)
         return report
 
+    def problems(self, report: BankReport, final: dict[bytes, int]) -> list[str]:
+        """Everything wrong with a run: wrong answers during it, and final balances that
+        break the invariants or that the committed transfers (plus some unknown ones) do
+        not explain. Beyond ``MAX_SUBSET_SEARCH`` unknown transfers the explanation
+        could only be checked in part: that is a problem too, the check must stay whole."""
+        problems = [*report.violations, *check_balances(final, self.total)]
+        if len(report.unknown) > MAX_SUBSET_SEARCH:
+            problems.append(
+                f"{len(report.unknown)} transfers of unknown outcome, more than the "
+                f"{MAX_SUBSET_SEARCH} the final check can explain whole"
+            )
+        initial = dict.fromkeys(self.keys, self.initial)
+        problem = explain_final(initial, final, report.committed, report.unknown)
+        if problem is not None:
+            problems.append(problem)
+        return problems
+
     def final_balances(
         self, stub: router_pb2_grpc.RouterStub, timeout: float = 20.0
     ) -> dict[bytes, int]:

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -305,17 +305,25 @@ class Cluster:
 
         wait_until(f"node {node_id} to answer Status", answers)
 
-    def leaders(self) -> dict[int, int] | None:
-        """Group id -> the node that leads it (by the running nodes' own word), if all have one."""
+    def leader_claims(self, skip: Collection[int] = ()) -> dict[int, int]:
+        """Group id -> the node that claims to lead it at the highest term, by the running
+        nodes' own word (nodes in ``skip`` not asked), for the groups that have one."""
         claims: dict[int, tuple[int, int]] = {}
         for node_id in self.running():
+            if node_id in skip:
+                continue
             statuses = self.group_statuses(node_id)
             for group_id, group in (statuses or {}).items():
                 if group.role == "leader" and group.term > claims.get(group_id, (-1, 0))[0]:
                     claims[group_id] = (group.term, node_id)
+        return {group_id: node_id for group_id, (_, node_id) in claims.items()}
+
+    def leaders(self) -> dict[int, int] | None:
+        """Group id -> the node that leads it (by the running nodes' own word), if all have one."""
+        claims = self.leader_claims()
         if any(group_id not in claims for group_id in (0, *self.group_ids)):
             return None
-        return {group_id: node_id for group_id, (_, node_id) in claims.items()}
+        return claims
 
     def wait_leaders(self, timeout: float = READY_TIMEOUT) -> dict[int, int]:
         return wait_until("a leader in every group", self.leaders, timeout)

@@ -58,7 +58,9 @@ def change_placement(
     target = nodes[0]
     deadline = time.monotonic() + timeout
     problem = "no attempt"
-    while time.monotonic() < deadline:
+    for _ in range(int(timeout / POLL) + 1):
+        if time.monotonic() > deadline:
+            break
         try:
             response: node_pb2.ChangePlacementResponse = cluster.stub(target).ChangePlacement(
                 request, timeout=RPC_TIMEOUT
@@ -74,6 +76,7 @@ def change_placement(
             hint = response.error.not_leader.leader_id
             if hint in nodes and hint != target:
                 target = hint
+                time.sleep(POLL)  # two stale hints must not bounce at full speed
                 continue
         target = nodes[(nodes.index(target) + 1) % len(nodes)]
         time.sleep(POLL)

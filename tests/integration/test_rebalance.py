@@ -53,11 +53,8 @@ from shardkv.ring import KeyRing, build_ring
 from shardkv.v1 import cluster_pb2
 from tests.checkers.linearizability import Operation, check_history
 from tests.integration.bank import (
-    MAX_SUBSET_SEARCH,
     Bank,
     BankReport,
-    check_balances,
-    explain_final,
 )
 from tests.integration.conftest import (
     POLL,
@@ -498,20 +495,10 @@ def test_a_bank_conserves_its_total_while_a_group_is_added(make_cluster: MakeClu
     assert done_at and done_at[0] > 0, "the move was not done while the bank ran"
     # Every problem at once: calls that failed unhandled, wrong answers during the run, and
     # final balances the transfers do not explain.
-    problems = [
-        *errors,
-        *report.violations,
-        *check_balances(final, bank.total),
-        explain_final(
-            dict.fromkeys(keys, INITIAL_BALANCE), final, report.committed, report.unknown
-        ),
-    ]
-    assert problems == [None], "\n".join(map(str, problems))
-    # Beyond the subset search, explain_final checks only accounts no unknown transfer touched.
-    assert len(report.unknown) <= MAX_SUBSET_SEARCH, report.summary()
+    problems = [*errors, *bank.problems(report, final)]
+    assert problems == [], "\n".join(problems)
     assert len(report.committed) >= 20, report.summary()
-    # Whole-bank reads conflict with every transfer; on a loaded machine few get through.
-    assert report.reads_checked >= 3, report.summary()
+    assert report.reads_checked >= 5, report.summary()
 
 
 # -- 6. latency of keys that stay; arcs served as they arrive -------------------------------------
