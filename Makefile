@@ -38,7 +38,8 @@ $(APT_STAMP): | $(PY)
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2 >/dev/null \
 			|| echo "apt-get failed: the network-namespace test will skip"; \
 	fi
-	touch $@
+	@# Only once nft is there: without it, the next make tries again.
+	@if command -v nft >/dev/null 2>&1; then touch $@; fi
 
 install: $(STAMP)
 

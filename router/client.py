@@ -752,7 +752,7 @@ class AsyncClient:
             plan = await self._change(
                 "ChangeRing",
                 node_pb2.ChangeRingRequest(add_group=add, dry_run=True),
-                ends - loop.time(),
+                max(ends - loop.time(), 0.001),
             )
             added = _added_group(plan)
             if added is not None:
@@ -760,7 +760,7 @@ class AsyncClient:
         return await self._change(
             "ChangeRing",
             node_pb2.ChangeRingRequest(add_group=add, dry_run=dry_run),
-            ends - loop.time(),
+            max(ends - loop.time(), 0.001),
         )
 
     async def remove_group(
@@ -850,8 +850,6 @@ class AsyncClient:
         timeout: float | None,
     ) -> cluster_pb2.ClusterMap:
         """A ring (``ChangeRing``) or placement (``ChangePlacement``) change: the map it answers."""
-        if timeout is not None:
-            timeout = max(timeout, 0.001)
         response: node_pb2.ChangeRingResponse | node_pb2.ChangePlacementResponse = await self._call(
             method, request, timeout, None
         )

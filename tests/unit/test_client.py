@@ -51,7 +51,8 @@ from router.transactions import absent, delete, get, put, value
 from shardkv.errors import FailedPrecondition
 from shardkv.errors import InvalidArgument as NodeInvalidArgument
 from shardkv.node.placement_change import plan_placement
-from shardkv.ring import build_ring, moving_shares, ring_of
+from shardkv.node.ring_change import plan_change
+from shardkv.ring import ring_of
 from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, router_pb2, router_pb2_grpc
 from tests.ports import free_ports
 
@@ -315,60 +316,16 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
         )
 
     async def ChangeRing(self, request: Any, context: Any) -> node_pb2.ChangeRingResponse:
+        """The node's own planner (shardkv.node.ring_change), as the meta leader answers."""
         await self._enter("ChangeRing", request, context)
-        current = self.status.map
-        if current.HasField("migration"):
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"a ring change is under way ({current.migration.reason})",
-            )
-        groups = {group.group_id for group in current.groups}
-        weights = {entry.group_id: entry.weight for entry in current.ring.groups}
-        changed = cluster_pb2.ClusterMap()
-        changed.CopyFrom(current)
-        changed.version += 1
-        kind = request.WhichOneof("change")
-        retiring: list[int] = []
-        if kind == "add_group":
-            group_id = request.add_group.group_id or max(groups, default=0) + 1
-            if group_id in groups:
-                await context.abort(
-                    grpc.StatusCode.ALREADY_EXISTS, f"group {group_id} exists already"
-                )
-            weights[group_id] = request.add_group.weight
-            changed.groups.add(
-                group_id=group_id,
-                replicas=request.add_group.nodes or [1, 2, 3],
-                weight=request.add_group.weight,
-            )
-            reason = f"add-group {group_id}"
-        else:
-            group_id = (
-                request.remove_group if kind == "remove_group" else request.set_weight.group_id
-            )
-            if group_id not in weights:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no data group {group_id}")
-            if kind == "remove_group":
-                del weights[group_id]
-                retiring.append(group_id)
-                reason = f"remove-group {group_id}"
-            else:
-                weights[group_id] = request.set_weight.weight
-                reason = f"set-weight {group_id} {request.set_weight.weight}"
-        target = ring_of(current.ring.epoch + 1, weights)
-        moves = moving_shares(build_ring(current.ring), build_ring(target))
-        if moves:
-            changed.migration.CopyFrom(
-                cluster_pb2.Migration(
-                    target=target,
-                    moves=[
-                        cluster_pb2.Move(source=source, target=to) for source, to in sorted(moves)
-                    ],
-                    started_ms=1_700_000_000_000,
-                    reason=reason,
-                    retiring=retiring,
-                )
-            )
+        try:
+            changed = plan_change(self.status.map, request, 1_700_000_000_000)
+        except FailedPrecondition as refused:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(refused))
+            raise AssertionError("unreachable") from None
+        except NodeInvalidArgument as refused:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(refused))
+            raise AssertionError("unreachable") from None
         if not request.dry_run:
             self.status.map.CopyFrom(changed)
         return node_pb2.ChangeRingResponse(map=changed)
@@ -1002,12 +959,15 @@ async def test_admin_calls_refuse_bad_ids_and_a_commit_that_is_not_a_bool(
 
 
 def four_groups(the_map: cluster_pb2.ClusterMap) -> None:
-    """Make ``the_map`` one of four data groups of weight 1, in ring epoch 3."""
+    """Make ``the_map`` one of four data groups of weight 1 on nodes 1, 2 and 3 (up), in
+    ring epoch 3."""
     the_map.version = 10
     the_map.ring.CopyFrom(ring_of(3, dict.fromkeys((1, 2, 3, 4), 1)))
     the_map.groups.add(group_id=0, replicas=[1, 2, 3])
     for group_id in (1, 2, 3, 4):
         the_map.groups.add(group_id=group_id, replicas=[1, 2, 3], weight=1)
+    for node_id in (1, 2, 3):
+        the_map.nodes.add(node_id=node_id, address=f"127.0.0.1:710{node_id}", state="up")
 
 
 async def test_a_dry_run_returns_the_plan_and_changes_nothing(
@@ -1068,7 +1028,7 @@ async def test_remove_group_and_set_weight_send_their_change(
     with pytest.raises(ClusterError) as refused:
         await client.remove_group(1)
     assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
-    assert "under way (set-weight 3 2)" in refused.value.details
+    assert "under way (set-weight 3 2, to epoch 4)" in refused.value.details
 
 
 async def test_ring_changes_refuse_bad_arguments_before_any_call(
@@ -1091,8 +1051,9 @@ async def test_ring_changes_refuse_bad_arguments_before_any_call(
 
 def test_ring_changes_from_the_blocking_client(sync_client: Client, fake: FakeRouter) -> None:
     four_groups(fake.status.map)
-    with pytest.raises(NotFound, match="no data group 9"):
+    with pytest.raises(ClusterError, match="there is no group 9") as refused:
         sync_client.remove_group(9)
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert sync_client.add_group(group_id=7, dry_run=True).migration.reason == "add-group 7"
     assert sync_client.set_weight(1, 3).migration.reason == "set-weight 1 3"
     assert fake.status.map.migration.target.epoch == 4
@@ -1104,8 +1065,7 @@ def test_ring_changes_from_the_blocking_client(sync_client: Client, fake: FakeRo
 def four_nodes(the_map: cluster_pb2.ClusterMap) -> None:
     """``four_groups`` on nodes 1, 2 and 3, and node 4 up and empty (it just joined)."""
     four_groups(the_map)
-    for node_id in (1, 2, 3, 4):
-        the_map.nodes.add(node_id=node_id, address=f"127.0.0.1:710{node_id}", state="up")
+    the_map.nodes.add(node_id=4, address="127.0.0.1:7104", state="up")
 
 
 async def test_placement_changes_send_their_change_and_a_dry_run_keeps_nothing(
@@ -1161,6 +1121,10 @@ async def test_placement_changes_refuse_bad_arguments_before_any_call(
         await client.transfer_leader(1, True)
     with pytest.raises(TypeError, match="dry_run"):
         await client.rebalance_replicas(dry_run=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout"):
+        await client.transfer_leader(1, 2, timeout=-5)
+    with pytest.raises(ValueError, match="timeout"):
+        await client.remove_group(3, timeout=0)
     assert not fake.requests
 
 
