@@ -14,8 +14,10 @@ What it promises:
    batch commits).
 2. Per key: ``version`` counts writes since creation (1 after the first),
    ``create_revision`` and ``mod_revision`` are the group revisions of its
-   creation and last write. The group revision rises by one for each
-   command that writes. A delete removes the key; recreating it starts at
+   creation and last write. The group revision rises for each command that
+   writes, to ``shardkv.revisions.next_revision`` of the command's stamp
+   (hybrid-logical: unique across groups, in real-time order; one more
+   than the last for an unstamped command). A delete removes the key; recreating it starts at
    version 1 again.
 3. Exactly once, with many commands of a client in flight (RIFL's
    scheme): the group records the result of every command with a
@@ -68,6 +70,7 @@ from dataclasses import dataclass
 
 from shardkv.fsm.migration import Access, Migration
 from shardkv.fsm.txn import Transactions
+from shardkv.revisions import next_revision
 from shardkv.ring import KeyRing, build_ring
 from shardkv.storage import keys
 from shardkv.storage.engine import Batch, ColumnFamily, StorageEngine
@@ -127,12 +130,17 @@ class KeyValueStateMachine:
         self._overlay: dict[tuple[ColumnFamily, bytes], bytes | None] = {}
         self._overlay_batch: Batch | None = None
         stored = engine.get(ColumnFamily.META, keys.revision_key(group_id))
-        self.revision = _COUNTER.unpack(stored)[0] if stored is not None else 0
+        # The revision, and how many commands wrote (revisions do not count
+        # them: shardkv.revisions); stored together, 8 bytes each.
+        self.revision = _COUNTER.unpack_from(stored)[0] if stored is not None else 0
+        self.writes = _COUNTER.unpack_from(stored, 8)[0] if stored and len(stored) >= 16 else 0
         stored = engine.get(ColumnFamily.META, keys.ring_key(group_id))
         self.ring: KeyRing | None = None
         self._set_ring(cluster_pb2.Ring.FromString(stored) if stored is not None else None)
         self.migration = Migration(self)
         self._imported_revision = 0
+        # The stamp of the command being applied (shardkv.revisions).
+        self._stamp = 0
         self.txns = Transactions(self)
         stored = engine.get(ColumnFamily.META, keys.key_count_key(group_id))
         if stored is not None:
@@ -147,6 +155,7 @@ class KeyValueStateMachine:
 
     def apply(self, batch: Batch, command: kv_pb2.Command) -> kv_pb2.CommandResult:
         self._track(batch)
+        self._stamp = command.stamp
         if command.HasField("ring"):
             return self.apply_ring(batch, command.ring)
         if command.HasField("migrate"):
@@ -215,7 +224,10 @@ class KeyValueStateMachine:
         if revision is not None:
             self.revision = revision
             self._write(
-                batch, ColumnFamily.META, keys.revision_key(self.group_id), _COUNTER.pack(revision)
+                batch,
+                ColumnFamily.META,
+                keys.revision_key(self.group_id),
+                _COUNTER.pack(revision) + _COUNTER.pack(self.writes),
             )
         if self.key_count != key_count:
             self._write(
@@ -237,7 +249,7 @@ class KeyValueStateMachine:
 
         The revision rises only if something was written.
         """
-        revision = self.revision + 1
+        revision = next_revision(self.revision, self._stamp, self.group_id)
         key_count = self.key_count
         wrote = bool(puts)
         results = []
@@ -247,6 +259,8 @@ class KeyValueStateMachine:
             wrote = wrote or written
         for put in puts:
             self._store(batch, put.key, self._get_staged(put.key), put.value, revision)
+        if wrote:
+            self.writes += 1
         self._count(batch, revision if wrote else None, key_count)
         return results
 

@@ -32,6 +32,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ from shardkv.raft import (
     Ready,
     Role,
 )
+from shardkv.revisions import stamp_now
 from shardkv.storage import Batch, GroupStorage, StorageEngine
 from shardkv.v1 import kv_pb2
 
@@ -77,6 +79,9 @@ class PeerOptions:
     snapshot_interval: int = 10_000
     snapshot_log_bytes: int = 64 << 20
     compaction_lag: int = 1_000
+    # The wall clock (unix seconds) that stamps proposals (shardkv.revisions);
+    # the simulator passes its own.
+    clock: Callable[[], float] = time.time
 
 
 @dataclass(slots=True)
@@ -162,6 +167,7 @@ class Peer:
     def propose(self, command: kv_pb2.Command) -> asyncio.Future[kv_pb2.CommandResult]:
         """Append ``command`` to the log; the future settles once its index is applied."""
         check_command(command)
+        command.stamp = stamp_now(self.options.clock())
         try:
             index, term = self.raw.propose(command.SerializeToString())
         except ProposalDropped as dropped:
@@ -179,10 +185,12 @@ class Peer:
         All are checked first, then every entry is appended at once
         (``propose_batch``): either all are proposed or ``NotLeader`` is raised.
         """
+        stamp = stamp_now(self.options.clock())
         for command in commands:
             check_command(command)
             if command.HasField("ring") or command.batch:
                 raise InvalidArgument("node-internal commands are proposed alone")
+            command.stamp = stamp
         chunks = list(_chunks(commands, self.options.max_entry_bytes))
         payloads = [
             chunk[0].SerializeToString()

@@ -32,7 +32,10 @@ a caller's write there could replace the map with bytes no node can read.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, NoReturn
 
@@ -55,6 +58,7 @@ from shardkv.node.export import export_chunks
 from shardkv.node.membership import reconfigure
 from shardkv.node.runtime import NodeRuntime
 from shardkv.raft import Role
+from shardkv.revisions import commit_wait_seconds
 from shardkv.txn_protocol import now_ms
 from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
 
@@ -64,6 +68,11 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_SCAN_PAGE", "NodeService", "txn_listing"]
 
 DEFAULT_SCAN_PAGE = 1000
+# The longest a write waits for this node's clock to pass its revision's time.
+_log = logging.getLogger(__name__)
+
+COMMIT_WAIT_CAP = 0.5
+
 # How far ahead of this node's clock a prepare's lock deadline may be: a lock
 # that never expires would block its keys forever if its coordinator died.
 # Generous: the deadline is on the coordinator's clock, which may run ahead.
@@ -137,6 +146,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
             result = await future
         except ShardKVError as error:
             return node_pb2.WriteResponse(error=await self._routing_error(context, error))
+        await _commit_wait(result.revision)
         return node_pb2.WriteResponse(result=result)
 
     async def WriteBatch(
@@ -175,6 +185,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
                 outcome.result.CopyFrom(await next(futures))
             except ShardKVError as error:
                 outcome.code, outcome.message = _unavailable(error)
+        await _commit_wait(max((o.result.revision for o in response.outcomes), default=0))
         return response
 
     async def _read_barrier(
@@ -423,6 +434,28 @@ def txn_listing(machine: KeyValueStateMachine, txn: kv_pb2.TxnRef) -> node_pb2.L
     if record is not None:
         response.records.append(record)
     return response
+
+
+async def _commit_wait(revision: int) -> None:
+    """Answer a write only once this node's clock passed its revision's time
+    (shardkv.revisions: what keeps revisions in real-time order across groups).
+
+    Almost always no wait: a group's time runs ahead of the clock only while it
+    writes faster than a command a microsecond, or after a leader with a clock
+    ahead. The wait is capped (COMMIT_WAIT_CAP): a clock that far behind is
+    logged rather than slowing every write by it.
+    """
+    delay = commit_wait_seconds(revision, time.time())
+    if delay <= 0:
+        return
+    if delay > COMMIT_WAIT_CAP:
+        _log.warning(
+            "revision %d is %.3f s ahead of this node's clock: is it behind the other nodes'?",
+            revision,
+            delay,
+        )
+        delay = COMMIT_WAIT_CAP
+    await asyncio.sleep(delay)
 
 
 def _refuse_meta(group_id: int) -> None:

@@ -220,7 +220,7 @@ class TxnOutcome(_message.Message):
     def __init__(self, succeeded: _Optional[bool] = ..., then_results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., else_results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., record: _Optional[_Union[TxnRecord, _Mapping]] = ..., one_phase: _Optional[bool] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("client_id", "seq", "operations", "acked_seq", "ring", "batch", "epoch", "puts", "txn", "migrate")
+    __slots__ = ("client_id", "seq", "operations", "acked_seq", "ring", "batch", "epoch", "puts", "txn", "migrate", "stamp")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +231,7 @@ class Command(_message.Message):
     PUTS_FIELD_NUMBER: _ClassVar[int]
     TXN_FIELD_NUMBER: _ClassVar[int]
     MIGRATE_FIELD_NUMBER: _ClassVar[int]
+    STAMP_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     seq: int
     operations: _containers.RepeatedCompositeFieldContainer[Operation]
@@ -241,7 +242,8 @@ class Command(_message.Message):
     puts: _containers.RepeatedCompositeFieldContainer[KeyValue]
     txn: TxnStep
     migrate: MigrateStep
-    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., batch: _Optional[_Iterable[_Union[Command, _Mapping]]] = ..., epoch: _Optional[int] = ..., puts: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., txn: _Optional[_Union[TxnStep, _Mapping]] = ..., migrate: _Optional[_Union[MigrateStep, _Mapping]] = ...) -> None: ...
+    stamp: int
+    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., batch: _Optional[_Iterable[_Union[Command, _Mapping]]] = ..., epoch: _Optional[int] = ..., puts: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., txn: _Optional[_Union[TxnStep, _Mapping]] = ..., migrate: _Optional[_Union[MigrateStep, _Mapping]] = ..., stamp: _Optional[int] = ...) -> None: ...
 
 class MigrateStep(_message.Message):
     __slots__ = ("epoch", "source", "target", "begin", "freeze", "seal", "release", "copy", "activate", "collect", "driver", "base")

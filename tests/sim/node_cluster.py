@@ -21,6 +21,7 @@ Checked at every step: at most one leader per group and term (Raft §5.2).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import heapq
 import itertools
@@ -50,6 +51,10 @@ class SimulationError(AssertionError):
 
 
 # -- time ---------------------------------------------------------------------------
+
+
+# The wall clock's time at step 0 (2026-01-01T00:00:00Z): proposals' stamps.
+SIM_WALL_CLOCK_START = 1_767_225_600.0
 
 
 class VirtualClock:
@@ -120,9 +125,11 @@ class NodeCluster:
     ) -> None:
         self.rng = random.Random(seed)
         self.placement = placement
-        self.options = options
         self.rounds_per_tick = rounds_per_tick
         self.clock = VirtualClock()
+        # Proposals are stamped on the virtual clock (a step a millisecond), so a
+        # seed's revisions are the same in every run.
+        self.options = dataclasses.replace(options, clock=self._wall_clock)
         self.network = MemoryNetwork(
             rng=random.Random(self.rng.randrange(1 << 30)), scheduler=self.clock.call_later
         )
@@ -147,6 +154,9 @@ class NodeCluster:
         self.network.drop(self._count)
 
     # -- bookkeeping -----------------------------------------------------------------
+
+    def _wall_clock(self) -> float:
+        return SIM_WALL_CLOCK_START + self.clock.now / 1000
 
     def log(self, text: str) -> None:
         line = f"[{self.clock.now}] {text}"

@@ -32,9 +32,8 @@ Checked:
    (``tests.checkers``: registers with put, get, cas and delete).
 4. No acknowledged write was lost: a key whose last write is certain (it
    returned before any other write of the key was called) holds its value.
-5. Exactly once: a group's revision (one per command that wrote) lies
-   between the acknowledged writes that wrote and those plus the writes of
-   unknown outcome.
+5. Exactly once: a group's count of commands that wrote lies between the
+   acknowledged writes and those plus the writes of unknown outcome.
 6. Every replica of a group applied the same index and holds the same image
    (keys, versions, revision, client sessions).
 7. No proposal is left unanswered once its node applied past its index
@@ -77,7 +76,7 @@ __all__ = [
     "Nemesis",
     "NodeSimResult",
     "check_last_writes",
-    "check_revisions",
+    "check_write_counts",
     "main",
     "replay_command",
     "run_node_seed",
@@ -280,12 +279,12 @@ def check_last_writes(history: Sequence[Operation], state: dict[bytes, bytes | N
     return lost
 
 
-def check_revisions(
-    history: Sequence[Operation], group_of: dict[bytes, int], revisions: dict[int, int]
+def check_write_counts(
+    history: Sequence[Operation], group_of: dict[bytes, int], writes: dict[int, int]
 ) -> list[str]:
-    """Exactly once: each group's revision counts the commands that wrote."""
-    certain = dict.fromkeys(revisions, 0)
-    possible = dict.fromkeys(revisions, 0)
+    """Exactly once: each group counted as many commands that wrote as the history allows."""
+    certain = dict.fromkeys(writes, 0)
+    possible = dict.fromkeys(writes, 0)
     for op in history:
         if not _writes(op):
             continue
@@ -294,10 +293,10 @@ def check_revisions(
         if op.ret is not None:
             certain[group_id] += 1
     return [
-        f"group {group_id}: revision {revision}, but {certain[group_id]} writes were "
+        f"group {group_id}: {count} commands wrote, but {certain[group_id]} writes were "
         f"acknowledged and {possible[group_id] - certain[group_id]} more may have applied"
-        for group_id, revision in sorted(revisions.items())
-        if not certain[group_id] <= revision <= possible[group_id]
+        for group_id, count in sorted(writes.items())
+        if not certain[group_id] <= count <= possible[group_id]
     ]
 
 
@@ -509,18 +508,18 @@ def _check_final_state(cluster: NodeCluster, workload: Workload, orphans: list[s
             + verdict.explanation
         )
     state = {}
-    revisions = {}
+    writes = {}
     for group_id in groups:
         leader = cluster.leader(group_id)
         assert leader is not None
         machine = leader[1].machine
-        revisions[group_id] = machine.revision
+        writes[group_id] = machine.writes
         for key, key_group in workload.group_of.items():
             if key_group == group_id:
                 kv = machine.get(key)
                 state[key] = kv.value if kv is not None else None
     problems += check_last_writes(workload.history, state)
-    problems += check_revisions(workload.history, workload.group_of, revisions)
+    problems += check_write_counts(workload.history, workload.group_of, writes)
     problems += orphans
     if problems:
         raise SimulationError("\n".join(problems))

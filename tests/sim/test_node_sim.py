@@ -199,7 +199,7 @@ async def test_a_crash_that_loses_applied_state_reapplies_from_the_log_exactly_o
     for _, peer in cluster.peers(1):
         kv = peer.machine.get(b"k")
         assert kv is not None and (kv.value, kv.version) == (b"v10", 10)
-        assert peer.machine.revision == 10, "each write applied once"
+        assert peer.machine.writes == 10, "each write applied once"
     # The retry of the last write is answered from the session, not applied again.
     retry = await _settle(cluster, _runtime(node).propose(1, _put(b"k", b"v10", 7, 10)))
     assert retry.results[0].succeeded
