@@ -28,18 +28,20 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Debian packages the fault tests use: nftables for the partitions of the
-# network-namespace test (iproute2 makes the namespaces). Installed when
-# missing and we are root; without them that test skips and says why.
+# Debian packages tests use: nftables for the partitions of the
+# network-namespace test (iproute2 makes the namespaces), and etcd-client
+# (etcdctl) for the etcd API tests with a client nobody here wrote.
+# Installed when missing and we are root; without them those tests skip and
+# say why.
 APT_STAMP = $(VENV)/.apt
 $(APT_STAMP): | $(PY)
-	@if ! command -v nft >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing nftables and iproute2 (apt)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2 >/dev/null \
-			|| echo "apt-get failed: the network-namespace test will skip"; \
+	@if { ! command -v nft || ! command -v etcdctl; } >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing nftables, iproute2 and etcd-client (apt)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2 etcd-client >/dev/null \
+			|| echo "apt-get failed: the network-namespace and etcdctl tests will skip"; \
 	fi
-	@# Only once nft is there: without it, the next make tries again.
-	@if command -v nft >/dev/null 2>&1; then touch $@; fi
+	@# Only once both are there: without them, the next make tries again.
+	@if command -v nft >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1; then touch $@; fi
 
 install: $(STAMP)
 

@@ -20,6 +20,13 @@ and changing the ring and the placement of replicas). Health
 checking and server reflection stay open, as is usual, so that load balancers
 and standard tools work without a token.
 
+The etcd v3 API the router also serves (``router.etcd``) is covered the same
+way: its calls need a token too, which etcd's clients send as ``token``
+metadata after ``Auth.Authenticate`` (etcdctl's ``--user NAME:TOKEN``: the
+password is one of the file's tokens, the name is not checked).
+``Authenticate`` itself is open; it answers a known token with itself.
+Every etcd method the router serves is a ``read-write`` one.
+
 The tokens file is TOML (``.toml``) or JSON (any other name)::
 
     [tokens]
@@ -54,6 +61,11 @@ __all__ = [
 
 METADATA_KEY = "authorization"
 _SCHEME = "bearer "
+# What etcd's clients send their token as.
+ETCD_METADATA_KEY = "token"
+ETCD_PREFIX = "/etcdserverpb."
+# Open, as etcd's is: it is how an etcd client gets the token it sends.
+ETCD_AUTHENTICATE = "/etcdserverpb.Auth/Authenticate"
 
 # The operator's commands: they read and change other callers' transactions,
 # and change (or plan to change) which group owns which keys and which nodes
@@ -120,18 +132,26 @@ class AuthInterceptor(_Interceptor):
         self._tokens = dict(tokens)
         self._refusals: dict[tuple[grpc.StatusCode, str], _Handler] = {}
 
-    def role_of(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> Role | None:
+    def role_of(
+        self, metadata: tuple[tuple[str, str | bytes], ...] | None, *, etcd: bool = False
+    ) -> Role | None:
+        """The role of the token the call presents (etcd calls may send etcd's ``token``)."""
         for key, value in metadata or ():
-            if key != METADATA_KEY or not isinstance(value, str):
+            if not isinstance(value, str):
                 continue
-            if value[: len(_SCHEME)].lower() != _SCHEME:
-                return None
-            presented = value[len(_SCHEME) :].strip().encode()
-            # Compared in constant time, so that timing does not tell how much of a guess is right.
-            for token, role in self._tokens.items():
-                if hmac.compare_digest(presented, token.encode()):
-                    return role
-            return None
+            if key == METADATA_KEY:
+                if value[: len(_SCHEME)].lower() != _SCHEME:
+                    return None
+                return self.role_of_token(value[len(_SCHEME) :].strip())
+            if etcd and key == ETCD_METADATA_KEY:
+                return self.role_of_token(value.strip())
+        return None
+
+    def role_of_token(self, presented: str) -> Role | None:
+        # Compared in constant time, so that timing does not tell how much of a guess is right.
+        for token, role in self._tokens.items():
+            if hmac.compare_digest(presented.encode(), token.encode()):
+                return role
         return None
 
     async def intercept_service(
@@ -140,17 +160,22 @@ class AuthInterceptor(_Interceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler:
         path = handler_call_details.method
-        if not path.startswith(SERVICE_PREFIX):
+        etcd = path.startswith(ETCD_PREFIX) and path != ETCD_AUTHENTICATE
+        if not path.startswith(SERVICE_PREFIX) and not etcd:
             return await continuation(handler_call_details)
-        method = path[len(SERVICE_PREFIX) :]
-        role = self.role_of(handler_call_details.invocation_metadata)
+        method = path[len(SERVICE_PREFIX) :] if not etcd else path.rsplit("/", 1)[-1]
+        role = self.role_of(handler_call_details.invocation_metadata, etcd=etcd)
         if role is None:
             return self._refusal(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"{method} needs a valid token: send 'authorization: Bearer <token>' "
-                "(the client's token=, the CLI's --token or $SHARDKV_TOKEN)",
+                + (
+                    "(etcdctl: --user any:<token>)"
+                    if etcd
+                    else "(the client's token=, the CLI's --token or $SHARDKV_TOKEN)"
+                ),
             )
-        if not role.may_call(method):
+        if not etcd and not role.may_call(method):
             return self._refusal(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{method} is for the admin role; this token's role is {role.value}",

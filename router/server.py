@@ -27,7 +27,9 @@ covers the method (``router.auth``). The limits (``--max-request-bytes``,
 ``--max-keys-per-call``, ``--max-in-flight``, ``--max-in-flight-per-group``,
 ``--default-deadline``, ``--max-deadline``) are ``router.limits``.
 
-Beside ``shardkv.v1.Router`` the server answers standard gRPC health checks
+Beside ``shardkv.v1.Router`` the server answers etcd's v3 API on the same
+port (KV, Maintenance.Status, Cluster.MemberList, Auth.Authenticate:
+``router.etcd``), standard gRPC health checks
 (SERVING once it has a cluster map and every group on the ring has a leader
 it can reach: ``router.health``) and server reflection (``shardkv.health``).
 """
@@ -47,6 +49,7 @@ import grpc
 import grpc.aio
 
 from router.auth import AuthInterceptor, Role, load_tokens
+from router.etcd import ETCD_SERVICES, add_etcd_services
 from router.health import RouterHealthCheck
 from router.limits import DEFAULT_LIMITS, InFlightInterceptor, RouterLimits
 from router.service import RouterService
@@ -64,7 +67,10 @@ __all__ = ["ROUTER_SERVICES", "main", "serve"]
 _log = logging.getLogger("router.server")
 _STOP_GRACE = 1.0
 # What health checking answers for (besides the whole server, "") and reflection lists.
-ROUTER_SERVICES = (router_pb2.DESCRIPTOR.services_by_name["Router"].full_name,)
+ROUTER_SERVICES = (
+    router_pb2.DESCRIPTOR.services_by_name["Router"].full_name,
+    *(f"etcdserverpb.{name}" for name in ETCD_SERVICES),
+)
 # How often health is checked: each check asks every node for its Status.
 _HEALTH_INTERVAL = 1.0
 
@@ -198,8 +204,9 @@ async def serve(
     # Metrics first, so that refused calls are counted with their codes; then
     # authentication, so that a caller without a token takes no place in flight.
     interceptors: list[grpc.aio.ServerInterceptor] = [service.metrics.interceptor]  # type: ignore[type-arg]
-    if tokens is not None:
-        interceptors.append(AuthInterceptor(tokens))
+    auth = AuthInterceptor(tokens) if tokens is not None else None
+    if auth is not None:
+        interceptors.append(auth)
     interceptors.append(InFlightInterceptor(limits.max_in_flight))
     # Last, so that the others see its handlers: a request that does not decode
     # is counted, authenticated and limited like any other, then refused.
@@ -213,6 +220,7 @@ async def serve(
         ],
     )
     router_pb2_grpc.add_RouterServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    add_etcd_services(server, service, listen, auth)
     health = await Health.add_to(
         server, ROUTER_SERVICES, RouterHealthCheck(topology), interval=_HEALTH_INTERVAL
     )

@@ -553,14 +553,40 @@ class RouterService(router_pb2_grpc.RouterServicer):
         request: router_pb2.TxnRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.TxnResponse:
-        async def work(deadline: float) -> router_pb2.TxnResponse:
-            session = self._session(request.session)
-            try:
-                await self._wait_for_map()
-                return await self.coordinator.run(request, session, deadline)
-            finally:
-                self._sessions.finish(session)
+        return await self._serve(context, lambda deadline: self.txn(request, deadline))
 
+    # -- what the etcd API (router.etcd) is served with ------------------------------------
+
+    async def txn(self, request: router_pb2.TxnRequest, deadline: float) -> router_pb2.TxnResponse:
+        session = self._session(request.session)
+        try:
+            await self._wait_for_map()
+            return await self.coordinator.run(request, session, deadline)
+        finally:
+            self._sessions.finish(session)
+
+    async def get_kv(self, key: bytes, deadline: float) -> kv_pb2.KeyValue | None:
+        check_key(key)
+        return await self._read_key(key, deadline)
+
+    async def write(
+        self, key: bytes, operation: kv_pb2.Operation, deadline: float
+    ) -> kv_pb2.CommandResult:
+        """One single-key write under a session of the router's."""
+        return await self._write_one(key, router_pb2.Session(), operation, deadline)
+
+    async def scan(
+        self, start: bytes, end: bytes | None, page: int, deadline: float
+    ) -> router_pb2.ScanKeysResponse:
+        """One page of keys in ``[start, end)`` (None: to the end), across every group."""
+        return await self._scan(start, end, page, deadline)
+
+    async def serve(
+        self,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        work: Callable[[float], Awaitable[_T]],
+    ) -> _T:
+        """Run ``work(deadline)`` under the call's deadline, its errors as statuses."""
         return await self._serve(context, work)
 
     async def ListTransactions(

@@ -259,7 +259,9 @@ class Coordinator:
                 continue
             _check_fresh(result)
             return router_pb2.TxnResponse(
-                succeeded=result.txn.succeeded, results=result.txn.then_results
+                succeeded=result.txn.succeeded,
+                results=result.txn.then_results,
+                revision=result.revision,
             )
         raise AssertionError("unreachable")
 
@@ -319,7 +321,9 @@ class Coordinator:
             (outcomes[g].then_results if succeeded else outcomes[g].else_results)[index]
             for g, index in positions
         ]
-        return router_pb2.TxnResponse(succeeded=succeeded, results=results)
+        return router_pb2.TxnResponse(
+            succeeded=succeeded, results=results, revision=decided.revision
+        )
 
     async def _prepare(
         self, group_id: int, command: kv_pb2.Command, started_ms: int, deadline: float

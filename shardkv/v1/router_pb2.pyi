@@ -24,14 +24,16 @@ class TxnRequest(_message.Message):
     def __init__(self, compares: _Optional[_Iterable[_Union[_kv_pb2.Compare, _Mapping]]] = ..., success: _Optional[_Iterable[_Union[_kv_pb2.Operation, _Mapping]]] = ..., failure: _Optional[_Iterable[_Union[_kv_pb2.Operation, _Mapping]]] = ..., session: _Optional[_Union[Session, _Mapping]] = ..., started_ms: _Optional[int] = ...) -> None: ...
 
 class TxnResponse(_message.Message):
-    __slots__ = ("succeeded", "results", "results_unknown")
+    __slots__ = ("succeeded", "results", "results_unknown", "revision")
     SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     succeeded: bool
     results: _containers.RepeatedCompositeFieldContainer[_kv_pb2.OperationResult]
     results_unknown: bool
-    def __init__(self, succeeded: _Optional[bool] = ..., results: _Optional[_Iterable[_Union[_kv_pb2.OperationResult, _Mapping]]] = ..., results_unknown: _Optional[bool] = ...) -> None: ...
+    revision: int
+    def __init__(self, succeeded: _Optional[bool] = ..., results: _Optional[_Iterable[_Union[_kv_pb2.OperationResult, _Mapping]]] = ..., results_unknown: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class TxnSummary(_message.Message):
     __slots__ = ("txn", "state", "primary_key", "primary_group", "prepared_groups", "deadline_ms", "locked_keys")

@@ -21,8 +21,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from router import AsyncClient, PermissionDenied, RetryPolicy, Unauthenticated
 from router.auth import ADMIN_METHODS, AuthInterceptor, Role, TokensFileError, load_tokens
+from router.etcd import EtcdAuth
 from router.limits import InFlightInterceptor
 from router.metrics import RouterMetrics
+from shardkv.etcd import rpc_pb2, rpc_pb2_grpc
 from shardkv.v1 import router_pb2, router_pb2_grpc
 
 _SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"]
@@ -187,3 +189,46 @@ def test_a_bad_tokens_file_is_refused(tmp_path: Path, text: str, message: str) -
         load_tokens(path)
     with pytest.raises(TokensFileError, match="cannot read"):
         load_tokens(tmp_path / "missing.json")
+
+
+class StubEtcdKV(rpc_pb2_grpc.KVServicer):
+    async def Range(self, request: Any, context: Any) -> rpc_pb2.RangeResponse:
+        return rpc_pb2.RangeResponse(count=7)
+
+
+async def test_etcd_calls_need_a_token_which_authenticate_hands_out() -> None:
+    auth = AuthInterceptor(TOKENS)
+    server = grpc.aio.server(interceptors=[auth])
+    rpc_pb2_grpc.add_KVServicer_to_server(StubEtcdKV(), server)  # type: ignore[no-untyped-call]
+    rpc_pb2_grpc.add_AuthServicer_to_server(EtcdAuth(auth), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            kv = rpc_pb2_grpc.KVStub(channel)
+            etcd_auth = rpc_pb2_grpc.AuthStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await kv.Range(rpc_pb2.RangeRequest(key=b"k"), timeout=5)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert "etcdctl: --user any:<token>" in (refused.value.details() or "")
+            with pytest.raises(grpc.aio.AioRpcError) as wrong:
+                await etcd_auth.Authenticate(
+                    rpc_pb2.AuthenticateRequest(name="me", password="guess"), timeout=5
+                )
+            assert wrong.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            answer = await etcd_auth.Authenticate(
+                rpc_pb2.AuthenticateRequest(name="me", password=READ_WRITE), timeout=5
+            )
+            assert answer.token == READ_WRITE
+            for metadata in ((("token", answer.token),), (("authorization", f"Bearer {ADMIN}"),)):
+                response = await kv.Range(
+                    rpc_pb2.RangeRequest(key=b"k"), metadata=metadata, timeout=5
+                )
+                assert response.count == 7
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await kv.Range(
+                    rpc_pb2.RangeRequest(key=b"k"), metadata=(("token", "x"),), timeout=5
+                )
+            assert unknown.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await server.stop(None)

@@ -1,0 +1,544 @@
+"""etcd's v3 gRPC API on the router: etcd clients (etcdctl, client libraries) over shards.
+
+The router serves ``etcdserverpb.KV``, ``Maintenance.Status``,
+``Cluster.MemberList`` and ``Auth.Authenticate`` on its own port, beside
+``shardkv.v1.Router``, with etcd's wire format (``proto/shardkv/etcd``, etcd
+v3.5's field numbers). Each call becomes the router's own operations:
+
+- **Range** of one key is a linearizable read of its group. A range
+  (``range_end``, a prefix, ``--from-key``) reads every group and merges in
+  key order, page by page. ``limit``, ``count_only``, ``keys_only``, sorting
+  by any target and the min/max mod and create revision filters are
+  applied at the router. A range is not a snapshot across groups: each
+  group is read at its own moment (a key's own history is never torn).
+- **Put** is a single-key write; with ``prev_kv`` it is a one-key
+  transaction that reads the key before writing it.
+- **DeleteRange** of one key is a delete; a range is read first and its
+  keys are deleted one by one: not atomic across the range (a key written
+  into the range meanwhile may survive).
+- **Txn**: compares (value, version, create and mod revision of single keys)
+  and single-key puts, deletes and reads become one of the store's
+  transactions (atomic and serializable across groups; one group: one Raft
+  entry). Ranges over several keys, range deletes, and reads of a key the
+  branch wrote before them run after the transaction commits, in order.
+- **Compact** succeeds and does nothing: the store keeps no history, so
+  every revision before the current one is already compacted. A Range at a
+  past ``revision`` is answered OUT_OF_RANGE, as etcd answers a compacted
+  one.
+- **Revisions** are the store's (``shardkv.revisions``): unique across
+  groups, in real-time order, not consecutive. A write's header revision is
+  its revision (a transaction's: its commit revision). A read's header
+  revision is a revision no group assigns, taken on the router's clock
+  before the read began: every write the read did not see has a higher
+  revision, so a watch from it misses nothing (it may repeat what the read
+  saw). That needs the router's clock to be the nodes' (one host, or clocks
+  in step).
+- Leases and Watch are not served yet: a put with a lease is answered
+  NOT_FOUND (no lease exists), the services answer UNIMPLEMENTED.
+- **Identity**: the cluster id is the crc of the first node's address in
+  the map, the member id the crc of the router's address; MemberList names
+  this router only (clients that sync endpoints stay on routers).
+
+Errors keep the router's status codes (``router.service``); their messages
+are the router's, not etcd's, except where etcd clients match on etcd's
+(the compacted revision, a lease not found).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from router.auth import AuthInterceptor
+from router.groups import RouteError
+from router.service import MAX_PAGE, RouterService
+from shardkv.errors import InvalidArgument
+from shardkv.etcd import kv_pb2 as mvcc_pb2
+from shardkv.etcd import rpc_pb2, rpc_pb2_grpc
+from shardkv.revisions import GROUP_BITS, stamp_now
+from shardkv.v1 import kv_pb2, router_pb2
+
+if TYPE_CHECKING:
+    _Context = grpc.aio.ServicerContext[Any, Any]
+else:
+    _Context = grpc.aio.ServicerContext
+
+__all__ = ["ETCD_SERVICES", "EtcdIdentity", "add_etcd_services"]
+
+# The etcd services the router answers (etcdserverpb.<name>).
+ETCD_SERVICES = ("KV", "Maintenance", "Cluster", "Auth")
+
+# etcd's messages, which its clients match on.
+COMPACTED = "etcdserver: mvcc: required revision has been compacted"
+LEASE_NOT_FOUND = "etcdserver: requested lease not found"
+AUTH_FAILED = "etcdserver: authentication failed, invalid user ID or password"
+# The etcd API version this router speaks (its protos are v3.5's).
+ETCD_VERSION = "3.5.0"
+# Keys deleted at once by a range delete.
+_DELETE_WIDTH = 64
+
+_COMPARE_TARGETS = {
+    rpc_pb2.Compare.VALUE: kv_pb2.Compare.VALUE,
+    rpc_pb2.Compare.VERSION: kv_pb2.Compare.VERSION,
+    rpc_pb2.Compare.CREATE: kv_pb2.Compare.CREATE_REVISION,
+    rpc_pb2.Compare.MOD: kv_pb2.Compare.MOD_REVISION,
+}
+_COMPARE_OPERATORS = {
+    rpc_pb2.Compare.EQUAL: kv_pb2.Compare.EQUAL,
+    rpc_pb2.Compare.NOT_EQUAL: kv_pb2.Compare.NOT_EQUAL,
+    rpc_pb2.Compare.GREATER: kv_pb2.Compare.GREATER,
+    rpc_pb2.Compare.LESS: kv_pb2.Compare.LESS,
+}
+_SORT_KEYS: dict[int, Callable[[kv_pb2.KeyValue], Any]] = {
+    rpc_pb2.RangeRequest.KEY: lambda kv: kv.key,
+    rpc_pb2.RangeRequest.VERSION: lambda kv: kv.version,
+    rpc_pb2.RangeRequest.CREATE: lambda kv: kv.create_revision,
+    rpc_pb2.RangeRequest.MOD: lambda kv: kv.mod_revision,
+    rpc_pb2.RangeRequest.VALUE: lambda kv: kv.value,
+}
+
+
+class Unimplemented(RouteError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class OutOfRange(RouteError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class LeaseNotFound(RouteError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class EtcdIdentity:
+    """The ids and address an etcd client sees in headers, Status and MemberList."""
+
+    def __init__(self, service: RouterService, address: str) -> None:
+        self.service = service
+        self.address = address
+        self.member_id = zlib.crc32(address.encode()) or 1
+
+    @property
+    def cluster_id(self) -> int:
+        topology = self.service.topology
+        first = min(topology.nodes.items(), default=(0, ""))[1]
+        return zlib.crc32(first.encode()) or 1
+
+    def header(self, revision: int) -> rpc_pb2.ResponseHeader:
+        return rpc_pb2.ResponseHeader(
+            cluster_id=self.cluster_id, member_id=self.member_id, revision=revision
+        )
+
+
+def read_revision() -> int:
+    """The header revision of a read that starts now (see the module docstring)."""
+    return stamp_now(time.time()) << GROUP_BITS
+
+
+def etcd_kv(kv: kv_pb2.KeyValue, keys_only: bool = False) -> mvcc_pb2.KeyValue:
+    return mvcc_pb2.KeyValue(
+        key=kv.key,
+        value=b"" if keys_only else kv.value,
+        version=kv.version,
+        create_revision=kv.create_revision,
+        mod_revision=kv.mod_revision,
+    )
+
+
+def key_range(key: bytes, range_end: bytes) -> tuple[bytes, bytes | None]:
+    """etcd's ``[key, range_end)`` as a scan's ``[start, end)``: ``range_end`` ``\\0``
+    is "to the end", and ``key`` ``\\0`` with it is every key."""
+    if range_end == b"\x00":
+        return (b"" if key == b"\x00" else key), None
+    if range_end <= key:
+        raise InvalidArgument(f"range_end {range_end!r} is not after key {key!r}")
+    return key, range_end
+
+
+def _filtered(
+    request: rpc_pb2.RangeRequest, kvs: Iterable[kv_pb2.KeyValue]
+) -> list[kv_pb2.KeyValue]:
+    def keep(kv: kv_pb2.KeyValue) -> bool:
+        return not (
+            (request.min_mod_revision and kv.mod_revision < request.min_mod_revision)
+            or (request.max_mod_revision and kv.mod_revision > request.max_mod_revision)
+            or (request.min_create_revision and kv.create_revision < request.min_create_revision)
+            or (request.max_create_revision and kv.create_revision > request.max_create_revision)
+        )
+
+    return [kv for kv in kvs if keep(kv)]
+
+
+def _has_filters(request: rpc_pb2.RangeRequest) -> bool:
+    return bool(
+        request.min_mod_revision
+        or request.max_mod_revision
+        or request.min_create_revision
+        or request.max_create_revision
+    )
+
+
+def _sorted(request: rpc_pb2.RangeRequest, kvs: list[kv_pb2.KeyValue]) -> list[kv_pb2.KeyValue]:
+    order, target = request.sort_order, request.sort_target
+    if order == rpc_pb2.RangeRequest.NONE and target != rpc_pb2.RangeRequest.KEY:
+        order = rpc_pb2.RangeRequest.ASCEND  # as etcd does
+    if order == rpc_pb2.RangeRequest.NONE:
+        return kvs  # key order already
+    sort_key = _SORT_KEYS.get(target)
+    if sort_key is None:
+        raise InvalidArgument(f"unknown sort target {target}")
+    # Stable, and ties in key order, as etcd's.
+    return sorted(kvs, key=sort_key, reverse=order == rpc_pb2.RangeRequest.DESCEND)
+
+
+class EtcdKV(rpc_pb2_grpc.KVServicer):
+    def __init__(self, service: RouterService, identity: EtcdIdentity) -> None:
+        self.service = service
+        self.identity = identity
+
+    # -- Range ------------------------------------------------------------------------
+
+    async def Range(
+        self, request: rpc_pb2.RangeRequest, context: _Context
+    ) -> rpc_pb2.RangeResponse:
+        return await self.service.serve(context, lambda deadline: self.range(request, deadline))
+
+    async def range(self, request: rpc_pb2.RangeRequest, deadline: float) -> rpc_pb2.RangeResponse:
+        revision = read_revision()
+        if request.revision and request.revision < revision:
+            raise OutOfRange(COMPACTED)
+        if request.limit < 0:
+            raise InvalidArgument(f"limit {request.limit} is negative")
+        if not request.range_end:
+            kv = await self.service.get_kv(request.key, deadline)
+            found = _filtered(request, [kv] if kv is not None else [])
+            more = False
+        else:
+            start, end = key_range(request.key, request.range_end)
+            # Stop early only when the first `limit` keys in key order are the answer.
+            enough = (
+                request.limit + 1
+                if request.limit
+                and not request.count_only
+                and not _has_filters(request)
+                and request.sort_order == rpc_pb2.RangeRequest.NONE
+                and request.sort_target == rpc_pb2.RangeRequest.KEY
+                else 0
+            )
+            found = _filtered(request, await self._scan_all(start, end, enough, deadline))
+            more = False
+        count = len(found)
+        chosen = _sorted(request, found)
+        if request.limit and len(chosen) > request.limit:
+            chosen = chosen[: request.limit]
+            more = True
+        response = rpc_pb2.RangeResponse(
+            header=self.identity.header(revision), more=more, count=count
+        )
+        if not request.count_only:
+            response.kvs.extend(etcd_kv(kv, request.keys_only) for kv in chosen)
+        return response
+
+    async def _scan_all(
+        self, start: bytes, end: bytes | None, enough: int, deadline: float
+    ) -> list[kv_pb2.KeyValue]:
+        """Every key of ``[start, end)`` in key order (or the first ``enough``, if set)."""
+        found: list[kv_pb2.KeyValue] = []
+        while True:
+            page = await self.service.scan(start, end, MAX_PAGE, deadline)
+            found.extend(page.kvs)
+            if not page.continuation or (enough and len(found) >= enough):
+                return found
+            start = page.continuation
+
+    # -- Put ----------------------------------------------------------------------------
+
+    async def Put(self, request: rpc_pb2.PutRequest, context: _Context) -> rpc_pb2.PutResponse:
+        return await self.service.serve(context, lambda deadline: self.put(request, deadline))
+
+    async def put(self, request: rpc_pb2.PutRequest, deadline: float) -> rpc_pb2.PutResponse:
+        _check_put(request)
+        put = kv_pb2.Operation(put=kv_pb2.Put(key=request.key, value=request.value))
+        if not request.prev_kv:
+            result = await self.service.write(request.key, put, deadline)
+            return rpc_pb2.PutResponse(header=self.identity.header(result.revision))
+        read = kv_pb2.Operation(get=kv_pb2.Get(key=request.key))
+        txn = await self.service.txn(router_pb2.TxnRequest(success=[read, put]), deadline)
+        response = rpc_pb2.PutResponse(header=self.identity.header(txn.revision))
+        before = txn.results[0] if txn.results else None
+        if before is not None and before.succeeded:
+            response.prev_kv.CopyFrom(etcd_kv(before.previous))
+        return response
+
+    # -- DeleteRange ------------------------------------------------------------------
+
+    async def DeleteRange(
+        self, request: rpc_pb2.DeleteRangeRequest, context: _Context
+    ) -> rpc_pb2.DeleteRangeResponse:
+        return await self.service.serve(
+            context, lambda deadline: self.delete_range(request, deadline)
+        )
+
+    async def delete_range(
+        self, request: rpc_pb2.DeleteRangeRequest, deadline: float
+    ) -> rpc_pb2.DeleteRangeResponse:
+        if request.range_end:
+            start, end = key_range(request.key, request.range_end)
+            targets = [kv.key for kv in await self._scan_all(start, end, 0, deadline)]
+            revision = read_revision()
+        else:
+            targets = [request.key]
+            revision = 0
+        response = rpc_pb2.DeleteRangeResponse()
+        for first in range(0, len(targets), _DELETE_WIDTH):
+            chunk = targets[first : first + _DELETE_WIDTH]
+            results = await asyncio.gather(
+                *(
+                    self.service.write(
+                        key, kv_pb2.Operation(delete=kv_pb2.Delete(key=key)), deadline
+                    )
+                    for key in chunk
+                )
+            )
+            for result in results:
+                revision = max(revision, result.revision)
+                outcome = result.results[0] if result.results else None
+                if outcome is None or not outcome.succeeded:
+                    continue
+                response.deleted += 1
+                if request.prev_kv:
+                    response.prev_kvs.append(etcd_kv(outcome.previous))
+        response.header.CopyFrom(self.identity.header(revision or read_revision()))
+        return response
+
+    # -- Txn ----------------------------------------------------------------------------
+
+    async def Txn(self, request: rpc_pb2.TxnRequest, context: _Context) -> rpc_pb2.TxnResponse:
+        return await self.service.serve(context, lambda deadline: self.txn(request, deadline))
+
+    async def txn(self, request: rpc_pb2.TxnRequest, deadline: float) -> rpc_pb2.TxnResponse:
+        revision = read_revision()
+        ours = router_pb2.TxnRequest(compares=[_compare(c) for c in request.compare])
+        plans = {
+            True: _Branch.plan(request.success, ours.success),
+            False: _Branch.plan(request.failure, ours.failure),
+        }
+        answer = await self.service.txn(ours, deadline)
+        branch = plans[answer.succeeded]
+        wrote = branch.writes > 0
+        response = rpc_pb2.TxnResponse(succeeded=answer.succeeded)
+        for op, position in zip(branch.ops, branch.positions, strict=True):
+            result = answer.results[position] if position is not None and answer.results else None
+            response.responses.append(await self._response(op, result, deadline))
+        if wrote and answer.revision:
+            revision = answer.revision
+        for answered in response.responses:
+            if answered.WhichOneof("response") == "response_delete_range":  # run after
+                revision = max(revision, answered.response_delete_range.header.revision)
+        header = self.identity.header(revision)
+        response.header.CopyFrom(header)
+        for answered in response.responses:
+            kind = answered.WhichOneof("response") or "response_range"
+            getattr(answered, kind).header.CopyFrom(header)
+        return response
+
+    async def _response(
+        self,
+        op: rpc_pb2.RequestOp,
+        result: kv_pb2.OperationResult | None,
+        deadline: float,
+    ) -> rpc_pb2.ResponseOp:
+        """One op's response: from the transaction's result, or run now (after it)."""
+        kind = op.WhichOneof("request")
+        if result is None:
+            # Not part of the transaction: ranges, range deletes, re-reads.
+            if kind == "request_range":
+                return rpc_pb2.ResponseOp(
+                    response_range=await self.range(op.request_range, deadline)
+                )
+            return rpc_pb2.ResponseOp(
+                response_delete_range=await self.delete_range(op.request_delete_range, deadline)
+            )
+        if kind == "request_put":
+            response = rpc_pb2.ResponseOp(response_put=rpc_pb2.PutResponse())
+            if op.request_put.prev_kv and result.HasField("previous"):
+                response.response_put.prev_kv.CopyFrom(etcd_kv(result.previous))
+            return response
+        if kind == "request_delete_range":
+            deleted = rpc_pb2.DeleteRangeResponse(deleted=int(result.succeeded))
+            if result.succeeded and op.request_delete_range.prev_kv:
+                deleted.prev_kvs.append(etcd_kv(result.previous))
+            return rpc_pb2.ResponseOp(response_delete_range=deleted)
+        ranged = rpc_pb2.RangeResponse()
+        read = op.request_range
+        if result.succeeded:
+            kvs = _filtered(read, [result.previous])
+            ranged.count = len(kvs)
+            if not read.count_only:
+                ranged.kvs.extend(etcd_kv(kv, read.keys_only) for kv in kvs)
+        return rpc_pb2.ResponseOp(response_range=ranged)
+
+    # -- Compact ------------------------------------------------------------------------
+
+    async def Compact(
+        self, request: rpc_pb2.CompactionRequest, context: _Context
+    ) -> rpc_pb2.CompactionResponse:
+        return rpc_pb2.CompactionResponse(header=self.identity.header(read_revision()))
+
+
+class _Branch:
+    """A branch of an etcd Txn: which of its ops ride in the store's transaction."""
+
+    def __init__(self, ops: Sequence[rpc_pb2.RequestOp]) -> None:
+        self.ops = list(ops)
+        # Per op: its index among the transaction's operations, or None (run after).
+        self.positions: list[int | None] = []
+        self.writes = 0
+
+    @classmethod
+    def plan(cls, ops: Sequence[rpc_pb2.RequestOp], into: Any) -> _Branch:
+        branch = cls(ops)
+        written: set[bytes] = set()
+        for op in ops:
+            kind = op.WhichOneof("request")
+            operation: kv_pb2.Operation | None = None
+            if kind == "request_put":
+                _check_put(op.request_put)
+                put = op.request_put
+                if put.prev_kv:
+                    # The previous value rides in a read before the put.
+                    into.append(kv_pb2.Operation(get=kv_pb2.Get(key=put.key)))
+                operation = kv_pb2.Operation(put=kv_pb2.Put(key=put.key, value=put.value))
+                written.add(put.key)
+                branch.writes += 1
+            elif kind == "request_delete_range":
+                delete = op.request_delete_range
+                if delete.range_end:
+                    branch.writes += 1
+                else:
+                    # Its result carries the previous key and value (for prev_kv).
+                    operation = kv_pb2.Operation(delete=kv_pb2.Delete(key=delete.key))
+                    written.add(delete.key)
+                    branch.writes += 1
+            elif kind == "request_range":
+                read = op.request_range
+                if read.revision:
+                    raise OutOfRange(COMPACTED)
+                if not read.range_end and read.key not in written:
+                    operation = kv_pb2.Operation(get=kv_pb2.Get(key=read.key))
+            elif kind == "request_txn":
+                raise Unimplemented("a Txn inside a Txn is not served: flatten it into one")
+            else:
+                raise InvalidArgument("a Txn op names no request")
+            if operation is None:
+                branch.positions.append(None)
+                continue
+            # A put with prev_kv answers from the read just before it.
+            prev_read = kind == "request_put" and op.request_put.prev_kv
+            branch.positions.append(len(into) - 1 if prev_read else len(into))
+            into.append(operation)
+        return branch
+
+
+def _check_put(request: rpc_pb2.PutRequest) -> None:
+    if request.lease:
+        raise LeaseNotFound(LEASE_NOT_FOUND)
+    if request.ignore_value or request.ignore_lease:
+        raise Unimplemented("ignore_value and ignore_lease are not served: send the value")
+
+
+def _compare(compare: rpc_pb2.Compare) -> kv_pb2.Compare:
+    if compare.range_end:
+        raise Unimplemented("compares over a range are not served: compare single keys")
+    target = _COMPARE_TARGETS.get(compare.target)
+    if target is None:
+        raise Unimplemented("lease compares come with leases, which are not served yet")
+    operator = _COMPARE_OPERATORS.get(compare.result)
+    if operator is None:
+        raise InvalidArgument(f"unknown compare result {compare.result}")
+    ours = kv_pb2.Compare(key=compare.key, target=target, operator=operator)
+    if target == kv_pb2.Compare.VALUE:
+        ours.value = compare.value
+    elif target == kv_pb2.Compare.VERSION:
+        ours.number = max(compare.version, 0)
+    elif target == kv_pb2.Compare.CREATE_REVISION:
+        ours.number = max(compare.create_revision, 0)
+    else:
+        ours.number = max(compare.mod_revision, 0)
+    return ours
+
+
+class EtcdMaintenance(rpc_pb2_grpc.MaintenanceServicer):
+    """Status, so that ``etcdctl endpoint status`` and clients' health checks work."""
+
+    def __init__(self, service: RouterService, identity: EtcdIdentity) -> None:
+        self.service = service
+        self.identity = identity
+
+    async def Status(
+        self, request: rpc_pb2.StatusRequest, context: _Context
+    ) -> rpc_pb2.StatusResponse:
+        return rpc_pb2.StatusResponse(
+            header=self.identity.header(read_revision()),
+            version=ETCD_VERSION,
+            # Every router answers as a leader would: any of them serves writes.
+            leader=self.identity.member_id,
+        )
+
+
+class EtcdCluster(rpc_pb2_grpc.ClusterServicer):
+    def __init__(self, identity: EtcdIdentity) -> None:
+        self.identity = identity
+
+    async def MemberList(
+        self, request: rpc_pb2.MemberListRequest, context: _Context
+    ) -> rpc_pb2.MemberListResponse:
+        member = rpc_pb2.Member(
+            ID=self.identity.member_id,
+            name=f"shardkv-router-{self.identity.address}",
+            clientURLs=[f"http://{self.identity.address}"],
+        )
+        return rpc_pb2.MemberListResponse(
+            header=self.identity.header(read_revision()), members=[member]
+        )
+
+
+class EtcdAuth(rpc_pb2_grpc.AuthServicer):
+    """Authenticate only: the password is a router token, answered as the token."""
+
+    def __init__(self, auth: AuthInterceptor | None) -> None:
+        self.auth = auth
+
+    async def Authenticate(
+        self, request: rpc_pb2.AuthenticateRequest, context: _Context
+    ) -> rpc_pb2.AuthenticateResponse:
+        if self.auth is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "etcdserver: authentication is not enabled (the router has no --tokens-file)",
+            )
+        if self.auth.role_of_token(request.password) is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, AUTH_FAILED)
+        return rpc_pb2.AuthenticateResponse(token=request.password)
+
+
+def add_etcd_services(
+    server: grpc.aio.Server,
+    service: RouterService,
+    address: str,
+    auth: AuthInterceptor | None = None,
+) -> EtcdIdentity:
+    """Serve etcd's KV, Maintenance, Cluster and Auth on ``server`` (see the module docstring)."""
+    identity = EtcdIdentity(service, address)
+    rpc_pb2_grpc.add_KVServicer_to_server(EtcdKV(service, identity), server)  # type: ignore[no-untyped-call]
+    rpc_pb2_grpc.add_MaintenanceServicer_to_server(  # type: ignore[no-untyped-call]
+        EtcdMaintenance(service, identity), server
+    )
+    rpc_pb2_grpc.add_ClusterServicer_to_server(EtcdCluster(identity), server)  # type: ignore[no-untyped-call]
+    rpc_pb2_grpc.add_AuthServicer_to_server(EtcdAuth(auth), server)  # type: ignore[no-untyped-call]
+    return identity

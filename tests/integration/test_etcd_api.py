@@ -1,0 +1,236 @@
+"""etcd's v3 API on the router, driven by Debian's etcdctl, a client nobody here wrote.
+
+Every call goes through a real router process to a three-node cluster of
+four groups: keys of one prefix land in every group, so a prefix read, a
+range delete and a transaction over several keys all cross groups.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from shardkv.etcd import rpc_pb2, rpc_pb2_grpc
+from shardkv.revisions import GROUP_BITS
+from tests.integration.conftest import Cluster, MakeCluster, Settings
+from tests.integration.routers import RouterProcess
+
+pytestmark = pytest.mark.integration
+
+ETCDCTL = shutil.which("etcdctl")
+TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def etcdctl_path() -> str:
+    if ETCDCTL is None:
+        pytest.skip("etcdctl is not installed: make test installs Debian's etcd-client as root")
+    return ETCDCTL
+
+
+@pytest.fixture
+def routed(make_cluster: MakeCluster) -> Iterator[tuple[Cluster, RouterProcess]]:
+    cluster = make_cluster(Settings(nodes=3, groups=4))
+    cluster.start_all()
+    router = RouterProcess(cluster, "router-1")
+    try:
+        router.start()
+        yield cluster, router
+    finally:
+        router.close()
+
+
+class Etcdctl:
+    def __init__(self, path: str, endpoint: str) -> None:
+        self.path = path
+        self.endpoint = endpoint
+
+    def run(self, *arguments: str, stdin: str | None = None, check: bool = True) -> str:
+        done = subprocess.run(
+            [self.path, f"--endpoints={self.endpoint}", "--command-timeout=20s", *arguments],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"etcdctl {' '.join(arguments)} exited {done.returncode}: {done.stderr.strip()}"
+            )
+        return done.stdout if check else done.stdout + done.stderr
+
+    def json(self, *arguments: str) -> Any:
+        return json.loads(self.run("-w", "json", *arguments))
+
+
+@pytest.fixture
+def etcdctl(etcdctl_path: str, routed: tuple[Cluster, RouterProcess]) -> Etcdctl:
+    return Etcdctl(etcdctl_path, routed[1].address)
+
+
+def lines(output: str) -> list[str]:
+    return output.splitlines()
+
+
+def test_put_get_and_delete_keys_across_groups(etcdctl: Etcdctl) -> None:
+    for n in range(20):
+        assert etcdctl.run("put", f"/svc/{n:02d}", f"v{n}").strip() == "OK"
+    etcdctl.run("put", "/other", "x")
+    assert lines(etcdctl.run("get", "/svc/07")) == ["/svc/07", "v7"]
+    assert etcdctl.run("get", "/missing") == ""
+    listed = lines(etcdctl.run("get", "--prefix", "/svc/"))
+    assert listed[0::2] == [f"/svc/{n:02d}" for n in range(20)], "every group's keys, in key order"
+    assert listed[1::2] == [f"v{n}" for n in range(20)]
+    assert lines(etcdctl.run("get", "--prefix", "--keys-only", "/svc/"))[0] == "/svc/00"
+    assert lines(etcdctl.run("get", "--prefix", "--limit=3", "/svc/"))[0::2] == [
+        "/svc/00",
+        "/svc/01",
+        "/svc/02",
+    ]
+    assert etcdctl.json("get", "--prefix", "--limit=1", "/svc/")["count"] == 20
+    # A range: [/svc/05, /svc/08).
+    assert lines(etcdctl.run("get", "/svc/05", "/svc/08"))[0::2] == [
+        "/svc/05",
+        "/svc/06",
+        "/svc/07",
+    ]
+    # Descending by key, and by create revision (the order they were written in).
+    descending = lines(etcdctl.run("get", "--prefix", "--sort-by=KEY", "--order=DESCEND", "/svc/"))
+    assert descending[0] == "/svc/19"
+    by_create = lines(etcdctl.run("get", "--prefix", "--sort-by=CREATE", "--order=ASCEND", "/svc/"))
+    assert by_create[0::2] == [f"/svc/{n:02d}" for n in range(20)]
+    # Every key from /svc/18 on.
+    assert lines(etcdctl.run("get", "--from-key", "/svc/18"))[0::2] == ["/svc/18", "/svc/19"]
+
+    assert etcdctl.run("put", "--prev-kv", "/svc/03", "again").splitlines() == [
+        "OK",
+        "/svc/03",
+        "v3",
+    ]
+    assert lines(etcdctl.run("del", "/svc/03")) == ["1"]
+    assert lines(etcdctl.run("del", "--prev-kv", "/svc/04")) == ["1", "/svc/04", "v4"]
+    assert lines(etcdctl.run("del", "--prefix", "/svc/1")) == ["10"]
+    assert lines(etcdctl.run("get", "--prefix", "--keys-only", "/svc/"))[0::2] == [
+        "/svc/00",
+        "/svc/01",
+        "/svc/02",
+        "/svc/05",
+        "/svc/06",
+        "/svc/07",
+        "/svc/08",
+        "/svc/09",
+    ]
+    assert lines(etcdctl.run("get", "/other")) == ["/other", "x"], "outside the prefix: kept"
+
+
+def test_versions_and_revisions_are_etcds(etcdctl: Etcdctl) -> None:
+    first = etcdctl.json("put", "k", "1")
+    second = etcdctl.json("put", "k", "2")
+    got = etcdctl.json("get", "k")
+    (kv,) = got["kvs"]
+    assert kv["version"] == 2
+    assert kv["create_revision"] == first["header"]["revision"]
+    assert kv["mod_revision"] == second["header"]["revision"] > kv["create_revision"]
+    other = etcdctl.json("put", "another-key", "x")
+    assert other["header"]["revision"] > second["header"]["revision"], (
+        "a later write ranks later, on any group"
+    )
+    assert got["header"]["revision"] % (1 << GROUP_BITS) == 0, "a read's revision is no write's"
+    # Compaction keeps nothing: a read at a past revision is refused, as etcd refuses it.
+    assert etcdctl.run("compaction", str(first["header"]["revision"])).startswith("compacted")
+    refused = etcdctl.run("get", "k", f"--rev={first['header']['revision']}", check=False)
+    assert "required revision has been compacted" in refused
+
+
+def test_transactions_compare_and_write_keys_of_several_groups(etcdctl: Etcdctl) -> None:
+    for n in range(6):
+        etcdctl.run("put", f"acct/{n}", "10")
+    script = (
+        "\n".join(
+            [
+                'value("acct/0") = "10"',
+                'version("acct/1") = "1"',
+                "",
+                "put acct/0 5",
+                "put acct/1 15",
+                "put acct/2 10",
+                "get acct/3",
+                "",
+                "put acct/0 refused",
+                "",
+            ]
+        )
+        + "\n"
+    )
+    out = lines(etcdctl.run("txn", stdin=script))
+    assert out == ["SUCCESS", "", "OK", "", "OK", "", "OK", "", "acct/3", "10"]
+    assert lines(etcdctl.run("get", "acct/0")) == ["acct/0", "5"]
+    assert lines(etcdctl.run("get", "acct/1")) == ["acct/1", "15"]
+    # The compare fails now: the failure branch runs, the success branch does not.
+    out = lines(etcdctl.run("txn", stdin=script))
+    assert out[0] == "FAILURE"
+    assert lines(etcdctl.run("get", "acct/0")) == ["acct/0", "refused"]
+    assert lines(etcdctl.run("get", "acct/1")) == ["acct/1", "15"]
+    # The lock recipe's compare: create only if absent, and read the prefix after.
+    create = "\n".join(
+        [
+            'create("lock/a") = "0"',
+            "",
+            "put lock/a me",
+            "get --prefix lock/",
+            "",
+            "get lock/a",
+            "",
+            "",
+        ]
+    )
+    assert lines(etcdctl.run("txn", stdin=create)) == ["SUCCESS", "", "OK", "", "lock/a", "me"]
+    assert lines(etcdctl.run("txn", stdin=create))[:1] == ["FAILURE"]
+
+
+def test_endpoint_status_member_list_and_errors(etcdctl: Etcdctl) -> None:
+    (status,) = etcdctl.json("endpoint", "status")
+    assert status["Status"]["version"] == "3.5.0"
+    members = etcdctl.json("member", "list")["members"]
+    assert [member["clientURLs"] for member in members] == [[f"http://{etcdctl.endpoint}"]]
+    health = etcdctl.run("endpoint", "health", check=False)
+    assert "is healthy" in health, health
+    refused = etcdctl.run("put", "leased", "x", "--lease=1234abcd", check=False)
+    assert "requested lease not found" in refused
+
+
+def test_range_requests_over_grpc_keep_etcds_wire_format(
+    routed: tuple[Cluster, RouterProcess],
+) -> None:
+    _, router = routed
+    with grpc.insecure_channel(router.address) as channel:
+        kv = rpc_pb2_grpc.KVStub(channel)
+        for n in range(5):
+            kv.Put(rpc_pb2.PutRequest(key=b"w/%d" % n, value=b"%d" % n), timeout=TIMEOUT)
+        everything = kv.Range(rpc_pb2.RangeRequest(key=b"\x00", range_end=b"\x00"), timeout=TIMEOUT)
+        assert [item.key for item in everything.kvs] == [b"w/%d" % n for n in range(5)]
+        limited = kv.Range(
+            rpc_pb2.RangeRequest(key=b"w/", range_end=b"w0", limit=2), timeout=TIMEOUT
+        )
+        assert (len(limited.kvs), limited.more, limited.count) == (2, True, 5)
+        counted = kv.Range(
+            rpc_pb2.RangeRequest(key=b"w/", range_end=b"w0", count_only=True), timeout=TIMEOUT
+        )
+        assert (len(counted.kvs), counted.count) == (0, 5)
+        newest = max(everything.kvs, key=lambda item: item.mod_revision)
+        since = kv.Range(
+            rpc_pb2.RangeRequest(key=b"w/", range_end=b"w0", min_mod_revision=newest.mod_revision),
+            timeout=TIMEOUT,
+        )
+        assert [item.key for item in since.kvs] == [newest.key]
+        with pytest.raises(grpc.RpcError) as refused:
+            kv.Range(rpc_pb2.RangeRequest(key=b"b", range_end=b"a"), timeout=TIMEOUT)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
