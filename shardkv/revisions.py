@@ -18,8 +18,8 @@ group that assigns them:
   command a microsecond, or whose new leader's clock is behind, runs its time
   ahead of the clock; it never goes back.
 - **the low bits** are the group's, so two groups never assign the same
-  revision (with up to 2**GROUP_BITS groups; group ids are handed out from
-  1). A key that moves keeps its revisions, and its new group raises its
+  revision: group ids are at most MAX_GROUP_ID (2047; a ring change that
+  adds a higher one is refused, and ids are handed out from 1). A key that moves keeps its revisions, and its new group raises its
   time above every revision it imports, so a key's revisions keep rising.
 - **real-time order**: a node answers a write only once its clock has passed
   the revision's time (``commit_wait``; Spanner's commit wait with a zero
@@ -40,6 +40,7 @@ import time
 __all__ = [
     "EPOCH_US",
     "GROUP_BITS",
+    "MAX_GROUP_ID",
     "commit_wait_seconds",
     "next_revision",
     "revision_time_us",
@@ -48,6 +49,8 @@ __all__ = [
 
 GROUP_BITS = 11
 _GROUP_MASK = (1 << GROUP_BITS) - 1
+# The highest group id whose revisions no other group's can equal.
+MAX_GROUP_ID = _GROUP_MASK
 # 2020-01-01T00:00:00Z in unix microseconds.
 EPOCH_US = 1_577_836_800_000_000
 

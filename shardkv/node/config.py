@@ -56,6 +56,7 @@ from typing import Any, Generic, Literal, NoReturn, TypeVar, cast
 from shardkv.errors import ShardKVError
 from shardkv.logs import LOG_FORMATS
 from shardkv.metrics import DEFAULT_METRICS_ADDRESS
+from shardkv.revisions import MAX_GROUP_ID
 from shardkv.tls import TlsFiles
 
 __all__ = [
@@ -879,6 +880,13 @@ class NodeConfig:
             replicas = self.groups[group_id]
             if group_id < 0:
                 raise self._invalid("groups", f"group id {group_id} is negative")
+            if group_id > MAX_GROUP_ID:
+                raise self._invalid(
+                    "groups",
+                    f"group id {group_id} is over {MAX_GROUP_ID} (revisions carry the group's "
+                    "id in their low bits)",
+                    "number groups from 1",
+                )
             if not replicas:
                 raise self._invalid("groups", f"group {group_id} has no replica")
             duplicates = sorted({node_id for node_id in replicas if replicas.count(node_id) > 1})

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections import Counter
 
 from shardkv.errors import FailedPrecondition, InvalidArgument
+from shardkv.revisions import MAX_GROUP_ID
 from shardkv.ring import build_ring, moving_shares, ring_of
 from shardkv.v1 import cluster_pb2, node_pb2
 
@@ -58,6 +59,11 @@ def plan_change(
         group_id = add.group_id or max([*groups, 0]) + 1
         if group_id in groups:
             raise FailedPrecondition(f"group {group_id} exists already: pick another id")
+        if group_id > MAX_GROUP_ID:
+            raise FailedPrecondition(
+                f"group id {group_id} is over {MAX_GROUP_ID}: revisions carry the group's id "
+                "in their low bits (shardkv.revisions), so pick a lower one"
+            )
         weight = add.weight or 1
         _check_weight(weight)
         changed.groups.add(group_id=group_id, replicas=_place(current, list(add.nodes)))

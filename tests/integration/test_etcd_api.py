@@ -8,8 +8,10 @@ range delete and a transaction over several keys all cross groups.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -234,3 +236,16 @@ def test_range_requests_over_grpc_keep_etcds_wire_format(
         with pytest.raises(grpc.RpcError) as refused:
             kv.Range(rpc_pb2.RangeRequest(key=b"b", range_end=b"a"), timeout=TIMEOUT)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_pypi_etcd3_client_works_unchanged(routed: tuple[Cluster, RouterProcess]) -> None:
+    _, router = routed
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.integration.etcd3_client", router.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"},
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

@@ -529,6 +529,7 @@ def test_initial_cluster_node_ids_must_be_positive() -> None:
             "add the node to initial_cluster or take it out of the group",
         ),
         ("0=1;-1=1", "group id -1 is negative", "change --groups"),
+        ("0=1;2048=1", "group id 2048 is over 2047", "number groups from 1"),
     ],
 )
 def test_group_errors(groups: str, expected: str, fix: str) -> None:

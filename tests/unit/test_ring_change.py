@@ -128,6 +128,7 @@ def test_add_group_with_an_id_a_weight_and_nodes() -> None:
     ("request_", "error", "words"),
     [
         (add_group(group_id=3), FailedPrecondition, "exists already"),
+        (add_group(group_id=2048), FailedPrecondition, "over 2047"),
         (add_group(nodes=(1, 6, 8)), FailedPrecondition, "[6, 8]"),
         (add_group(nodes=(7,)), FailedPrecondition, "not up"),
         (add_group(nodes=(1, 2, 1)), InvalidArgument, "twice"),
