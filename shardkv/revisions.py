@@ -19,8 +19,9 @@ group that assigns them:
   ahead of the clock; it never goes back.
 - **the low bits** are the group's, so two groups never assign the same
   revision: group ids are at most MAX_GROUP_ID (2047; a ring change that
-  adds a higher one is refused, and ids are handed out from 1). A key that moves keeps its revisions, and its new group raises its
-  time above every revision it imports, so a key's revisions keep rising.
+  adds a higher one is refused, and ids are handed out from 1). A key that
+  moves keeps its revisions, and its new group raises its time above every
+  revision it imports, so a key's revisions keep rising.
 - **real-time order**: a node answers a write only once its clock has passed
   the revision's time (``commit_wait``; Spanner's commit wait with a zero
   bound). A write that starts after another was answered is then proposed
