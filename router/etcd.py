@@ -152,11 +152,10 @@ def etcd_kv(kv: kv_pb2.KeyValue, keys_only: bool = False) -> mvcc_pb2.KeyValue:
 
 def key_range(key: bytes, range_end: bytes) -> tuple[bytes, bytes | None]:
     """etcd's ``[key, range_end)`` as a scan's ``[start, end)``: ``range_end`` ``\\0``
-    is "to the end", and ``key`` ``\\0`` with it is every key."""
+    is "to the end", and ``key`` ``\\0`` with it is every key. An end not after the
+    key is an empty range, as in etcd."""
     if range_end == b"\x00":
         return (b"" if key == b"\x00" else key), None
-    if range_end <= key:
-        raise InvalidArgument(f"range_end {range_end!r} is not after key {key!r}")
     return key, range_end
 
 
@@ -249,12 +248,13 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
     ) -> list[kv_pb2.KeyValue]:
         """Every key of ``[start, end)`` in key order (or the first ``enough``, if set)."""
         found: list[kv_pb2.KeyValue] = []
-        while True:
+        while end is None or start < end:
             page = await self.service.scan(start, end, MAX_PAGE, deadline)
             found.extend(page.kvs)
             if not page.continuation or (enough and len(found) >= enough):
                 return found
             start = page.continuation
+        return found
 
     # -- Put ----------------------------------------------------------------------------
 
@@ -333,8 +333,16 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
         wrote = branch.writes > 0
         response = rpc_pb2.TxnResponse(succeeded=answer.succeeded)
         for op, position in zip(branch.ops, branch.positions, strict=True):
-            result = answer.results[position] if position is not None and answer.results else None
-            response.responses.append(await self._response(op, result, deadline))
+            if position is None:
+                answered = await self._run_after(op, deadline)
+            elif answer.results:
+                answered = _from_result(op, answer.results[position])
+            elif op.WhichOneof("request") == "request_range":
+                # results_unknown (an earlier attempt committed it): read now.
+                answered = await self._run_after(op, deadline)
+            else:
+                answered = _unknown_result(op)
+            response.responses.append(answered)
         if wrote and answer.revision:
             revision = answer.revision
         for answered in response.responses:
@@ -347,41 +355,13 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
             getattr(answered, kind).header.CopyFrom(header)
         return response
 
-    async def _response(
-        self,
-        op: rpc_pb2.RequestOp,
-        result: kv_pb2.OperationResult | None,
-        deadline: float,
-    ) -> rpc_pb2.ResponseOp:
-        """One op's response: from the transaction's result, or run now (after it)."""
-        kind = op.WhichOneof("request")
-        if result is None:
-            # Not part of the transaction: ranges, range deletes, re-reads.
-            if kind == "request_range":
-                return rpc_pb2.ResponseOp(
-                    response_range=await self.range(op.request_range, deadline)
-                )
-            return rpc_pb2.ResponseOp(
-                response_delete_range=await self.delete_range(op.request_delete_range, deadline)
-            )
-        if kind == "request_put":
-            response = rpc_pb2.ResponseOp(response_put=rpc_pb2.PutResponse())
-            if op.request_put.prev_kv and result.HasField("previous"):
-                response.response_put.prev_kv.CopyFrom(etcd_kv(result.previous))
-            return response
-        if kind == "request_delete_range":
-            deleted = rpc_pb2.DeleteRangeResponse(deleted=int(result.succeeded))
-            if result.succeeded and op.request_delete_range.prev_kv:
-                deleted.prev_kvs.append(etcd_kv(result.previous))
-            return rpc_pb2.ResponseOp(response_delete_range=deleted)
-        ranged = rpc_pb2.RangeResponse()
-        read = op.request_range
-        if result.succeeded:
-            kvs = _filtered(read, [result.previous])
-            ranged.count = len(kvs)
-            if not read.count_only:
-                ranged.kvs.extend(etcd_kv(kv, read.keys_only) for kv in kvs)
-        return rpc_pb2.ResponseOp(response_range=ranged)
+    async def _run_after(self, op: rpc_pb2.RequestOp, deadline: float) -> rpc_pb2.ResponseOp:
+        """An op outside the transaction (a range, a range delete, a re-read), run now."""
+        if op.WhichOneof("request") == "request_range":
+            return rpc_pb2.ResponseOp(response_range=await self.range(op.request_range, deadline))
+        return rpc_pb2.ResponseOp(
+            response_delete_range=await self.delete_range(op.request_delete_range, deadline)
+        )
 
     # -- Compact ------------------------------------------------------------------------
 
@@ -389,6 +369,37 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
         self, request: rpc_pb2.CompactionRequest, context: _Context
     ) -> rpc_pb2.CompactionResponse:
         return rpc_pb2.CompactionResponse(header=self.identity.header(read_revision()))
+
+
+def _from_result(op: rpc_pb2.RequestOp, result: kv_pb2.OperationResult) -> rpc_pb2.ResponseOp:
+    """An op's response from its result in the transaction (a put with prev_kv: its read's)."""
+    kind = op.WhichOneof("request")
+    if kind == "request_put":
+        response = rpc_pb2.ResponseOp(response_put=rpc_pb2.PutResponse())
+        if op.request_put.prev_kv and result.succeeded:
+            response.response_put.prev_kv.CopyFrom(etcd_kv(result.previous))
+        return response
+    if kind == "request_delete_range":
+        deleted = rpc_pb2.DeleteRangeResponse(deleted=int(result.succeeded))
+        if result.succeeded and op.request_delete_range.prev_kv:
+            deleted.prev_kvs.append(etcd_kv(result.previous))
+        return rpc_pb2.ResponseOp(response_delete_range=deleted)
+    ranged = rpc_pb2.RangeResponse()
+    read = op.request_range
+    if result.succeeded:
+        kvs = _filtered(read, [result.previous])
+        ranged.count = len(kvs)
+        if not read.count_only:
+            ranged.kvs.extend(etcd_kv(kv, read.keys_only) for kv in kvs)
+    return rpc_pb2.ResponseOp(response_range=ranged)
+
+
+def _unknown_result(op: rpc_pb2.RequestOp) -> rpc_pb2.ResponseOp:
+    """A write's response when an earlier attempt committed the transaction (results_unknown):
+    it applied, but what it replaced is not known here."""
+    if op.WhichOneof("request") == "request_put":
+        return rpc_pb2.ResponseOp(response_put=rpc_pb2.PutResponse())
+    return rpc_pb2.ResponseOp(response_delete_range=rpc_pb2.DeleteRangeResponse())
 
 
 class _Branch:

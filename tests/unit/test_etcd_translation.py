@@ -1,0 +1,245 @@
+"""How router.etcd turns etcd's requests into the router's operations, with a fake router."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from router.etcd import COMPACTED, EtcdIdentity, EtcdKV, OutOfRange, Unimplemented, key_range
+from shardkv.errors import InvalidArgument
+from shardkv.etcd import rpc_pb2
+from shardkv.revisions import GROUP_BITS
+from shardkv.v1 import kv_pb2, router_pb2
+
+
+def kv(key: bytes, value: bytes, version: int, create: int, mod: int) -> kv_pb2.KeyValue:
+    return kv_pb2.KeyValue(
+        key=key, value=value, version=version, create_revision=create, mod_revision=mod
+    )
+
+
+STORE = [
+    kv(b"a/1", b"x", 3, 10, 50),
+    kv(b"a/2", b"yy", 1, 40, 40),
+    kv(b"a/3", b"z", 2, 20, 30),
+    kv(b"b/1", b"w", 1, 60, 60),
+]
+
+
+class FakeTopology:
+    def __init__(self) -> None:
+        self.nodes = {1: "127.0.0.1:1"}
+
+
+class FakeRouter:
+    """The RouterService helpers router.etcd uses, over a fixed list of keys."""
+
+    def __init__(self) -> None:
+        self.topology = FakeTopology()
+        self.txns: list[router_pb2.TxnRequest] = []
+        self.answer = router_pb2.TxnResponse(succeeded=True)
+        self.scans = 0
+
+    async def get_kv(self, key: bytes, deadline: float) -> kv_pb2.KeyValue | None:
+        return next((item for item in STORE if item.key == key), None)
+
+    async def scan(
+        self, start: bytes, end: bytes | None, page: int, deadline: float
+    ) -> router_pb2.ScanKeysResponse:
+        self.scans += 1
+        found = [item for item in STORE if item.key >= start and (end is None or item.key < end)]
+        # Pages of two, to exercise the paging.
+        response = router_pb2.ScanKeysResponse(kvs=found[:2])
+        if len(found) > 2:
+            response.continuation = found[1].key + b"\x00"
+        return response
+
+    async def txn(self, request: router_pb2.TxnRequest, deadline: float) -> router_pb2.TxnResponse:
+        self.txns.append(request)
+        return self.answer
+
+    async def write(
+        self, key: bytes, operation: kv_pb2.Operation, deadline: float
+    ) -> kv_pb2.CommandResult:
+        raise AssertionError("not expected here")
+
+
+@pytest.fixture
+def router() -> FakeRouter:
+    return FakeRouter()
+
+
+@pytest.fixture
+def etcd(router: FakeRouter) -> EtcdKV:
+    service: Any = router
+    return EtcdKV(service, EtcdIdentity(service, "127.0.0.1:2379"))
+
+
+def test_key_ranges_as_etcd_means_them() -> None:
+    assert key_range(b"a", b"b") == (b"a", b"b")
+    assert key_range(b"a", b"\x00") == (b"a", None), "--from-key"
+    assert key_range(b"\x00", b"\x00") == (b"", None), "every key"
+
+
+async def test_a_range_counts_everything_and_limits_after_sorting(etcd: EtcdKV) -> None:
+    everything = await etcd.range(rpc_pb2.RangeRequest(key=b"a/", range_end=b"a0"), 0.0)
+    assert [item.key for item in everything.kvs] == [b"a/1", b"a/2", b"a/3"]
+    assert (everything.count, everything.more) == (3, False)
+    assert everything.header.revision % (1 << GROUP_BITS) == 0
+    newest = await etcd.range(
+        rpc_pb2.RangeRequest(
+            key=b"a/",
+            range_end=b"a0",
+            limit=1,
+            sort_target=rpc_pb2.RangeRequest.MOD,
+            sort_order=rpc_pb2.RangeRequest.DESCEND,
+        ),
+        0.0,
+    )
+    assert [item.key for item in newest.kvs] == [b"a/1"]
+    assert (newest.count, newest.more) == (3, True)
+    # A sort target without an order ascends, as etcd's does.
+    by_version = await etcd.range(
+        rpc_pb2.RangeRequest(
+            key=b"\x00", range_end=b"\x00", sort_target=rpc_pb2.RangeRequest.VERSION
+        ),
+        0.0,
+    )
+    assert [item.version for item in by_version.kvs] == [1, 1, 2, 3]
+    filtered = await etcd.range(
+        rpc_pb2.RangeRequest(
+            key=b"\x00", range_end=b"\x00", min_create_revision=20, max_create_revision=40
+        ),
+        0.0,
+    )
+    assert [item.key for item in filtered.kvs] == [b"a/2", b"a/3"]
+    only = await etcd.range(
+        rpc_pb2.RangeRequest(key=b"a/", range_end=b"a0", keys_only=True, count_only=False), 0.0
+    )
+    assert [item.value for item in only.kvs] == [b"", b"", b""]
+    counted = await etcd.range(
+        rpc_pb2.RangeRequest(key=b"a/", range_end=b"a0", count_only=True), 0.0
+    )
+    assert (list(counted.kvs), counted.count) == ([], 3)
+
+
+async def test_a_key_ordered_limit_stops_reading_early(etcd: EtcdKV, router: FakeRouter) -> None:
+    first = await etcd.range(rpc_pb2.RangeRequest(key=b"\x00", range_end=b"\x00", limit=1), 0.0)
+    assert [item.key for item in first.kvs] == [b"a/1"] and first.more
+    assert router.scans == 1, "one page held more than the limit"
+
+
+async def test_a_read_at_a_past_revision_is_compacted(etcd: EtcdKV) -> None:
+    with pytest.raises(OutOfRange, match=COMPACTED):
+        await etcd.range(rpc_pb2.RangeRequest(key=b"a/1", revision=5), 0.0)
+    with pytest.raises(InvalidArgument):
+        await etcd.range(rpc_pb2.RangeRequest(key=b"a/1", limit=-1), 0.0)
+
+
+def put_op(key: bytes, value: bytes, prev_kv: bool = False) -> rpc_pb2.RequestOp:
+    return rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value, prev_kv=prev_kv))
+
+
+def get_op(key: bytes, range_end: bytes = b"") -> rpc_pb2.RequestOp:
+    return rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=key, range_end=range_end))
+
+
+def delete_op(key: bytes, prev_kv: bool = False) -> rpc_pb2.RequestOp:
+    return rpc_pb2.RequestOp(
+        request_delete_range=rpc_pb2.DeleteRangeRequest(key=key, prev_kv=prev_kv)
+    )
+
+
+async def test_a_txn_becomes_one_transaction_and_answers_each_op(
+    etcd: EtcdKV, router: FakeRouter
+) -> None:
+    previous = kv(b"a/1", b"x", 3, 10, 50)
+    router.answer = router_pb2.TxnResponse(
+        succeeded=True,
+        revision=(1_000 << GROUP_BITS) | 2,
+        results=[
+            kv_pb2.OperationResult(succeeded=True, previous=previous),  # the put's prev read
+            kv_pb2.OperationResult(succeeded=True),  # the put
+            kv_pb2.OperationResult(succeeded=True, previous=STORE[1]),  # the delete
+            kv_pb2.OperationResult(succeeded=True, previous=STORE[2]),  # get a/3
+        ],
+    )
+    request = rpc_pb2.TxnRequest(
+        compare=[
+            rpc_pb2.Compare(
+                key=b"a/1",
+                target=rpc_pb2.Compare.MOD,
+                result=rpc_pb2.Compare.LESS,
+                mod_revision=60,
+            )
+        ],
+        success=[
+            put_op(b"a/1", b"new", prev_kv=True),
+            delete_op(b"a/2", prev_kv=True),
+            get_op(b"a/3"),
+            get_op(b"a/1"),  # written above: read after the transaction
+            get_op(b"a/", b"a0"),  # a range: read after
+        ],
+        failure=[put_op(b"a/9", b"no")],
+    )
+    response = await etcd.txn(request, 0.0)
+    (sent,) = router.txns
+    assert list(sent.compares) == [
+        kv_pb2.Compare(
+            key=b"a/1",
+            target=kv_pb2.Compare.MOD_REVISION,
+            operator=kv_pb2.Compare.LESS,
+            number=60,
+        )
+    ]
+    assert [op.WhichOneof("kind") for op in sent.success] == ["get", "put", "delete", "get"]
+    assert [op.WhichOneof("kind") for op in sent.failure] == ["put"]
+    assert response.succeeded
+    assert response.header.revision == router.answer.revision
+    put, deleted, read, reread, ranged = response.responses
+    assert put.response_put.prev_kv.value == b"x"
+    assert deleted.response_delete_range.deleted == 1
+    assert deleted.response_delete_range.prev_kvs[0].key == b"a/2"
+    assert [item.key for item in read.response_range.kvs] == [b"a/3"]
+    assert [item.key for item in reread.response_range.kvs] == [b"a/1"]
+    assert ranged.response_range.count == 3
+    assert all(op.response_range.header == response.header for op in (read, ranged))
+
+
+async def test_a_txn_committed_by_an_earlier_attempt_answers_without_results(
+    etcd: EtcdKV, router: FakeRouter
+) -> None:
+    router.answer = router_pb2.TxnResponse(succeeded=True, results_unknown=True)
+    response = await etcd.txn(
+        rpc_pb2.TxnRequest(success=[put_op(b"a/1", b"v"), delete_op(b"a/2"), get_op(b"a/3")]),
+        0.0,
+    )
+    put, deleted, read = response.responses
+    assert put.WhichOneof("response") == "response_put"
+    assert deleted.WhichOneof("response") == "response_delete_range"
+    assert [item.key for item in read.response_range.kvs] == [b"a/3"], "read now"
+
+
+@pytest.mark.parametrize(
+    ("compare", "error"),
+    [
+        (rpc_pb2.Compare(key=b"a", range_end=b"b", target=rpc_pb2.Compare.VERSION), Unimplemented),
+        (rpc_pb2.Compare(key=b"a", target=rpc_pb2.Compare.LEASE), Unimplemented),
+    ],
+)
+async def test_compares_not_served_are_refused(
+    etcd: EtcdKV, router: FakeRouter, compare: rpc_pb2.Compare, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        await etcd.txn(rpc_pb2.TxnRequest(compare=[compare]), 0.0)
+    assert router.txns == [], "nothing ran"
+
+
+async def test_a_nested_txn_and_a_leased_put_are_refused(etcd: EtcdKV) -> None:
+    nested = rpc_pb2.RequestOp(request_txn=rpc_pb2.TxnRequest())
+    with pytest.raises(Unimplemented):
+        await etcd.txn(rpc_pb2.TxnRequest(success=[nested]), 0.0)
+    leased = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"k", lease=7))
+    with pytest.raises(Exception, match="requested lease not found"):
+        await etcd.txn(rpc_pb2.TxnRequest(success=[leased]), 0.0)
