@@ -1,7 +1,7 @@
 """etcd's v3 gRPC API on the router: etcd clients (etcdctl, client libraries) over shards.
 
 The router serves ``etcdserverpb.KV``, ``Maintenance.Status``,
-``Cluster.MemberList`` and ``Auth.Authenticate`` on its own port, beside
+``Cluster.MemberList`` and ``Auth.Authenticate`` on the router's port, beside
 ``shardkv.v1.Router``, with etcd's wire format (``proto/shardkv/etcd``, etcd
 v3.5's field numbers). Each call becomes the router's own operations:
 
@@ -9,8 +9,10 @@ v3.5's field numbers). Each call becomes the router's own operations:
   (``range_end``, a prefix, ``--from-key``) reads every group and merges in
   key order, page by page. ``limit``, ``count_only``, ``keys_only``, sorting
   by any target and the min/max mod and create revision filters are
-  applied at the router. A range is not a snapshot across groups: each
-  group is read at its own moment (a key's own history is never torn).
+  applied at the router, after reading the whole range (``count`` is every
+  key of the range, as etcd's: a limit does not make a range cheaper). A
+  range is not a snapshot across groups: each group is read at its own
+  moment (a key's own history is never torn).
 - **Put** is a single-key write; with ``prev_kv`` it is a one-key
   transaction that reads the key before writing it.
 - **DeleteRange** of one key is a delete; a range is read first and its
@@ -20,19 +22,27 @@ v3.5's field numbers). Each call becomes the router's own operations:
   and single-key puts, deletes and reads become one of the store's
   transactions (atomic and serializable across groups; one group: one Raft
   entry). Ranges over several keys, range deletes, and reads of a key the
-  branch wrote before them run after the transaction commits, in order.
+  branch wrote before them run after the transaction commits, in order; a
+  single-key put or delete after such an op in a branch is refused
+  (UNIMPLEMENTED), since it would apply first. etcd's lock and election
+  recipes put their prefix reads last.
 - **Compact** succeeds and does nothing: the store keeps no history, so
   every revision before the current one is already compacted. A Range at a
-  past ``revision`` is answered OUT_OF_RANGE, as etcd answers a compacted
-  one.
+  ``revision`` other than the one it would read at is answered OUT_OF_RANGE
+  with etcd's message: compacted for a past one, future for a later one.
 - **Revisions** are the store's (``shardkv.revisions``): unique across
   groups, in real-time order, not consecutive. A write's header revision is
   its revision (a transaction's: its commit revision). A read's header
-  revision is a revision no group assigns, taken on the router's clock
+  revision is a revision no data group assigns, taken on the router's clock
   before the read began: every write the read did not see has a higher
   revision, so a watch from it misses nothing (it may repeat what the read
   saw). That needs the router's clock to be the nodes' (one host, or clocks
   in step).
+- **Real-time order across groups** holds for single-key writes and for
+  transactions of one group (one Raft entry each). A transaction over several
+  groups answers once its primary committed; the other groups write their
+  parts when the commit reaches them, at revisions that may rank above a
+  write that started after the answer.
 - Leases and Watch are not served yet: a put with a lease is answered
   NOT_FOUND (no lease exists), the services answer UNIMPLEMENTED.
 - **Identity**: the cluster id is the crc of the first node's address in
@@ -75,6 +85,7 @@ ETCD_SERVICES = ("KV", "Maintenance", "Cluster", "Auth")
 
 # etcd's messages, which its clients match on.
 COMPACTED = "etcdserver: mvcc: required revision has been compacted"
+FUTURE = "etcdserver: mvcc: required revision is a future revision"
 LEASE_NOT_FOUND = "etcdserver: requested lease not found"
 AUTH_FAILED = "etcdserver: authentication failed, invalid user ID or password"
 # The etcd API version this router speaks (its protos are v3.5's).
@@ -136,7 +147,8 @@ class EtcdIdentity:
 
 
 def read_revision() -> int:
-    """The header revision of a read that starts now (see the module docstring)."""
+    """The header revision of a read that starts now (see the module docstring): its
+    low bits are 0, the meta group's, so no data group's write has it."""
     return stamp_now(time.time()) << GROUP_BITS
 
 
@@ -173,15 +185,6 @@ def _filtered(
     return [kv for kv in kvs if keep(kv)]
 
 
-def _has_filters(request: rpc_pb2.RangeRequest) -> bool:
-    return bool(
-        request.min_mod_revision
-        or request.max_mod_revision
-        or request.min_create_revision
-        or request.max_create_revision
-    )
-
-
 def _sorted(request: rpc_pb2.RangeRequest, kvs: list[kv_pb2.KeyValue]) -> list[kv_pb2.KeyValue]:
     order, target = request.sort_order, request.sort_target
     if order == rpc_pb2.RangeRequest.NONE and target != rpc_pb2.RangeRequest.KEY:
@@ -191,7 +194,7 @@ def _sorted(request: rpc_pb2.RangeRequest, kvs: list[kv_pb2.KeyValue]) -> list[k
     sort_key = _SORT_KEYS.get(target)
     if sort_key is None:
         raise InvalidArgument(f"unknown sort target {target}")
-    # Stable, and ties in key order, as etcd's.
+    # Stable: ties stay in key order.
     return sorted(kvs, key=sort_key, reverse=order == rpc_pb2.RangeRequest.DESCEND)
 
 
@@ -209,30 +212,22 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
 
     async def range(self, request: rpc_pb2.RangeRequest, deadline: float) -> rpc_pb2.RangeResponse:
         revision = read_revision()
-        if request.revision and request.revision < revision:
-            raise OutOfRange(COMPACTED)
+        if request.revision and request.revision != revision:
+            raise OutOfRange(COMPACTED if request.revision < revision else FUTURE)
         if request.limit < 0:
             raise InvalidArgument(f"limit {request.limit} is negative")
+        if not request.key:
+            raise InvalidArgument("etcdserver: key is not provided")
         if not request.range_end:
             kv = await self.service.get_kv(request.key, deadline)
-            found = _filtered(request, [kv] if kv is not None else [])
-            more = False
+            read = [kv] if kv is not None else []
         else:
             start, end = key_range(request.key, request.range_end)
-            # Stop early only when the first `limit` keys in key order are the answer.
-            enough = (
-                request.limit + 1
-                if request.limit
-                and not request.count_only
-                and not _has_filters(request)
-                and request.sort_order == rpc_pb2.RangeRequest.NONE
-                and request.sort_target == rpc_pb2.RangeRequest.KEY
-                else 0
-            )
-            found = _filtered(request, await self._scan_all(start, end, enough, deadline))
-            more = False
-        count = len(found)
-        chosen = _sorted(request, found)
+            # Every key of the range is read, even with a limit: `count` is all of them.
+            read = await self._scan_all(start, end, deadline)
+        count = len(read)  # before the revision filters, as etcd counts
+        more = False
+        chosen = _sorted(request, _filtered(request, read))
         if request.limit and len(chosen) > request.limit:
             chosen = chosen[: request.limit]
             more = True
@@ -244,14 +239,14 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
         return response
 
     async def _scan_all(
-        self, start: bytes, end: bytes | None, enough: int, deadline: float
+        self, start: bytes, end: bytes | None, deadline: float
     ) -> list[kv_pb2.KeyValue]:
-        """Every key of ``[start, end)`` in key order (or the first ``enough``, if set)."""
+        """Every key of ``[start, end)``, in key order."""
         found: list[kv_pb2.KeyValue] = []
         while end is None or start < end:
             page = await self.service.scan(start, end, MAX_PAGE, deadline)
             found.extend(page.kvs)
-            if not page.continuation or (enough and len(found) >= enough):
+            if not page.continuation:
                 return found
             start = page.continuation
         return found
@@ -287,13 +282,15 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
     async def delete_range(
         self, request: rpc_pb2.DeleteRangeRequest, deadline: float
     ) -> rpc_pb2.DeleteRangeResponse:
+        # A delete that deletes nothing answers as a read would.
+        revision = read_revision()
+        if not request.key:
+            raise InvalidArgument("etcdserver: key is not provided")
         if request.range_end:
             start, end = key_range(request.key, request.range_end)
-            targets = [kv.key for kv in await self._scan_all(start, end, 0, deadline)]
-            revision = read_revision()
+            targets = [kv.key for kv in await self._scan_all(start, end, deadline)]
         else:
             targets = [request.key]
-            revision = 0
         response = rpc_pb2.DeleteRangeResponse()
         for first in range(0, len(targets), _DELETE_WIDTH):
             chunk = targets[first : first + _DELETE_WIDTH]
@@ -306,14 +303,14 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
                 )
             )
             for result in results:
-                revision = max(revision, result.revision)
                 outcome = result.results[0] if result.results else None
                 if outcome is None or not outcome.succeeded:
                     continue
+                revision = max(revision, result.revision)
                 response.deleted += 1
                 if request.prev_kv:
                     response.prev_kvs.append(etcd_kv(outcome.previous))
-        response.header.CopyFrom(self.identity.header(revision or read_revision()))
+        response.header.CopyFrom(self.identity.header(revision))
         return response
 
     # -- Txn ----------------------------------------------------------------------------
@@ -415,6 +412,7 @@ class _Branch:
     def plan(cls, ops: Sequence[rpc_pb2.RequestOp], into: Any) -> _Branch:
         branch = cls(ops)
         written: set[bytes] = set()
+        deferred = False  # an op before this one runs after the transaction
         for op in ops:
             kind = op.WhichOneof("request")
             operation: kv_pb2.Operation | None = None
@@ -448,7 +446,14 @@ class _Branch:
                 raise InvalidArgument("a Txn op names no request")
             if operation is None:
                 branch.positions.append(None)
+                deferred = True
                 continue
+            if deferred and not operation.HasField("get"):
+                # It would apply before the range op written ahead of it.
+                raise Unimplemented(
+                    "a put or delete after a range read or range delete in the same Txn branch "
+                    "is not served: put the range ops last"
+                )
             # A put with prev_kv answers from the read just before it.
             prev_read = kind == "request_put" and op.request_put.prev_kv
             branch.positions.append(len(into) - 1 if prev_read else len(into))

@@ -395,7 +395,7 @@ class Coordinator:
                 _log.info("dropping transaction %s in group %d: %s", txn_name(ref), group_id, error)
         if record is None:
             return router_pb2.TxnResponse(
-                succeeded=kept.txn.succeeded, results=kept.txn.then_results
+                succeeded=kept.txn.succeeded, results=kept.txn.then_results, revision=kept.revision
             )
         if record.state == kv_pb2.TXN_COMMITTED:
             return router_pb2.TxnResponse(succeeded=record.then_branch, results_unknown=True)

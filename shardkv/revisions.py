@@ -23,11 +23,14 @@ group that assigns them:
   moves keeps its revisions, and its new group raises its time above every
   revision it imports, so a key's revisions keep rising.
 - **real-time order**: a node answers a write only once its clock has passed
-  the revision's time (``commit_wait``; Spanner's commit wait with a zero
-  bound). A write that starts after another was answered is then proposed
-  at a later time, on any group, and gets a higher revision. Across hosts
-  this holds while their clocks agree to within a microsecond-scale bound;
-  ``max_offset_us`` adds the bound to the wait for clusters that span hosts.
+  the revision's time (``commit_wait_seconds``; Spanner's commit wait with a
+  zero bound). A write that starts after another was answered is then
+  proposed at a later time, on any group, and gets a higher revision. And a
+  linearizable read waits for every entry its group's log held when it
+  began (``Peer.read_barrier``), so a write it does not see has a revision
+  above the read's start. This holds on one host (one clock); across hosts,
+  only while their clocks agree to within the wait's bound, which the node
+  passes as 0 today (``max_offset_us`` is there for a configured bound).
 - Time up to 2**52 µs (year 2162) fits an etcd revision (int64).
 
 A command without a stamp (0: state machine tests that apply commands
@@ -81,4 +84,5 @@ def commit_wait_seconds(revision: int, now: float, max_offset_us: int = 0) -> fl
     Zero unless the group's time ran ahead of this clock (see the module docstring).
     """
     ahead_us = revision_time_us(revision) + max_offset_us - int(now * 1_000_000)
-    return (ahead_us + 1) / 1_000_000 if ahead_us >= 0 else 0.0
+    # 2 µs past it: a float clock read after the wait may round down by one.
+    return (ahead_us + 2) / 1_000_000 if ahead_us >= 0 else 0.0

@@ -101,6 +101,9 @@ class _PendingProposal:
 @dataclass(slots=True)
 class _PendingRead:
     future: asyncio.Future[None]
+    # Served once applied reaches the read index and this: the last entry in
+    # the log when the read began (see read_barrier).
+    floor: int
     index: int | None = None
 
 
@@ -227,14 +230,23 @@ class Peer:
         return future
 
     def read_barrier(self) -> asyncio.Future[None]:
-        """§6.4: settles once this replica may serve a linearizable read."""
+        """§6.4: settles once this replica may serve a linearizable read.
+
+        Beyond the read index (the commit index), the read also waits for every
+        entry the log held when it began: those were proposed (and stamped)
+        before the read, so a write the read does not see has a stamp, and a
+        revision, above the read's start (shardkv.revisions: what keeps a
+        later read from missing an earlier revision). It costs a read at
+        most the commit of the writes in flight.
+        """
         context = next(self._read_ids).to_bytes(8, "big")
+        floor = self.raw.raft.log.last_index()
         try:
             self.raw.read_index(context)
         except ProposalDropped as dropped:
             raise NotLeader(self.group_id, dropped.leader_id) from dropped
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._reads[context] = _PendingRead(future)
+        self._reads[context] = _PendingRead(future, floor)
         return future
 
     # -- the round ---------------------------------------------------------------
@@ -332,7 +344,7 @@ class Peer:
         for read_state in ready.read_states:
             read = self._reads.get(read_state.context)
             if read is not None:
-                read.index = read_state.index
+                read.index = max(read_state.index, read.floor)
 
     def finish(self, ready: Ready) -> None:
         self.raw.advance(ready)

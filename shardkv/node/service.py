@@ -68,9 +68,10 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_SCAN_PAGE", "NodeService", "txn_listing"]
 
 DEFAULT_SCAN_PAGE = 1000
-# The longest a write waits for this node's clock to pass its revision's time.
 _log = logging.getLogger(__name__)
 
+# The longest a write waits for this node's clock to pass its revision's time
+# (past it, real-time order across groups is given up for that write, and logged).
 COMMIT_WAIT_CAP = 0.5
 
 # How far ahead of this node's clock a prepare's lock deadline may be: a lock

@@ -8,11 +8,12 @@ range delete and a transaction over several keys all cross groups.
 from __future__ import annotations
 
 import json
-import os
+import random
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,12 +21,13 @@ import pytest
 
 from shardkv.etcd import rpc_pb2, rpc_pb2_grpc
 from shardkv.revisions import GROUP_BITS
-from tests.integration.conftest import Cluster, MakeCluster, Settings
+from tests.integration.conftest import Cluster, MakeCluster, Settings, clean_environment
 from tests.integration.routers import RouterProcess
 
 pytestmark = pytest.mark.integration
 
 ETCDCTL = shutil.which("etcdctl")
+REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 30.0
 
 
@@ -83,7 +85,9 @@ def lines(output: str) -> list[str]:
 
 
 def test_put_get_and_delete_keys_across_groups(etcdctl: Etcdctl) -> None:
-    for n in range(20):
+    written = list(range(20))
+    random.Random(5).shuffle(written)  # creation order is not key order
+    for n in written:
         assert etcdctl.run("put", f"/svc/{n:02d}", f"v{n}").strip() == "OK"
     etcdctl.run("put", "/other", "x")
     assert lines(etcdctl.run("get", "/svc/07")) == ["/svc/07", "v7"]
@@ -91,7 +95,9 @@ def test_put_get_and_delete_keys_across_groups(etcdctl: Etcdctl) -> None:
     listed = lines(etcdctl.run("get", "--prefix", "/svc/"))
     assert listed[0::2] == [f"/svc/{n:02d}" for n in range(20)], "every group's keys, in key order"
     assert listed[1::2] == [f"v{n}" for n in range(20)]
-    assert lines(etcdctl.run("get", "--prefix", "--keys-only", "/svc/"))[0] == "/svc/00"
+    keys_only = lines(etcdctl.run("get", "--prefix", "--keys-only", "/svc/"))
+    assert keys_only[0::2] == [f"/svc/{n:02d}" for n in range(20)]
+    assert keys_only[1::2] == [""] * 20, "no values"
     assert lines(etcdctl.run("get", "--prefix", "--limit=3", "/svc/"))[0::2] == [
         "/svc/00",
         "/svc/01",
@@ -106,9 +112,9 @@ def test_put_get_and_delete_keys_across_groups(etcdctl: Etcdctl) -> None:
     ]
     # Descending by key, and by create revision (the order they were written in).
     descending = lines(etcdctl.run("get", "--prefix", "--sort-by=KEY", "--order=DESCEND", "/svc/"))
-    assert descending[0] == "/svc/19"
+    assert descending[0::2] == [f"/svc/{n:02d}" for n in reversed(range(20))]
     by_create = lines(etcdctl.run("get", "--prefix", "--sort-by=CREATE", "--order=ASCEND", "/svc/"))
-    assert by_create[0::2] == [f"/svc/{n:02d}" for n in range(20)]
+    assert by_create[0::2] == [f"/svc/{n:02d}" for n in written], "revisions order every group"
     # Every key from /svc/18 on.
     assert lines(etcdctl.run("get", "--from-key", "/svc/18"))[0::2] == ["/svc/18", "/svc/19"]
 
@@ -141,10 +147,11 @@ def test_versions_and_revisions_are_etcds(etcdctl: Etcdctl) -> None:
     assert kv["version"] == 2
     assert kv["create_revision"] == first["header"]["revision"]
     assert kv["mod_revision"] == second["header"]["revision"] > kv["create_revision"]
-    other = etcdctl.json("put", "another-key", "x")
-    assert other["header"]["revision"] > second["header"]["revision"], (
-        "a later write ranks later, on any group"
-    )
+    # One after another over keys of every group: each ranks above the one before.
+    revisions = [etcdctl.json("put", f"order/{n}", "x")["header"]["revision"] for n in range(12)]
+    assert revisions == sorted(revisions) and revisions[0] > second["header"]["revision"]
+    groups = {revision % (1 << GROUP_BITS) for revision in revisions}
+    assert len(groups) > 1, f"the keys landed in one group only: {groups}"
     assert got["header"]["revision"] % (1 << GROUP_BITS) == 0, "a read's revision is no write's"
     # Compaction keeps nothing: a read at a past revision is refused, as etcd refuses it.
     assert etcdctl.run("compaction", str(first["header"]["revision"])).startswith("compacted")
@@ -163,7 +170,7 @@ def test_transactions_compare_and_write_keys_of_several_groups(etcdctl: Etcdctl)
                 "",
                 "put acct/0 5",
                 "put acct/1 15",
-                "put acct/2 10",
+                "put acct/2 12",
                 "get acct/3",
                 "",
                 "put acct/0 refused",
@@ -176,9 +183,10 @@ def test_transactions_compare_and_write_keys_of_several_groups(etcdctl: Etcdctl)
     assert out == ["SUCCESS", "", "OK", "", "OK", "", "OK", "", "acct/3", "10"]
     assert lines(etcdctl.run("get", "acct/0")) == ["acct/0", "5"]
     assert lines(etcdctl.run("get", "acct/1")) == ["acct/1", "15"]
+    assert lines(etcdctl.run("get", "acct/2")) == ["acct/2", "12"]
     # The compare fails now: the failure branch runs, the success branch does not.
     out = lines(etcdctl.run("txn", stdin=script))
-    assert out[0] == "FAILURE"
+    assert out == ["FAILURE", "", "OK"]
     assert lines(etcdctl.run("get", "acct/0")) == ["acct/0", "refused"]
     assert lines(etcdctl.run("get", "acct/1")) == ["acct/1", "15"]
     # The lock recipe's compare: create only if absent, and read the prefix after.
@@ -195,7 +203,36 @@ def test_transactions_compare_and_write_keys_of_several_groups(etcdctl: Etcdctl)
         ]
     )
     assert lines(etcdctl.run("txn", stdin=create)) == ["SUCCESS", "", "OK", "", "lock/a", "me"]
-    assert lines(etcdctl.run("txn", stdin=create))[:1] == ["FAILURE"]
+    assert lines(etcdctl.run("txn", stdin=create)) == ["FAILURE", "", "lock/a", "me"]
+    # prev-kv puts and deletes ride in the transaction; a range delete runs after it.
+    etcdctl.run("put", "lock/b", "b")
+    moves = "\n".join(
+        [
+            'value("lock/a") = "me"',
+            "",
+            "put --prev-kv lock/a you",
+            "del --prev-kv lock/b",
+            "del --prefix acct/",
+            "",
+            "",
+            "",
+        ]
+    )
+    assert lines(etcdctl.run("txn", stdin=moves)) == [
+        "SUCCESS",
+        "",
+        "OK",
+        "lock/a",
+        "me",
+        "",
+        "1",
+        "lock/b",
+        "b",
+        "",
+        "6",
+    ]
+    assert lines(etcdctl.run("get", "--prefix", "lock/")) == ["lock/a", "you"]
+    assert etcdctl.run("get", "--prefix", "acct/") == ""
 
 
 def test_endpoint_status_member_list_and_errors(etcdctl: Etcdctl) -> None:
@@ -241,10 +278,15 @@ def test_the_pypi_etcd3_client_works_unchanged(routed: tuple[Cluster, RouterProc
     _, router = routed
     done = subprocess.run(
         [sys.executable, "-m", "tests.integration.etcd3_client", router.address],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"},
+        env={
+            **clean_environment(),
+            "PYTHONPATH": str(REPO),
+            "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python",
+        },
         check=False,
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

@@ -6,7 +6,16 @@ from typing import Any
 
 import pytest
 
-from router.etcd import COMPACTED, EtcdIdentity, EtcdKV, OutOfRange, Unimplemented, key_range
+from router.etcd import (
+    COMPACTED,
+    FUTURE,
+    EtcdIdentity,
+    EtcdKV,
+    LeaseNotFound,
+    OutOfRange,
+    Unimplemented,
+    key_range,
+)
 from shardkv.errors import InvalidArgument
 from shardkv.etcd import rpc_pb2
 from shardkv.revisions import GROUP_BITS
@@ -124,15 +133,21 @@ async def test_a_range_counts_everything_and_limits_after_sorting(etcd: EtcdKV) 
     assert (list(counted.kvs), counted.count) == ([], 3)
 
 
-async def test_a_key_ordered_limit_stops_reading_early(etcd: EtcdKV, router: FakeRouter) -> None:
+async def test_a_limited_range_still_counts_every_key(etcd: EtcdKV, router: FakeRouter) -> None:
     first = await etcd.range(rpc_pb2.RangeRequest(key=b"\x00", range_end=b"\x00", limit=1), 0.0)
-    assert [item.key for item in first.kvs] == [b"a/1"] and first.more
-    assert router.scans == 1, "one page held more than the limit"
+    assert [item.key for item in first.kvs] == [b"a/1"]
+    assert (first.count, first.more) == (4, True)
+    assert router.scans == 2, "both pages of the range were read"
 
 
-async def test_a_read_at_a_past_revision_is_compacted(etcd: EtcdKV) -> None:
+async def test_a_read_at_another_revision_is_refused_as_etcd_refuses_it(etcd: EtcdKV) -> None:
     with pytest.raises(OutOfRange, match=COMPACTED):
         await etcd.range(rpc_pb2.RangeRequest(key=b"a/1", revision=5), 0.0)
+    with pytest.raises(OutOfRange, match=FUTURE):
+        await etcd.range(rpc_pb2.RangeRequest(key=b"a/1", revision=1 << 62), 0.0)
+
+
+async def test_a_negative_limit_is_refused(etcd: EtcdKV) -> None:
     with pytest.raises(InvalidArgument):
         await etcd.range(rpc_pb2.RangeRequest(key=b"a/1", limit=-1), 0.0)
 
@@ -193,8 +208,13 @@ async def test_a_txn_becomes_one_transaction_and_answers_each_op(
             number=60,
         )
     ]
-    assert [op.WhichOneof("kind") for op in sent.success] == ["get", "put", "delete", "get"]
-    assert [op.WhichOneof("kind") for op in sent.failure] == ["put"]
+    assert list(sent.success) == [
+        kv_pb2.Operation(get=kv_pb2.Get(key=b"a/1")),
+        kv_pb2.Operation(put=kv_pb2.Put(key=b"a/1", value=b"new")),
+        kv_pb2.Operation(delete=kv_pb2.Delete(key=b"a/2")),
+        kv_pb2.Operation(get=kv_pb2.Get(key=b"a/3")),
+    ]
+    assert list(sent.failure) == [kv_pb2.Operation(put=kv_pb2.Put(key=b"a/9", value=b"no"))]
     assert response.succeeded
     assert response.header.revision == router.answer.revision
     put, deleted, read, reread, ranged = response.responses
@@ -212,11 +232,14 @@ async def test_a_txn_committed_by_an_earlier_attempt_answers_without_results(
 ) -> None:
     router.answer = router_pb2.TxnResponse(succeeded=True, results_unknown=True)
     response = await etcd.txn(
-        rpc_pb2.TxnRequest(success=[put_op(b"a/1", b"v"), delete_op(b"a/2"), get_op(b"a/3")]),
+        rpc_pb2.TxnRequest(
+            success=[put_op(b"a/1", b"v", prev_kv=True), delete_op(b"a/2"), get_op(b"a/3")]
+        ),
         0.0,
     )
     put, deleted, read = response.responses
     assert put.WhichOneof("response") == "response_put"
+    assert not put.response_put.HasField("prev_kv"), "what it replaced is not known"
     assert deleted.WhichOneof("response") == "response_delete_range"
     assert [item.key for item in read.response_range.kvs] == [b"a/3"], "read now"
 
@@ -241,5 +264,31 @@ async def test_a_nested_txn_and_a_leased_put_are_refused(etcd: EtcdKV) -> None:
     with pytest.raises(Unimplemented):
         await etcd.txn(rpc_pb2.TxnRequest(success=[nested]), 0.0)
     leased = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"k", lease=7))
-    with pytest.raises(Exception, match="requested lease not found"):
+    with pytest.raises(LeaseNotFound, match="requested lease not found"):
         await etcd.txn(rpc_pb2.TxnRequest(success=[leased]), 0.0)
+
+
+async def test_a_write_after_a_range_op_in_a_branch_is_refused(
+    etcd: EtcdKV, router: FakeRouter
+) -> None:
+    # The range delete runs after the transaction: the put would apply first and be deleted.
+    range_delete = rpc_pb2.RequestOp(
+        request_delete_range=rpc_pb2.DeleteRangeRequest(key=b"a/", range_end=b"a0")
+    )
+    for first in (range_delete, get_op(b"a/", b"a0")):
+        with pytest.raises(Unimplemented, match="put the range ops last"):
+            await etcd.txn(rpc_pb2.TxnRequest(success=[first, put_op(b"a/9", b"v")]), 0.0)
+    assert router.txns == []
+    # Reads after a range op are fine (the lock recipe's order is put, then the range).
+    await etcd.txn(rpc_pb2.TxnRequest(success=[get_op(b"a/", b"a0"), get_op(b"b/1")]), 0.0)
+    assert len(router.txns) == 1
+
+
+async def test_count_is_taken_before_the_revision_filters(etcd: EtcdKV) -> None:
+    newer = await etcd.range(
+        rpc_pb2.RangeRequest(key=b"a/", range_end=b"a0", min_mod_revision=40), 0.0
+    )
+    assert [item.key for item in newer.kvs] == [b"a/1", b"a/2"]
+    assert newer.count == 3, "etcd counts the range, then filters"
+    with pytest.raises(InvalidArgument, match="key is not provided"):
+        await etcd.range(rpc_pb2.RangeRequest(key=b"", range_end=b"z"), 0.0)
