@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import pytest
@@ -454,3 +454,23 @@ def make_cluster(tmp_path: Path) -> Iterator[MakeCluster]:
     finally:
         for cluster in clusters:
             cluster.close()
+
+
+if TYPE_CHECKING:
+    from tests.integration.routers import RouterProcess
+
+
+@pytest.fixture
+def routed(make_cluster: MakeCluster) -> Iterator[tuple[Cluster, RouterProcess]]:
+    """Three nodes of four groups and one router process before them."""
+    # Here, not at the top: tests.integration.routers imports this module.
+    from tests.integration.routers import RouterProcess
+
+    cluster = make_cluster(Settings(nodes=3, groups=4))
+    cluster.start_all()
+    router = RouterProcess(cluster, "router-1")
+    try:
+        router.start()
+        yield cluster, router
+    finally:
+        router.close()

@@ -12,7 +12,6 @@ import random
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 
 from shardkv.etcd import rpc_pb2, rpc_pb2_grpc
 from shardkv.revisions import GROUP_BITS
-from tests.integration.conftest import Cluster, MakeCluster, Settings, clean_environment
+from tests.integration.conftest import Cluster, clean_environment
 from tests.integration.routers import RouterProcess
 
 pytestmark = pytest.mark.integration
@@ -36,18 +35,6 @@ def etcdctl_path() -> str:
     if ETCDCTL is None:
         pytest.skip("etcdctl is not installed: make test installs Debian's etcd-client as root")
     return ETCDCTL
-
-
-@pytest.fixture
-def routed(make_cluster: MakeCluster) -> Iterator[tuple[Cluster, RouterProcess]]:
-    cluster = make_cluster(Settings(nodes=3, groups=4))
-    cluster.start_all()
-    router = RouterProcess(cluster, "router-1")
-    try:
-        router.start()
-        yield cluster, router
-    finally:
-        router.close()
 
 
 class Etcdctl:

@@ -9,31 +9,18 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from shardkv.limits import MAX_KEY_BYTES, MAX_OPERATIONS, MAX_VALUE_BYTES
 from shardkv.v1 import kv_pb2, router_pb2, router_pb2_grpc
-from tests.integration.conftest import Cluster, MakeCluster, Settings, wait_until
+from tests.integration.conftest import Cluster, wait_until
 from tests.integration.routers import RouterProcess, wait_ready
 
 pytestmark = pytest.mark.integration
 
 DEADLINE = 15.0
-
-
-@pytest.fixture
-def routed(make_cluster: MakeCluster) -> Iterator[tuple[Cluster, RouterProcess]]:
-    cluster = make_cluster(Settings(nodes=3, groups=4))
-    cluster.start_all()
-    router = RouterProcess(cluster, "router-1")
-    try:
-        router.start()
-        yield cluster, router
-    finally:
-        router.close()
 
 
 def put_many(stub: router_pb2_grpc.RouterStub, items: dict[bytes, bytes]) -> None:
