@@ -74,7 +74,11 @@ from shardkv.revisions import GROUP_BITS, stamp_now
 from shardkv.v1 import kv_pb2, router_pb2
 
 if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+
     _Context = grpc.aio.ServicerContext[Any, Any]
+    # A branch of the store's TxnRequest, which _Branch.plan fills.
+    _Operations = RepeatedCompositeFieldContainer[kv_pb2.Operation]
 else:
     _Context = grpc.aio.ServicerContext
 
@@ -409,7 +413,7 @@ class _Branch:
         self.writes = 0
 
     @classmethod
-    def plan(cls, ops: Sequence[rpc_pb2.RequestOp], into: Any) -> _Branch:
+    def plan(cls, ops: Sequence[rpc_pb2.RequestOp], into: _Operations) -> _Branch:
         branch = cls(ops)
         written: set[bytes] = set()
         deferred = False  # an op before this one runs after the transaction

@@ -188,7 +188,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         budget = self.limits.deadline_for(context.time_remaining())
         return asyncio.get_running_loop().time() + budget
 
-    async def _serve(
+    async def serve(
         self,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
         work: Callable[[float], Awaitable[_T]],
@@ -479,28 +479,28 @@ class RouterService(router_pb2_grpc.RouterServicer):
         request: router_pb2.GetRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.GetResponse:
-        return await self._serve(context, lambda deadline: self._get(request, deadline))
+        return await self.serve(context, lambda deadline: self._get(request, deadline))
 
     async def Put(
         self,
         request: router_pb2.PutRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.PutResponse:
-        return await self._serve(context, lambda deadline: self._put(request, deadline))
+        return await self.serve(context, lambda deadline: self._put(request, deadline))
 
     async def Delete(
         self,
         request: router_pb2.DeleteRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.DeleteResponse:
-        return await self._serve(context, lambda deadline: self._delete(request, deadline))
+        return await self.serve(context, lambda deadline: self._delete(request, deadline))
 
     async def CompareAndSet(
         self,
         request: router_pb2.CompareAndSetRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.CompareAndSetResponse:
-        return await self._serve(context, lambda deadline: self._compare_and_set(request, deadline))
+        return await self.serve(context, lambda deadline: self._compare_and_set(request, deadline))
 
     async def Batch(
         self,
@@ -553,7 +553,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         request: router_pb2.TxnRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> router_pb2.TxnResponse:
-        return await self._serve(context, lambda deadline: self.txn(request, deadline))
+        return await self.serve(context, lambda deadline: self.txn(request, deadline))
 
     # -- what the etcd API (router.etcd) is served with ------------------------------------
 
@@ -575,20 +575,6 @@ class RouterService(router_pb2_grpc.RouterServicer):
         """One single-key write under a session of the router's."""
         return await self._write_one(key, router_pb2.Session(), operation, deadline)
 
-    async def scan(
-        self, start: bytes, end: bytes | None, page: int, deadline: float
-    ) -> router_pb2.ScanKeysResponse:
-        """One page of keys in ``[start, end)`` (None: to the end), across every group."""
-        return await self._scan(start, end, page, deadline)
-
-    async def serve(
-        self,
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
-        work: Callable[[float], Awaitable[_T]],
-    ) -> _T:
-        """Run ``work(deadline)`` under the call's deadline, its errors as statuses."""
-        return await self._serve(context, work)
-
     async def ListTransactions(
         self,
         request: router_pb2.ListTransactionsRequest,
@@ -598,7 +584,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
             await self._wait_for_map()
             return router_pb2.ListTransactionsResponse(txns=await self.coordinator.list(deadline))
 
-        return await self._serve(context, work)
+        return await self.serve(context, work)
 
     async def ShowTxn(
         self,
@@ -609,7 +595,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
             await self._wait_for_map()
             return await self.coordinator.show(request.txn, deadline)
 
-        return await self._serve(context, work)
+        return await self.serve(context, work)
 
     async def ResolveTxn(
         self,
@@ -620,7 +606,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
             await self._wait_for_map()
             return await self.coordinator.resolve(request.txn, request.commit, deadline)
 
-        return await self._serve(context, work)
+        return await self.serve(context, work)
 
     # -- ring and placement changes (admin) ----------------------------------------------
 
@@ -629,7 +615,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         request: node_pb2.ChangeRingRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> node_pb2.ChangeRingResponse:
-        response: node_pb2.ChangeRingResponse = await self._serve(
+        response: node_pb2.ChangeRingResponse = await self.serve(
             context, lambda deadline: self._at_meta_leader("ChangeRing", request, deadline)
         )
         return response
@@ -639,7 +625,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         request: node_pb2.ChangePlacementRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> node_pb2.ChangePlacementResponse:
-        response: node_pb2.ChangePlacementResponse = await self._serve(
+        response: node_pb2.ChangePlacementResponse = await self.serve(
             context, lambda deadline: self._at_meta_leader("ChangePlacement", request, deadline)
         )
         return response
@@ -699,7 +685,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 self._sessions.finish(session)
             return len(items)
 
-        return router_pb2.PutManyResponse(written=await self._serve(context, work))
+        return router_pb2.PutManyResponse(written=await self.serve(context, work))
 
     async def _put_many(
         self,
@@ -779,7 +765,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
         async def work(deadline: float) -> list[kv_pb2.KeyValue | None]:
             return await asyncio.gather(*(self._read_key(key, deadline) for key in keys))
 
-        found = await self._serve(context, work)
+        found = await self.serve(context, work)
         return router_pb2.GetManyResponse(kvs=[kv for kv in found if kv is not None])
 
     # -- scans ----------------------------------------------------------------------------
@@ -798,13 +784,14 @@ class RouterService(router_pb2_grpc.RouterServicer):
         page = request.limit or DEFAULT_PAGE
 
         async def work(deadline: float) -> router_pb2.ScanKeysResponse:
-            return await self._scan(start, end, page, deadline)
+            return await self.scan(start, end, page, deadline)
 
-        return await self._serve(context, work)
+        return await self.serve(context, work)
 
-    async def _scan(
+    async def scan(
         self, start: bytes, end: bytes | None, page: int, deadline: float
     ) -> router_pb2.ScanKeysResponse:
+        """One page of keys in ``[start, end)`` (None: to the end), across every group."""
         await self._wait_for_map()
         request = node_pb2.ScanRequest(start=start, end=end or b"", limit=page)
 
@@ -882,7 +869,7 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 response.shares.add(group_id=group_id, share=share)
             return response
 
-        return await self._serve(context, work)
+        return await self.serve(context, work)
 
     async def _node_report(self, node_id: int, address: str) -> router_pb2.NodeReport:
         report = router_pb2.NodeReport(node_id=node_id, address=address)

@@ -318,22 +318,18 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
     async def ChangeRing(self, request: Any, context: Any) -> node_pb2.ChangeRingResponse:
         """The node's own planner (shardkv.node.ring_change), as the meta leader answers."""
         await self._enter("ChangeRing", request, context)
-        try:
-            changed = plan_change(self.status.map, request, 1_700_000_000_000)
-        except FailedPrecondition as refused:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(refused))
-            raise AssertionError("unreachable") from None
-        except NodeInvalidArgument as refused:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(refused))
-            raise AssertionError("unreachable") from None
-        if not request.dry_run:
-            self.status.map.CopyFrom(changed)
-        return node_pb2.ChangeRingResponse(map=changed)
+        return node_pb2.ChangeRingResponse(map=await self._plan(plan_change, request, context))
 
     async def ChangePlacement(self, request: Any, context: Any) -> node_pb2.ChangePlacementResponse:
         await self._enter("ChangePlacement", request, context)
+        return node_pb2.ChangePlacementResponse(
+            map=await self._plan(plan_placement, request, context)
+        )
+
+    async def _plan(self, planner: Any, request: Any, context: Any) -> cluster_pb2.ClusterMap:
+        """Run the node's planner on the map; refusals answer as the meta leader's would."""
         try:
-            changed = plan_placement(self.status.map, request, 1_700_000_000_000)
+            changed: cluster_pb2.ClusterMap = planner(self.status.map, request, 1_700_000_000_000)
         except FailedPrecondition as refused:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(refused))
             raise AssertionError("unreachable") from None
@@ -342,7 +338,7 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
             raise AssertionError("unreachable") from None
         if not request.dry_run:
             self.status.map.CopyFrom(changed)
-        return node_pb2.ChangePlacementResponse(map=changed)
+        return changed
 
     async def Batch(self, request: Any, context: Any) -> router_pb2.BatchResponse:
         """Each request through its single method, as the real router answers a batch."""

@@ -144,7 +144,7 @@ async def test_a_scan_goes_to_the_migrations_targets_and_retries_a_wrong_group(
             error=node_pb2.GroupError(wrong_group=kv_pb2.WrongGroup(group_id=1, epoch=2))
         )
     ]
-    page = await service._scan(b"", None, 10, _deadline())
+    page = await service.scan(b"", None, 10, _deadline())
     assert [kv.key for kv in page.kvs] == [b"key-1", b"key-2", b"key-3"]
     asked = [request.group_id for request in node.requests["Scan"]]
     assert sorted(asked[:3]) == [1, 2, 3] and sorted(asked[3:]) == [1, 2, 3]
@@ -161,7 +161,7 @@ async def test_a_scan_that_keeps_meeting_keys_in_transit_runs_into_its_deadline(
     # The outer timeout only guards the test: the scan's own deadline must end it.
     with pytest.raises(GroupUnavailable, match="group"):
         async with asyncio.timeout(5):
-            await service._scan(b"", None, 10, _deadline(0.3))
+            await service.scan(b"", None, 10, _deadline(0.3))
     assert asyncio.get_running_loop().time() - started < 2.0
 
 
