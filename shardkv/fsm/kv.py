@@ -88,28 +88,47 @@ _POINT_DELETES = 256
 
 _RECORD = struct.Struct(">BQQQ")
 _RECORD_FORMAT = 1
+# A key attached to a lease: the same header, then the lease id.
+_LEASED_RECORD = struct.Struct(">BQQQQ")
+_LEASED_FORMAT = 2
 _COUNTER = struct.Struct(">Q")
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A stored key: its value and metadata (the ``data`` column family value)."""
+    """A stored key: its value and metadata (the ``data`` column family value).
+
+    A key without a lease keeps format 1 (what every record was before
+    leases); one attached to a lease is format 2, with the lease after the
+    revisions."""
 
     value: bytes
     version: int
     create_revision: int
     mod_revision: int
+    lease: int = 0
 
     def encode(self) -> bytes:
-        header = _RECORD.pack(_RECORD_FORMAT, self.version, self.create_revision, self.mod_revision)
+        if self.lease:
+            header = _LEASED_RECORD.pack(
+                _LEASED_FORMAT, self.version, self.create_revision, self.mod_revision, self.lease
+            )
+        else:
+            header = _RECORD.pack(
+                _RECORD_FORMAT, self.version, self.create_revision, self.mod_revision
+            )
         return header + self.value
 
     @classmethod
     def decode(cls, data: bytes) -> Record:
-        record_format, version, create_revision, mod_revision = _RECORD.unpack_from(data)
-        if record_format != _RECORD_FORMAT:
-            raise ValueError(f"unknown record format {record_format}")
-        return cls(data[_RECORD.size :], version, create_revision, mod_revision)
+        record_format = data[0] if data else 0
+        if record_format == _RECORD_FORMAT:
+            _, version, create_revision, mod_revision = _RECORD.unpack_from(data)
+            return cls(data[_RECORD.size :], version, create_revision, mod_revision)
+        if record_format == _LEASED_FORMAT:
+            _, version, create_revision, mod_revision, lease = _LEASED_RECORD.unpack_from(data)
+            return cls(data[_LEASED_RECORD.size :], version, create_revision, mod_revision, lease)
+        raise ValueError(f"unknown record format {record_format}")
 
     def key_value(self, key: bytes) -> kv_pb2.KeyValue:
         return kv_pb2.KeyValue(
@@ -118,6 +137,7 @@ class Record:
             version=self.version,
             create_revision=self.create_revision,
             mod_revision=self.mod_revision,
+            lease=self.lease,
         )
 
 
@@ -258,7 +278,7 @@ class KeyValueStateMachine:
             results.append(outcome)
             wrote = wrote or written
         for put in puts:
-            self._store(batch, put.key, self._get_staged(put.key), put.value, revision)
+            self._store(batch, put.key, self._get_staged(put.key), put.value, revision, put.lease)
         if wrote:
             self.writes += 1
         self._count(batch, revision if wrote else None, key_count)
@@ -375,7 +395,7 @@ class KeyValueStateMachine:
         if kind == "put":
             key, value = operation.put.key, operation.put.value
             previous = self._get_staged(key)
-            self._store(batch, key, previous, value, revision)
+            self._store(batch, key, previous, value, revision, operation.put.lease)
             outcome = _result(True, key, previous)
             if previous is not None:
                 outcome.previous.value = b""  # metadata only: see the docstring
@@ -402,13 +422,19 @@ class KeyValueStateMachine:
         raise ValueError(f"a committed operation has no kind: {operation!r}")
 
     def _store(
-        self, batch: Batch, key: bytes, previous: Record | None, value: bytes, revision: int
+        self,
+        batch: Batch,
+        key: bytes,
+        previous: Record | None,
+        value: bytes,
+        revision: int,
+        lease: int = 0,
     ) -> None:
         if previous is None:
-            record = Record(value, version=1, create_revision=revision, mod_revision=revision)
+            record = Record(value, 1, revision, revision, lease)
             self.key_count += 1
         else:
-            record = Record(value, previous.version + 1, previous.create_revision, revision)
+            record = Record(value, previous.version + 1, previous.create_revision, revision, lease)
         self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), record.encode())
         if self.migration.active:
             self.migration.mark(batch, key, revision)
@@ -417,9 +443,8 @@ class KeyValueStateMachine:
 
     def import_record(self, batch: Batch, key: bytes, stored: bytes) -> None:
         """Write a copied key as the source stores it (value and metadata)."""
-        record_format, _, create_revision, mod_revision = _RECORD.unpack_from(stored)
-        if record_format != _RECORD_FORMAT:
-            raise ValueError(f"unknown record format {record_format}")
+        record = Record.decode(stored)
+        create_revision, mod_revision = record.create_revision, record.mod_revision
         engine_key = keys.data_key(self.group_id, key)
         if self._read(ColumnFamily.DATA, engine_key) is None:
             self.key_count += 1

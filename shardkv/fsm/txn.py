@@ -70,6 +70,8 @@ def compare_holds(compare: kv_pb2.Compare, record: Record | None) -> bool:
         actual = record.version
     elif compare.target == _Compare.CREATE_REVISION:
         actual = record.create_revision
+    elif compare.target == _Compare.LEASE:
+        actual = record.lease
     else:
         actual = record.mod_revision
     return _holds(compare.operator, actual, compare.number)

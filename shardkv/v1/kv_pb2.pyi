@@ -20,12 +20,14 @@ TXN_COMMITTED: TxnState
 TXN_ABORTED: TxnState
 
 class Put(_message.Message):
-    __slots__ = ("key", "value")
+    __slots__ = ("key", "value", "lease")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     value: bytes
-    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
+    lease: int
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., lease: _Optional[int] = ...) -> None: ...
 
 class Delete(_message.Message):
     __slots__ = ("key",)
@@ -69,10 +71,12 @@ class Compare(_message.Message):
         VERSION: _ClassVar[Compare.Target]
         CREATE_REVISION: _ClassVar[Compare.Target]
         MOD_REVISION: _ClassVar[Compare.Target]
+        LEASE: _ClassVar[Compare.Target]
     VALUE: Compare.Target
     VERSION: Compare.Target
     CREATE_REVISION: Compare.Target
     MOD_REVISION: Compare.Target
+    LEASE: Compare.Target
     class Operator(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         EQUAL: _ClassVar[Compare.Operator]
@@ -322,18 +326,20 @@ class MigrateResult(_message.Message):
     def __init__(self, applied: _Optional[bool] = ..., reason: _Optional[str] = ..., wait: _Optional[bool] = ..., target_active: _Optional[bool] = ...) -> None: ...
 
 class KeyValue(_message.Message):
-    __slots__ = ("key", "value", "version", "create_revision", "mod_revision")
+    __slots__ = ("key", "value", "version", "create_revision", "mod_revision", "lease")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATE_REVISION_FIELD_NUMBER: _ClassVar[int]
     MOD_REVISION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     value: bytes
     version: int
     create_revision: int
     mod_revision: int
-    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., version: _Optional[int] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ...) -> None: ...
+    lease: int
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., version: _Optional[int] = ..., create_revision: _Optional[int] = ..., mod_revision: _Optional[int] = ..., lease: _Optional[int] = ...) -> None: ...
 
 class OperationResult(_message.Message):
     __slots__ = ("succeeded", "previous")

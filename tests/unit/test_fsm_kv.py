@@ -359,3 +359,42 @@ def test_puts_write_like_put_operations_and_are_only_counted(engine: StorageEngi
     assert refused.wrong_group.key == theirs
     with pytest.raises(InvalidArgument, match="empty"):
         check_command(kv_pb2.Command(puts=[kv_pb2.KeyValue(key=b"", value=b"v")]))
+
+
+def test_a_put_keeps_its_lease_until_a_put_without_one(engine: StorageEngine) -> None:
+    machine = KeyValueStateMachine(engine, group_id=1)
+    leased = kv_pb2.Operation(put=kv_pb2.Put(key=b"a", value=b"1", lease=77))
+    apply(engine, machine, command(leased, put(b"b", b"x")))
+    a, b = machine.get(b"a"), machine.get(b"b")
+    assert a is not None and b is not None
+    assert (a.value, a.version, a.lease) == (b"1", 1, 77)
+    assert b.lease == 0
+    # A key without a lease keeps the record layout from before leases.
+    stored = engine.get(ColumnFamily.DATA, keys.data_key(1, b"b"))
+    assert stored is not None and stored[0] == 1
+    [result] = apply(engine, machine, command(put(b"a", b"2")))
+    assert result.results[0].previous.lease == 77  # what it replaced
+    a = machine.get(b"a")
+    assert a is not None and (a.value, a.version, a.lease) == (b"2", 2, 0)
+    assert [kv.lease for kv in machine.scan(b"")] == [0, 0]
+
+
+def test_a_leased_record_survives_a_restart_and_an_import(tmp_path: Path) -> None:
+    store = Engine(tmp_path / "db")
+    machine = KeyValueStateMachine(store, group_id=1)
+    leased = kv_pb2.Operation(put=kv_pb2.Put(key=b"k", value=b"v", lease=(1 << 63) + 5))
+    apply(store, machine, command(leased))
+    stored = store.get(ColumnFamily.DATA, keys.data_key(1, b"k"))
+    store.close()
+    store = Engine(tmp_path / "db")
+    found = KeyValueStateMachine(store, group_id=1).get(b"k")
+    assert found is not None and found.lease == (1 << 63) + 5
+    other = KeyValueStateMachine(MemoryEngine(), group_id=2)
+    assert stored is not None
+    batch = other.engine.new_batch()
+    other.import_record(batch, b"k", stored)
+    other.finish_import(batch)
+    other.engine.write(batch, sync=False)
+    moved = other.get(b"k")
+    assert moved is not None and (moved.lease, moved.mod_revision) == (found.lease, found.mod_revision)
+    store.close()

@@ -35,6 +35,7 @@ Target: TypeAlias = kv_pb2.Compare.Target
 Operator: TypeAlias = kv_pb2.Compare.Operator
 VALUE, VERSION = _Compare.VALUE, _Compare.VERSION
 CREATE, MOD = _Compare.CREATE_REVISION, _Compare.MOD_REVISION
+LEASE = _Compare.LEASE
 EQUAL, NOT_EQUAL, GREATER, LESS = (
     _Compare.EQUAL,
     _Compare.NOT_EQUAL,
@@ -212,11 +213,18 @@ def test_a_version_compare_reads_number_and_a_value_compare_reads_value() -> Non
     assert compare_holds(compare(b"k", VALUE, EQUAL, value=b"m", number=99), STORED)
 
 
+def test_a_lease_compare_reads_the_keys_lease() -> None:
+    leased = Record(b"m", version=3, create_revision=4, mod_revision=9, lease=12)
+    assert compare_holds(compare(b"k", LEASE, EQUAL, number=12), leased)
+    assert compare_holds(compare(b"k", LEASE, GREATER, number=11), leased)
+    assert compare_holds(compare(b"k", LEASE, EQUAL, number=0), STORED)  # no lease
+
+
 @pytest.mark.parametrize("operator", [EQUAL, NOT_EQUAL, GREATER, LESS])
 def test_an_absent_key_has_no_value_and_version_and_revisions_zero(operator: Operator) -> None:
     for operand in (b"", b"x"):
         assert not compare_holds(compare(b"k", VALUE, operator, value=operand), None)
-    for target in (VERSION, CREATE, MOD):
+    for target in (VERSION, CREATE, MOD, LEASE):
         zero = {EQUAL: True, NOT_EQUAL: False, GREATER: False, LESS: False}[operator]
         assert compare_holds(compare(b"k", target, operator, number=0), None) is zero
         one = {EQUAL: False, NOT_EQUAL: True, GREATER: False, LESS: True}[operator]
