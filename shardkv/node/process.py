@@ -20,7 +20,8 @@ what was acquired, in reverse):
    the ``TxnResolver`` beside it (finishes, in the groups this node leads,
    transactions whose coordinator went quiet past their deadline), and the
    ``MigrationDriver`` (moves keys for a ring change, where this node leads
-   the meta group).
+   the meta group), and the ``LeaseKeeper`` (expires the leases of the
+   groups this node leads: ``shardkv.node.leases``).
 
 Stopping: health turns NOT_SERVING first, then the server stops taking new
 calls (calls in flight may finish), then the migration driver (its moves
@@ -97,6 +98,7 @@ from shardkv.node.health import health_interval, leaderless_groups
 from shardkv.node.migration import MigrationDriver
 from shardkv.node.peer import Peer, PeerOptions
 from shardkv.node.placement import PlacementDriver
+from shardkv.node.leases import LeaseDeadlines, LeaseKeeper
 from shardkv.node.resolver import NodeGroupCalls, TxnResolver
 from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import NodeService
@@ -329,6 +331,9 @@ class NodeProcess:
                 tls=tls,
             )
             undo.push_async_callback(resolver.stop)
+            deadlines = LeaseDeadlines()
+            keeper = LeaseKeeper(runtime, deadlines)
+            undo.push_async_callback(keeper.stop)
             driver_calls = NodeGroupCalls(runtime, lambda: agent.map, timeout=10.0, tls=tls)
             undo.push_async_callback(driver_calls.close)
             driver = MigrationDriver(agent, driver_calls)
@@ -337,7 +342,7 @@ class NodeProcess:
             undo.push_async_callback(placer.stop)
             # The generated registration function carries no type hints.
             node_pb2_grpc.add_NodeServicer_to_server(  # type: ignore[no-untyped-call]
-                NodeService(runtime, config.initial_cluster, agent), server
+                NodeService(runtime, config.initial_cluster, agent, deadlines), server
             )
             health = await Health.add_to(
                 server,
@@ -368,6 +373,7 @@ class NodeProcess:
                 driver.run(), name=f"node-{config.node_id}-migrations"
             )
             placer_task = asyncio.create_task(placer.run(), name=f"node-{config.node_id}-placement")
+            keeper_task = asyncio.create_task(keeper.run(), name=f"node-{config.node_id}-leases")
             health.start()
             undo.pop_all()
         _log.info(
@@ -389,6 +395,7 @@ class NodeProcess:
                 (driver.stop, driver_task),
                 (placer.stop, placer_task),
                 (resolver.stop, resolver_task),
+                (keeper.stop, keeper_task),
                 (driver_calls.close, None),
             ],
             health,

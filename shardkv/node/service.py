@@ -52,9 +52,11 @@ from shardkv.errors import (
 )
 from shardkv.fsm.kv import KeyValueStateMachine
 from shardkv.fsm.migration import Access
+from shardkv.leases import LeaseRecord, LeaseState, lease_key
 from shardkv.limits import check_key
 from shardkv.node.config import META_GROUP_ID
 from shardkv.node.export import export_chunks
+from shardkv.node.leases import LeaseDeadlines
 from shardkv.node.membership import reconfigure
 from shardkv.node.runtime import NodeRuntime
 from shardkv.raft import Role
@@ -87,10 +89,12 @@ class NodeService(node_pb2_grpc.NodeServicer):
         runtime: NodeRuntime,
         addresses: Mapping[int, str],
         agent: ClusterAgent | None = None,
+        leases: LeaseDeadlines | None = None,
     ) -> None:
         self.runtime = runtime
         self.addresses = dict(addresses)
         self.agent = agent
+        self.leases = leases if leases is not None else LeaseDeadlines()
 
     # -- errors --------------------------------------------------------------------
 
@@ -285,6 +289,36 @@ class NodeService(node_pb2_grpc.NodeServicer):
             return txn_listing(machine, request.txn)
         txns = machine.txns
         return node_pb2.ListTxnsResponse(prepared=txns.prepared(), records=txns.records())
+
+    async def Lease(
+        self,
+        request: node_pb2.LeaseRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> node_pb2.LeaseResponse:
+        group_error = await self._read_barrier(request.group_id, context)
+        if group_error is not None:
+            return node_pb2.LeaseResponse(error=group_error)
+        peer = self.runtime.peer(request.group_id)
+        if peer.role != Role.LEADER:  # deadlines are the leader's
+            error = NotLeader(request.group_id, peer.leader_id)
+            return node_pb2.LeaseResponse(error=await self._routing_error(context, error))
+        key = lease_key(request.lease_id)
+        wrong_group = peer.machine.wrong_group(key)
+        if wrong_group is not None:
+            return node_pb2.LeaseResponse(error=node_pb2.GroupError(wrong_group=wrong_group))
+        kv = peer.machine.get(key)
+        try:
+            record = LeaseRecord.decode(kv.value) if kv is not None else None
+        except ValueError:
+            record = None
+        if record is None or record.state != LeaseState.ALIVE:
+            return node_pb2.LeaseResponse(found=False)
+        left = self.leases.touch(peer, request.lease_id, record.ttl, request.renew)
+        if left is None:
+            return node_pb2.LeaseResponse(found=False)
+        return node_pb2.LeaseResponse(
+            found=True, ttl=record.ttl, remaining_ms=max(0, int(left * 1000))
+        )
 
     # -- status ------------------------------------------------------------------------
 

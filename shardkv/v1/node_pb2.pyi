@@ -27,6 +27,28 @@ EXPORT_ALL: ExportKind
 EXPORT_CHANGES: ExportKind
 EXPORT_KEYS: ExportKind
 
+class LeaseRequest(_message.Message):
+    __slots__ = ("group_id", "lease_id", "renew")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
+    group_id: int
+    lease_id: int
+    renew: bool
+    def __init__(self, group_id: _Optional[int] = ..., lease_id: _Optional[int] = ..., renew: _Optional[bool] = ...) -> None: ...
+
+class LeaseResponse(_message.Message):
+    __slots__ = ("error", "found", "ttl", "remaining_ms")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
+    error: GroupError
+    found: bool
+    ttl: int
+    remaining_ms: int
+    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., found: _Optional[bool] = ..., ttl: _Optional[int] = ..., remaining_ms: _Optional[int] = ...) -> None: ...
+
 class MoveReplica(_message.Message):
     __slots__ = ("group_id", "from_node", "to_node")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]

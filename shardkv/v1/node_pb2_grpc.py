@@ -94,6 +94,11 @@ class NodeStub:
                 request_serializer=shardkv_dot_v1_dot_node__pb2.ReconfigureRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_node__pb2.ReconfigureResponse.FromString,
                 _registered_method=True)
+        self.Lease = channel.unary_unary(
+                '/shardkv.v1.Node/Lease',
+                request_serializer=shardkv_dot_v1_dot_node__pb2.LeaseRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_node__pb2.LeaseResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -194,6 +199,15 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Lease(self, request, context):
+        """At the leader of a lease's owner group (shardkv.leases), after a read
+        barrier: the lease's TTL and time left, renewed first if asked (a
+        keep-alive). An absent or ended lease is `found` false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -256,6 +270,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Reconfigure,
                     request_deserializer=shardkv_dot_v1_dot_node__pb2.ReconfigureRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_node__pb2.ReconfigureResponse.SerializeToString,
+            ),
+            'Lease': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lease,
+                    request_deserializer=shardkv_dot_v1_dot_node__pb2.LeaseRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_node__pb2.LeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -582,6 +601,33 @@ class Node:
             '/shardkv.v1.Node/Reconfigure',
             shardkv_dot_v1_dot_node__pb2.ReconfigureRequest.SerializeToString,
             shardkv_dot_v1_dot_node__pb2.ReconfigureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Node/Lease',
+            shardkv_dot_v1_dot_node__pb2.LeaseRequest.SerializeToString,
+            shardkv_dot_v1_dot_node__pb2.LeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
