@@ -59,17 +59,27 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from router.auth import AuthInterceptor
 from router.groups import RouteError
+from router.leases import LeaseNotFound, Leases, attach_compare
 from router.service import MAX_PAGE, RouterService
 from shardkv.errors import InvalidArgument
 from shardkv.etcd import kv_pb2 as mvcc_pb2
 from shardkv.etcd import rpc_pb2, rpc_pb2_grpc
+from shardkv.leases import (
+    RESERVED_PREFIX,
+    LeaseRecord,
+    LeaseState,
+    attached_key,
+    is_reserved,
+    lease_key,
+)
+from shardkv.limits import check_key
 from shardkv.revisions import GROUP_BITS, stamp_now
 from shardkv.v1 import kv_pb2, router_pb2
 
@@ -85,7 +95,7 @@ else:
 __all__ = ["ETCD_SERVICES", "EtcdIdentity", "add_etcd_services"]
 
 # The etcd services the router answers (etcdserverpb.<name>).
-ETCD_SERVICES = ("KV", "Maintenance", "Cluster", "Auth")
+ETCD_SERVICES = ("KV", "Lease", "Maintenance", "Cluster", "Auth")
 
 # etcd's messages, which its clients match on.
 COMPACTED = "etcdserver: mvcc: required revision has been compacted"
@@ -126,10 +136,6 @@ class OutOfRange(RouteError):
     code = grpc.StatusCode.OUT_OF_RANGE
 
 
-class LeaseNotFound(RouteError):
-    code = grpc.StatusCode.NOT_FOUND
-
-
 class EtcdIdentity:
     """The ids and address an etcd client sees in headers, Status and MemberList."""
 
@@ -163,6 +169,7 @@ def etcd_kv(kv: kv_pb2.KeyValue, keys_only: bool = False) -> mvcc_pb2.KeyValue:
         version=kv.version,
         create_revision=kv.create_revision,
         mod_revision=kv.mod_revision,
+        lease=kv.lease,
     )
 
 
@@ -223,7 +230,11 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
         if not request.key:
             raise InvalidArgument("etcdserver: key is not provided")
         if not request.range_end:
-            kv = await self.service.get_kv(request.key, deadline)
+            kv = (
+                None
+                if is_reserved(request.key)
+                else await self.service.get_kv(request.key, deadline)
+            )
             read = [kv] if kv is not None else []
         else:
             start, end = key_range(request.key, request.range_end)
@@ -245,11 +256,11 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
     async def _scan_all(
         self, start: bytes, end: bytes | None, deadline: float
     ) -> list[kv_pb2.KeyValue]:
-        """Every key of ``[start, end)``, in key order."""
+        """Every key of ``[start, end)``, in key order (the store's own keys left out)."""
         found: list[kv_pb2.KeyValue] = []
         while end is None or start < end:
             page = await self.service.scan(start, end, MAX_PAGE, deadline)
-            found.extend(page.kvs)
+            found.extend(kv for kv in page.kvs if not is_reserved(kv.key))
             if not page.continuation:
                 return found
             start = page.continuation
@@ -262,12 +273,18 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
 
     async def put(self, request: rpc_pb2.PutRequest, deadline: float) -> rpc_pb2.PutResponse:
         _check_put(request)
-        put = kv_pb2.Operation(put=kv_pb2.Put(key=request.key, value=request.value))
-        if not request.prev_kv:
-            result = await self.service.write(request.key, put, deadline)
+        if not request.prev_kv and not request.lease:
+            result = await self.service.write(request.key, _put_of(request), deadline)
             return rpc_pb2.PutResponse(header=self.identity.header(result.revision))
-        read = kv_pb2.Operation(get=kv_pb2.Get(key=request.key))
-        txn = await self.service.txn(router_pb2.TxnRequest(success=[read, put]), deadline)
+        ours = router_pb2.TxnRequest()
+        if request.prev_kv:
+            ours.success.append(kv_pb2.Operation(get=kv_pb2.Get(key=request.key)))
+        _append_put(request, ours.success)
+        if request.lease:
+            ours.compares.append(attach_compare(request.lease))
+        txn = await self.service.txn(ours, deadline)
+        if not txn.succeeded:
+            raise LeaseNotFound(LEASE_NOT_FOUND)
         response = rpc_pb2.PutResponse(header=self.identity.header(txn.revision))
         before = txn.results[0] if txn.results else None
         if before is not None and before.succeeded:
@@ -294,6 +311,7 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
             start, end = key_range(request.key, request.range_end)
             targets = [kv.key for kv in await self._scan_all(start, end, deadline)]
         else:
+            _check_writable(request.key)
             targets = [request.key]
         response = rpc_pb2.DeleteRangeResponse()
         for first in range(0, len(targets), _DELETE_WIDTH):
@@ -329,7 +347,20 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
             True: _Branch.plan(request.success, ours.success),
             False: _Branch.plan(request.failure, ours.failure),
         }
+        leases = plans[True].leases
+        if plans[False].leases:
+            raise Unimplemented("a put with a lease in a Txn's failure branch is not served")
+        if leases and plans[False].writes:
+            raise Unimplemented(
+                "a Txn that puts with a lease in its success branch and writes in its failure "
+                "branch is not served"
+            )
+        # The leases must be alive: compared in the same transaction (the
+        # failure branch only reads, so choosing it for a lease is harmless).
+        ours.compares.extend(attach_compare(lease) for lease in sorted(leases))
         answer = await self.service.txn(ours, deadline)
+        if not answer.succeeded and leases:
+            await self._check_alive(leases, deadline)
         branch = plans[answer.succeeded]
         wrote = branch.writes > 0
         response = rpc_pb2.TxnResponse(succeeded=answer.succeeded)
@@ -355,6 +386,12 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
             kind = answered.WhichOneof("response") or "response_range"
             getattr(answered, kind).header.CopyFrom(header)
         return response
+
+    async def _check_alive(self, leases: Iterable[int], deadline: float) -> None:
+        for lease in leases:
+            kv = await self.service.get_kv(lease_key(lease), deadline)
+            if kv is None or LeaseRecord.decode(kv.value).state != LeaseState.ALIVE:
+                raise LeaseNotFound(LEASE_NOT_FOUND)
 
     async def _run_after(self, op: rpc_pb2.RequestOp, deadline: float) -> rpc_pb2.ResponseOp:
         """An op outside the transaction (a range, a range delete, a re-read), run now."""
@@ -411,6 +448,8 @@ class _Branch:
         # Per op: its index among the transaction's operations, or None (run after).
         self.positions: list[int | None] = []
         self.writes = 0
+        # The leases its puts attach keys to.
+        self.leases: set[int] = set()
 
     @classmethod
     def plan(cls, ops: Sequence[rpc_pb2.RequestOp], into: _Operations) -> _Branch:
@@ -426,15 +465,18 @@ class _Branch:
                 if put.prev_kv:
                     # The previous value rides in a read before the put.
                     into.append(kv_pb2.Operation(get=kv_pb2.Get(key=put.key)))
-                operation = kv_pb2.Operation(put=kv_pb2.Put(key=put.key, value=put.value))
+                operation = _put_of(put)
                 written.add(put.key)
                 branch.writes += 1
+                if put.lease:
+                    branch.leases.add(put.lease)
             elif kind == "request_delete_range":
                 delete = op.request_delete_range
                 if delete.range_end:
                     branch.writes += 1
                 else:
                     # Its result carries the previous key and value (for prev_kv).
+                    _check_writable(delete.key)
                     operation = kv_pb2.Operation(delete=kv_pb2.Delete(key=delete.key))
                     written.add(delete.key)
                     branch.writes += 1
@@ -462,14 +504,41 @@ class _Branch:
             prev_read = kind == "request_put" and op.request_put.prev_kv
             branch.positions.append(len(into) - 1 if prev_read else len(into))
             into.append(operation)
+            if kind == "request_put" and op.request_put.lease:
+                into.append(_index_of(op.request_put))
         return branch
 
 
 def _check_put(request: rpc_pb2.PutRequest) -> None:
-    if request.lease:
+    _check_writable(request.key)
+    if request.lease < 0:
         raise LeaseNotFound(LEASE_NOT_FOUND)
+    if request.lease:
+        check_key(attached_key(request.lease, request.key))
     if request.ignore_value or request.ignore_lease:
         raise Unimplemented("ignore_value and ignore_lease are not served: send the value")
+
+
+def _check_writable(key: bytes) -> None:
+    if is_reserved(key):
+        raise InvalidArgument(f"keys under {RESERVED_PREFIX!r} are the store's own")
+
+
+def _put_of(request: rpc_pb2.PutRequest) -> kv_pb2.Operation:
+    return kv_pb2.Operation(
+        put=kv_pb2.Put(key=request.key, value=request.value, lease=request.lease)
+    )
+
+
+def _index_of(request: rpc_pb2.PutRequest) -> kv_pb2.Operation:
+    """The index entry a put with a lease writes beside the key (``shardkv.leases``)."""
+    return kv_pb2.Operation(put=kv_pb2.Put(key=attached_key(request.lease, request.key)))
+
+
+def _append_put(request: rpc_pb2.PutRequest, into: _Operations) -> None:
+    into.append(_put_of(request))
+    if request.lease:
+        into.append(_index_of(request))
 
 
 def _compare(compare: rpc_pb2.Compare) -> kv_pb2.Compare:
@@ -491,6 +560,83 @@ def _compare(compare: rpc_pb2.Compare) -> kv_pb2.Compare:
     else:
         ours.number = max(compare.mod_revision, 0)
     return ours
+
+
+class EtcdLease(rpc_pb2_grpc.LeaseServicer):
+    """Grant, revoke, keep-alive, time-to-live and the list (``router.leases``)."""
+
+    def __init__(self, service: RouterService, identity: EtcdIdentity, leases: Leases) -> None:
+        self.service = service
+        self.identity = identity
+        self.leases = leases
+
+    async def LeaseGrant(
+        self, request: rpc_pb2.LeaseGrantRequest, context: _Context
+    ) -> rpc_pb2.LeaseGrantResponse:
+        async def grant(deadline: float) -> rpc_pb2.LeaseGrantResponse:
+            lease_id, ttl = await self.leases.grant(request.ID, request.TTL, deadline)
+            return rpc_pb2.LeaseGrantResponse(
+                header=self.identity.header(read_revision()), ID=lease_id, TTL=ttl
+            )
+
+        return await self.service.serve(context, grant)
+
+    async def LeaseRevoke(
+        self, request: rpc_pb2.LeaseRevokeRequest, context: _Context
+    ) -> rpc_pb2.LeaseRevokeResponse:
+        async def revoke(deadline: float) -> rpc_pb2.LeaseRevokeResponse:
+            revision = await self.leases.revoke(request.ID, deadline)
+            return rpc_pb2.LeaseRevokeResponse(
+                header=self.identity.header(revision or read_revision())
+            )
+
+        return await self.service.serve(context, revoke)
+
+    async def LeaseKeepAlive(
+        self, requests: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest], context: _Context
+    ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
+        # One answer per request, in order; a lease not found is TTL 0, as etcd's.
+        async for request in requests:
+
+            async def renew(
+                deadline: float, lease_id: int = request.ID
+            ) -> rpc_pb2.LeaseKeepAliveResponse:
+                ttl = await self.leases.keep_alive(lease_id, deadline)
+                return rpc_pb2.LeaseKeepAliveResponse(
+                    header=self.identity.header(read_revision()), ID=lease_id, TTL=ttl or 0
+                )
+
+            yield await self.service.serve(context, renew)
+
+    async def LeaseTimeToLive(
+        self, request: rpc_pb2.LeaseTimeToLiveRequest, context: _Context
+    ) -> rpc_pb2.LeaseTimeToLiveResponse:
+        async def ask(deadline: float) -> rpc_pb2.LeaseTimeToLiveResponse:
+            lease = await self.leases.time_to_live(request.ID, request.keys, deadline)
+            header = self.identity.header(read_revision())
+            if lease is None:  # etcd answers a lease not found with TTL -1
+                return rpc_pb2.LeaseTimeToLiveResponse(header=header, ID=request.ID, TTL=-1)
+            return rpc_pb2.LeaseTimeToLiveResponse(
+                header=header,
+                ID=request.ID,
+                TTL=lease.remaining,
+                grantedTTL=lease.ttl,
+                keys=list(lease.keys),
+            )
+
+        return await self.service.serve(context, ask)
+
+    async def LeaseLeases(
+        self, request: rpc_pb2.LeaseLeasesRequest, context: _Context
+    ) -> rpc_pb2.LeaseLeasesResponse:
+        async def listing(deadline: float) -> rpc_pb2.LeaseLeasesResponse:
+            found = await self.leases.leases(deadline)
+            return rpc_pb2.LeaseLeasesResponse(
+                header=self.identity.header(read_revision()),
+                leases=[rpc_pb2.LeaseStatus(ID=lease_id) for lease_id in found],
+            )
+
+        return await self.service.serve(context, listing)
 
 
 class EtcdMaintenance(rpc_pb2_grpc.MaintenanceServicer):
@@ -552,10 +698,15 @@ def add_etcd_services(
     service: RouterService,
     address: str,
     auth: AuthInterceptor | None = None,
+    leases: Leases | None = None,
 ) -> EtcdIdentity:
-    """Serve etcd's KV, Maintenance, Cluster and Auth on ``server`` (see the module docstring)."""
+    """Serve etcd's KV, Lease, Maintenance, Cluster and Auth on ``server`` (see the module
+    docstring)."""
     identity = EtcdIdentity(service, address)
     rpc_pb2_grpc.add_KVServicer_to_server(EtcdKV(service, identity), server)  # type: ignore[no-untyped-call]
+    rpc_pb2_grpc.add_LeaseServicer_to_server(  # type: ignore[no-untyped-call]
+        EtcdLease(service, identity, leases if leases is not None else Leases(service)), server
+    )
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(  # type: ignore[no-untyped-call]
         EtcdMaintenance(service, identity), server
     )

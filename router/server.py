@@ -28,7 +28,7 @@ covers the method (``router.auth``). The limits (``--max-request-bytes``,
 ``--default-deadline``, ``--max-deadline``) are ``router.limits``.
 
 Beside ``shardkv.v1.Router`` the server answers etcd's v3 API on the same
-port (KV, Maintenance.Status, Cluster.MemberList, Auth.Authenticate:
+port (KV, Lease, Maintenance.Status, Cluster.MemberList, Auth.Authenticate:
 ``router.etcd``), standard gRPC health checks
 (SERVING once it has a cluster map and every group on the ring has a leader
 it can reach: ``router.health``) and server reflection (``shardkv.health``).
@@ -51,6 +51,7 @@ import grpc.aio
 from router.auth import AuthInterceptor, Role, load_tokens
 from router.etcd import ETCD_SERVICES, add_etcd_services
 from router.health import RouterHealthCheck
+from router.leases import LeaseReaper, Leases
 from router.limits import DEFAULT_LIMITS, InFlightInterceptor, RouterLimits
 from router.service import RouterService
 from router.topology import MAX_MESSAGE_BYTES, Topology
@@ -220,7 +221,9 @@ async def serve(
         ],
     )
     router_pb2_grpc.add_RouterServicer_to_server(service, server)  # type: ignore[no-untyped-call]
-    add_etcd_services(server, service, listen, auth)
+    leases = Leases(service)
+    add_etcd_services(server, service, listen, auth, leases)
+    reaper = LeaseReaper(leases)
     health = await Health.add_to(
         server, ROUTER_SERVICES, RouterHealthCheck(topology), interval=_HEALTH_INTERVAL
     )
@@ -249,12 +252,14 @@ async def serve(
     topology.start()
     await server.start()
     health.start()
+    reaper.start()
     _log.info("router serving on %s, learning the cluster from %s", listen, ",".join(nodes))
     try:
         await stop.wait()
     finally:
         # Health checkers see the router drain before its port closes.
         await health.stop()
+        await reaper.close()
         await server.stop(_STOP_GRACE)
         await service.close()
         await topology.close()

@@ -84,6 +84,7 @@ from router.metrics import RouterMetrics
 from router.topology import Topology
 from router.txn import Coordinator, ReadLocked
 from shardkv.errors import InvalidArgument
+from shardkv.leases import lease_key
 from shardkv.limits import check_command, check_key
 from shardkv.storage.keys import prefix_end
 from shardkv.txn_protocol import Settled
@@ -574,6 +575,31 @@ class RouterService(router_pb2_grpc.RouterServicer):
     ) -> kv_pb2.CommandResult:
         """One single-key write under a session of the router's."""
         return await self._write_one(key, router_pb2.Session(), operation, deadline)
+
+    async def lease(self, lease_id: int, renew: bool, deadline: float) -> node_pb2.LeaseResponse:
+        """A lease's TTL and time left at its owner group's leader, renewed first if
+        ``renew`` (``Node.Lease``; ``shardkv.leases``)."""
+        await self._wait_for_map()
+        key = lease_key(lease_id)
+        for attempt in itertools.count():
+            group_id = self.topology.current_ring().group_for(key)
+            request = node_pb2.LeaseRequest(group_id=group_id, lease_id=lease_id, renew=renew)
+
+            async def invoke(
+                stub: node_pb2_grpc.NodeStub,
+                timeout: float,
+                request: node_pb2.LeaseRequest = request,
+            ) -> node_pb2.LeaseResponse:
+                response: node_pb2.LeaseResponse = await stub.Lease(request, timeout=timeout)
+                return response
+
+            try:
+                return await self.groups.call(
+                    group_id, invoke, lambda r: r.error if r.HasField("error") else None, deadline
+                )
+            except Reroute as reroute:
+                await self._after_reroute(reroute, attempt)
+        raise AssertionError("unreachable")
 
     async def ListTransactions(
         self,

@@ -24,6 +24,7 @@ across groups.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 
@@ -131,11 +132,14 @@ class LeaseKeeper(Passes):
                         name=f"node-{self.runtime.node_id}-expire-{lease_id:x}",
                     )
                     self._expiring[key] = task
-                    task.add_done_callback(lambda _, key=key: self._expiring.pop(key, None))
+                    task.add_done_callback(functools.partial(self._done, key))
                     started.append(task)
             for gone in table.keys() - alive:
                 del table[gone]
         return started
+
+    def _done(self, key: tuple[int, int], _: asyncio.Task[None]) -> None:
+        self._expiring.pop(key, None)
 
     async def _expire(self, group_id: int, key: bytes, record: LeaseRecord) -> None:
         expire = kv_pb2.CompareAndSet(

@@ -95,10 +95,10 @@ from shardkv.node.data_dir import (
     prepare_data_dir,
 )
 from shardkv.node.health import health_interval, leaderless_groups
+from shardkv.node.leases import LeaseDeadlines, LeaseKeeper
 from shardkv.node.migration import MigrationDriver
 from shardkv.node.peer import Peer, PeerOptions
 from shardkv.node.placement import PlacementDriver
-from shardkv.node.leases import LeaseDeadlines, LeaseKeeper
 from shardkv.node.resolver import NodeGroupCalls, TxnResolver
 from shardkv.node.runtime import NodeRuntime
 from shardkv.node.service import NodeService

@@ -7,13 +7,10 @@ range delete and a transaction over several keys all cross groups.
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -21,50 +18,15 @@ import pytest
 from shardkv.etcd import rpc_pb2, rpc_pb2_grpc
 from shardkv.revisions import GROUP_BITS
 from tests.integration.conftest import Cluster, clean_environment
+from tests.integration.etcdctl import Etcdctl
+from tests.integration.etcdctl import etcdctl as etcdctl  # the fixtures
+from tests.integration.etcdctl import etcdctl_path as etcdctl_path
 from tests.integration.routers import RouterProcess
 
 pytestmark = pytest.mark.integration
 
-ETCDCTL = shutil.which("etcdctl")
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 30.0
-
-
-@pytest.fixture(scope="module")
-def etcdctl_path() -> str:
-    if ETCDCTL is None:
-        pytest.skip("etcdctl is not installed: make test installs Debian's etcd-client as root")
-    return ETCDCTL
-
-
-class Etcdctl:
-    def __init__(self, path: str, endpoint: str) -> None:
-        self.path = path
-        self.endpoint = endpoint
-
-    def run(self, *arguments: str, stdin: str | None = None, check: bool = True) -> str:
-        done = subprocess.run(
-            [self.path, f"--endpoints={self.endpoint}", "--command-timeout=20s", *arguments],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
-            check=False,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(
-                f"etcdctl {' '.join(arguments)} exited {done.returncode}: {done.stderr.strip()}"
-            )
-        return done.stdout if check else done.stdout + done.stderr
-
-    def json(self, *arguments: str) -> Any:
-        return json.loads(self.run("-w", "json", *arguments))
-
-
-@pytest.fixture
-def etcdctl(etcdctl_path: str, routed: tuple[Cluster, RouterProcess]) -> Etcdctl:
-    return Etcdctl(etcdctl_path, routed[1].address)
 
 
 def lines(output: str) -> list[str]:

@@ -16,8 +16,10 @@ from router.etcd import (
     Unimplemented,
     key_range,
 )
+from router.leases import attach_compare
 from shardkv.errors import InvalidArgument
 from shardkv.etcd import rpc_pb2
+from shardkv.leases import attached_key, lease_key
 from shardkv.revisions import GROUP_BITS
 from shardkv.v1 import kv_pb2, router_pb2
 
@@ -259,13 +261,58 @@ async def test_compares_not_served_are_refused(
     assert router.txns == [], "nothing ran"
 
 
-async def test_a_nested_txn_and_a_leased_put_are_refused(etcd: EtcdKV) -> None:
+async def test_a_nested_txn_is_refused(etcd: EtcdKV) -> None:
     nested = rpc_pb2.RequestOp(request_txn=rpc_pb2.TxnRequest())
     with pytest.raises(Unimplemented):
         await etcd.txn(rpc_pb2.TxnRequest(success=[nested]), 0.0)
-    leased = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"k", lease=7))
+
+
+async def test_a_leased_put_compares_its_lease_and_writes_its_index(
+    etcd: EtcdKV, router: FakeRouter
+) -> None:
+    # etcd's lock recipe: if the key is new, put it under the session's lease; else read it.
+    new = rpc_pb2.Compare(key=b"lock/k", target=rpc_pb2.Compare.CREATE, create_revision=0)
+    leased = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"lock/k", value=b"", lease=7))
+    read = rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=b"lock/k"))
+    request = rpc_pb2.TxnRequest(compare=[new], success=[leased], failure=[read])
+    response = await etcd.txn(request, 0.0)
+    [sent] = router.txns
+    assert list(sent.compares)[1:] == [attach_compare(7)]
+    assert [op.put for op in sent.success] == [
+        kv_pb2.Put(key=b"lock/k", lease=7),
+        kv_pb2.Put(key=attached_key(7, b"lock/k")),
+    ]
+    assert response.succeeded and len(response.responses) == 1
+    # Not chosen, and the lease's record is not there: the lease is not found.
+    router.answer = router_pb2.TxnResponse(succeeded=False)
     with pytest.raises(LeaseNotFound, match="requested lease not found"):
-        await etcd.txn(rpc_pb2.TxnRequest(success=[leased]), 0.0)
+        await etcd.txn(request, 0.0)
+    # A failure branch that writes cannot ride beside a lease compare.
+    write = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"other"))
+    with pytest.raises(Unimplemented):
+        await etcd.txn(rpc_pb2.TxnRequest(success=[leased], failure=[write]), 0.0)
+    with pytest.raises(Unimplemented):
+        await etcd.txn(rpc_pb2.TxnRequest(failure=[leased]), 0.0)
+    assert len(router.txns) == 2
+
+
+async def test_the_stores_own_keys_are_neither_written_nor_listed(
+    etcd: EtcdKV, router: FakeRouter
+) -> None:
+    reserved = lease_key(7)
+    STORE.insert(0, kv(reserved, b"x", 1, 1, 1))
+    try:
+        everything = rpc_pb2.RangeRequest(key=b"\x00", range_end=b"\x00")
+        listed = await etcd.range(everything, 0.0)
+        assert reserved not in [item.key for item in listed.kvs] and listed.count == 4
+        one = await etcd.range(rpc_pb2.RangeRequest(key=reserved), 0.0)
+        assert one.count == 0
+    finally:
+        STORE.pop(0)
+    with pytest.raises(InvalidArgument, match="store's own"):
+        await etcd.put(rpc_pb2.PutRequest(key=reserved, value=b"v"), 0.0)
+    with pytest.raises(InvalidArgument, match="store's own"):
+        await etcd.delete_range(rpc_pb2.DeleteRangeRequest(key=reserved), 0.0)
 
 
 async def test_a_write_after_a_range_op_in_a_branch_is_refused(

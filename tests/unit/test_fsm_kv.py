@@ -396,5 +396,8 @@ def test_a_leased_record_survives_a_restart_and_an_import(tmp_path: Path) -> Non
     other.finish_import(batch)
     other.engine.write(batch, sync=False)
     moved = other.get(b"k")
-    assert moved is not None and (moved.lease, moved.mod_revision) == (found.lease, found.mod_revision)
+    assert moved is not None and (moved.lease, moved.mod_revision) == (
+        found.lease,
+        found.mod_revision,
+    )
     store.close()
