@@ -92,6 +92,9 @@ _RECORD_FORMAT = 1
 _LEASED_RECORD = struct.Struct(">BQQQQ")
 _LEASED_FORMAT = 2
 _COUNTER = struct.Struct(">Q")
+_EVENT_LOG = struct.Struct(">QQ")
+# The event log's size per group: above it the oldest events go, to 3/4 of it.
+EVENT_LOG_BYTES = 2 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +165,14 @@ class KeyValueStateMachine:
         # The stamp of the command being applied (shardkv.revisions).
         self._stamp = 0
         self.txns = Transactions(self)
+        stored = engine.get(ColumnFamily.META, keys.event_log_key(group_id))
+        # Events below the floor are gone (a group from before the event log:
+        # none before its revision then).
+        self.event_floor, self.event_bytes = (
+            _EVENT_LOG.unpack(stored) if stored is not None else (self.revision + 1, 0)
+        )
+        self._event_revision = self._event_seq = 0
+        self._events_changed = False
         stored = engine.get(ColumnFamily.META, keys.key_count_key(group_id))
         if stored is not None:
             self.key_count: int = _COUNTER.unpack(stored)[0]
@@ -282,7 +293,57 @@ class KeyValueStateMachine:
         if wrote:
             self.writes += 1
         self._count(batch, revision if wrote else None, key_count)
+        if self._events_changed:
+            self._trim_events(batch)
         return results
+
+    # -- the event log (what watches read) -------------------------------------------
+
+    def _log_event(self, batch: Batch, kv: kv_pb2.KeyValue, revision: int) -> None:
+        """Record a change: the key as written, or (version 0) deleted at ``revision``."""
+        if revision != self._event_revision:
+            self._event_revision, self._event_seq = revision, 0
+        data = kv.SerializeToString()
+        self._write(
+            batch, ColumnFamily.META, keys.event_key(self.group_id, revision, self._event_seq), data
+        )
+        self._event_seq += 1
+        self.event_bytes += len(data)
+        self._events_changed = True
+
+    def _trim_events(self, batch: Batch) -> None:
+        """Drop the oldest events while the log is over ``EVENT_LOG_BYTES`` (whole
+        revisions at a time), and record the floor and size."""
+        self._events_changed = False
+        if self.event_bytes > EVENT_LOG_BYTES:
+            low, high = keys.event_range(self.group_id)
+            target = EVENT_LOG_BYTES * 3 // 4
+            for key, value in self.engine.scan(ColumnFamily.META, low, high):
+                if self._overlay.get((ColumnFamily.META, key), value) is None:
+                    continue  # dropped earlier this round
+                revision = keys.decode_event_key(key)[0]
+                if self.event_bytes <= target and revision >= self.event_floor:
+                    break
+                self._write(batch, ColumnFamily.META, key, None)
+                self.event_bytes -= len(value)
+                self.event_floor = revision + 1
+        self._write(
+            batch,
+            ColumnFamily.META,
+            keys.event_log_key(self.group_id),
+            _EVENT_LOG.pack(self.event_floor, self.event_bytes),
+        )
+
+    def events(self, from_revision: int, limit: int) -> list[tuple[int, kv_pb2.KeyValue]]:
+        """Up to ``limit`` changes from ``from_revision`` on, in order (as applied:
+        the caller checks ``event_floor``)."""
+        low, high = keys.event_range(self.group_id, from_revision)
+        found = []
+        for key, value in self.engine.scan(ColumnFamily.META, low, high):
+            found.append((keys.decode_event_key(key)[0], kv_pb2.KeyValue.FromString(value)))
+            if len(found) >= limit:
+                break
+        return found
 
     def read_meta(self, key: bytes) -> bytes | None:
         return self._read(ColumnFamily.META, key)
@@ -409,6 +470,7 @@ class KeyValueStateMachine:
             self.key_count -= 1
             if self.migration.active:
                 self.migration.mark(batch, key, revision)
+            self._log_event(batch, kv_pb2.KeyValue(key=key, mod_revision=revision), revision)
             return _result(True, key, previous), True
         if kind == "compare_and_set":
             cas = operation.compare_and_set
@@ -438,6 +500,7 @@ class KeyValueStateMachine:
         self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), record.encode())
         if self.migration.active:
             self.migration.mark(batch, key, revision)
+        self._log_event(batch, record.key_value(key), revision)
 
     # -- what a migration uses (shardkv.fsm.migration) ------------------------------------
 

@@ -20,6 +20,8 @@ order is numeric order for group ids and Raft indexes alike::
     meta  group(8) 0x09 client_id(8) seq(8) a transaction's record, here its primary (shardkv.fsm)
     meta  group(8) 0x0a                     the migration the group takes part in (shardkv.fsm)
     meta  group(8) 0x0b target(8) user_key  a moving key changed since its move began (shardkv.fsm)
+    meta  group(8) 0x0c revision(8) seq(4)  a change a write made: the event log (shardkv.fsm)
+    meta  group(8) 0x0d                     the event log's floor and size (shardkv.fsm)
     data  group(8) user_key                 the user's value
     meta  ff*8 0x01 group(8)                a group whose replica this node dropped (shardkv.node)
 
@@ -48,6 +50,7 @@ __all__ = [
     "data_prefix_range",
     "data_range",
     "decode_data_key",
+    "decode_event_key",
     "decode_entry_key",
     "decode_result_key",
     "entry_key",
@@ -55,6 +58,9 @@ __all__ = [
     "group_prefix",
     "group_range",
     "hard_state_key",
+    "event_key",
+    "event_log_key",
+    "event_range",
     "key_count_key",
     "lock_key",
     "lock_range",
@@ -100,6 +106,10 @@ _META_PREPARED = 0x08
 _META_TXN_RECORD = 0x09
 _META_MIGRATION = 0x0A
 _META_MARK = 0x0B
+_META_EVENT = 0x0C
+_META_EVENT_LOG = 0x0D
+# an event's revision and its place among the changes of that revision
+_EVENT = struct.Struct(">QI")
 # group id, record tag, client id, seq
 _GROUP_TAG_CLIENT_SEQ = struct.Struct(">QBQQ")
 
@@ -191,6 +201,29 @@ def state_machine_meta_range(group_id: int) -> tuple[bytes, bytes | None]:
 
 def revision_key(group_id: int) -> bytes:
     return group_prefix(group_id) + bytes((_META_REVISION,))
+
+
+def event_key(group_id: int, revision: int, seq: int) -> bytes:
+    """The ``seq``-th change a write of ``revision`` made (the group's event log, for watches)."""
+    return group_prefix(group_id) + bytes((_META_EVENT,)) + _EVENT.pack(revision, seq)
+
+
+def event_range(group_id: int, from_revision: int = 0) -> tuple[bytes, bytes]:
+    """``[start, end)`` of the group's events from ``from_revision`` on."""
+    prefix = group_prefix(group_id)
+    start = prefix + bytes((_META_EVENT,)) + _EVENT.pack(from_revision, 0)
+    return start, prefix + bytes((_META_EVENT + 1,))
+
+
+def decode_event_key(key: bytes) -> tuple[int, int]:
+    """(revision, seq) of an ``event_key``."""
+    revision, seq = _EVENT.unpack_from(key, GROUP_KEY_SIZE + 1)
+    return int(revision), int(seq)
+
+
+def event_log_key(group_id: int) -> bytes:
+    """The event log's floor (events below it are gone) and size."""
+    return group_prefix(group_id) + bytes((_META_EVENT_LOG,))
 
 
 def key_count_key(group_id: int) -> bytes:

@@ -401,3 +401,42 @@ def test_a_leased_record_survives_a_restart_and_an_import(tmp_path: Path) -> Non
         found.mod_revision,
     )
     store.close()
+
+
+def test_every_change_is_logged_in_order_and_moves_log_nothing(engine: StorageEngine) -> None:
+    machine = KeyValueStateMachine(engine, group_id=1)
+    apply(engine, machine, command(put(b"a", b"1"), put(b"b", b"2")))
+    apply(engine, machine, command(delete(b"a"), delete(b"missing")))
+    apply(engine, machine, command(cas(b"b", b"2", b"3")))
+    events = machine.events(0, 100)
+    assert [(kv.key, kv.value, kv.version) for _, kv in events] == [
+        (b"a", b"1", 1),
+        (b"b", b"2", 1),
+        (b"a", b"", 0),  # deleted: version 0
+        (b"b", b"3", 2),
+    ]
+    revisions = [revision for revision, _ in events]
+    assert revisions == [kv.mod_revision for _, kv in events] == sorted(revisions)
+    assert machine.events(revisions[2], 100) == events[2:]
+    # A key copied in by a migration, or dropped after one, is not a change.
+    batch = engine.new_batch()
+    machine.import_record(batch, b"moved", engine.get(ColumnFamily.DATA, keys.data_key(1, b"b")))
+    machine.drop_key(batch, b"b")
+    engine.write(batch, sync=False)
+    assert machine.events(0, 100) == events
+
+
+def test_the_event_log_keeps_its_size_by_dropping_whole_old_revisions(
+    engine: StorageEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shardkv.fsm.kv.EVENT_LOG_BYTES", 2_000)
+    machine = KeyValueStateMachine(engine, group_id=1)
+    for n in range(40):
+        apply(engine, machine, command(put(b"k%d" % n, b"v" * 50), put(b"j%d" % n, b"w" * 50)))
+    events = machine.events(0, 1000)
+    assert machine.event_bytes <= 2_000 + 200 and machine.event_floor > 1
+    assert events[0][0] >= machine.event_floor, "nothing below the floor"
+    assert events[0][1].key.startswith(b"k"), "a revision's changes go together"
+    assert events[-1][1].key == b"j39"
+    reopened = KeyValueStateMachine(engine, group_id=1)
+    assert (reopened.event_floor, reopened.event_bytes) == (machine.event_floor, machine.event_bytes)
