@@ -439,4 +439,7 @@ def test_the_event_log_keeps_its_size_by_dropping_whole_old_revisions(
     assert events[0][1].key.startswith(b"k"), "a revision's changes go together"
     assert events[-1][1].key == b"j39"
     reopened = KeyValueStateMachine(engine, group_id=1)
-    assert (reopened.event_floor, reopened.event_bytes) == (machine.event_floor, machine.event_bytes)
+    assert (reopened.event_floor, reopened.event_bytes) == (
+        machine.event_floor,
+        machine.event_bytes,
+    )
