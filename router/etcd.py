@@ -68,6 +68,7 @@ from router.auth import AuthInterceptor
 from router.groups import RouteError
 from router.leases import LeaseNotFound, Leases, attach_compare
 from router.service import MAX_PAGE, RouterService
+from router.watch import Compacted, MergedWatch
 from shardkv.errors import InvalidArgument
 from shardkv.etcd import kv_pb2 as mvcc_pb2
 from shardkv.etcd import rpc_pb2, rpc_pb2_grpc
@@ -95,7 +96,7 @@ else:
 __all__ = ["ETCD_SERVICES", "EtcdIdentity", "add_etcd_services"]
 
 # The etcd services the router answers (etcdserverpb.<name>).
-ETCD_SERVICES = ("KV", "Lease", "Maintenance", "Cluster", "Auth")
+ETCD_SERVICES = ("KV", "Watch", "Lease", "Maintenance", "Cluster", "Auth")
 
 # etcd's messages, which its clients match on.
 COMPACTED = "etcdserver: mvcc: required revision has been compacted"
@@ -285,7 +286,8 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
         txn = await self.service.txn(ours, deadline)
         if not txn.succeeded:
             raise LeaseNotFound(LEASE_NOT_FOUND)
-        response = rpc_pb2.PutResponse(header=self.identity.header(txn.revision))
+        revision = await self._written_revision([request.key], txn.revision, deadline)
+        response = rpc_pb2.PutResponse(header=self.identity.header(revision))
         before = txn.results[0] if txn.results else None
         if before is not None and before.succeeded:
             response.prev_kv.CopyFrom(etcd_kv(before.previous))
@@ -376,7 +378,8 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
                 answered = _unknown_result(op)
             response.responses.append(answered)
         if wrote and answer.revision:
-            revision = answer.revision
+            put = [op.request_put.key for op in branch.ops if op.HasField("request_put")]
+            revision = await self._written_revision(put, answer.revision, deadline)
         for answered in response.responses:
             if answered.WhichOneof("response") == "response_delete_range":  # run after
                 revision = max(revision, answered.response_delete_range.header.revision)
@@ -386,6 +389,19 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
             kind = answered.WhichOneof("response") or "response_range"
             getattr(answered, kind).header.CopyFrom(header)
         return response
+
+    async def _written_revision(
+        self, written: Sequence[bytes], revision: int, deadline: float
+    ) -> int:
+        """A write's header revision: its keys' revision. A transaction over several
+        groups answers with its primary's commit revision; its other groups write at
+        their own, and etcd's lock and election recipes take the header revision as
+        their key's create revision: so the keys put are read back (the reads finish
+        the transaction where it has not reached yet)."""
+        if not written:
+            return revision
+        found = await asyncio.gather(*(self.service.get_kv(key, deadline) for key in written))
+        return max((kv.mod_revision for kv in found if kv is not None), default=revision)
 
     async def _check_alive(self, leases: Iterable[int], deadline: float) -> None:
         for lease in leases:
@@ -639,6 +655,124 @@ class EtcdLease(rpc_pb2_grpc.LeaseServicer):
         return await self.service.serve(context, listing)
 
 
+class EtcdWatch(rpc_pb2_grpc.WatchServicer):
+    """Watches over every group (``router.watch``), many per stream, as etcd's."""
+
+    def __init__(self, service: RouterService, identity: EtcdIdentity) -> None:
+        self.service = service
+        self.identity = identity
+
+    async def Watch(
+        self, requests: AsyncIterator[rpc_pb2.WatchRequest], context: _Context
+    ) -> AsyncIterator[rpc_pb2.WatchResponse]:
+        out: asyncio.Queue[rpc_pb2.WatchResponse | None] = asyncio.Queue()
+        watches: dict[int, asyncio.Task[None]] = {}
+        next_id = 0
+
+        def created(create: rpc_pb2.WatchCreateRequest) -> None:
+            nonlocal next_id
+            header = self.identity.header(read_revision())
+            watch_id = create.watch_id
+            if watch_id == 0:  # etcd's AutoWatchID: the next free id, from 0
+                while next_id in watches:
+                    next_id += 1
+                watch_id = next_id
+                next_id += 1
+            if watch_id in watches or watch_id < 0:
+                out.put_nowait(
+                    rpc_pb2.WatchResponse(
+                        header=header,
+                        watch_id=watch_id,
+                        created=True,
+                        canceled=True,
+                        cancel_reason=f"etcdserver: duplicate watch ID {watch_id}",
+                    )
+                )
+                return
+            out.put_nowait(rpc_pb2.WatchResponse(header=header, watch_id=watch_id, created=True))
+            watches[watch_id] = asyncio.create_task(
+                self._run(watch_id, create, header.revision, out),
+                name=f"router-etcd-watch-{watch_id}",
+            )
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    kind = request.WhichOneof("request_union")
+                    if kind == "create_request":
+                        created(request.create_request)
+                    elif kind == "cancel_request":
+                        watch_id = request.cancel_request.watch_id
+                        task = watches.pop(watch_id, None)
+                        if task is not None:
+                            task.cancel()
+                        out.put_nowait(
+                            rpc_pb2.WatchResponse(
+                                header=self.identity.header(read_revision()),
+                                watch_id=watch_id,
+                                canceled=True,
+                            )
+                        )
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.create_task(read(), name="router-etcd-watch-requests")
+        try:
+            while (response := await out.get()) is not None:
+                yield response
+        finally:
+            reader.cancel()
+            for task in [reader, *watches.values()]:
+                task.cancel()
+            await asyncio.gather(reader, *watches.values(), return_exceptions=True)
+
+    async def _run(
+        self,
+        watch_id: int,
+        create: rpc_pb2.WatchCreateRequest,
+        now: int,
+        out: asyncio.Queue[rpc_pb2.WatchResponse | None],
+    ) -> None:
+        def canceled(reason: str, compact_revision: int = 0) -> rpc_pb2.WatchResponse:
+            return rpc_pb2.WatchResponse(
+                header=self.identity.header(read_revision()),
+                watch_id=watch_id,
+                canceled=True,
+                compact_revision=compact_revision,
+                cancel_reason=reason,
+            )
+
+        if create.prev_kv:
+            out.put_nowait(canceled("prev_kv is not served: read the key before the watch"))
+            return
+        skip = {
+            mvcc_pb2.Event.PUT: rpc_pb2.WatchCreateRequest.NOPUT in create.filters,
+            mvcc_pb2.Event.DELETE: rpc_pb2.WatchCreateRequest.NODELETE in create.filters,
+        }
+        # A start of 0 is "from now": after every write a read now would see.
+        start = create.start_revision if create.start_revision > 0 else now
+        watch = MergedWatch(self.service.topology, start, create.key, create.range_end)
+        try:
+            async for changes in watch.events():
+                events = []
+                for kv in changes:
+                    kind = mvcc_pb2.Event.DELETE if kv.version == 0 else mvcc_pb2.Event.PUT
+                    if skip[kind] or is_reserved(kv.key):
+                        continue
+                    events.append(mvcc_pb2.Event(type=kind, kv=etcd_kv(kv)))
+                if events:
+                    header = self.identity.header(changes[-1].mod_revision)
+                    out.put_nowait(
+                        rpc_pb2.WatchResponse(header=header, watch_id=watch_id, events=events)
+                    )
+        except Compacted as compacted:
+            out.put_nowait(canceled(COMPACTED, compacted.revision))
+        except LookupError as error:
+            out.put_nowait(canceled(str(error)))
+        finally:
+            await watch.close()
+
+
 class EtcdMaintenance(rpc_pb2_grpc.MaintenanceServicer):
     """Status, so that ``etcdctl endpoint status`` and clients' health checks work."""
 
@@ -704,6 +838,7 @@ def add_etcd_services(
     docstring)."""
     identity = EtcdIdentity(service, address)
     rpc_pb2_grpc.add_KVServicer_to_server(EtcdKV(service, identity), server)  # type: ignore[no-untyped-call]
+    rpc_pb2_grpc.add_WatchServicer_to_server(EtcdWatch(service, identity), server)  # type: ignore[no-untyped-call]
     rpc_pb2_grpc.add_LeaseServicer_to_server(  # type: ignore[no-untyped-call]
         EtcdLease(service, identity, leases if leases is not None else Leases(service)), server
     )

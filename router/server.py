@@ -28,7 +28,7 @@ covers the method (``router.auth``). The limits (``--max-request-bytes``,
 ``--default-deadline``, ``--max-deadline``) are ``router.limits``.
 
 Beside ``shardkv.v1.Router`` the server answers etcd's v3 API on the same
-port (KV, Lease, Maintenance.Status, Cluster.MemberList, Auth.Authenticate:
+port (KV, Watch, Lease, Maintenance.Status, Cluster.MemberList, Auth.Authenticate:
 ``router.etcd``), standard gRPC health checks
 (SERVING once it has a cluster map and every group on the ring has a leader
 it can reach: ``router.health``) and server reflection (``shardkv.health``).

@@ -59,6 +59,7 @@ from shardkv.node.export import export_chunks
 from shardkv.node.leases import LeaseDeadlines
 from shardkv.node.membership import reconfigure
 from shardkv.node.runtime import NodeRuntime
+from shardkv.node.watch import watch_group
 from shardkv.raft import Role
 from shardkv.revisions import commit_wait_seconds
 from shardkv.txn_protocol import now_ms
@@ -319,6 +320,17 @@ class NodeService(node_pb2_grpc.NodeServicer):
         return node_pb2.LeaseResponse(
             found=True, ttl=record.ttl, remaining_ms=max(0, int(left * 1000))
         )
+
+    async def Watch(
+        self,
+        request: node_pb2.WatchRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> AsyncIterator[node_pb2.WatchBatch]:
+        async def group_error(error: ShardKVError) -> node_pb2.GroupError:
+            return await self._routing_error(context, error)
+
+        async for batch in watch_group(self.runtime, request, group_error):
+            yield batch
 
     # -- status ------------------------------------------------------------------------
 

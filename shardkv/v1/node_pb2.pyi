@@ -27,6 +27,30 @@ EXPORT_ALL: ExportKind
 EXPORT_CHANGES: ExportKind
 EXPORT_KEYS: ExportKind
 
+class WatchRequest(_message.Message):
+    __slots__ = ("group_id", "start_revision", "key", "range_end")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    START_REVISION_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RANGE_END_FIELD_NUMBER: _ClassVar[int]
+    group_id: int
+    start_revision: int
+    key: bytes
+    range_end: bytes
+    def __init__(self, group_id: _Optional[int] = ..., start_revision: _Optional[int] = ..., key: _Optional[bytes] = ..., range_end: _Optional[bytes] = ...) -> None: ...
+
+class WatchBatch(_message.Message):
+    __slots__ = ("error", "events", "progress", "compact_revision")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_REVISION_FIELD_NUMBER: _ClassVar[int]
+    error: GroupError
+    events: _containers.RepeatedCompositeFieldContainer[_kv_pb2.KeyValue]
+    progress: int
+    compact_revision: int
+    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_kv_pb2.KeyValue, _Mapping]]] = ..., progress: _Optional[int] = ..., compact_revision: _Optional[int] = ...) -> None: ...
+
 class LeaseRequest(_message.Message):
     __slots__ = ("group_id", "lease_id", "renew")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]

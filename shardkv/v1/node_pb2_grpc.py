@@ -99,6 +99,11 @@ class NodeStub:
                 request_serializer=shardkv_dot_v1_dot_node__pb2.LeaseRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_node__pb2.LeaseResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/shardkv.v1.Node/Watch',
+                request_serializer=shardkv_dot_v1_dot_node__pb2.WatchRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_node__pb2.WatchBatch.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -208,6 +213,14 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """At a group's leader: the group's changes from a revision on, from its
+        event log, then as they apply, with progress marks (shardkv.node.watch).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -275,6 +288,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Lease,
                     request_deserializer=shardkv_dot_v1_dot_node__pb2.LeaseRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_node__pb2.LeaseResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=shardkv_dot_v1_dot_node__pb2.WatchRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_node__pb2.WatchBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -628,6 +646,33 @@ class Node:
             '/shardkv.v1.Node/Lease',
             shardkv_dot_v1_dot_node__pb2.LeaseRequest.SerializeToString,
             shardkv_dot_v1_dot_node__pb2.LeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shardkv.v1.Node/Watch',
+            shardkv_dot_v1_dot_node__pb2.WatchRequest.SerializeToString,
+            shardkv_dot_v1_dot_node__pb2.WatchBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -97,7 +97,7 @@ def test_health_reflection_and_logs_of_nodes_and_router(
             "grpc.reflection.v1alpha.ServerReflection",
         }
         assert nodes[1].services() == {NODE, "shardkv.v1.RaftTransport", *health_and_reflection}
-        etcd_names = ("KV", "Lease", "Maintenance", "Cluster", "Auth")
+        etcd_names = ("KV", "Watch", "Lease", "Maintenance", "Cluster", "Auth")
         etcd = {f"etcdserverpb.{name}" for name in etcd_names}
         assert front.services() == {ROUTER, *etcd, *health_and_reflection}
 
