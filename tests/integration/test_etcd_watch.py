@@ -130,7 +130,8 @@ def test_etcdctl_lock_excludes_and_a_dead_holders_lock_passes_on(etcdctl: Etcdct
     # Two holders in turn: each prints when it got the lock and when it let go.
     hold = "date +%s.%N; sleep 1.5; date +%s.%N"
     holders = [
-        Background(etcdctl, "lock", "--ttl=5", "/locks/job", "--", "sh", "-c", hold) for _ in range(2)
+        Background(etcdctl, "lock", "--ttl=5", "/locks/job", "--", "sh", "-c", hold)
+        for _ in range(2)
     ]
     try:
         for holder in holders:
