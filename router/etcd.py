@@ -113,6 +113,7 @@ _COMPARE_TARGETS = {
     rpc_pb2.Compare.VERSION: kv_pb2.Compare.VERSION,
     rpc_pb2.Compare.CREATE: kv_pb2.Compare.CREATE_REVISION,
     rpc_pb2.Compare.MOD: kv_pb2.Compare.MOD_REVISION,
+    rpc_pb2.Compare.LEASE: kv_pb2.Compare.LEASE,
 }
 _COMPARE_OPERATORS = {
     rpc_pb2.Compare.EQUAL: kv_pb2.Compare.EQUAL,
@@ -562,7 +563,7 @@ def _compare(compare: rpc_pb2.Compare) -> kv_pb2.Compare:
         raise Unimplemented("compares over a range are not served: compare single keys")
     target = _COMPARE_TARGETS.get(compare.target)
     if target is None:
-        raise Unimplemented("lease compares come with leases, which are not served yet")
+        raise InvalidArgument(f"unknown compare target {compare.target}")
     operator = _COMPARE_OPERATORS.get(compare.result)
     if operator is None:
         raise InvalidArgument(f"unknown compare result {compare.result}")
@@ -573,6 +574,8 @@ def _compare(compare: rpc_pb2.Compare) -> kv_pb2.Compare:
         ours.number = max(compare.version, 0)
     elif target == kv_pb2.Compare.CREATE_REVISION:
         ours.number = max(compare.create_revision, 0)
+    elif target == kv_pb2.Compare.LEASE:
+        ours.number = max(compare.lease, 0)
     else:
         ours.number = max(compare.mod_revision, 0)
     return ours

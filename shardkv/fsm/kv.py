@@ -93,6 +93,7 @@ _LEASED_RECORD = struct.Struct(">BQQQQ")
 _LEASED_FORMAT = 2
 _COUNTER = struct.Struct(">Q")
 _EVENT_LOG = struct.Struct(">QQ")
+_KEY_LENGTH = struct.Struct(">H")
 # The event log's size per group: above it the oldest events go, to 3/4 of it.
 EVENT_LOG_BYTES = 2 << 20
 
@@ -299,11 +300,12 @@ class KeyValueStateMachine:
 
     # -- the event log (what watches read) -------------------------------------------
 
-    def _log_event(self, batch: Batch, kv: kv_pb2.KeyValue, revision: int) -> None:
-        """Record a change: the key as written, or (version 0) deleted at ``revision``."""
+    def _log_event(self, batch: Batch, key: bytes, stored: bytes, revision: int) -> None:
+        """Record a change: the key and its stored record (b"": deleted at ``revision``).
+        An event is the key's length (u16), the key, then the record as stored."""
         if revision != self._event_revision:
             self._event_revision, self._event_seq = revision, 0
-        data = kv.SerializeToString()
+        data = _KEY_LENGTH.pack(len(key)) + key + stored
         self._write(
             batch, ColumnFamily.META, keys.event_key(self.group_id, revision, self._event_seq), data
         )
@@ -340,7 +342,13 @@ class KeyValueStateMachine:
         low, high = keys.event_range(self.group_id, from_revision)
         found = []
         for key, value in self.engine.scan(ColumnFamily.META, low, high):
-            found.append((keys.decode_event_key(key)[0], kv_pb2.KeyValue.FromString(value)))
+            revision = keys.decode_event_key(key)[0]
+            end = _KEY_LENGTH.size + _KEY_LENGTH.unpack_from(value)[0]
+            user_key, stored = value[_KEY_LENGTH.size : end], value[end:]
+            if stored:
+                found.append((revision, Record.decode(stored).key_value(user_key)))
+            else:
+                found.append((revision, kv_pb2.KeyValue(key=user_key, mod_revision=revision)))
             if len(found) >= limit:
                 break
         return found
@@ -470,7 +478,7 @@ class KeyValueStateMachine:
             self.key_count -= 1
             if self.migration.active:
                 self.migration.mark(batch, key, revision)
-            self._log_event(batch, kv_pb2.KeyValue(key=key, mod_revision=revision), revision)
+            self._log_event(batch, key, b"", revision)
             return _result(True, key, previous), True
         if kind == "compare_and_set":
             cas = operation.compare_and_set
@@ -497,10 +505,11 @@ class KeyValueStateMachine:
             self.key_count += 1
         else:
             record = Record(value, previous.version + 1, previous.create_revision, revision, lease)
-        self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), record.encode())
+        stored = record.encode()
+        self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), stored)
         if self.migration.active:
             self.migration.mark(batch, key, revision)
-        self._log_event(batch, record.key_value(key), revision)
+        self._log_event(batch, key, stored, revision)
 
     # -- what a migration uses (shardkv.fsm.migration) ------------------------------------
 

@@ -51,8 +51,12 @@ class FakeRouter:
         self.txns: list[router_pb2.TxnRequest] = []
         self.answer = router_pb2.TxnResponse(succeeded=True)
         self.scans = 0
+        # Keys the answered transactions put, at the answer's revision.
+        self.written: dict[bytes, kv_pb2.KeyValue] = {}
 
     async def get_kv(self, key: bytes, deadline: float) -> kv_pb2.KeyValue | None:
+        if key in self.written:
+            return self.written[key]
         return next((item for item in STORE if item.key == key), None)
 
     async def scan(
@@ -68,6 +72,13 @@ class FakeRouter:
 
     async def txn(self, request: router_pb2.TxnRequest, deadline: float) -> router_pb2.TxnResponse:
         self.txns.append(request)
+        branch = request.success if self.answer.succeeded else request.failure
+        for operation in branch:
+            if operation.HasField("put"):
+                put = operation.put
+                self.written[put.key] = kv_pb2.KeyValue(
+                    key=put.key, value=put.value, mod_revision=self.answer.revision
+                )
         return self.answer
 
     async def write(
@@ -250,7 +261,7 @@ async def test_a_txn_committed_by_an_earlier_attempt_answers_without_results(
     ("compare", "error"),
     [
         (rpc_pb2.Compare(key=b"a", range_end=b"b", target=rpc_pb2.Compare.VERSION), Unimplemented),
-        (rpc_pb2.Compare(key=b"a", target=rpc_pb2.Compare.LEASE), Unimplemented),
+        (rpc_pb2.Compare(key=b"a", target=99), InvalidArgument),  # type: ignore[arg-type]
     ],
 )
 async def test_compares_not_served_are_refused(
@@ -259,6 +270,14 @@ async def test_compares_not_served_are_refused(
     with pytest.raises(error):
         await etcd.txn(rpc_pb2.TxnRequest(compare=[compare]), 0.0)
     assert router.txns == [], "nothing ran"
+
+
+async def test_a_lease_compare_reads_the_keys_lease(etcd: EtcdKV, router: FakeRouter) -> None:
+    compare = rpc_pb2.Compare(key=b"a", target=rpc_pb2.Compare.LEASE, lease=7)
+    await etcd.txn(rpc_pb2.TxnRequest(compare=[compare]), 0.0)
+    assert list(router.txns[0].compares) == [
+        kv_pb2.Compare(key=b"a", target=kv_pb2.Compare.LEASE, number=7)
+    ]
 
 
 async def test_a_nested_txn_is_refused(etcd: EtcdKV) -> None:
