@@ -64,6 +64,8 @@ pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
 # Every call's deadline: a malformed request answered later than this wedged its server.
 DEADLINE = 5.0
+# Messages read of a streaming answer before it is cancelled (a watch never ends).
+STREAM_MESSAGES = 3
 # How long the cluster may take to serve a put and a get after a test.
 RECOVERY = 10.0
 SETTINGS = Settings(nodes=3, groups=2, cluster_id="fuzz")
@@ -366,9 +368,13 @@ class Fuzzed:
         channel = self.channel(self.address(rpc, node_id))
         try:
             if rpc.streaming:
-                stream = channel.unary_stream(rpc.path, None, None)
-                for _ in stream(data, timeout=DEADLINE):
-                    pass
+                # A stream that goes on by design (a watch) answered once it sent
+                # a few messages: it is cancelled then.
+                responses = channel.unary_stream(rpc.path, None, None)(data, timeout=DEADLINE)
+                for count, _ in enumerate(responses, start=1):
+                    if count >= STREAM_MESSAGES:
+                        responses.cancel()  # type: ignore[no-untyped-call]
+                        break
             else:
                 channel.unary_unary(rpc.path, None, None)(data, timeout=DEADLINE)
         except grpc.RpcError as error:
