@@ -63,6 +63,7 @@ leader's clock through the log comes with leases.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -318,17 +319,32 @@ class KeyValueStateMachine:
         revisions at a time), and record the floor and size."""
         self._events_changed = False
         if self.event_bytes > EVENT_LOG_BYTES:
-            low, high = keys.event_range(self.group_id)
+            # The log as applied so far: what the engine holds, then what this
+            # round staged (newer), so that every replica trims alike however
+            # its rounds were cut.
+            low, high = keys.event_range(self.group_id, self.event_floor)
+            meta = ColumnFamily.META
+            committed = (
+                (key, value)
+                for key, value in self.engine.scan(meta, low, high)
+                if (meta, key) not in self._overlay
+            )
+            staged = sorted(
+                (key, value)
+                for (cf, key), value in self._overlay.items()
+                if cf == meta and low <= key < high and value is not None
+            )
             target = EVENT_LOG_BYTES * 3 // 4
-            for key, value in self.engine.scan(ColumnFamily.META, low, high):
-                if self._overlay.get((ColumnFamily.META, key), value) is None:
-                    continue  # dropped earlier this round
+            for key, value in itertools.chain(committed, staged):
                 revision = keys.decode_event_key(key)[0]
                 if self.event_bytes <= target and revision >= self.event_floor:
                     break
                 self._write(batch, ColumnFamily.META, key, None)
                 self.event_bytes -= len(value)
                 self.event_floor = revision + 1
+        self._record_event_log(batch)
+
+    def _record_event_log(self, batch: Batch) -> None:
         self._write(
             batch,
             ColumnFamily.META,
@@ -552,6 +568,9 @@ class KeyValueStateMachine:
         revision = self._imported_revision if self._imported_revision > self.revision else None
         self._imported_revision = 0
         self._count(batch, revision, -1)  # -1: always record the count
+        # Stored now: a replica that restarts before the next write must not
+        # take the raised revision for the log's floor.
+        self._record_event_log(batch)
 
     # -- the staged overlay ----------------------------------------------------------
 

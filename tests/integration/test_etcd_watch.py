@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from router.client import Client
+from shardkv.revisions import GROUP_BITS
 from tests.integration.conftest import Cluster
 from tests.integration.etcdctl import Etcdctl
 from tests.integration.etcdctl import etcdctl as etcdctl  # the fixtures
@@ -64,8 +66,33 @@ class Background:
     def stop(self, signum: int = signal.SIGKILL) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signum)
-        self.process.wait(timeout=20)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=20)
         self._reader.join(5)
+
+
+def opened(etcdctl: Etcdctl, watch: Background, prefix: str) -> None:
+    """Until ``watch`` (of ``prefix``) is open: it sees a key written now."""
+    sentinel = f"{prefix}~ready"
+
+    def seen(lines: list[str]) -> bool:
+        return any(key == sentinel for _, key, _, _ in watched(lines))
+
+    deadline = time.monotonic() + 30
+    while not seen(watch.lines):
+        assert time.monotonic() < deadline, f"the watch of {prefix} never opened: {watch.lines}"
+        etcdctl.run("put", sentinel, "")
+        time.sleep(0.3)
+
+
+def wait_keys(etcdctl: Etcdctl, prefix: str, count: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while len(etcdctl.run("get", "--prefix", "--keys-only", prefix).split()) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} keys under {prefix}"
+        time.sleep(0.1)
 
 
 def watched(lines: list[str]) -> list[tuple[str, str, str, int]]:
@@ -91,18 +118,20 @@ def watched(lines: list[str]) -> list[tuple[str, str, str, int]]:
 def test_a_prefix_watch_sees_every_groups_changes_in_revision_order(etcdctl: Etcdctl) -> None:
     watch = Background(etcdctl, "watch", "-w", "json", "--prefix", "/w/")
     try:
-        time.sleep(2)  # the watch is open
+        opened(etcdctl, watch, "/w/")
         etcdctl.run("put", "/outside", "not watched")
         for n in range(10):
             etcdctl.run("put", f"/w/{n}", f"v{n}")
         etcdctl.run("put", "/w/3", "again")
         etcdctl.run("del", "/w/5")
         etcdctl.run("del", "--prefix", "/w/8")
-        watch.wait_for(lambda lines: len(watched(lines)) >= 13)
-        time.sleep(0.5)  # nothing more comes
-        events = watched(watch.lines)
+        etcdctl.run("put", "/w/~end", "")
+        watch.wait_for(lambda lines: any(key == "/w/~end" for _, key, _, _ in watched(lines)))
+        events = [event for event in watched(watch.lines) if "~" not in event[1]]
     finally:
         watch.stop()
+    groups = {revision & ((1 << GROUP_BITS) - 1) for _, _, _, revision in events}
+    assert len(groups) > 1, "the prefix spans groups"
     expected = [("PUT", f"/w/{n}", f"v{n}") for n in range(10)]
     expected += [("PUT", "/w/3", "again"), ("DELETE", "/w/5", ""), ("DELETE", "/w/8", "")]
     assert [event[:3] for event in events] == expected, "each once, in the order written"
@@ -111,6 +140,7 @@ def test_a_prefix_watch_sees_every_groups_changes_in_revision_order(etcdctl: Etc
 
 
 def test_a_watch_from_a_past_revision_replays_then_follows(etcdctl: Etcdctl) -> None:
+    etcdctl.run("put", "/h/before", "not replayed")
     first = etcdctl.json("put", "/h/0", "a")["header"]["revision"]
     for n in range(1, 6):
         etcdctl.run("put", f"/h/{n}", "b")
@@ -122,7 +152,7 @@ def test_a_watch_from_a_past_revision_replays_then_follows(etcdctl: Etcdctl) -> 
         events = watched(watch.lines)
     finally:
         watch.stop()
-    assert [key for _, key, _, _ in events] == [f"/h/{n}" for n in range(7)]
+    assert [key for _, key, _, _ in events] == [f"/h/{n}" for n in range(7)], "none before"
     assert events[0][3] == first
 
 
@@ -147,37 +177,114 @@ def test_etcdctl_lock_excludes_and_a_dead_holders_lock_passes_on(etcdctl: Etcdct
     assert spans[0][1] <= spans[1][0], f"the lock was held twice at once: {spans}"
     # A holder killed without letting go: the next gets the lock once its session's lease ends.
     dead = Background(etcdctl, "lock", "--ttl=3", "/locks/job")
-    dead.wait_for(lambda lines: any(line.startswith("/locks/job/") for line in lines))
-    waiter = Background(etcdctl, "lock", "--ttl=3", "/locks/job")
+    waiter: Background | None = None
     try:
-        time.sleep(1.5)
+        dead.wait_for(lambda lines: any(line.startswith("/locks/job/") for line in lines))
+        waiter = Background(etcdctl, "lock", "--ttl=3", "/locks/job")
+        # Both keys are there: the waiter is waiting, not yet arrived.
+        wait_keys(etcdctl, "/locks/job/", 2)
+        time.sleep(0.5)
         assert not any(line.startswith("/locks/job/") for line in waiter.lines), "still held"
         dead.stop(signal.SIGKILL)
         killed = time.monotonic()
         waiter.wait_for(lambda lines: any(line.startswith("/locks/job/") for line in lines), 20)
         assert time.monotonic() - killed > 1.0, "not before the dead holder's lease ended"
     finally:
-        waiter.stop(signal.SIGINT)
+        if waiter is not None:
+            waiter.stop(signal.SIGINT)
         dead.stop()
 
 
 def test_etcdctl_elect_campaigns_observes_and_hands_over(
     etcdctl: Etcdctl, routed: tuple[Cluster, RouterProcess]
 ) -> None:
-    first = Background(etcdctl, "elect", "/election/db", "primary-1")
+    running: list[Background] = []
     try:
+        first = Background(etcdctl, "elect", "/election/db", "primary-1")
+        running.append(first)
         first.wait_for(lambda lines: "primary-1" in lines)
         second = Background(etcdctl, "elect", "/election/db", "primary-2")
+        running.append(second)
         observer = Background(etcdctl, "elect", "--listen", "/election/db")
-        try:
-            observer.wait_for(lambda lines: "primary-1" in lines)
-            time.sleep(1)
-            assert "primary-2" not in second.lines, "one leader at a time"
-            first.stop(signal.SIGINT)  # resigns: its session's lease is revoked
-            second.wait_for(lambda lines: "primary-2" in lines)
-            observer.wait_for(lambda lines: "primary-2" in lines)
-        finally:
-            second.stop(signal.SIGINT)
-            observer.stop()
+        running.append(observer)
+        observer.wait_for(lambda lines: "primary-1" in lines)
+        wait_keys(etcdctl, "/election/db/", 2)  # the second candidate is campaigning
+        time.sleep(0.5)
+        assert "primary-2" not in second.lines, "one leader at a time"
+        first.stop(signal.SIGINT)  # resigns: its session's lease is revoked
+        second.wait_for(lambda lines: "primary-2" in lines)
+        observer.wait_for(lambda lines: "primary-2" in lines)
     finally:
-        first.stop()
+        for process in reversed(running):
+            process.stop(signal.SIGINT)
+
+
+def test_a_watch_survives_a_crash_a_router_restart_and_a_ring_change(
+    etcdctl: Etcdctl, routed: tuple[Cluster, RouterProcess]
+) -> None:
+    """Writes go on while a node dies (group leaders move), the router restarts
+    (etcdctl's watch resumes from the revision after the last it saw) and a
+    group is added (keys move into it): every acknowledged write is seen,
+    none twice, and revisions only rise."""
+    cluster, router = routed
+    watch = Background(etcdctl, "watch", "-w", "json", "--prefix", "/s/")
+    opened(etcdctl, watch, "/s/")
+    acknowledged: list[str] = []
+    retried: set[str] = set()
+
+    def write(count: int) -> None:
+        for _ in range(count):
+            key = f"/s/{len(acknowledged):03d}"
+            for _ in range(60):
+                output = etcdctl.run("put", key, key, check=False)
+                if output.strip() == "OK":
+                    acknowledged.append(key)
+                    break
+                retried.add(key)  # perhaps applied: may be seen twice
+                time.sleep(0.25)
+            else:
+                raise AssertionError(f"{key} could not be written: {output}")
+
+    try:
+        write(15)
+        cluster.kill(1)
+        write(15)
+        cluster.start(1)
+        router.stop()
+        router.start()
+        write(15)
+        with Client(router.address, timeout=20.0) as client:
+            change = client.add_group()
+            write(15)
+            wait_ring(cluster, change.migration.target.epoch)
+        write(15)
+        watch.wait_for(
+            lambda lines: {key for _, key, _, _ in watched(lines)} >= set(acknowledged), 60
+        )
+        time.sleep(1)
+        events = watched(watch.lines)
+    finally:
+        watch.stop()
+    assert watch.process.returncode is not None
+    events = [event for event in events if "~" not in event[1]]
+    seen = [key for _, key, _, _ in events]
+    for key in acknowledged:
+        assert seen.count(key) == 1 or (key in retried and seen.count(key) > 1), key
+    revisions = [revision for _, _, _, revision in events]
+    assert revisions == sorted(revisions) and len(set(revisions)) == len(revisions), (
+        "in revision order, none twice"
+    )
+
+
+def wait_ring(cluster: Cluster, epoch: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = cluster.newest_map()
+        if (
+            current is not None
+            and current.ring.epoch >= epoch
+            and not current.HasField("migration")
+        ):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the ring did not reach epoch {epoch} in {timeout} s")

@@ -16,10 +16,9 @@ from router.etcd import (
     Unimplemented,
     key_range,
 )
-from router.leases import attach_compare
 from shardkv.errors import InvalidArgument
 from shardkv.etcd import rpc_pb2
-from shardkv.leases import attached_key, lease_key
+from shardkv.leases import LeaseRecord, attached_key, lease_key
 from shardkv.revisions import GROUP_BITS
 from shardkv.v1 import kv_pb2, router_pb2
 
@@ -76,8 +75,9 @@ class FakeRouter:
         for operation in branch:
             if operation.HasField("put"):
                 put = operation.put
+                # Another group than the primary's: its own revision.
                 self.written[put.key] = kv_pb2.KeyValue(
-                    key=put.key, value=put.value, mod_revision=self.answer.revision
+                    key=put.key, value=put.value, mod_revision=self.answer.revision + 1
                 )
         return self.answer
 
@@ -229,7 +229,8 @@ async def test_a_txn_becomes_one_transaction_and_answers_each_op(
     ]
     assert list(sent.failure) == [kv_pb2.Operation(put=kv_pb2.Put(key=b"a/9", value=b"no"))]
     assert response.succeeded
-    assert response.header.revision == router.answer.revision
+    # The put key's revision (read back; here its group wrote after the primary).
+    assert response.header.revision == router.answer.revision + 1
     put, deleted, read, reread, ranged = response.responses
     assert put.response_put.prev_kv.value == b"x"
     assert deleted.response_delete_range.deleted == 1
@@ -294,16 +295,33 @@ async def test_a_leased_put_compares_its_lease_and_writes_its_index(
     leased = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"lock/k", value=b"", lease=7))
     read = rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=b"lock/k"))
     request = rpc_pb2.TxnRequest(compare=[new], success=[leased], failure=[read])
+    router.answer = router_pb2.TxnResponse(succeeded=True, revision=4096 + 3)
     response = await etcd.txn(request, 0.0)
     [sent] = router.txns
-    assert list(sent.compares)[1:] == [attach_compare(7)]
+    assert list(sent.compares) == [
+        kv_pb2.Compare(key=b"lock/k", target=kv_pb2.Compare.CREATE_REVISION),
+        kv_pb2.Compare(
+            key=lease_key(7), target=kv_pb2.Compare.VERSION, operator=kv_pb2.Compare.EQUAL, number=1
+        ),
+    ]
+    # The header is the key's revision (the recipe takes it as its create revision).
+    assert response.header.revision == 4096 + 4
     assert [op.put for op in sent.success] == [
         kv_pb2.Put(key=b"lock/k", lease=7),
         kv_pb2.Put(key=attached_key(7, b"lock/k")),
     ]
     assert response.succeeded and len(response.responses) == 1
+    # Another contender: the lease lives, the key exists: the failure branch's read.
+    router.written[lease_key(7)] = kv_pb2.KeyValue(key=lease_key(7), value=LeaseRecord(5).encode())
+    router.answer = router_pb2.TxnResponse(
+        succeeded=False,
+        results=[kv_pb2.OperationResult(succeeded=True, previous=kv_pb2.KeyValue(key=b"lock/k"))],
+    )
+    lost = await etcd.txn(request, 0.0)
+    assert not lost.succeeded
+    assert [kv.key for kv in lost.responses[0].response_range.kvs] == [b"lock/k"]
     # Not chosen, and the lease's record is not there: the lease is not found.
-    router.answer = router_pb2.TxnResponse(succeeded=False)
+    del router.written[lease_key(7)]
     with pytest.raises(LeaseNotFound, match="requested lease not found"):
         await etcd.txn(request, 0.0)
     # A failure branch that writes cannot ride beside a lease compare.
@@ -312,7 +330,7 @@ async def test_a_leased_put_compares_its_lease_and_writes_its_index(
         await etcd.txn(rpc_pb2.TxnRequest(success=[leased], failure=[write]), 0.0)
     with pytest.raises(Unimplemented):
         await etcd.txn(rpc_pb2.TxnRequest(failure=[leased]), 0.0)
-    assert len(router.txns) == 2
+    assert len(router.txns) == 3
 
 
 async def test_the_stores_own_keys_are_neither_written_nor_listed(

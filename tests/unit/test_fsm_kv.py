@@ -443,3 +443,40 @@ def test_the_event_log_keeps_its_size_by_dropping_whole_old_revisions(
         machine.event_floor,
         machine.event_bytes,
     )
+
+
+def test_replicas_trim_the_event_log_alike_however_their_rounds_are_cut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("shardkv.fsm.kv.EVENT_LOG_BYTES", 2_000)
+    history = [command(put(b"k%d" % n, b"v" * 900)) for n in range(7)]
+
+    def event_log(rounds: list[list[kv_pb2.Command]]) -> list[tuple[bytes, bytes]]:
+        engine = MemoryEngine()
+        machine = KeyValueStateMachine(engine, group_id=1)
+        for commands in rounds:
+            apply(engine, machine, *commands)
+        low, _ = keys.event_range(1)
+        return list(engine.scan(ColumnFamily.META, low, keys.event_log_key(1) + b"\x00"))
+
+    one_by_one = event_log([[each] for each in history])
+    assert event_log([history[:3], history[3:5], history[5:]]) == one_by_one
+    assert event_log([history]) == one_by_one
+
+
+def test_an_import_records_the_event_logs_floor(tmp_path: Path) -> None:
+    source = KeyValueStateMachine(MemoryEngine(), group_id=1)
+    apply(source.engine, source, command(put(b"k", b"v")))
+    stored = source.engine.get(ColumnFamily.DATA, keys.data_key(1, b"k"))
+    assert stored is not None
+    store = Engine(tmp_path / "db")
+    target = KeyValueStateMachine(store, group_id=2)
+    batch = store.new_batch()
+    target.import_record(batch, b"k", stored)
+    target.finish_import(batch)
+    store.write(batch, sync=False)
+    floor = target.event_floor
+    store.close()
+    store = Engine(tmp_path / "db")
+    assert KeyValueStateMachine(store, group_id=2).event_floor == floor, "the same after a restart"
+    store.close()
