@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -111,7 +112,7 @@ async def test_a_big_backlog_comes_in_whole_revisions(monkeypatch: pytest.Monkey
     assert [len(batch.events) for batch in batches] == [2, 2, 5]
     seen = [kv.key for batch in batches for kv in batch.events]
     assert seen == [b"k1", b"k2", b"k3", b"k4", *(b"m%d" % n for n in range(5))]
-    for batch, after in zip(batches, batches[1:], strict=False):
+    for batch, after in itertools.pairwise(batches):
         assert all(kv.mod_revision >= batch.progress for kv in after.events)
 
 
