@@ -1,6 +1,6 @@
 """etcd's v3 gRPC API on the router: etcd clients (etcdctl, client libraries) over shards.
 
-The router serves ``etcdserverpb.KV``, ``Maintenance.Status``,
+The router serves ``etcdserverpb.KV``, ``Watch``, ``Lease``, ``Maintenance.Status``,
 ``Cluster.MemberList`` and ``Auth.Authenticate`` on the router's port, beside
 ``shardkv.v1.Router``, with etcd's wire format (``proto/shardkv/etcd``, etcd
 v3.5's field numbers). Each call becomes the router's own operations:
@@ -13,12 +13,12 @@ v3.5's field numbers). Each call becomes the router's own operations:
   key of the range, as etcd's: a limit does not make a range cheaper). A
   range is not a snapshot across groups: each group is read at its own
   moment (a key's own history is never torn).
-- **Put** is a single-key write; with ``prev_kv`` it is a one-key
-  transaction that reads the key before writing it.
+- **Put** is a single-key write; with ``prev_kv`` or a lease it is a
+  transaction (that reads the key before writing it; that checks the lease).
 - **DeleteRange** of one key is a delete; a range is read first and its
   keys are deleted one by one: not atomic across the range (a key written
   into the range meanwhile may survive).
-- **Txn**: compares (value, version, create and mod revision of single keys)
+- **Txn**: compares (value, version, create and mod revision, lease of single keys)
   and single-key puts, deletes and reads become one of the store's
   transactions (atomic and serializable across groups; one group: one Raft
   entry). Ranges over several keys, range deletes, and reads of a key the
@@ -43,8 +43,18 @@ v3.5's field numbers). Each call becomes the router's own operations:
   groups answers once its primary committed; the other groups write their
   parts when the commit reaches them, at revisions that may rank above a
   write that started after the answer.
-- Leases and Watch are not served yet: a put with a lease is answered
-  NOT_FOUND (no lease exists), the services answer UNIMPLEMENTED.
+- **Leases** (``router.leases``): a put with a lease, in a Put or a Txn's
+  success branch, compares in the same transaction that the lease lives and
+  writes an index entry beside the key. A Txn whose failure branch writes,
+  or that puts with a lease in its failure branch, is refused
+  (UNIMPLEMENTED); a Txn whose compares fail while its lease is gone is
+  answered "lease not found" (etcd would answer the failure branch).
+- **Watch** (``router.watch``): many watches per stream, from now or a
+  revision, with the NOPUT/NODELETE filters; ``prev_kv`` is refused (the
+  watch is canceled, saying so); progress requests and notifications and
+  fragmenting are not served. A write's header revision is its keys'
+  revision (read back after the transaction: etcd's lock and election
+  recipes take it as their key's create revision).
 - **Identity**: the cluster id is the crc of the first node's address in
   the map, the member id the crc of the router's address; MemberList names
   this router only (clients that sync endpoints stay on routers).
@@ -289,7 +299,7 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
             raise LeaseNotFound(LEASE_NOT_FOUND)
         revision = await self._written_revision([request.key], txn.revision, deadline)
         response = rpc_pb2.PutResponse(header=self.identity.header(revision))
-        before = txn.results[0] if txn.results else None
+        before = txn.results[0] if txn.results and request.prev_kv else None
         if before is not None and before.succeeded:
             response.prev_kv.CopyFrom(etcd_kv(before.previous))
         return response
@@ -407,7 +417,8 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
     async def _check_alive(self, leases: Iterable[int], deadline: float) -> None:
         for lease in leases:
             kv = await self.service.get_kv(lease_key(lease), deadline)
-            if kv is None or LeaseRecord.decode(kv.value).state != LeaseState.ALIVE:
+            record = LeaseRecord.of(kv.value if kv is not None else None)
+            if record is None or record.state != LeaseState.ALIVE:
                 raise LeaseNotFound(LEASE_NOT_FOUND)
 
     async def _run_after(self, op: rpc_pb2.RequestOp, deadline: float) -> rpc_pb2.ResponseOp:
@@ -699,16 +710,17 @@ class EtcdWatch(rpc_pb2_grpc.WatchServicer):
             )
 
         async def read() -> None:
-            try:
-                async for request in requests:
-                    kind = request.WhichOneof("request_union")
-                    if kind == "create_request":
-                        created(request.create_request)
-                    elif kind == "cancel_request":
-                        watch_id = request.cancel_request.watch_id
-                        task = watches.pop(watch_id, None)
-                        if task is not None:
-                            task.cancel()
+            # A client that stops sending keeps its watches (as etcd's): the
+            # stream ends when the client goes away.
+            async for request in requests:
+                kind = request.WhichOneof("request_union")
+                if kind == "create_request":
+                    created(request.create_request)
+                elif kind == "cancel_request":
+                    watch_id = request.cancel_request.watch_id
+                    task = watches.pop(watch_id, None)
+                    if task is not None:
+                        task.cancel()
                         out.put_nowait(
                             rpc_pb2.WatchResponse(
                                 header=self.identity.header(read_revision()),
@@ -716,8 +728,6 @@ class EtcdWatch(rpc_pb2_grpc.WatchServicer):
                                 canceled=True,
                             )
                         )
-            finally:
-                out.put_nowait(None)
 
         reader = asyncio.create_task(read(), name="router-etcd-watch-requests")
         try:
@@ -770,8 +780,8 @@ class EtcdWatch(rpc_pb2_grpc.WatchServicer):
                     )
         except Compacted as compacted:
             out.put_nowait(canceled(COMPACTED, compacted.revision))
-        except LookupError as error:
-            out.put_nowait(canceled(str(error)))
+        except Exception as error:  # the client hears why, and may watch again
+            out.put_nowait(canceled(f"the watch failed: {error}"))
         finally:
             await watch.close()
 
@@ -837,8 +847,8 @@ def add_etcd_services(
     auth: AuthInterceptor | None = None,
     leases: Leases | None = None,
 ) -> EtcdIdentity:
-    """Serve etcd's KV, Lease, Maintenance, Cluster and Auth on ``server`` (see the module
-    docstring)."""
+    """Serve etcd's KV, Watch, Lease, Maintenance, Cluster and Auth on ``server`` (see the
+    module docstring)."""
     identity = EtcdIdentity(service, address)
     rpc_pb2_grpc.add_KVServicer_to_server(EtcdKV(service, identity), server)  # type: ignore[no-untyped-call]
     rpc_pb2_grpc.add_WatchServicer_to_server(EtcdWatch(service, identity), server)  # type: ignore[no-untyped-call]

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -71,6 +72,8 @@ REAP_INTERVAL = 0.5
 # Keys deleted by one reaping transaction (each costs a compare and two deletes).
 REAP_WIDTH = 3000
 _REAP_ATTEMPTS = 20
+# How long the reaper gives the listing, and each lease.
+_PASS_TIMEOUT = 30.0
 
 
 class LeaseNotFound(RouteError):
@@ -118,7 +121,8 @@ class Leases:
         absent = kv_pb2.Compare(
             key=key, target=kv_pb2.Compare.CREATE_REVISION, operator=kv_pb2.Compare.EQUAL
         )
-        record = kv_pb2.Put(key=key, value=LeaseRecord(ttl).encode())
+        granted = int(time.time() * 1_000_000)
+        record = kv_pb2.Put(key=key, value=LeaseRecord(ttl, granted=granted).encode())
         answer = await self.service.txn(
             router_pb2.TxnRequest(compares=[absent], success=[kv_pb2.Operation(put=record)]),
             deadline,
@@ -142,9 +146,10 @@ class Leases:
             ttl = answer.ttl
         else:
             kv = await self.service.get_kv(lease_key(lease_id), deadline)
-            if kv is None:
+            record = LeaseRecord.of(kv.value if kv is not None else None)
+            if record is None:
                 return None
-            ttl, remaining = LeaseRecord.decode(kv.value).ttl, -1
+            ttl, remaining = record.ttl, -1
         keys: tuple[bytes, ...] = ()
         if with_keys:
             keys = tuple(await self._attached(lease_id, deadline))
@@ -161,8 +166,10 @@ class Leases:
     async def _records(self, deadline: float) -> list[tuple[int, LeaseState]]:
         found = []
         for kv in await self._scan_prefix(LEASE_PREFIX, deadline):
-            with contextlib.suppress(ValueError):
-                found.append((lease_id_of(kv.key), LeaseRecord.decode(kv.value).state))
+            record = LeaseRecord.of(kv.value)
+            if record is not None:
+                with contextlib.suppress(ValueError):
+                    found.append((lease_id_of(kv.key), record.state))
         return sorted(found)
 
     async def revoke(self, lease_id: int, deadline: float) -> int:
@@ -170,9 +177,9 @@ class Leases:
         ``LeaseNotFound`` if there is no such lease."""
         key = lease_key(lease_id)
         kv = await self.service.get_kv(key, deadline)
-        if kv is None:
+        record = LeaseRecord.of(kv.value if kv is not None else None)
+        if record is None:
             raise LeaseNotFound("etcdserver: requested lease not found")
-        record = LeaseRecord.decode(kv.value)
         if record.state == LeaseState.ALIVE:
             revoked = kv_pb2.Put(key=key, value=record.ended(LeaseState.REVOKED).encode())
             await self.service.txn(
@@ -190,11 +197,13 @@ class Leases:
         """Delete an ended lease's keys, index and record (see the module docstring); the
         revision it was done at (0: an earlier reaper did it), or None if still alive."""
         key = lease_key(lease_id)
-        for _ in range(_REAP_ATTEMPTS):
+        failures = 0
+        while failures < _REAP_ATTEMPTS:
             lease = await self.service.get_kv(key, deadline)
             if lease is None:
                 return 0
-            if LeaseRecord.decode(lease.value).state == LeaseState.ALIVE:
+            record = LeaseRecord.of(lease.value)
+            if record is None or record.state == LeaseState.ALIVE:
                 return None
             indexed = await self._scan_prefix(attached_prefix(lease_id), deadline)
             chunk, last = indexed[:REAP_WIDTH], len(indexed) <= REAP_WIDTH
@@ -211,10 +220,13 @@ class Leases:
             try:
                 answer = await self.service.txn(request, deadline)
             except RouteError as error:
-                if error.code.name != "ABORTED":
+                if error.code != grpc.StatusCode.ABORTED:
                     raise
+                failures += 1
                 continue  # met another transaction: read again
-            if answer.succeeded and last:
+            if not answer.succeeded:
+                failures += 1  # something changed since it was read: read again
+            elif last:
                 return answer.revision
         raise RouteError(f"lease {lease_id:x} changed under every attempt to reap it; retry")
 
@@ -263,13 +275,18 @@ class LeaseReaper:
                 await self._task
 
     async def pass_once(self) -> int:
-        """Reap every ended lease found; how many were reaped."""
+        """Reap every ended lease found; how many were reaped. Each lease on its own
+        deadline, and one that fails does not hold the others up."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30.0
         done = 0
-        for lease_id in await self.leases.ended(deadline):
-            if await self.leases.reap(lease_id, deadline) is not None:
-                done += 1
+        for lease_id in await self.leases.ended(loop.time() + _PASS_TIMEOUT):
+            try:
+                if await self.leases.reap(lease_id, loop.time() + _PASS_TIMEOUT) is not None:
+                    done += 1
+            except (RouteError, InvalidArgument) as error:
+                _log.info(
+                    "reaping lease %x failed (the next pass tries again): %s", lease_id, error
+                )
         return done
 
     async def _run(self) -> None:

@@ -150,6 +150,10 @@ class MergedWatch:
                 self._failure = compacted
                 self._changed.set()
                 return
+            except Exception as error:  # the watch ends, saying why
+                self._failure = error
+                self._changed.set()
+                return
             if group.gone:
                 self._changed.set()
                 return

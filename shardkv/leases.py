@@ -60,7 +60,7 @@ MIN_TTL = 2
 MAX_TTL = 9_000_000_000
 
 _ID = struct.Struct(">Q")
-_RECORD = struct.Struct(">BQB")
+_RECORD = struct.Struct(">BQBQ")
 _FORMAT = 1
 
 
@@ -74,19 +74,32 @@ class LeaseState(enum.IntEnum):
 class LeaseRecord:
     ttl: int
     state: LeaseState = LeaseState.ALIVE
+    # When it was granted (µs, the granting router's clock): a lease granted
+    # again under the same id has another record, so nothing meant for the
+    # old one (a deadline, an expiry in flight) applies to it.
+    granted: int = 0
 
     def encode(self) -> bytes:
-        return _RECORD.pack(_FORMAT, self.ttl, self.state)
+        return _RECORD.pack(_FORMAT, self.ttl, self.state, self.granted)
 
     @classmethod
     def decode(cls, data: bytes) -> LeaseRecord:
+        """The record; ``ValueError`` if ``data`` is not one."""
         if len(data) != _RECORD.size or data[0] != _FORMAT:
             raise ValueError(f"not a lease record: {data!r}")
-        _, ttl, state = _RECORD.unpack(data)
-        return cls(ttl, LeaseState(state))
+        _, ttl, state, granted = _RECORD.unpack(data)
+        return cls(ttl, LeaseState(state), granted)
+
+    @classmethod
+    def of(cls, data: bytes | None) -> LeaseRecord | None:
+        """The record, or None if there is none (or what is there is not one)."""
+        try:
+            return cls.decode(data) if data is not None else None
+        except ValueError:
+            return None
 
     def ended(self, state: LeaseState) -> LeaseRecord:
-        return LeaseRecord(self.ttl, state)
+        return LeaseRecord(self.ttl, state, self.granted)
 
 
 def lease_key(lease_id: int) -> bytes:

@@ -13,10 +13,11 @@ group this node leads, it reads the lease records the group serves (a
 local scan of ``LEASE_PREFIX``: arcs in transit are skipped), gives new
 ones their deadline, forgets those gone, and for each alive lease past its
 deadline proposes a compare-and-set of its record from ALIVE to EXPIRED.
-That entry is the expiry: it commits only at a leader with a quorum, and a
-keep-alive or a revoke that got there first makes it fail (the record is no
-longer the one expected), as does a transaction holding the record's lock
-(then the next pass tries again). Deleting the keys attached to an ended
+That entry is the expiry: it commits only at a leader with a quorum; a
+revoke, or a grant again of the same id (another record: its grant time
+differs), that got there first makes it fail, as does a transaction holding
+the record's lock (then the next pass tries again). A keep-alive only moves
+the deadline in memory. Deleting the keys attached to an ended
 lease is the routers' work (``router.leases``): it needs a transaction
 across groups.
 """
@@ -28,7 +29,6 @@ import functools
 import logging
 from collections.abc import Callable
 
-from shardkv.errors import ShardKVError
 from shardkv.leases import LEASE_PREFIX, LeaseRecord, LeaseState, lease_id_of
 from shardkv.node.cluster import META_GROUP
 from shardkv.node.passes import Passes
@@ -49,13 +49,14 @@ class LeaseDeadlines:
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._clock = clock
-        # group -> (the leadership they were set under, lease id -> deadline)
-        self._groups: dict[int, tuple[tuple[int, int], dict[int, float]]] = {}
+        # group -> (the leadership they were set under,
+        #           lease id -> (the lease's record, its deadline))
+        self._groups: dict[int, tuple[tuple[int, int], dict[int, tuple[bytes, float]]]] = {}
 
     def now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
-    def of(self, peer: Peer) -> dict[int, float]:
+    def of(self, peer: Peer) -> dict[int, tuple[bytes, float]]:
         """The deadlines of ``peer``'s group under its current leadership."""
         leadership = (id(peer), peer.leader_changes)
         held = self._groups.get(peer.group_id)
@@ -63,16 +64,27 @@ class LeaseDeadlines:
             held = self._groups[peer.group_id] = (leadership, {})
         return held[1]
 
-    def touch(self, peer: Peer, lease_id: int, ttl: int, renew: bool) -> float | None:
+    def deadline(self, peer: Peer, lease_id: int, record: bytes, ttl: int) -> float:
+        """The lease's deadline: the one set for this very record, or now plus its
+        TTL (first seen under this leadership, or granted again since)."""
+        table = self.of(peer)
+        held = table.get(lease_id)
+        if held is None or held[0] != record:
+            held = table[lease_id] = (record, self.now() + ttl)
+        return held[1]
+
+    def touch(
+        self, peer: Peer, lease_id: int, record: bytes, ttl: int, renew: bool
+    ) -> float | None:
         """Seconds left of the lease (renewed first if ``renew``); None once its
         deadline passed (its expiry is on the way: too late to renew)."""
-        table = self.of(peer)
         now = self.now()
-        deadline = table.setdefault(lease_id, now + ttl)
+        deadline = self.deadline(peer, lease_id, record, ttl)
         if deadline <= now:
             return None
         if renew:
-            deadline = table[lease_id] = now + ttl
+            deadline = now + ttl
+            self.of(peer)[lease_id] = (record, deadline)
         return deadline - now
 
     def drop(self, group_id: int) -> None:
@@ -124,7 +136,7 @@ class LeaseKeeper(Passes):
                 if record.state != LeaseState.ALIVE:
                     continue
                 alive.add(lease_id)
-                deadline = table.setdefault(lease_id, now + record.ttl)
+                deadline = self.deadlines.deadline(peer, lease_id, kv.value, record.ttl)
                 key = (group_id, lease_id)
                 if now >= deadline and key not in self._expiring:
                     task = asyncio.create_task(
@@ -148,7 +160,7 @@ class LeaseKeeper(Passes):
         command = kv_pb2.Command(operations=[kv_pb2.Operation(compare_and_set=expire)])
         try:
             result = await self.runtime.propose(group_id, command)
-        except ShardKVError as error:
+        except Exception as error:  # the next pass tries again
             _log.debug("group %d: expiring lease %x failed: %s", group_id, lease_id_of(key), error)
             return
         if result.results and result.results[0].succeeded:

@@ -308,13 +308,10 @@ class NodeService(node_pb2_grpc.NodeServicer):
         if wrong_group is not None:
             return node_pb2.LeaseResponse(error=node_pb2.GroupError(wrong_group=wrong_group))
         kv = peer.machine.get(key)
-        try:
-            record = LeaseRecord.decode(kv.value) if kv is not None else None
-        except ValueError:
-            record = None
-        if record is None or record.state != LeaseState.ALIVE:
+        record = LeaseRecord.of(kv.value if kv is not None else None)
+        if kv is None or record is None or record.state != LeaseState.ALIVE:
             return node_pb2.LeaseResponse(found=False)
-        left = self.leases.touch(peer, request.lease_id, record.ttl, request.renew)
+        left = self.leases.touch(peer, request.lease_id, kv.value, record.ttl, request.renew)
         if left is None:
             return node_pb2.LeaseResponse(found=False)
         return node_pb2.LeaseResponse(
