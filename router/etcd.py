@@ -77,7 +77,7 @@ import grpc
 from router.auth import AuthInterceptor
 from router.groups import RouteError
 from router.leases import LeaseNotFound, Leases, attach_compare
-from router.service import MAX_PAGE, RouterService
+from router.service import RouterService
 from router.watch import Compacted, MergedWatch
 from shardkv.errors import InvalidArgument
 from shardkv.etcd import kv_pb2 as mvcc_pb2
@@ -269,14 +269,8 @@ class EtcdKV(rpc_pb2_grpc.KVServicer):
         self, start: bytes, end: bytes | None, deadline: float
     ) -> list[kv_pb2.KeyValue]:
         """Every key of ``[start, end)``, in key order (the store's own keys left out)."""
-        found: list[kv_pb2.KeyValue] = []
-        while end is None or start < end:
-            page = await self.service.scan(start, end, MAX_PAGE, deadline)
-            found.extend(kv for kv in page.kvs if not is_reserved(kv.key))
-            if not page.continuation:
-                return found
-            start = page.continuation
-        return found
+        found = await self.service.scan_all(start, end, deadline)
+        return [kv for kv in found if not is_reserved(kv.key)]
 
     # -- Put ----------------------------------------------------------------------------
 

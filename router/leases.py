@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import grpc
 
 from router.groups import RouteError
-from router.service import MAX_PAGE, RouterService
+from router.service import RouterService
 from shardkv.errors import InvalidArgument
 from shardkv.leases import (
     LEASE_PREFIX,
@@ -205,12 +205,10 @@ class Leases:
             record = LeaseRecord.of(lease.value)
             if record is None or record.state == LeaseState.ALIVE:
                 return None
-            indexed = await self._scan_prefix(attached_prefix(lease_id), deadline)
+            indexed = await self._indexed(lease_id, REAP_WIDTH + 1, deadline)
             chunk, last = indexed[:REAP_WIDTH], len(indexed) <= REAP_WIDTH
-            users = [attached_user_key(index.key) for index in chunk]
-            current = await asyncio.gather(*(self.service.get_kv(k, deadline) for k in users))
             request = router_pb2.TxnRequest(compares=[_same(key, lease.mod_revision)])
-            for index, user_key, kv in zip(chunk, users, current, strict=True):
+            for index, user_key, kv in chunk:
                 request.compares.append(_same(user_key, kv.mod_revision if kv else 0))
                 if kv is not None and kv.lease == lease_id:
                     request.success.append(kv_pb2.Operation(delete=kv_pb2.Delete(key=user_key)))
@@ -232,20 +230,21 @@ class Leases:
 
     async def _attached(self, lease_id: int, deadline: float) -> list[bytes]:
         """The keys attached to the lease now (index entries whose key still names it)."""
-        indexed = await self._scan_prefix(attached_prefix(lease_id), deadline)
+        indexed = await self._indexed(lease_id, None, deadline)
+        return [user_key for _, user_key, kv in indexed if kv and kv.lease == lease_id]
+
+    async def _indexed(
+        self, lease_id: int, most: int | None, deadline: float
+    ) -> list[tuple[kv_pb2.KeyValue, bytes, kv_pb2.KeyValue | None]]:
+        """The lease's index entries (the first ``most``), each with the key it names
+        and that key as it is now."""
+        indexed = (await self._scan_prefix(attached_prefix(lease_id), deadline))[:most]
         users = [attached_user_key(index.key) for index in indexed]
         current = await asyncio.gather(*(self.service.get_kv(k, deadline) for k in users))
-        return [k for k, kv in zip(users, current, strict=True) if kv and kv.lease == lease_id]
+        return list(zip(indexed, users, current, strict=True))
 
     async def _scan_prefix(self, prefix: bytes, deadline: float) -> list[kv_pb2.KeyValue]:
-        found: list[kv_pb2.KeyValue] = []
-        start, end = prefix, prefix_end(prefix)
-        while True:
-            page = await self.service.scan(start, end, MAX_PAGE, deadline)
-            found.extend(page.kvs)
-            if not page.continuation:
-                return found
-            start = page.continuation
+        return await self.service.scan_all(prefix, prefix_end(prefix), deadline)
 
 
 def _same(key: bytes, mod_revision: int) -> kv_pb2.Compare:

@@ -876,6 +876,19 @@ class RouterService(router_pb2_grpc.RouterServicer):
             response.continuation = kvs[-1].key + b"\x00"
         return response
 
+    async def scan_all(
+        self, start: bytes, end: bytes | None, deadline: float
+    ) -> list[kv_pb2.KeyValue]:
+        """Every key of ``[start, end)`` (None: to the end), in key order, page by page."""
+        found: list[kv_pb2.KeyValue] = []
+        while end is None or start < end:
+            page = await self.scan(start, end, MAX_PAGE, deadline)
+            found.extend(page.kvs)
+            if not page.continuation:
+                break
+            start = page.continuation
+        return found
+
     # -- status ---------------------------------------------------------------------------
 
     async def ClusterStatus(

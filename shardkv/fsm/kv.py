@@ -53,6 +53,13 @@ What it promises:
 7. Reads (``get``, ``scan``) see what the engine holds, i.e. the last applied
    round; the node serves them once applied covers the read's index.
 
+8. Every change (a put, a delete, a compare-and-set, a transaction's
+   writes) is logged by revision in the group's event log, for watches
+   (``events``); moves log nothing. The log keeps ``EVENT_LOG_BYTES``,
+   dropping whole old revisions, and its floor (``event_floor``): a trim
+   reads the log as applied, engine and staged round together, so the log
+   is the same bytes on every replica however their rounds were cut.
+
 Commands are validated (key and value sizes, see ``shardkv.limits``) before
 they are proposed; ``apply`` trusts what committed.
 
@@ -134,6 +141,14 @@ class Record:
             _, version, create_revision, mod_revision, lease = _LEASED_RECORD.unpack_from(data)
             return cls(data[_LEASED_RECORD.size :], version, create_revision, mod_revision, lease)
         raise ValueError(f"unknown record format {record_format}")
+
+    @staticmethod
+    def revisions(data: bytes) -> tuple[int, int]:
+        """(create, mod) revision of an encoded record, from its header alone."""
+        if not data or data[0] not in (_RECORD_FORMAT, _LEASED_FORMAT):
+            raise ValueError(f"unknown record format {data[:1]!r}")
+        _, _, create_revision, mod_revision = _RECORD.unpack_from(data)
+        return create_revision, mod_revision
 
     def key_value(self, key: bytes) -> kv_pb2.KeyValue:
         return kv_pb2.KeyValue(
@@ -531,8 +546,7 @@ class KeyValueStateMachine:
 
     def import_record(self, batch: Batch, key: bytes, stored: bytes) -> None:
         """Write a copied key as the source stores it (value and metadata)."""
-        record = Record.decode(stored)
-        create_revision, mod_revision = record.create_revision, record.mod_revision
+        create_revision, mod_revision = Record.revisions(stored)
         engine_key = keys.data_key(self.group_id, key)
         if self._read(ColumnFamily.DATA, engine_key) is None:
             self.key_count += 1

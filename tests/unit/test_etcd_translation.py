@@ -16,6 +16,7 @@ from router.etcd import (
     Unimplemented,
     key_range,
 )
+from router.service import RouterService
 from shardkv.errors import InvalidArgument
 from shardkv.etcd import rpc_pb2
 from shardkv.leases import LeaseRecord, attached_key, lease_key
@@ -68,6 +69,12 @@ class FakeRouter:
         if len(found) > 2:
             response.continuation = found[1].key + b"\x00"
         return response
+
+    async def scan_all(
+        self, start: bytes, end: bytes | None, deadline: float
+    ) -> list[kv_pb2.KeyValue]:
+        # The router's own paging, over the fake's pages of two.
+        return await RouterService.scan_all(self, start, end, deadline)  # type: ignore[arg-type]
 
     async def txn(self, request: router_pb2.TxnRequest, deadline: float) -> router_pb2.TxnResponse:
         self.txns.append(request)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from dataclasses import dataclass
@@ -132,4 +131,3 @@ async def test_a_compacted_start_and_a_lost_leadership_end_the_stream(
     request.start_revision = machine.event_floor
     batches = await first(watch_group(cast(NodeRuntime, runtime), request, group_error), 5)
     assert len(batches) == 1 and batches[0].error.not_leader.leader_id == 2
-    await asyncio.sleep(0)
