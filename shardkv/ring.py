@@ -36,6 +36,7 @@ __all__ = [
     "Routing",
     "build_ring",
     "map_order",
+    "moving_filter",
     "moving_shares",
     "normalise_key",
     "ring_of",
@@ -113,6 +114,28 @@ class KeyRing:
             owned[group] += position - previous
             previous = position
         return {group: span / space for group, span in owned.items()}
+
+
+def moving_filter(
+    ring: KeyRing, target_ring: KeyRing, source: int, target: int
+) -> Callable[[bytes], bool]:
+    """Whether a key moves from ``source`` to ``target`` when ``ring`` becomes
+    ``target_ring``, as one lookup per key (for loops over many keys).
+
+    Between two consecutive points of the two rings together both owners stay
+    the same, so one bisect over the union finds whether a position moves.
+    """
+    old_owner, new_owner = ring.owners(), target_ring.owners()
+    union = sorted(set(ring.points()[0]) | set(target_ring.points()[0]))
+    # A position p finds bisect(union, p) = i: it lies in [union[i-1], union[i]),
+    # where both rings answer as they do for union[i-1] (or for 0, when i is 0).
+    flags = [old_owner(start) == source and new_owner(start) == target for start in [0, *union]]
+    find = bisect.bisect
+
+    def moves(key: bytes) -> bool:
+        return flags[find(union, ring_position(key))]
+
+    return moves
 
 
 def build_ring(ring: cluster_pb2.Ring) -> KeyRing:

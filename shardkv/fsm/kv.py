@@ -71,6 +71,7 @@ leader's clock through the log comes with leases.
 from __future__ import annotations
 
 import itertools
+import operator
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -85,7 +86,7 @@ from shardkv.storage.engine import Batch, ColumnFamily, StorageEngine
 from shardkv.txn_protocol import step_keys
 from shardkv.v1 import cluster_pb2, kv_pb2
 
-__all__ = ["RESULT_WINDOW", "STALE", "KeyValueStateMachine", "Record"]
+__all__ = ["INGEST_KEYS", "RESULT_WINDOW", "STALE", "KeyValueStateMachine", "Record"]
 
 # The answer to a command at or below its client's acked floor.
 STALE = kv_pb2.CommandResult(stale=True)
@@ -93,6 +94,9 @@ STALE = kv_pb2.CommandResult(stale=True)
 RESULT_WINDOW = 100_000
 # Above this many seqs to forget at once, one range delete instead of point deletes.
 _POINT_DELETES = 256
+# A migration's chunk of at least this many keys is written as one table
+# (``StorageEngine.ingest``), not key by key into the batch.
+INGEST_KEYS = 512
 
 _RECORD = struct.Struct(">BQQQ")
 _RECORD_FORMAT = 1
@@ -100,6 +104,9 @@ _RECORD_FORMAT = 1
 _LEASED_RECORD = struct.Struct(">BQQQQ")
 _LEASED_FORMAT = 2
 _COUNTER = struct.Struct(">Q")
+# Where a record keeps its mod_revision (format, version, create, mod).
+_MOD_REVISION_AT = 1 + 8 + 8
+_MOD_REVISION_BYTES = operator.itemgetter(slice(_MOD_REVISION_AT, _MOD_REVISION_AT + 8))
 _EVENT_LOG = struct.Struct(">QQ")
 _KEY_LENGTH = struct.Struct(">H")
 # The event log's size per group: above it the oldest events go, to 3/4 of it.
@@ -150,6 +157,16 @@ class Record:
         _, _, create_revision, mod_revision = _RECORD.unpack_from(data)
         return create_revision, mod_revision
 
+    @staticmethod
+    def newest_revision(records: Sequence[bytes]) -> int:
+        """The highest revision of any of these encoded records (0: none)."""
+        if not records:
+            return 0
+        # Every format keeps mod_revision (a record's highest) big-endian at
+        # the same offset: the largest bytes there are the largest number.
+        newest = max(records, key=_MOD_REVISION_BYTES)
+        return Record.revisions(newest)[1]
+
     def key_value(self, key: bytes) -> kv_pb2.KeyValue:
         return kv_pb2.KeyValue(
             key=key,
@@ -198,6 +215,7 @@ class KeyValueStateMachine:
             # once, every stored key (scan() would skip the ones a migration hides).
             low, high = keys.data_range(group_id)
             self.key_count = sum(1 for _ in engine.scan(ColumnFamily.DATA, low, high))
+            self.key_count -= self.migration.counted_out_held()
 
     # -- applying ----------------------------------------------------------------
 
@@ -553,12 +571,82 @@ class KeyValueStateMachine:
         self._write(batch, ColumnFamily.DATA, engine_key, stored)
         self._imported_revision = max(self._imported_revision, mod_revision, create_revision)
 
+    def import_records(self, batch: Batch, moved: Sequence[bytes], stored: Sequence[bytes]) -> None:
+        """``import_record`` of many keys: a chunk of ``INGEST_KEYS`` or more as one table."""
+        engine_keys = self._bulk_keys(moved)
+        if engine_keys is None:
+            for key, record in zip(moved, stored, strict=True):
+                self.import_record(batch, key, record)
+            return
+        items = dict(zip(engine_keys, stored, strict=True))
+        ordered = sorted(items)
+        table = self.engine.table_writer()
+        table.put_many(zip(ordered, map(items.__getitem__, ordered), strict=True))
+        present = self.engine.get_many(ColumnFamily.DATA, ordered)
+        self._ingest(table.finish())
+        self.key_count += present.count(None)
+        self._imported_revision = max(self._imported_revision, Record.newest_revision(stored))
+
     def drop_key(self, batch: Batch, key: bytes) -> None:
         """Delete a key that moved (no revision, no mark: not a write of the user's)."""
         engine_key = keys.data_key(self.group_id, key)
         if self._read(ColumnFamily.DATA, engine_key) is not None:
             self._write(batch, ColumnFamily.DATA, engine_key, None)
             self.key_count -= 1
+
+    def drop_keys(self, batch: Batch, moved: Sequence[bytes], *, counted: bool = True) -> None:
+        """``drop_key`` of many keys: a chunk of ``INGEST_KEYS`` or more as one table
+        of deletions. Not ``counted``: the keys were counted out already (a
+        release that said how many), so none is read to count it."""
+        engine_keys = self._bulk_keys(moved)
+        if engine_keys is None:
+            for key in moved:
+                if counted:
+                    self.drop_key(batch, key)
+                else:
+                    self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), None)
+            return
+        unique = sorted(set(engine_keys))
+        table = self.engine.table_writer()
+        if counted:
+            present = self.engine.get_many(ColumnFamily.DATA, unique)
+            unique = [
+                key for key, stored in zip(unique, present, strict=True) if stored is not None
+            ]
+        table.delete_many(unique)
+        self._ingest(table.finish(), recount=counted)
+        if counted:
+            self.key_count -= table.entries
+
+    def _bulk_keys(self, moved: Sequence[bytes]) -> list[bytes] | None:
+        """The engine keys of a chunk to ingest as one table, or None: a small chunk, or
+        one with a key written earlier in this round (the batch, written after the
+        table, would put the older write over the table's)."""
+        if len(moved) < INGEST_KEYS:
+            return None
+        prefix = keys.group_prefix(self.group_id)
+        engine_keys = [prefix + key for key in moved]
+        overlay = self._overlay
+        if overlay and any((ColumnFamily.DATA, key) in overlay for key in engine_keys):
+            return None
+        return engine_keys
+
+    def _ingest(self, table: bytes, *, recount: bool = True) -> None:
+        """Ingest ``table`` into the group's data; with ``recount``, its key count
+        made stale first.
+
+        The table is durable at once, the round's batch (the new count, the
+        applied index) only later: a crash between the two would replay the
+        entry against keys already there and miscount them. Without its stored
+        count, a restarted group counts its keys again (``__init__``).
+        """
+        if not table:
+            return
+        if recount:
+            stale = self.engine.new_batch()
+            stale.delete(ColumnFamily.META, keys.key_count_key(self.group_id))
+            self.engine.write(stale, sync=True)
+        self.engine.ingest(ColumnFamily.DATA, table)
 
     def merge_session(self, batch: Batch, copy: kv_pb2.SessionCopy) -> None:
         """Take in a client's session from another group: the higher floor, and its results."""

@@ -64,7 +64,7 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from shardkv.ring import KeyRing, build_ring, ring_position
+from shardkv.ring import KeyRing, build_ring, moving_filter, ring_position
 from shardkv.storage import keys
 from shardkv.storage.engine import Batch, ColumnFamily
 from shardkv.v1 import cluster_pb2, kv_pb2
@@ -171,13 +171,21 @@ class Migration:
         ring, target_ring = self.machine.ring, self.target_ring
         if ring is None or target_ring is None or not ring.weights or not target_ring.weights:
             return lambda key: False
-        old_owner, new_owner, group = ring.owners(), target_ring.owners(), self.group_id
+        return moving_filter(ring, target_ring, self.group_id, target)
 
-        def moves(key: bytes) -> bool:
-            position = ring_position(key)
-            return new_owner(position) == target and old_owner(position) == group
-
-        return moves
+    def counted_out_held(self) -> int:
+        """Moved keys still stored here that a release counted out already (for a
+        count of the group's keys from its stored ones)."""
+        if self.state is None or not self.state.counted_out:
+            return 0
+        filters = [self.moving_filter(target) for target in set(self.state.counted_out)]
+        low, high = keys.data_range(self.group_id)
+        skip = keys.GROUP_KEY_SIZE
+        return sum(
+            1
+            for engine_key, _ in self.machine.engine.scan(ColumnFamily.DATA, low, high)
+            if any(moves(engine_key[skip:]) for moves in filters)
+        )
 
     def moving_to(self, key: bytes) -> int | None:
         """The group ``key`` moves to from this one in the migration, if it moves."""
@@ -298,7 +306,15 @@ class Migration:
 
     def _release(self, batch: Batch, step: kv_pb2.MigrateStep) -> str | None:
         assert self.state is not None
-        return self._advance(batch, self.state.outgoing, step.target, _OUT_SEALED, _OUT_RELEASED)  # type: ignore[arg-type]
+        sealed = self.state.outgoing.get(step.target) == _OUT_SEALED
+        refused = self._advance(batch, self.state.outgoing, step.target, _OUT_SEALED, _OUT_RELEASED)  # type: ignore[arg-type]
+        if refused is None and sealed and step.HasField("released_keys"):
+            # Once only (the arc leaves SEALED here): the moved keys are counted out.
+            self.machine.key_count = max(0, self.machine.key_count - step.released_keys)
+            self.state.counted_out.append(step.target)
+            self._store(batch)
+            self.machine.finish_import(batch)
+        return refused
 
     def _activate(self, batch: Batch, step: kv_pb2.MigrateStep) -> str | None:
         assert self.state is not None
@@ -313,10 +329,8 @@ class Migration:
             return f"move from {step.source} is {cluster_pb2.ArcState.Name(arc)}, not importing"
         data = step.copy
         machine = self.machine
-        for key, record in zip(data.keys, data.records, strict=True):
-            machine.import_record(batch, key, record)
-        for key in data.deleted:
-            machine.drop_key(batch, key)
+        machine.import_records(batch, data.keys, data.records)
+        machine.drop_keys(batch, data.deleted)
         for session in data.sessions:
             machine.merge_session(batch, session)
         for txn_record in data.txn_records:
@@ -333,10 +347,14 @@ class Migration:
         if arc != _OUT_RELEASED:
             return f"move to {step.target} is {cluster_pb2.ArcState.Name(arc)}, not released"
         machine = self.machine
-        moves = self.moving_filter(step.target)
-        for key in step.collect.keys:
-            if moves(key):
-                machine.drop_key(batch, key)
+        moved: Sequence[bytes] = step.collect.keys
+        counted = step.target not in self.state.counted_out
+        if counted:
+            # Keys this group finds moving itself. Counted out, they are the ones
+            # the driver copied, checked against both rings there.
+            moves = self.moving_filter(step.target)
+            moved = [key for key in moved if moves(key)]
+        machine.drop_keys(batch, moved, counted=counted)
         machine.finish_import(batch)
         if step.collect.last:
             low, high = keys.mark_range(self.group_id, step.target)

@@ -20,7 +20,8 @@ at its leader):
   target serves them.
 
 A chunk holds at most ``chunk_keys`` keys (default 1,000) and about
-``MAX_CHUNK_BYTES`` of records.
+``MAX_CHUNK_BYTES`` of records. The target writes a chunk of
+``INGEST_KEYS`` keys or more as one table, so the driver asks for large ones.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from shardkv.v1 import kv_pb2, node_pb2
 __all__ = ["DEFAULT_CHUNK_KEYS", "MAX_CHUNK_BYTES", "export_chunks"]
 
 DEFAULT_CHUNK_KEYS = 1000
-MAX_CHUNK_BYTES = 1 << 20
+# Under the 4 MiB a gRPC channel receives by default, with room for framing.
+MAX_CHUNK_BYTES = 3 << 20
 
 
 def export_chunks(

@@ -62,7 +62,7 @@ from shardkv.node.cluster import ClusterAgent
 from shardkv.node.driving import MapDriver, StepFailed
 from shardkv.node.resolver import NodeGroupCalls
 from shardkv.node.ring_change import finish_migration
-from shardkv.ring import build_ring, moving_shares
+from shardkv.ring import build_ring, moving_filter, moving_shares
 from shardkv.txn_protocol import now_ms
 from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2
 
@@ -74,8 +74,11 @@ _log = logging.getLogger(__name__)
 _SMALL_ROUND = 500
 _MAX_ROUNDS = 8
 _IMPORTS_IN_FLIGHT = 2
-# Keys per collect step (keys only: small entries).
-_COLLECT_CHUNK_KEYS = 4000
+# Keys per copy chunk of the bulk copy, and per collect step (keys only): the
+# groups write each as one table (``INGEST_KEYS`` or more), and every table
+# costs a flush of the node's memtable, so they are large.
+_BULK_CHUNK_KEYS = 16_000
+_COLLECT_CHUNK_KEYS = 16_000
 # The most moved keys a move remembers to drop them at the source without a scan.
 _REMEMBERED_KEYS = 2_000_000
 _PROGRESS_INTERVAL = 1.0
@@ -133,14 +136,17 @@ class _Progress:
     watermark: int | None = None
     frozen_at: float | None = None
     recorded_at: float = 0.0
-    # The moving keys copied (so the source can drop them without another
-    # scan of the group); None past _REMEMBERED_KEYS, or after a restart.
+    # The moving keys the source holds, as every copy since the first found
+    # them: so the source can drop them without another scan of the group,
+    # and count them out at its release. None past _REMEMBERED_KEYS, or when
+    # this driver did not see every copy (a restart).
     copied: set[bytes] | None = None
 
     def remember(self, data: kv_pb2.MigrateImport) -> None:
         if self.copied is None:
             return
         self.copied.update(data.keys)
+        self.copied.difference_update(data.deleted)
         if len(self.copied) > _REMEMBERED_KEYS:
             self.copied = None
 
@@ -260,7 +266,11 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         elif move.phase == cluster_pb2.MOVE_FROZEN:
             await self._switch(epoch, pair, progress, record_frozen=False)
         elif move.phase == cluster_pb2.MOVE_ACTIVE:
-            await self._apply(move.source, self._step(epoch, pair, release=True))
+            release = self._step(epoch, pair, release=True)
+            self._check_copied(migration, pair, progress)
+            if progress.copied is not None:
+                release.migrate.released_keys = len(progress.copied)
+            await self._apply(move.source, release)
             failpoint("migration.before_collect")
             collected = await self._collect(epoch, pair, progress.copied)
             await self._record(pair, phase=cluster_pb2.MOVE_DONE, finished_ms=now_ms())
@@ -381,7 +391,12 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         """
         source, target = pair
         request = node_pb2.ExportRequest(
-            group_id=source, epoch=epoch, target=target, kind=kind, since_revision=since
+            group_id=source,
+            epoch=epoch,
+            target=target,
+            kind=kind,
+            since_revision=since,
+            chunk_keys=_BULK_CHUNK_KEYS if kind == node_pb2.EXPORT_ALL else 0,
         )
         pipeline = _Pipeline(_IMPORTS_IN_FLIGHT)
         revision: int | None = None
@@ -425,6 +440,28 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             pipeline.cancel()
         if revision is not None:
             progress.watermark = revision
+
+    def _check_copied(
+        self, migration: cluster_pb2.Migration, pair: _Pair, progress: _Progress
+    ) -> None:
+        """Forget the remembered keys unless every one moves from the source to the
+        target: the source counts them out and drops them without checking."""
+        cluster_map, copied = self.agent.map, progress.copied
+        if copied is None:
+            return
+        if cluster_map is None or cluster_map.ring.epoch != migration.target.epoch - 1:
+            progress.copied = None
+            return
+        moves = moving_filter(build_ring(cluster_map.ring), build_ring(migration.target), *pair)
+        strays = sum(1 for key in copied if not moves(key))
+        if strays:
+            _log.error(
+                "node %d: move %d->%d: %d copied keys do not move; the source finds its own",
+                self.runtime.node_id,
+                *pair,
+                strays,
+            )
+            progress.copied = None
 
     async def _collect(self, epoch: int, pair: _Pair, copied: set[bytes] | None) -> int:
         """Drop the moved keys at the source: the ones this driver copied when it

@@ -167,7 +167,7 @@ class Move(_message.Message):
     def __init__(self, source: _Optional[int] = ..., target: _Optional[int] = ..., phase: _Optional[_Union[MovePhase, str]] = ..., keys_copied: _Optional[int] = ..., bytes_copied: _Optional[int] = ..., keys_estimate: _Optional[int] = ..., started_ms: _Optional[int] = ..., phase_started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., stuck: _Optional[str] = ..., frozen_ms: _Optional[int] = ...) -> None: ...
 
 class GroupMigration(_message.Message):
-    __slots__ = ("epoch", "target", "outgoing", "incoming", "driver")
+    __slots__ = ("epoch", "target", "outgoing", "incoming", "driver", "counted_out")
     class OutgoingEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -187,9 +187,11 @@ class GroupMigration(_message.Message):
     OUTGOING_FIELD_NUMBER: _ClassVar[int]
     INCOMING_FIELD_NUMBER: _ClassVar[int]
     DRIVER_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_OUT_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     target: Ring
     outgoing: _containers.ScalarMap[int, ArcState]
     incoming: _containers.ScalarMap[int, ArcState]
     driver: int
-    def __init__(self, epoch: _Optional[int] = ..., target: _Optional[_Union[Ring, _Mapping]] = ..., outgoing: _Optional[_Mapping[int, ArcState]] = ..., incoming: _Optional[_Mapping[int, ArcState]] = ..., driver: _Optional[int] = ...) -> None: ...
+    counted_out: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, epoch: _Optional[int] = ..., target: _Optional[_Union[Ring, _Mapping]] = ..., outgoing: _Optional[_Mapping[int, ArcState]] = ..., incoming: _Optional[_Mapping[int, ArcState]] = ..., driver: _Optional[int] = ..., counted_out: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -250,7 +250,7 @@ class Command(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., batch: _Optional[_Iterable[_Union[Command, _Mapping]]] = ..., epoch: _Optional[int] = ..., puts: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., txn: _Optional[_Union[TxnStep, _Mapping]] = ..., migrate: _Optional[_Union[MigrateStep, _Mapping]] = ..., stamp: _Optional[int] = ...) -> None: ...
 
 class MigrateStep(_message.Message):
-    __slots__ = ("epoch", "source", "target", "begin", "freeze", "seal", "release", "copy", "activate", "collect", "driver", "base")
+    __slots__ = ("epoch", "source", "target", "begin", "freeze", "seal", "release", "copy", "activate", "collect", "driver", "base", "released_keys")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +263,7 @@ class MigrateStep(_message.Message):
     COLLECT_FIELD_NUMBER: _ClassVar[int]
     DRIVER_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_KEYS_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     source: int
     target: int
@@ -275,7 +276,8 @@ class MigrateStep(_message.Message):
     collect: MigrateCollect
     driver: int
     base: _cluster_pb2.Ring
-    def __init__(self, epoch: _Optional[int] = ..., source: _Optional[int] = ..., target: _Optional[int] = ..., begin: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., freeze: _Optional[bool] = ..., seal: _Optional[bool] = ..., release: _Optional[bool] = ..., copy: _Optional[_Union[MigrateImport, _Mapping]] = ..., activate: _Optional[bool] = ..., collect: _Optional[_Union[MigrateCollect, _Mapping]] = ..., driver: _Optional[int] = ..., base: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ...) -> None: ...
+    released_keys: int
+    def __init__(self, epoch: _Optional[int] = ..., source: _Optional[int] = ..., target: _Optional[int] = ..., begin: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., freeze: _Optional[bool] = ..., seal: _Optional[bool] = ..., release: _Optional[bool] = ..., copy: _Optional[_Union[MigrateImport, _Mapping]] = ..., activate: _Optional[bool] = ..., collect: _Optional[_Union[MigrateCollect, _Mapping]] = ..., driver: _Optional[int] = ..., base: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., released_keys: _Optional[int] = ...) -> None: ...
 
 class MigrateImport(_message.Message):
     __slots__ = ("keys", "records", "deleted", "sessions", "txn_records", "activate")
