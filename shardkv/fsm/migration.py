@@ -53,6 +53,15 @@ Decisions:
 - **Steps are idempotent** and say when they did not apply (``MigrateResult``:
   another epoch, not yet, or not in this state), so the driver may repeat any
   step after a crash.
+- **Bulk chunks are tables.** A copy's records and deletions, and a
+  collect's keys, are written through ``import_records``/``drop_keys``: a
+  chunk of ``INGEST_KEYS`` or more as one ingested table.
+- **Counting moved keys out.** A release that carries ``released_keys`` (the
+  driver's count of the moving keys the source holds, each checked against
+  both rings there) takes them off the key count once, and the arc's
+  collects then drop the keys they are given without reading or checking
+  each. Without it, a collect keeps only keys this group finds moving and
+  counts those it holds.
 - The group's applied ring reaching the migration's epoch ends its part:
   the state is dropped (every move is done by then).
 """

@@ -18,7 +18,8 @@ a new leader, or this one after a crash, resumes where the map says:
    transaction records, ``activate`` the target; record ``MOVE_ACTIVE``
    (routers now send the moved keys to the target) with how long the keys
    were frozen.
-4. ``MOVE_ACTIVE``: ``release`` the source, drop the moved keys there
+4. ``MOVE_ACTIVE``: ``release`` the source (with the number of moving keys
+   it holds, when this driver saw every copy), drop the moved keys there
    (``collect``, in chunks, the last one also dropping marks and records:
    the keys this driver copied, when it remembers them, else what an
    ``EXPORT_KEYS`` scan of the source finds); record ``MOVE_DONE``.
@@ -43,9 +44,11 @@ Decisions:
 - Progress (keys and bytes copied) is written into the map at most every
   ``_PROGRESS_INTERVAL`` seconds.
 - **A switch goes first.** While one move is between its freeze and its
-  activation (its keys unwritable), the other moves' copies wait, so the
-  switch does not queue behind bulk copies on a busy machine. Each move
-  keeps ``_IMPORTS_IN_FLIGHT`` copy steps in flight.
+  activation (its keys unwritable), the other moves' copies and collects
+  wait, so the switch does not queue behind bulk work on a busy machine. Each move
+  keeps ``_IMPORTS_IN_FLIGHT`` copy steps in flight, and a target group
+  takes at most ``_TARGET_IMPORTS`` at once over all the moves into it, so
+  a switch's last copy (never held back) waits behind at most that many.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ _log = logging.getLogger(__name__)
 _SMALL_ROUND = 500
 _MAX_ROUNDS = 8
 _IMPORTS_IN_FLIGHT = 2
+# Bulk copies in flight into one target group, over all its moves.
+_TARGET_IMPORTS = 2
 # Keys per copy chunk of the bulk copy, and per collect step (keys only): the
 # groups write each as one table (``INGEST_KEYS`` or more), and every table
 # costs a flush of the node's memtable, so they are large.
@@ -163,6 +168,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         self._switching = 0
         self._no_switch = asyncio.Event()
         self._no_switch.set()
+        self._target_slots: dict[int, asyncio.Semaphore] = {}
 
     def pending(self, cluster_map: cluster_pb2.ClusterMap) -> list[_Pair]:
         if not cluster_map.HasField("migration"):
@@ -364,6 +370,15 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             raise StepFailed(f"group {group_id} did not apply {kind}: {result.migrate.reason}")
         return result.migrate
 
+    async def _limited(self, target: int, command: kv_pb2.Command) -> kv_pb2.MigrateResult:
+        """``_apply`` of a bulk copy, at most ``_TARGET_IMPORTS`` at a time per target
+        group over every move into it: a switch's last copy then waits behind few."""
+        slots = self._target_slots.get(target)
+        if slots is None:
+            slots = self._target_slots[target] = asyncio.Semaphore(_TARGET_IMPORTS)
+        async with slots:
+            return await self._apply(target, command)
+
     async def _seal(self, epoch: int, pair: _Pair) -> None:
         command = self._step(epoch, pair, seal=True)
         while True:
@@ -411,7 +426,10 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             metrics = self.runtime.metrics
             metrics.migration_keys.inc(copied_keys)
             metrics.migration_bytes.inc(copied_bytes)
-            return self._apply(target, self._step(epoch, pair, copy=data))
+            command = self._step(epoch, pair, copy=data)
+            if activate:
+                return self._apply(target, command)  # the switch's own: not queued
+            return self._limited(target, command)
 
         try:
             async for chunk in self.calls.export(request):
@@ -471,6 +489,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         pipeline = _Pipeline(_IMPORTS_IN_FLIGHT)
         try:
             async for moved in self._moved_keys(epoch, pair, copied):
+                await self._no_switch.wait()  # a switch goes first here too
                 collect = self._step(epoch, pair, collect=kv_pb2.MigrateCollect(keys=moved))
                 await pipeline.submit(self._apply(source, collect))
                 collected += len(moved)

@@ -201,11 +201,13 @@ class TableWriter(abc.ABC):
 
     def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """``put`` of each item, keys strictly increasing (the engine checks)."""
-        self.entries += self._put_many(items)
+        added = self._put_many(items)  # read entries after: put() may count too
+        self.entries += added
 
     def delete_many(self, keys: Iterable[bytes]) -> None:
         """``delete`` of each key, strictly increasing (the engine checks)."""
-        self.entries += self._delete_many(keys)
+        added = self._delete_many(keys)
+        self.entries += added
 
     def _put_many(self, items: Iterable[tuple[bytes, bytes]]) -> int:
         for key, value in items:
