@@ -78,7 +78,7 @@ _SMALL_ROUND = 500
 _MAX_ROUNDS = 8
 _IMPORTS_IN_FLIGHT = 2
 # Bulk copies in flight into one target group, over all its moves.
-_TARGET_IMPORTS = 2
+_TARGET_IMPORTS = 4
 # Keys per copy chunk of the bulk copy, and per collect step (keys only): the
 # groups write each as one table (``INGEST_KEYS`` or more), and every table
 # costs a flush of the node's memtable, so they are large.
