@@ -33,17 +33,29 @@ from shardkv.storage import keys
 from shardkv.storage.engine import ColumnFamily
 from shardkv.v1 import kv_pb2, node_pb2
 
-__all__ = ["DEFAULT_CHUNK_KEYS", "MAX_CHUNK_BYTES", "export_chunks"]
+__all__ = ["DEFAULT_CHUNK_KEYS", "MAX_CHUNK_BYTES", "PAUSE_KEYS", "export_chunks", "export_steps"]
 
 DEFAULT_CHUNK_KEYS = 1000
 # Under the 4 MiB a gRPC channel receives by default, with room for framing.
 MAX_CHUNK_BYTES = 3 << 20
+# Keys scanned between two chances for the event loop (a few milliseconds).
+PAUSE_KEYS = 2048
 
 
 def export_chunks(
     machine: KeyValueStateMachine, request: node_pb2.ExportRequest
 ) -> Iterator[kv_pb2.MigrateImport]:
     """What moves, in chunks; see the module docstring."""
+    for chunk in export_steps(machine, request):
+        if chunk is not None:
+            yield chunk
+
+
+def export_steps(
+    machine: KeyValueStateMachine, request: node_pb2.ExportRequest
+) -> Iterator[kv_pb2.MigrateImport | None]:
+    """``export_chunks``, with a None after every ``PAUSE_KEYS`` keys scanned: where
+    a caller on the event loop lets it run (a large chunk scans many keys)."""
     chunk_keys = request.chunk_keys or DEFAULT_CHUNK_KEYS
     if request.kind == node_pb2.EXPORT_CHANGES:
         yield from _changes(machine, request.target, request.since_revision, chunk_keys)
@@ -53,7 +65,11 @@ def export_chunks(
     low, high = keys.group_range(machine.group_id)
     chunk, size = kv_pb2.MigrateImport(), 0
     skip = keys.GROUP_KEY_SIZE
+    scanned = 0
     for engine_key, stored in machine.engine.scan(ColumnFamily.DATA, low, high):
+        scanned += 1
+        if scanned % PAUSE_KEYS == 0:
+            yield None
         key = engine_key[skip:]
         if not moves(key):
             continue

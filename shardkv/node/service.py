@@ -33,7 +33,6 @@ a caller's write there could replace the map with bytes no node can read.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -55,7 +54,7 @@ from shardkv.fsm.migration import Access
 from shardkv.leases import LeaseRecord, LeaseState, lease_key
 from shardkv.limits import check_key
 from shardkv.node.config import META_GROUP_ID
-from shardkv.node.export import export_chunks
+from shardkv.node.export import export_steps
 from shardkv.node.leases import LeaseDeadlines
 from shardkv.node.membership import reconfigure
 from shardkv.node.runtime import NodeRuntime
@@ -458,11 +457,14 @@ class NodeService(node_pb2_grpc.NodeServicer):
             )
         # Read together, with no await between: the export's moment.
         revision, key_count = machine.revision, machine.key_count
-        chunks = export_chunks(machine, request)
-        first = next(chunks, None)
-        for chunk in itertools.chain([first] if first is not None else [], chunks):
+        sent = False
+        for chunk in export_steps(machine, request):
+            if chunk is None:
+                await asyncio.sleep(0)  # a long scan lets the node's rounds run
+                continue
+            sent = True
             yield node_pb2.ExportChunk(data=chunk, revision=revision, key_count=key_count)
-        if first is None:
+        if not sent:
             yield node_pb2.ExportChunk(revision=revision, key_count=key_count)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from shardkv.fsm.kv import INGEST_KEYS, KeyValueStateMachine, Record
+from shardkv.node.export import PAUSE_KEYS, export_chunks, export_steps
 from shardkv.ring import KeyRing, build_ring, moving_filter
 from shardkv.storage import ColumnFamily, MemoryEngine, StorageEngine, keys
 from shardkv.v1 import kv_pb2, node_pb2
@@ -665,3 +666,25 @@ def test_a_chunk_staged_after_a_table_in_the_same_round_wins(engine: StorageEngi
     assert engine.get(DATA, keys.data_key(TARGET, chunk_keys[6])) is None
     assert target.key_count == 599 == counted(engine, TARGET)
     assert target.revision >= 50 + 599, "raised above the table's newest record"
+
+
+def test_a_long_export_scan_pauses_for_the_event_loop(engine: StorageEngine) -> None:
+    """``Node.Export`` awaits at each None: one per PAUSE_KEYS keys scanned, so a
+    large chunk (thousands of keys scanned) never holds the node's loop throughout."""
+    groups = new_groups(engine)
+    bulk_put(groups, groups.source, SEEDED, b"v1-")
+    bulk_put(groups, groups.source, STAYING, b"s-")
+    groups.begin()
+    request = node_pb2.ExportRequest(
+        group_id=SOURCE,
+        epoch=groups.source.migration.state.epoch,
+        target=TARGET,
+        kind=ALL,
+        chunk_keys=100_000,
+    )
+    steps = list(export_steps(groups.source, request))
+    scanned = counted(engine, SOURCE)
+    assert steps.count(None) == scanned // PAUSE_KEYS > 0
+    chunks = [chunk for chunk in steps if chunk is not None]
+    assert len(chunks) == 1 and list(chunks[0].keys) == sorted(moving_of(groups))
+    assert chunks == list(export_chunks(groups.source, request))
