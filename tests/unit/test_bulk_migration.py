@@ -19,7 +19,7 @@ import pytest
 from shardkv.fsm.kv import INGEST_KEYS, KeyValueStateMachine, Record
 from shardkv.node.export import PAUSE_KEYS, export_chunks, export_steps
 from shardkv.ring import KeyRing, build_ring, moving_filter
-from shardkv.storage import ColumnFamily, MemoryEngine, StorageEngine, keys
+from shardkv.storage import ColumnFamily, StorageEngine, keys
 from shardkv.v1 import kv_pb2, node_pb2
 from tests.unit.engines import Opener, engine_opener
 from tests.unit.test_fsm_kv import delete, put
@@ -30,6 +30,7 @@ from tests.unit.test_fsm_migration import (
     SOURCE,
     TARGET,
     Groups,
+    new_groups,
     step,
 )
 from tests.unit.test_fsm_txn import state
@@ -289,15 +290,6 @@ NEW_MOVING = BULK_MOVING[2_300:2_400]  # written while copying
 STAYING = BULK_STAYING[:800]
 
 
-def new_groups(engine: StorageEngine) -> Groups:
-    made = Groups(
-        engine, KeyValueStateMachine(engine, SOURCE), KeyValueStateMachine(engine, TARGET)
-    )
-    for machine in (made.source, made.target):
-        made.apply(machine, kv_pb2.Command(ring=OLD_RING))
-    return made
-
-
 def bulk_put(groups: Groups, machine: KeyValueStateMachine, items: list[bytes], tag: bytes) -> None:
     for start in range(0, len(items), 700):
         puts = [kv_pb2.KeyValue(key=key, value=tag + key) for key in items[start : start + 700]]
@@ -332,6 +324,15 @@ def copy_bulk(groups: Groups, kind: node_pb2.ExportKind, since: int = 0) -> tupl
         big += len(chunk.keys) >= INGEST_KEYS or len(chunk.deleted) >= INGEST_KEYS
         groups.applies(groups.target, step(copy=chunk))
     return revision, big
+
+
+def copy_and_switch(groups: Groups) -> None:
+    """Begin, copy everything, freeze, seal and activate: the keys ready to release."""
+    groups.begin()
+    copy_bulk(groups, ALL)
+    groups.applies(groups.source, step(freeze=True))
+    groups.applies(groups.source, step(seal=True))
+    groups.applies(groups.target, step(activate=True))
 
 
 def release(groups: Groups, released_keys: int | None) -> None:
@@ -433,11 +434,7 @@ def test_a_release_counts_out_once(engine: StorageEngine) -> None:
     source = groups.source
     bulk_put(groups, source, SEEDED[:600], b"v-")
     bulk_put(groups, source, STAYING[:50], b"s-")
-    groups.begin()
-    copy_bulk(groups, ALL)
-    groups.applies(source, step(freeze=True))
-    groups.applies(source, step(seal=True))
-    groups.applies(groups.target, step(activate=True))
+    copy_and_switch(groups)
     release(groups, 600)
     assert source.key_count == 50
     release(groups, 600)  # repeated: released already, counted once
@@ -463,21 +460,7 @@ def test_replicas_grouping_bulk_steps_in_other_rounds_agree(
     expected = [result.SerializeToString() for result in groups.results]
     originals = {SOURCE: groups.source, TARGET: groups.target}
     for seed_, sizes in ((0, (1, 1)), (1, (2, 6)), (2, (5, 40)), (3, (len(groups.log),) * 2)):
-        replica = MemoryEngine()
-        machines = {
-            SOURCE: KeyValueStateMachine(replica, SOURCE),
-            TARGET: KeyValueStateMachine(replica, TARGET),
-        }
-        rounds = random.Random(seed_)
-        results: list[kv_pb2.CommandResult] = []
-        index = 0
-        while index < len(groups.log):
-            size = rounds.randint(*sizes)
-            batch = replica.new_batch()
-            for group_id, made in groups.log[index : index + size]:
-                results.append(machines[group_id].apply(batch, made))
-            replica.write(batch, sync=False)
-            index += size
+        replica, machines, results = groups.replay(seed_, sizes)
         assert [result.SerializeToString() for result in results] == expected, seed_
         assert (state(replica, SOURCE), state(replica, TARGET)) == whole, seed_
         for group_id, machine in machines.items():
@@ -537,11 +520,7 @@ def test_a_restart_after_a_counted_collect_recounts(open_engine: Opener) -> None
     source = groups.source
     bulk_put(groups, source, SEEDED[:1200], b"v-")
     bulk_put(groups, source, STAYING[:100], b"s-")
-    groups.begin()
-    copy_bulk(groups, ALL)
-    groups.applies(source, step(freeze=True))
-    groups.applies(source, step(seal=True))
-    groups.applies(groups.target, step(activate=True))
+    copy_and_switch(groups)
     release(groups, None)  # not counted out: collects count by presence
     assert source.key_count == 1300
     made = step(collect=kv_pb2.MigrateCollect(keys=SEEDED[:700] + STAYING[:5]))
@@ -567,11 +546,7 @@ def test_a_recount_after_a_counted_out_release_skips_moved_keys(open_engine: Ope
     source = groups.source
     bulk_put(groups, source, SEEDED[:1500], b"v-")
     bulk_put(groups, source, STAYING[:120], b"s-")
-    groups.begin()
-    copy_bulk(groups, ALL)
-    groups.applies(source, step(freeze=True))
-    groups.applies(source, step(seal=True))
-    groups.applies(groups.target, step(activate=True))
+    copy_and_switch(groups)
     release(groups, 1500)
     assert source.key_count == 120
 

@@ -151,6 +151,28 @@ class Groups:
         made = command(*operations, client_id=client_id, seq=seq, acked_seq=acked_seq)
         return self.apply(machine, made)
 
+    def replay(
+        self, seed: int, sizes: tuple[int, int]
+    ) -> tuple[MemoryEngine, dict[int, KeyValueStateMachine], list[kv_pb2.CommandResult]]:
+        """Apply the log again on a new replica, in rounds of random sizes within
+        ``sizes`` (seeded): its engine, its machines by group and their results."""
+        replica = MemoryEngine()
+        machines = {
+            SOURCE: KeyValueStateMachine(replica, SOURCE),
+            TARGET: KeyValueStateMachine(replica, TARGET),
+        }
+        rounds = random.Random(seed)
+        results: list[kv_pb2.CommandResult] = []
+        index = 0
+        while index < len(self.log):
+            size = rounds.randint(*sizes)
+            batch = replica.new_batch()
+            for group_id, made in self.log[index : index + size]:
+                results.append(machines[group_id].apply(batch, made))
+            replica.write(batch, sync=False)
+            index += size
+        return replica, machines, results
+
     def export(
         self, kind: node_pb2.ExportKind, since: int = 0, chunk_keys: int = 0
     ) -> list[kv_pb2.MigrateImport]:
@@ -201,14 +223,19 @@ class Groups:
             self.apply(machine, kv_pb2.Command(ring=NEW_RING))
 
 
-@pytest.fixture
-def groups(engine: StorageEngine) -> Groups:
+def new_groups(engine: StorageEngine) -> Groups:
+    """The source and the target on ``engine``, both at the old ring."""
     made = Groups(
         engine, KeyValueStateMachine(engine, SOURCE), KeyValueStateMachine(engine, TARGET)
     )
     for machine in (made.source, made.target):
         made.apply(machine, kv_pb2.Command(ring=OLD_RING))
     return made
+
+
+@pytest.fixture
+def groups(engine: StorageEngine) -> Groups:
+    return new_groups(engine)
 
 
 def seed(groups: Groups) -> None:
@@ -716,21 +743,7 @@ def test_replicas_applying_the_same_entries_in_other_rounds_agree(groups: Groups
     assert groups.source.migration.state is not None
     expected = [result.SerializeToString() for result in groups.results]
     for seed_ in range(3):
-        replica = MemoryEngine()
-        machines = {
-            SOURCE: KeyValueStateMachine(replica, SOURCE),
-            TARGET: KeyValueStateMachine(replica, TARGET),
-        }
-        rounds = random.Random(seed_)
-        results: list[kv_pb2.CommandResult] = []
-        index = 0
-        while index < len(groups.log):
-            size = rounds.randint(1, 8)
-            batch = replica.new_batch()
-            for group_id, made in groups.log[index : index + size]:
-                results.append(machines[group_id].apply(batch, made))
-            replica.write(batch, sync=False)
-            index += size
+        replica, machines, results = groups.replay(seed_, (1, 8))
         assert [result.SerializeToString() for result in results] == expected
         assert (state(replica, SOURCE), state(replica, TARGET)) == whole
         for group_id, machine in machines.items():
