@@ -69,6 +69,7 @@ Decisions:
 from __future__ import annotations
 
 import enum
+import logging
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -82,6 +83,8 @@ if TYPE_CHECKING:
     from shardkv.fsm.kv import KeyValueStateMachine
 
 __all__ = ["Access", "Migration"]
+
+_log = logging.getLogger(__name__)
 
 
 class _Wait(str):
@@ -319,6 +322,13 @@ class Migration:
         refused = self._advance(batch, self.state.outgoing, step.target, _OUT_SEALED, _OUT_RELEASED)  # type: ignore[arg-type]
         if refused is None and sealed and step.HasField("released_keys"):
             # Once only (the arc leaves SEALED here): the moved keys are counted out.
+            if step.released_keys > self.machine.key_count:
+                _log.warning(
+                    "group %d: released %d keys but counts %d; the count says 0",
+                    self.group_id,
+                    step.released_keys,
+                    self.machine.key_count,
+                )
             self.machine.key_count = max(0, self.machine.key_count - step.released_keys)
             self.state.counted_out.append(step.target)
             self._store(batch)

@@ -87,6 +87,8 @@ _COLLECT_CHUNK_KEYS = 16_000
 # The most moved keys a move remembers to drop them at the source without a scan.
 _REMEMBERED_KEYS = 2_000_000
 _PROGRESS_INTERVAL = 1.0
+# Keys hashed between two chances for the event loop.
+_CHECK_SLICE = 4096
 _SEAL_POLL = 0.02
 
 _Pair = tuple[int, int]
@@ -273,7 +275,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             await self._switch(epoch, pair, progress, record_frozen=False)
         elif move.phase == cluster_pb2.MOVE_ACTIVE:
             release = self._step(epoch, pair, release=True)
-            self._check_copied(migration, pair, progress)
+            await self._check_copied(migration, pair, progress)
             if progress.copied is not None:
                 release.migrate.released_keys = len(progress.copied)
             await self._apply(move.source, release)
@@ -459,7 +461,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         if revision is not None:
             progress.watermark = revision
 
-    def _check_copied(
+    async def _check_copied(
         self, migration: cluster_pb2.Migration, pair: _Pair, progress: _Progress
     ) -> None:
         """Forget the remembered keys unless every one moves from the source to the
@@ -471,7 +473,11 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             progress.copied = None
             return
         moves = moving_filter(build_ring(cluster_map.ring), build_ring(migration.target), *pair)
-        strays = sum(1 for key in copied if not moves(key))
+        strays = 0
+        for checked, key in enumerate(list(copied), 1):
+            strays += not moves(key)
+            if checked % _CHECK_SLICE == 0:
+                await asyncio.sleep(0)  # millions of keys: the node's rounds go on
         if strays:
             _log.error(
                 "node %d: move %d->%d: %d copied keys do not move; the source finds its own",

@@ -61,6 +61,7 @@ import contextlib
 import enum
 import logging
 import os
+import shutil
 import struct
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -431,6 +432,8 @@ class Engine(StorageEngine):
         }
         self._tables = os.path.join(self.path, "ingest")
         self._table_number = 0
+        # Tables left by a process that died while writing or ingesting them.
+        shutil.rmtree(self._tables, ignore_errors=True)
         self.unsafe_no_fsync = os.environ.get(UNSAFE_NO_FSYNC_ENV) == "1"
         self._write_options = {sync: WriteOptions() for sync in (False, True)}
         if self.unsafe_no_fsync:

@@ -663,3 +663,22 @@ def test_a_long_export_scan_pauses_for_the_event_loop(engine: StorageEngine) -> 
     chunks = [chunk for chunk in steps if chunk is not None]
     assert len(chunks) == 1 and list(chunks[0].keys) == sorted(moving_of(groups))
     assert chunks == list(export_chunks(groups.source, request))
+
+
+def test_tables_left_by_a_dead_process_are_removed_at_open(tmp_path: Path) -> None:
+    from shardkv.storage.engine import Engine
+
+    Engine(tmp_path / "db").close()
+    leftover = tmp_path / "db" / "ingest" / "12345-1.sst"
+    leftover.parent.mkdir(exist_ok=True)
+    leftover.write_bytes(b"half a table")
+    engine = Engine(tmp_path / "db")
+    try:
+        assert not leftover.exists()
+        table = engine.table_writer()
+        table.put(b"k", b"v")
+        engine.ingest(DATA, table.finish())
+        assert engine.get(DATA, b"k") == b"v"
+        assert list((tmp_path / "db" / "ingest").iterdir()) == []
+    finally:
+        engine.close()
