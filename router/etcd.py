@@ -67,7 +67,6 @@ are the router's, not etcd's, except where etcd clients match on etcd's
 from __future__ import annotations
 
 import asyncio
-import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -91,7 +90,7 @@ from shardkv.leases import (
     lease_key,
 )
 from shardkv.limits import check_key
-from shardkv.revisions import GROUP_BITS, stamp_now
+from shardkv.revisions import clock_revision
 from shardkv.v1 import kv_pb2, router_pb2
 
 if TYPE_CHECKING:
@@ -171,7 +170,7 @@ class EtcdIdentity:
 def read_revision() -> int:
     """The header revision of a read that starts now (see the module docstring): its
     low bits are 0, the meta group's, so no data group's write has it."""
-    return stamp_now(time.time()) << GROUP_BITS
+    return clock_revision()
 
 
 def etcd_kv(kv: kv_pb2.KeyValue, keys_only: bool = False) -> mvcc_pb2.KeyValue:

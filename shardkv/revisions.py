@@ -45,6 +45,7 @@ __all__ = [
     "EPOCH_US",
     "GROUP_BITS",
     "MAX_GROUP_ID",
+    "clock_revision",
     "commit_wait_seconds",
     "next_revision",
     "revision_time_us",
@@ -63,6 +64,13 @@ def stamp_now(clock: float | None = None) -> int:
     """The stamp of a command proposed now: µs since EPOCH_US on ``clock`` (unix seconds)."""
     now = time.time() if clock is None else clock
     return max(1, int(now * 1_000_000) - EPOCH_US)
+
+
+def clock_revision(clock: float | None = None) -> int:
+    """The revision of this moment on ``clock`` (unix seconds; now by default), with
+    the group bits 0 (the meta group's): no data group's write has it. A read's or
+    a watch's mark of "every write below this was applied"."""
+    return stamp_now(clock) << GROUP_BITS
 
 
 def next_revision(previous: int, stamp: int, group_id: int) -> int:

@@ -3,7 +3,7 @@
 The state machine logs every change by revision (``KeyValueStateMachine.events``).
 A watch of one group, served at its leader, repeats every ``poll`` seconds:
 
-1. take ``mark``, this node's clock as a revision (``stamp_now << GROUP_BITS``:
+1. take ``mark``, this node's clock as a revision (``clock_revision``:
    low bits 0, no group's write has it);
 2. a read barrier: the group has applied every entry its log held when the
    barrier began; every write that was not in the log then gets a revision
@@ -24,13 +24,12 @@ progress, so no change is lost or sent twice.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from shardkv.errors import NotLeader, ShardKVError
 from shardkv.node.runtime import NodeRuntime
 from shardkv.raft import Role
-from shardkv.revisions import GROUP_BITS, stamp_now
+from shardkv.revisions import clock_revision
 from shardkv.v1 import kv_pb2, node_pb2
 
 __all__ = ["DEFAULT_POLL", "in_range", "watch_group"]
@@ -60,7 +59,7 @@ async def watch_group(
     group_id = request.group_id
     next_revision = request.start_revision
     while True:
-        mark = stamp_now(time.time()) << GROUP_BITS
+        mark = clock_revision()
         try:
             await runtime.read_barrier(group_id)
             peer = runtime.peer(group_id)

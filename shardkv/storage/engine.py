@@ -201,24 +201,14 @@ class TableWriter(abc.ABC):
         self._delete(key)
 
     def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
-        """``put`` of each item, keys strictly increasing (the engine checks)."""
-        added = self._put_many(items)  # read entries after: put() may count too
-        self.entries += added
-
-    def delete_many(self, keys: Iterable[bytes]) -> None:
-        """``delete`` of each key, strictly increasing (the engine checks)."""
-        added = self._delete_many(keys)
-        self.entries += added
-
-    def _put_many(self, items: Iterable[tuple[bytes, bytes]]) -> int:
+        """``put`` of each item, keys strictly increasing."""
         for key, value in items:
             self.put(key, value)
-        return 0  # put counted them
 
-    def _delete_many(self, keys: Iterable[bytes]) -> int:
+    def delete_many(self, keys: Iterable[bytes]) -> None:
+        """``delete`` of each key, strictly increasing."""
         for key in keys:
             self.delete(key)
-        return 0  # delete counted them
 
     def _order(self, key: bytes) -> None:
         if self._last is not None and key <= self._last:
@@ -558,23 +548,23 @@ class _RocksTableWriter(TableWriter):
 
     # RocksDB refuses keys out of order itself; a key-by-key loop in Python is
     # what a migration's chunk costs, so these add nothing to it.
-    def _put_many(self, items: Iterable[tuple[bytes, bytes]]) -> int:
+    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         writer, count = None, 0
         for key, value in items:
             if writer is None:
                 writer = self._open()
             writer[key] = value
             count += 1
-        return count
+        self.entries += count
 
-    def _delete_many(self, keys: Iterable[bytes]) -> int:
+    def delete_many(self, keys: Iterable[bytes]) -> None:
         writer, count = None, 0
         for key in keys:
             if writer is None:
                 writer = self._open()
             del writer[key]
             count += 1
-        return count
+        self.entries += count
 
     def finish(self) -> bytes:
         if self._writer is None:

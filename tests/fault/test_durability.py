@@ -144,19 +144,17 @@ async def write_until_killed(address: str, cluster: Cluster, load: Load) -> None
         try:
             await asyncio.sleep(LOAD_SECONDS)
             deadline = time.monotonic() + KILL_PATIENCE
+            flowing = False
             for _ in range(int(KILL_PATIENCE / 0.01) + 1):
-                if (
+                flowing = (
                     len(load.acknowledged) >= MIN_ACKNOWLEDGED
                     and time.monotonic() - load.last_ack <= FLOWING
-                    and in_flight
-                ):
-                    break
-                if time.monotonic() > deadline:
+                    and bool(in_flight)
+                )
+                if flowing or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.01)
-            else:
-                deadline = 0.0
-            if time.monotonic() > deadline:
+            if not flowing:
                 pytest.fail(
                     f"the load is not flowing: {len(load.acknowledged)} puts acknowledged, "
                     f"the last {time.monotonic() - load.last_ack:.1f} s ago"
@@ -170,7 +168,13 @@ async def write_until_killed(address: str, cluster: Cluster, load: Load) -> None
         finally:
             for task in writers:
                 task.cancel()
-            await asyncio.gather(*writers, return_exceptions=True)
+            ended = await asyncio.gather(*writers, return_exceptions=True)
+        failed = [
+            error
+            for error in ended
+            if isinstance(error, BaseException) and not isinstance(error, asyncio.CancelledError)
+        ]
+        assert not failed, f"writers failed: {failed!r}"
 
 
 async def read_back(address: str, keys: list[bytes]) -> tuple[dict[bytes, bytes], list[bytes]]:

@@ -21,11 +21,12 @@ import pytest
 
 from router.client import Client
 from shardkv.revisions import GROUP_BITS
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import Cluster, wait_until
 from tests.integration.etcdctl import Etcdctl
 from tests.integration.etcdctl import etcdctl as etcdctl  # the fixtures
 from tests.integration.etcdctl import etcdctl_path as etcdctl_path
 from tests.integration.routers import RouterProcess
+from tests.integration.test_rebalance import wait_change_done
 
 pytestmark = pytest.mark.integration
 
@@ -89,10 +90,11 @@ def opened(etcdctl: Etcdctl, watch: Background, prefix: str) -> None:
 
 
 def wait_keys(etcdctl: Etcdctl, prefix: str, count: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while len(etcdctl.run("get", "--prefix", "--keys-only", prefix).split()) < count:
-        assert time.monotonic() < deadline, f"fewer than {count} keys under {prefix}"
-        time.sleep(0.1)
+    wait_until(
+        f"{count} keys under {prefix}",
+        lambda: len(etcdctl.run("get", "--prefix", "--keys-only", prefix).split()) >= count,
+        timeout,
+    )
 
 
 def watched(lines: list[str]) -> list[tuple[str, str, str, int]]:
@@ -256,16 +258,18 @@ def test_a_watch_survives_a_crash_a_router_restart_and_a_ring_change(
         with Client(router.address, timeout=20.0) as client:
             change = client.add_group()
             write(15)
-            wait_ring(cluster, change.migration.target.epoch)
+            wait_change_done(cluster, change, timeout=60)
         write(15)
         watch.wait_for(
             lambda lines: {key for _, key, _, _ in watched(lines)} >= set(acknowledged), 60
         )
-        time.sleep(1)
+        # Events come in revision order, so a late duplicate comes before this one.
+        etcdctl.run("put", "/s/~end", "")
+        watch.wait_for(lambda lines: any(key == "/s/~end" for _, key, _, _ in watched(lines)))
         events = watched(watch.lines)
+        assert watch.process.poll() is None, f"the watch ended: {watch.lines[-20:]}"
     finally:
         watch.stop()
-    assert watch.process.returncode is not None
     events = [event for event in events if "~" not in event[1]]
     seen = [key for _, key, _, _ in events]
     for key in acknowledged:
@@ -274,17 +278,3 @@ def test_a_watch_survives_a_crash_a_router_restart_and_a_ring_change(
     assert revisions == sorted(revisions) and len(set(revisions)) == len(revisions), (
         "in revision order, none twice"
     )
-
-
-def wait_ring(cluster: Cluster, epoch: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current = cluster.newest_map()
-        if (
-            current is not None
-            and current.ring.epoch >= epoch
-            and not current.HasField("migration")
-        ):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"the ring did not reach epoch {epoch} in {timeout} s")

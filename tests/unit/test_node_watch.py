@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from shardkv.raft import Role
 from shardkv.revisions import stamp_now
 from shardkv.storage.engine import MemoryEngine
 from shardkv.v1 import kv_pb2, node_pb2
+
+# The longest a test waits for the stream (it polls every 10 ms).
+WAIT = 5.0
 
 
 @dataclass
@@ -58,10 +62,11 @@ async def group_error(error: ShardKVError) -> node_pb2.GroupError:
 
 async def first(stream: Any, count: int) -> list[node_pb2.WatchBatch]:
     batches = []
-    async for batch in stream:
-        batches.append(batch)
-        if len(batches) == count:
-            break
+    async with asyncio.timeout(WAIT):
+        async for batch in stream:
+            batches.append(batch)
+            if len(batches) == count:
+                break
     await stream.aclose()
     return batches
 
@@ -86,10 +91,11 @@ async def test_changes_from_a_revision_then_as_they_apply_with_rising_progress()
     progress = batch.progress
     assert progress > machine.revision
     write(machine, kv_pb2.Operation(delete=kv_pb2.Delete(key=b"a/1")))
-    later = await stream.__anext__()
-    while not later.events:
-        assert later.progress >= progress
+    async with asyncio.timeout(WAIT):
         later = await stream.__anext__()
+        while not later.events:
+            assert later.progress >= progress
+            later = await stream.__anext__()
     [deleted] = later.events
     assert (deleted.key, deleted.version) == (b"a/1", 0)
     assert deleted.mod_revision >= progress, "nothing below a progress mark comes later"
