@@ -14,7 +14,8 @@ index. The group keeps that state (``GroupMigration``) in its meta, and:
   ``ARC_OUT_FROZEN`` refuses writes and new transaction prepares on them
   (WRONG_GROUP), while reads and the decisions and finishes of transactions
   already prepared still go on (finishing one marks its writes);
-  ``ARC_OUT_SEALED`` is taken only once no lock is left on a moving key, and
+  ``ARC_OUT_SEALED`` is taken only once no lock is left on a moving key (by
+  the freeze itself when it may, ``seal_when_free``, and none is held), and
   refuses everything on them: the source's copy is final, and the last copy
   reads it; ``ARC_OUT_RELEASED`` says the target serves them, so scans leave
   them out instead of asking the router to wait. ``collect`` then drops the
@@ -243,6 +244,7 @@ class Migration:
                 reason=refused or "",
                 wait=isinstance(refused, _Wait),
                 target_active=isinstance(refused, _TargetActive),
+                sealed=kind == "freeze" and refused is None and self._sealed(step.target),
             ),
             revision=self.machine.revision,
         )
@@ -306,7 +308,10 @@ class Migration:
 
     def _freeze(self, batch: Batch, step: kv_pb2.MigrateStep) -> str | None:
         assert self.state is not None
-        return self._advance(batch, self.state.outgoing, step.target, _OUT_COPYING, _OUT_FROZEN)  # type: ignore[arg-type]
+        refused = self._advance(batch, self.state.outgoing, step.target, _OUT_COPYING, _OUT_FROZEN)  # type: ignore[arg-type]
+        if refused is None and step.seal_when_free:
+            self._seal(batch, step)  # sealed at once unless a lock is held (then: frozen)
+        return refused
 
     def _seal(self, batch: Batch, step: kv_pb2.MigrateStep) -> str | None:
         assert self.state is not None
@@ -315,6 +320,10 @@ class Migration:
             if held:
                 return _Wait(f"waiting for {held} locked moving keys to be released")
         return self._advance(batch, self.state.outgoing, step.target, _OUT_FROZEN, _OUT_SEALED)  # type: ignore[arg-type]
+
+    def _sealed(self, target: int) -> bool:
+        state = self.state
+        return state is not None and state.outgoing.get(target) in (_OUT_SEALED, _OUT_RELEASED)
 
     def _release(self, batch: Batch, step: kv_pb2.MigrateStep) -> str | None:
         assert self.state is not None

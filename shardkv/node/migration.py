@@ -11,10 +11,12 @@ a new leader, or this one after a crash, resumes where the map says:
    marking changes of moving keys); record ``MOVE_COPYING``.
 2. ``MOVE_COPYING``: copy every moving key (``Node.Export`` from the source's
    leader, ``copy`` steps into the target, a few in flight), then copy what
-   changed since, round after round, until a round is small; ``freeze`` the
+   changed since, round after round, until a round is small; wait for the
+   switch's turn (below), copy what changed meanwhile; ``freeze`` the
    source; record ``MOVE_FROZEN``.
 3. ``MOVE_FROZEN``: ``seal`` the source (it waits until no lock is left on a
-   moving key), copy the last changes with the sessions and the moved
+   moving key; the freeze seals in its own entry when none is held,
+   ``seal_when_free``), copy the last changes with the sessions and the moved
    transaction records, ``activate`` the target; record ``MOVE_ACTIVE``
    (routers now send the moved keys to the target) with how long the keys
    were frozen.
@@ -43,17 +45,21 @@ Decisions:
   so that ``shardkv status`` can say why a move does not progress.
 - Progress (keys and bytes copied) is written into the map at most every
   ``_PROGRESS_INTERVAL`` seconds.
-- **A switch goes first.** While one move is between its freeze and its
-  activation (its keys unwritable), the other moves' copies and collects
-  wait, so the switch does not queue behind bulk work on a busy machine. Each move
-  keeps ``_IMPORTS_IN_FLIGHT`` copy steps in flight, and a target group
-  takes at most ``_TARGET_IMPORTS`` at once over all the moves into it, so
-  a switch's last copy (never held back) waits behind at most that many.
+- **A switch goes first, on a quiet machine.** Switches take turns, one at a
+  time. A switch first stops the other moves' copies and collects from
+  starting, waits (at most ``_QUIET_WAIT``) until the bulk steps in flight
+  have applied, copies what changed meanwhile, and only then freezes: its
+  few rounds, the keys' unwritable window, do not queue behind tables of
+  thousands of keys on every node. The bulk work resumes once the target
+  is active. Each move keeps ``_IMPORTS_IN_FLIGHT`` copy steps in flight,
+  and a target group takes at most ``_TARGET_IMPORTS`` at once over all
+  the moves into it, so the wait is short.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -90,6 +96,8 @@ _PROGRESS_INTERVAL = 1.0
 # Keys hashed between two chances for the event loop.
 _CHECK_SLICE = 4096
 _SEAL_POLL = 0.02
+# The longest a switch waits for the bulk steps in flight to apply.
+_QUIET_WAIT = 2.0
 
 _Pair = tuple[int, int]
 
@@ -171,6 +179,11 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         self._no_switch = asyncio.Event()
         self._no_switch.set()
         self._target_slots: dict[int, asyncio.Semaphore] = {}
+        # One switch at a time, each on a machine the bulk steps have left.
+        self._switch_turn = asyncio.Lock()
+        self._bulk_steps = 0
+        self._bulk_idle = asyncio.Event()
+        self._bulk_idle.set()
 
     def pending(self, cluster_map: cluster_pb2.ClusterMap) -> list[_Pair]:
         if not cluster_map.HasField("migration"):
@@ -300,21 +313,45 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         idempotent on a frozen source), and the last copy activates the
         target in its own entry.
         """
-        self._switching += 1
-        self._no_switch.clear()
-        try:
-            await self._switch_steps(epoch, pair, progress, record_frozen=record_frozen)
-        finally:
-            self._switching -= 1
-            if not self._switching:
-                self._no_switch.set()
+        async with self._switch_turn:
+            self._switching += 1
+            self._no_switch.clear()
+            try:
+                await self._quiet()
+                if record_frozen and progress.watermark is not None:
+                    # What changed while the bulk steps drained, before the keys freeze.
+                    try:
+                        await self._copy(
+                            epoch,
+                            pair,
+                            node_pb2.EXPORT_CHANGES,
+                            progress.watermark,
+                            progress,
+                            switching=True,
+                        )
+                    except _TargetActive:
+                        progress.copied = None  # as in MOVE_COPYING
+                await self._switch_steps(epoch, pair, progress, record_frozen=record_frozen)
+            finally:
+                self._switching -= 1
+                if not self._switching:
+                    self._no_switch.set()
+
+    async def _quiet(self) -> None:
+        """Until the bulk copies and collects in flight have applied (new ones wait
+        for the switch), or ``_QUIET_WAIT`` seconds: the switch's few rounds then
+        do not queue behind tables of thousands of keys on every node."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._bulk_idle.wait(), _QUIET_WAIT)
 
     async def _switch_steps(
         self, epoch: int, pair: _Pair, progress: _Progress, *, record_frozen: bool
     ) -> None:
         source, target = pair
         loop = asyncio.get_running_loop()
-        await self._apply(source, self._step(epoch, pair, freeze=True))
+        frozen = await self._apply(
+            source, self._step(epoch, pair, freeze=True, seal_when_free=True)
+        )
         failpoint("migration.after_freeze")
         if progress.frozen_at is None:
             progress.frozen_at = loop.time()
@@ -330,7 +367,8 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             self._background.add(recording)
             recording.add_done_callback(self._background.discard)
             recording.add_done_callback(_retrieve)
-        await self._seal(epoch, pair)
+        if not frozen.sealed:  # a lock held on a moving key: the seal waits for it
+            await self._seal(epoch, pair)
         failpoint("migration.after_seal")
         since = progress.watermark if progress.watermark is not None else 0
         try:
@@ -373,13 +411,24 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         return result.migrate
 
     async def _limited(self, target: int, command: kv_pb2.Command) -> kv_pb2.MigrateResult:
-        """``_apply`` of a bulk copy, at most ``_TARGET_IMPORTS`` at a time per target
+        """``_bulk`` of a copy, at most ``_TARGET_IMPORTS`` at a time per target
         group over every move into it: a switch's last copy then waits behind few."""
         slots = self._target_slots.get(target)
         if slots is None:
             slots = self._target_slots[target] = asyncio.Semaphore(_TARGET_IMPORTS)
         async with slots:
-            return await self._apply(target, command)
+            return await self._bulk(target, command)
+
+    async def _bulk(self, group_id: int, command: kv_pb2.Command) -> kv_pb2.MigrateResult:
+        """``_apply`` of a bulk step (a copy or a collect), counted for ``_quiet``."""
+        self._bulk_steps += 1
+        self._bulk_idle.clear()
+        try:
+            return await self._apply(group_id, command)
+        finally:
+            self._bulk_steps -= 1
+            if not self._bulk_steps:
+                self._bulk_idle.set()
 
     async def _seal(self, epoch: int, pair: _Pair) -> None:
         command = self._step(epoch, pair, seal=True)
@@ -400,12 +449,15 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         progress: _Progress,
         *,
         activate: bool = False,
+        switching: bool = False,
     ) -> None:
         """Export from the source, import into the target, a few imports in flight.
 
         With ``activate``, the last chunk goes alone once every other one
-        applied, and activates the target in the same entry.
+        applied, and activates the target in the same entry. A copy of the
+        move's own switch (``switching``, or ``activate``) does not wait for it.
         """
+        switching = switching or activate
         source, target = pair
         request = node_pb2.ExportRequest(
             group_id=source,
@@ -429,7 +481,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             metrics.migration_keys.inc(copied_keys)
             metrics.migration_bytes.inc(copied_bytes)
             command = self._step(epoch, pair, copy=data)
-            if activate:
+            if switching:
                 return self._apply(target, command)  # the switch's own: not queued
             return self._limited(target, command)
 
@@ -447,7 +499,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
                     data, held = held, data  # the last one waits for the others
                     if data is None:
                         continue
-                if not activate:
+                if not switching:
                     await self._no_switch.wait()  # another move is switching: let it
                 await pipeline.submit(send(data))
                 await self._maybe_record_progress(pair, progress)
@@ -497,7 +549,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             async for moved in self._moved_keys(epoch, pair, copied):
                 await self._no_switch.wait()  # a switch goes first here too
                 collect = self._step(epoch, pair, collect=kv_pb2.MigrateCollect(keys=moved))
-                await pipeline.submit(self._apply(source, collect))
+                await pipeline.submit(self._bulk(source, collect))
                 collected += len(moved)
                 self.runtime.metrics.migration_keys_collected.inc(len(moved))
             await pipeline.drain()

@@ -250,7 +250,7 @@ class Command(_message.Message):
     def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., batch: _Optional[_Iterable[_Union[Command, _Mapping]]] = ..., epoch: _Optional[int] = ..., puts: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., txn: _Optional[_Union[TxnStep, _Mapping]] = ..., migrate: _Optional[_Union[MigrateStep, _Mapping]] = ..., stamp: _Optional[int] = ...) -> None: ...
 
 class MigrateStep(_message.Message):
-    __slots__ = ("epoch", "source", "target", "begin", "freeze", "seal", "release", "copy", "activate", "collect", "driver", "base", "released_keys")
+    __slots__ = ("epoch", "source", "target", "begin", "freeze", "seal", "release", "copy", "activate", "collect", "driver", "base", "released_keys", "seal_when_free")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +264,7 @@ class MigrateStep(_message.Message):
     DRIVER_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
     RELEASED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    SEAL_WHEN_FREE_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     source: int
     target: int
@@ -277,7 +278,8 @@ class MigrateStep(_message.Message):
     driver: int
     base: _cluster_pb2.Ring
     released_keys: int
-    def __init__(self, epoch: _Optional[int] = ..., source: _Optional[int] = ..., target: _Optional[int] = ..., begin: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., freeze: _Optional[bool] = ..., seal: _Optional[bool] = ..., release: _Optional[bool] = ..., copy: _Optional[_Union[MigrateImport, _Mapping]] = ..., activate: _Optional[bool] = ..., collect: _Optional[_Union[MigrateCollect, _Mapping]] = ..., driver: _Optional[int] = ..., base: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., released_keys: _Optional[int] = ...) -> None: ...
+    seal_when_free: bool
+    def __init__(self, epoch: _Optional[int] = ..., source: _Optional[int] = ..., target: _Optional[int] = ..., begin: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., freeze: _Optional[bool] = ..., seal: _Optional[bool] = ..., release: _Optional[bool] = ..., copy: _Optional[_Union[MigrateImport, _Mapping]] = ..., activate: _Optional[bool] = ..., collect: _Optional[_Union[MigrateCollect, _Mapping]] = ..., driver: _Optional[int] = ..., base: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., released_keys: _Optional[int] = ..., seal_when_free: _Optional[bool] = ...) -> None: ...
 
 class MigrateImport(_message.Message):
     __slots__ = ("keys", "records", "deleted", "sessions", "txn_records", "activate")
@@ -316,16 +318,18 @@ class MigrateCollect(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., last: _Optional[bool] = ...) -> None: ...
 
 class MigrateResult(_message.Message):
-    __slots__ = ("applied", "reason", "wait", "target_active")
+    __slots__ = ("applied", "reason", "wait", "target_active", "sealed")
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     TARGET_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
     applied: bool
     reason: str
     wait: bool
     target_active: bool
-    def __init__(self, applied: _Optional[bool] = ..., reason: _Optional[str] = ..., wait: _Optional[bool] = ..., target_active: _Optional[bool] = ...) -> None: ...
+    sealed: bool
+    def __init__(self, applied: _Optional[bool] = ..., reason: _Optional[str] = ..., wait: _Optional[bool] = ..., target_active: _Optional[bool] = ..., sealed: _Optional[bool] = ...) -> None: ...
 
 class KeyValue(_message.Message):
     __slots__ = ("key", "value", "version", "create_revision", "mod_revision", "lease")

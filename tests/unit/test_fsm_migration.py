@@ -16,6 +16,7 @@ failure still ends right. Everything runs on ``MemoryEngine`` and RocksDB.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from shardkv.fsm.kv import STALE, KeyValueStateMachine
 from shardkv.fsm.migration import Access
 from shardkv.fsm.snapshot import build_snapshot_data, stage_install_snapshot_data
 from shardkv.metrics import NodeMetrics
+from shardkv.node import migration as migration_driver
 from shardkv.node.cluster import ClusterAgent
 from shardkv.node.export import export_chunks
 from shardkv.node.migration import MigrationDriver
@@ -865,3 +867,140 @@ async def test_a_move_whose_activation_was_not_recorded_goes_on(groups: Groups) 
     # The task starts the phase over: it must reach MOVE_ACTIVE, not fail forever.
     assert await advance(driver, agent) == cluster_pb2.MOVE_ACTIVE
     assert await advance(driver, agent) == cluster_pb2.MOVE_DONE
+
+
+def test_a_freeze_that_may_seal_seals_at_once_unless_a_moving_key_is_locked(
+    groups: Groups,
+) -> None:
+    """``seal_when_free``: the freeze seals in the same entry when no lock is held
+    on a moving key, and says so (the driver then sends no seal); a lock keeps the
+    arc frozen until the seal, which waits for it as before."""
+    source = groups.source
+    seed(groups)
+    groups.begin()
+    # A lock on a key that stays does not hold the seal back.
+    groups.apply(source, prepare(9, 1, then=[put(STAYING[2], b"locked")]))
+    frozen = groups.migrate(source, step(freeze=True, seal_when_free=True))
+    assert frozen.applied and frozen.sealed
+    assert arcs(source) == ({TARGET: SEALED}, {})
+    assert source.wrong_group(MOVING[2], Access.READ) == wrong_group(MOVING[2], moved_to=TARGET)
+    again = groups.migrate(source, step(freeze=True, seal_when_free=True))
+    assert again.applied and again.sealed, "a repeated freeze says the arc is sealed"
+    groups.applies(source, step(seal=True))  # a seal after it changes nothing
+    assert arcs(source) == ({TARGET: SEALED}, {})
+
+
+def test_a_freeze_that_may_seal_stays_frozen_while_a_moving_key_is_locked(
+    groups: Groups,
+) -> None:
+    source = groups.source
+    seed(groups)
+    groups.begin()
+    held = groups.apply(source, prepare(7, 1, then=[put(MOVING[3], b"txn")]))
+    assert held.txn.succeeded
+    frozen = groups.migrate(source, step(freeze=True, seal_when_free=True))
+    assert frozen.applied and not frozen.sealed
+    assert arcs(source) == ({TARGET: FROZEN}, {})
+    assert source.wrong_group(MOVING[3], Access.DECIDE) is None, "its decision is still served"
+    assert groups.migrate(source, step(seal=True)).wait
+    groups.apply(source, decide(7, 1, MOVING[3]))
+    groups.applies(source, step(seal=True))
+    assert arcs(source) == ({TARGET: SEALED}, {})
+
+
+def _migrate_steps(groups: Groups, group_id: int) -> list[str]:
+    """The kinds of the migration steps applied in ``group_id``, in order."""
+    return [
+        str(made.migrate.WhichOneof("kind"))
+        for applied_in, made in groups.log
+        if applied_in == group_id and made.HasField("migrate")
+    ]
+
+
+async def test_the_switch_seals_with_the_freeze_when_no_moving_key_is_locked(
+    groups: Groups,
+) -> None:
+    seed(groups)
+    driver, agent, _ = driven(groups)
+    assert await advance(driver, agent) == cluster_pb2.MOVE_COPYING
+    assert await advance(driver, agent) == cluster_pb2.MOVE_ACTIVE
+    freezes = [made.migrate for group_id, made in groups.log if made.migrate.freeze]
+    assert [freeze.seal_when_free for freeze in freezes] == [True]
+    assert "seal" not in _migrate_steps(groups, SOURCE), "the freeze sealed: no seal step"
+    assert arcs(groups.source) == ({TARGET: SEALED}, {})
+
+
+async def test_the_switch_seals_once_the_lock_on_a_moving_key_is_gone(groups: Groups) -> None:
+    source = groups.source
+    seed(groups)
+    driver, agent, _ = driven(groups)
+    assert await advance(driver, agent) == cluster_pb2.MOVE_COPYING
+    assert groups.apply(source, prepare(7, 1, then=[put(MOVING[3], b"txn")])).txn.succeeded
+    switching = asyncio.create_task(advance(driver, agent))
+    for _ in range(500):  # the seal is repeated while it waits (every _SEAL_POLL)
+        if _migrate_steps(groups, SOURCE).count("seal") >= 2:
+            break
+        await asyncio.sleep(0.01)
+    assert _migrate_steps(groups, SOURCE).count("seal") >= 2
+    assert arcs(source) == ({TARGET: FROZEN}, {}), "the seal waits for the lock"
+    assert not switching.done()
+    groups.apply(source, decide(7, 1, MOVING[3]))
+    assert await asyncio.wait_for(switching, 5) == cluster_pb2.MOVE_ACTIVE
+    assert value_of(groups.target, MOVING[3]) == b"txn", "the decided write moved"
+
+
+async def test_the_switch_waits_for_the_bulk_steps_in_flight_before_the_freeze(
+    groups: Groups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The freeze goes once every bulk copy or collect in flight has applied (or
+    after ``_QUIET_WAIT``), so the unwritable window runs on a quiet machine."""
+    seed(groups)
+    driver, agent, calls = driven(groups)
+    assert await advance(driver, agent) == cluster_pb2.MOVE_COPYING
+    gate = asyncio.Event()
+    blocked = kv_pb2.Command(migrate=kv_pb2.MigrateStep(epoch=EPOCH, source=2, target=TARGET))
+    propose = calls.propose
+
+    async def held_propose(group_id: int, made: kv_pb2.Command) -> kv_pb2.CommandResult:
+        if made is blocked:  # another move's bulk step, slow to apply
+            await gate.wait()
+            return kv_pb2.CommandResult(migrate=kv_pb2.MigrateResult(applied=True))
+        return await propose(group_id, made)
+
+    monkeypatch.setattr(calls, "propose", held_propose)
+    other = asyncio.create_task(driver._bulk(2, blocked))
+    switching = asyncio.create_task(advance(driver, agent))
+    for _ in range(500):  # until the copy is done and the switch waits
+        if driver._switching:
+            break
+        await asyncio.sleep(0.01)
+    assert driver._switching
+    # Written while the switch waits: the catch-up before the freeze carries it.
+    groups.write(groups.source, put(MOVING[2], b"during the wait"))
+    await asyncio.sleep(0.2)
+    assert "freeze" not in _migrate_steps(groups, SOURCE)
+    assert not switching.done()
+    gate.set()
+    assert await asyncio.wait_for(switching, 5) == cluster_pb2.MOVE_ACTIVE
+    await other
+    assert value_of(groups.target, MOVING[2]) == b"during the wait"
+    order = [
+        "freeze" if made.migrate.freeze else "copy"
+        for _, made in groups.log
+        if made.migrate.freeze or MOVING[2] in made.migrate.copy.keys
+    ]
+    assert order[-2:] == ["copy", "freeze"], "copied on the quiet machine before the freeze"
+
+    # A bulk step that never ends holds the switch back for _QUIET_WAIT only.
+    groups2 = new_groups(MemoryEngine())
+    seed(groups2)
+    driver, agent, calls = driven(groups2)
+    monkeypatch.setattr(migration_driver, "_QUIET_WAIT", 0.1)
+    assert await advance(driver, agent) == cluster_pb2.MOVE_COPYING
+    gate = asyncio.Event()
+    propose = calls.propose
+    monkeypatch.setattr(calls, "propose", held_propose)
+    stuck = asyncio.create_task(driver._bulk(2, blocked))
+    assert await asyncio.wait_for(advance(driver, agent), 5) == cluster_pb2.MOVE_ACTIVE
+    assert not stuck.done()
+    stuck.cancel()
