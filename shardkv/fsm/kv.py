@@ -571,8 +571,12 @@ class KeyValueStateMachine:
         self._write(batch, ColumnFamily.DATA, engine_key, stored)
         self._imported_revision = max(self._imported_revision, mod_revision, create_revision)
 
-    def import_records(self, batch: Batch, moved: Sequence[bytes], stored: Sequence[bytes]) -> None:
-        """``import_record`` of many keys: a chunk of ``INGEST_KEYS`` or more as one table."""
+    def import_records(
+        self, batch: Batch, moved: Sequence[bytes], stored: Sequence[bytes], *, new: bool = False
+    ) -> None:
+        """``import_record`` of many keys: a chunk of ``INGEST_KEYS`` or more as one table.
+        ``new``: the caller knows none of the keys is here (a bulk copy's, see
+        ``Migration``), so they are counted without reading them."""
         engine_keys = self._bulk_keys(moved)
         if engine_keys is None:
             for key, record in zip(moved, stored, strict=True):
@@ -582,9 +586,11 @@ class KeyValueStateMachine:
         ordered = sorted(items)
         table = self.engine.table_writer()
         table.put_many(zip(ordered, map(items.__getitem__, ordered), strict=True))
-        present = self.engine.get_many(ColumnFamily.DATA, ordered)
+        added = (
+            len(ordered) if new else self.engine.get_many(ColumnFamily.DATA, ordered).count(None)
+        )
         self._ingest(table.finish())
-        self.key_count += present.count(None)
+        self.key_count += added
         self._imported_revision = max(self._imported_revision, Record.newest_revision(stored))
 
     def drop_key(self, batch: Batch, key: bytes) -> None:

@@ -57,6 +57,11 @@ Decisions:
 - **Bulk chunks are tables.** A copy's records and deletions, and a
   collect's keys, are written through ``import_records``/``drop_keys``: a
   chunk of ``INGEST_KEYS`` or more as one ingested table.
+- **Counting copied keys in.** The chunks of the driver's bulk copy
+  (``bulk_pass``) are new at the target while nothing else came from the
+  source (``_all_new``, ``GroupMigration.bulk_imports``): they are counted
+  without reading each one, which was most of a chunk's cost. Any other
+  copy makes the later ones read their keys, as before.
 - **Counting moved keys out.** A release that carries ``released_keys`` (the
   driver's count of the moving keys the source holds, each checked against
   both rings there) takes them off the key count once, and the arc's
@@ -357,7 +362,7 @@ class Migration:
             return f"move from {step.source} is {cluster_pb2.ArcState.Name(arc)}, not importing"
         data = step.copy
         machine = self.machine
-        machine.import_records(batch, data.keys, data.records)
+        machine.import_records(batch, data.keys, data.records, new=self._all_new(batch, step))
         machine.drop_keys(batch, data.deleted)
         for session in data.sessions:
             machine.merge_session(batch, session)
@@ -368,6 +373,37 @@ class Migration:
             self.state.incoming[step.source] = _IN_ACTIVE
             self._store(batch)
         return None
+
+    def _all_new(self, batch: Batch, step: kv_pb2.MigrateStep) -> bool:
+        """Whether no key of the copy can be here yet, so none is read to count it.
+
+        At ``begin`` the target holds no key of the arcs it takes: a group holds
+        only keys it owns or has not collected yet, and a migration ends only
+        once its collects did. A bulk pass's chunks come in key order, each key
+        once; so while every copy from the source so far belonged to one pass,
+        a chunk of it wholly above the last key it brought carries new keys.
+        Anything else from the source (a catch-up, a deletion, another pass, a
+        chunk applied out of order) ends that for the move: its keys, and
+        every later copy's, are read.
+        """
+        assert self.state is not None
+        data, imports = step.copy, self.state.bulk_imports
+        if not data.keys and not data.deleted:
+            return False  # sessions and records only: no key here changes
+        seen = imports.get(step.source)
+        in_pass = bool(data.bulk_pass and data.keys and not data.deleted) and (
+            seen is None or (seen.bulk_pass == data.bulk_pass and min(data.keys) > seen.last_key)
+        )
+        if in_pass:
+            imports[step.source].CopyFrom(
+                cluster_pb2.BulkImport(bulk_pass=data.bulk_pass, last_key=max(data.keys))
+            )
+            self._store(batch)
+            return True
+        if seen is None or seen.bulk_pass:
+            imports[step.source].CopyFrom(cluster_pb2.BulkImport())
+            self._store(batch)
+        return False
 
     def _collect(self, batch: Batch, step: kv_pb2.MigrateStep) -> str | None:
         assert self.state is not None

@@ -61,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -470,6 +471,8 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         pipeline = _Pipeline(_IMPORTS_IN_FLIGHT)
         revision: int | None = None
         held: kv_pb2.MigrateImport | None = None
+        # This pass's own number: its chunks are new keys at the target (fsm.migration).
+        bulk_pass = random.getrandbits(63) | 1 if kind == node_pb2.EXPORT_ALL else 0
 
         def send(data: kv_pb2.MigrateImport) -> Awaitable[kv_pb2.MigrateResult]:
             copied_keys = len(data.keys) + len(data.deleted)
@@ -493,6 +496,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
                         progress.estimate = _estimate(self.agent.map, pair, chunk.key_count)
                 data: kv_pb2.MigrateImport | None = chunk.data
                 assert data is not None
+                data.bulk_pass = bulk_pass
                 if not (data.keys or data.deleted or data.sessions or data.txn_records):
                     continue
                 if activate:

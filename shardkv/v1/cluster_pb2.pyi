@@ -167,7 +167,7 @@ class Move(_message.Message):
     def __init__(self, source: _Optional[int] = ..., target: _Optional[int] = ..., phase: _Optional[_Union[MovePhase, str]] = ..., keys_copied: _Optional[int] = ..., bytes_copied: _Optional[int] = ..., keys_estimate: _Optional[int] = ..., started_ms: _Optional[int] = ..., phase_started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., stuck: _Optional[str] = ..., frozen_ms: _Optional[int] = ...) -> None: ...
 
 class GroupMigration(_message.Message):
-    __slots__ = ("epoch", "target", "outgoing", "incoming", "driver", "counted_out")
+    __slots__ = ("epoch", "target", "outgoing", "incoming", "driver", "counted_out", "bulk_imports")
     class OutgoingEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -182,16 +182,33 @@ class GroupMigration(_message.Message):
         key: int
         value: ArcState
         def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[ArcState, str]] = ...) -> None: ...
+    class BulkImportsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: BulkImport
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[BulkImport, _Mapping]] = ...) -> None: ...
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     OUTGOING_FIELD_NUMBER: _ClassVar[int]
     INCOMING_FIELD_NUMBER: _ClassVar[int]
     DRIVER_FIELD_NUMBER: _ClassVar[int]
     COUNTED_OUT_FIELD_NUMBER: _ClassVar[int]
+    BULK_IMPORTS_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     target: Ring
     outgoing: _containers.ScalarMap[int, ArcState]
     incoming: _containers.ScalarMap[int, ArcState]
     driver: int
     counted_out: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, epoch: _Optional[int] = ..., target: _Optional[_Union[Ring, _Mapping]] = ..., outgoing: _Optional[_Mapping[int, ArcState]] = ..., incoming: _Optional[_Mapping[int, ArcState]] = ..., driver: _Optional[int] = ..., counted_out: _Optional[_Iterable[int]] = ...) -> None: ...
+    bulk_imports: _containers.MessageMap[int, BulkImport]
+    def __init__(self, epoch: _Optional[int] = ..., target: _Optional[_Union[Ring, _Mapping]] = ..., outgoing: _Optional[_Mapping[int, ArcState]] = ..., incoming: _Optional[_Mapping[int, ArcState]] = ..., driver: _Optional[int] = ..., counted_out: _Optional[_Iterable[int]] = ..., bulk_imports: _Optional[_Mapping[int, BulkImport]] = ...) -> None: ...
+
+class BulkImport(_message.Message):
+    __slots__ = ("bulk_pass", "last_key")
+    BULK_PASS_FIELD_NUMBER: _ClassVar[int]
+    LAST_KEY_FIELD_NUMBER: _ClassVar[int]
+    bulk_pass: int
+    last_key: bytes
+    def __init__(self, bulk_pass: _Optional[int] = ..., last_key: _Optional[bytes] = ...) -> None: ...

@@ -282,20 +282,22 @@ class MigrateStep(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., source: _Optional[int] = ..., target: _Optional[int] = ..., begin: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., freeze: _Optional[bool] = ..., seal: _Optional[bool] = ..., release: _Optional[bool] = ..., copy: _Optional[_Union[MigrateImport, _Mapping]] = ..., activate: _Optional[bool] = ..., collect: _Optional[_Union[MigrateCollect, _Mapping]] = ..., driver: _Optional[int] = ..., base: _Optional[_Union[_cluster_pb2.Ring, _Mapping]] = ..., released_keys: _Optional[int] = ..., seal_when_free: _Optional[bool] = ...) -> None: ...
 
 class MigrateImport(_message.Message):
-    __slots__ = ("keys", "records", "deleted", "sessions", "txn_records", "activate")
+    __slots__ = ("keys", "records", "deleted", "sessions", "txn_records", "activate", "bulk_pass")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     TXN_RECORDS_FIELD_NUMBER: _ClassVar[int]
     ACTIVATE_FIELD_NUMBER: _ClassVar[int]
+    BULK_PASS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     records: _containers.RepeatedScalarFieldContainer[bytes]
     deleted: _containers.RepeatedScalarFieldContainer[bytes]
     sessions: _containers.RepeatedCompositeFieldContainer[SessionCopy]
     txn_records: _containers.RepeatedCompositeFieldContainer[TxnRecord]
     activate: bool
-    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., records: _Optional[_Iterable[bytes]] = ..., deleted: _Optional[_Iterable[bytes]] = ..., sessions: _Optional[_Iterable[_Union[SessionCopy, _Mapping]]] = ..., txn_records: _Optional[_Iterable[_Union[TxnRecord, _Mapping]]] = ..., activate: _Optional[bool] = ...) -> None: ...
+    bulk_pass: int
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., records: _Optional[_Iterable[bytes]] = ..., deleted: _Optional[_Iterable[bytes]] = ..., sessions: _Optional[_Iterable[_Union[SessionCopy, _Mapping]]] = ..., txn_records: _Optional[_Iterable[_Union[TxnRecord, _Mapping]]] = ..., activate: _Optional[bool] = ..., bulk_pass: _Optional[int] = ...) -> None: ...
 
 class SessionCopy(_message.Message):
     __slots__ = ("client_id", "floor", "seqs", "results")

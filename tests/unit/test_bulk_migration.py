@@ -316,12 +316,19 @@ def moving_of(groups: Groups) -> dict[bytes, bytes]:
     return {key: value for key, value in stored_data(groups.engine, SOURCE).items() if moves(key)}
 
 
-def copy_bulk(groups: Groups, kind: node_pb2.ExportKind, since: int = 0) -> tuple[int, int]:
-    """Copy in chunks of CHUNK keys; (the revision read at, how many chunks took the table path)."""
+def copy_bulk(
+    groups: Groups, kind: node_pb2.ExportKind, since: int = 0, bulk_pass: int | None = None
+) -> tuple[int, int]:
+    """Copy in chunks of CHUNK keys; (the revision read at, how many chunks took the table
+    path). A copy of everything is bulk pass 7 unless ``bulk_pass`` says otherwise, as the
+    driver sends it."""
     revision = groups.source.revision
+    if bulk_pass is None:
+        bulk_pass = 7 if kind == ALL else 0
     big = 0
     for chunk in groups.export(kind, since, chunk_keys=CHUNK):
         big += len(chunk.keys) >= INGEST_KEYS or len(chunk.deleted) >= INGEST_KEYS
+        chunk.bulk_pass = bulk_pass
         groups.applies(groups.target, step(copy=chunk))
     return revision, big
 
@@ -445,6 +452,95 @@ def test_a_release_counts_out_once(engine: StorageEngine) -> None:
     collect_bulk(groups)
     collect_bulk(groups)  # a repeated collect counts nothing
     assert source.key_count == 50 == counted(engine, SOURCE)
+
+
+# -- a bulk pass counts its keys in without reading them ----------------------------------
+
+
+@pytest.fixture
+def data_reads(monkeypatch: pytest.MonkeyPatch, engine: StorageEngine) -> list[int]:
+    """How many keys each ``get_many`` of the data column family read."""
+    reads: list[int] = []
+    get_many = engine.get_many
+
+    def counting(cf: ColumnFamily, wanted: list[bytes]) -> list[bytes | None]:
+        if cf is DATA:
+            reads.append(len(wanted))
+        return get_many(cf, wanted)
+
+    monkeypatch.setattr(engine, "get_many", counting)
+    return reads
+
+
+def bulk_imports(groups: Groups) -> dict[int, tuple[int, bytes]]:
+    found = groups.target.migration.state
+    assert found is not None
+    return {source: (seen.bulk_pass, seen.last_key) for source, seen in found.bulk_imports.items()}
+
+
+def test_a_bulk_pass_counts_its_keys_in_without_reading_them(
+    engine: StorageEngine, data_reads: list[int]
+) -> None:
+    groups = new_groups(engine)
+    bulk_put(groups, groups.source, SEEDED, b"v1-")
+    bulk_put(groups, groups.source, STAYING, b"s-")
+    groups.begin()
+    _, big = copy_bulk(groups, ALL)
+    assert big >= 2
+    assert data_reads == [], "no key of the pass was read to count it"
+    assert groups.target.key_count == len(SEEDED) == counted(engine, TARGET)
+    assert bulk_imports(groups) == {SOURCE: (7, max(SEEDED))}
+    assert KeyValueStateMachine(engine, TARGET).key_count == len(SEEDED)
+
+
+def _apply_chunks(groups: Groups, chunks: list[kv_pb2.MigrateImport]) -> None:
+    for chunk in chunks:
+        groups.applies(groups.target, step(copy=chunk))
+
+
+def _pass_chunks(groups: Groups, bulk_pass: int) -> list[kv_pb2.MigrateImport]:
+    chunks = groups.export(ALL, chunk_keys=CHUNK)
+    for chunk in chunks:
+        chunk.bulk_pass = bulk_pass
+    return chunks
+
+
+@pytest.mark.parametrize(
+    "story", ["pass-again", "chunk-repeated", "out-of-order", "catch-up-first", "deletion"]
+)
+def test_copies_outside_one_pass_read_their_keys_and_count_exactly(
+    engine: StorageEngine, data_reads: list[int], story: str
+) -> None:
+    """Whatever else came from the source first (another pass after a driver
+    restart, a chunk applied twice, chunks out of order, a catch-up, a deletion),
+    a chunk's keys are read, and the count stays exact."""
+    groups = new_groups(engine)
+    source, target = groups.source, groups.target
+    bulk_put(groups, source, SEEDED, b"v1-")
+    groups.begin()
+    chunks = _pass_chunks(groups, 7)
+    assert len(chunks) >= 3 and all(len(chunk.keys) >= INGEST_KEYS for chunk in chunks[:2])
+    if story == "pass-again":
+        _apply_chunks(groups, chunks[:2])
+        _apply_chunks(groups, _pass_chunks(groups, 8))
+    elif story == "chunk-repeated":
+        _apply_chunks(groups, chunks[:2])
+        _apply_chunks(groups, chunks[1:])  # the driver repeats a step it had no answer for
+    elif story == "out-of-order":
+        _apply_chunks(groups, [chunks[1], chunks[0], *chunks[2:]])
+    elif story == "catch-up-first":
+        groups.write(source, put(SEEDED[0], b"changed"))
+        copy_bulk(groups, CHANGES, 0)
+        _apply_chunks(groups, _pass_chunks(groups, 7))
+    else:
+        groups.write(source, delete(SEEDED[5]))
+        copy_bulk(groups, CHANGES, 0)  # the deletion of a key the target never had
+        _apply_chunks(groups, _pass_chunks(groups, 7))
+    assert data_reads, "keys were read to count them"
+    assert bulk_imports(groups)[SOURCE] == (0, b""), "the source's copies are read from now on"
+    assert stored_data(engine, TARGET) == moving_of(groups)
+    assert target.key_count == len(moving_of(groups)) == counted(engine, TARGET)
+    assert KeyValueStateMachine(engine, TARGET).key_count == target.key_count
 
 
 # -- replicas agree ------------------------------------------------------------------

@@ -928,6 +928,10 @@ async def test_the_switch_seals_with_the_freeze_when_no_moving_key_is_locked(
     assert [freeze.seal_when_free for freeze in freezes] == [True]
     assert "seal" not in _migrate_steps(groups, SOURCE), "the freeze sealed: no seal step"
     assert arcs(groups.source) == ({TARGET: SEALED}, {})
+    copies = [made.migrate.copy for _, made in groups.log if made.migrate.HasField("copy")]
+    passes = {copy.bulk_pass for copy in copies}
+    assert copies[0].bulk_pass and len(passes - {0}) == 1, "the copy of everything is one pass"
+    assert copies[-1].bulk_pass == 0, "the last copy after the seal is no bulk pass"
 
 
 async def test_the_switch_seals_once_the_lock_on_a_moving_key_is_gone(groups: Groups) -> None:
