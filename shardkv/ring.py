@@ -39,6 +39,7 @@ __all__ = [
     "moving_filter",
     "moving_shares",
     "normalise_key",
+    "ring_digest",
     "ring_of",
     "ring_position",
 ]
@@ -49,11 +50,17 @@ def normalise_key(key: bytes) -> str:
     return key.decode("latin-1")
 
 
-def ring_position(key: bytes) -> int:
-    """Where ``key`` falls on every ring (hash it once to ask several rings)."""
+def ring_digest(key: bytes) -> bytes:
+    """``ring_position`` as the 16 bytes it is read from (big-endian: digests compare
+    as the positions do)."""
     # An ASCII key's string form encodes back to the same bytes: hash them as they are.
     text = key if key.isascii() else normalise_key(key).encode("utf-8")
-    return int.from_bytes(hashlib.md5(text).digest(), "big")
+    return hashlib.md5(text).digest()
+
+
+def ring_position(key: bytes) -> int:
+    """Where ``key`` falls on every ring (hash it once to ask several rings)."""
+    return int.from_bytes(ring_digest(key), "big")
 
 
 class KeyRing:
@@ -130,10 +137,12 @@ def moving_filter(
     # A position p finds bisect(union, p) = i: it lies in [union[i-1], union[i]),
     # where both rings answer as they do for union[i-1] (or for 0, when i is 0).
     flags = [old_owner(start) == source and new_owner(start) == target for start in [0, *union]]
+    # Bisected as digests (``ring_digest``): no integer made per key.
+    digests = [point.to_bytes(16, "big") for point in union]
     find = bisect.bisect
 
     def moves(key: bytes) -> bool:
-        return flags[find(union, ring_position(key))]
+        return flags[find(digests, ring_digest(key))]
 
     return moves
 

@@ -242,8 +242,8 @@ def test_moving_filter_agrees_with_both_rings(change: str) -> None:
     assert moved_pairs, "some keys move in every change"
 
 
-def test_moving_filter_at_the_points_of_both_rings() -> None:
-    """Positions exactly at (and around) a point of either ring, through ring_position."""
+def test_moving_filter_at_the_points_of_both_rings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Positions exactly at (and around) a point of either ring, through ring_digest."""
     old, new = KeyRing(1, {1: 1, 2: 1, 3: 1}), KeyRing(2, {1: 1, 2: 1, 3: 1, 4: 1})
     import shardkv.ring as ring_module
 
@@ -252,16 +252,12 @@ def test_moving_filter_at_the_points_of_both_rings() -> None:
     for point in positions[:: max(1, len(positions) // 300)]:
         probes += [point - 1, point, point + 1]
     keyed = {b"p%d" % n: position for n, position in enumerate(probes)}
-    original = ring_module.ring_position
-    ring_module.ring_position = lambda key: keyed[key]
-    try:
-        for source, target in itertools.product((1, 2, 3, 4), repeat=2):
-            moves = moving_filter(old, new, source, target)
-            for key, position in keyed.items():
-                expected = old.owner_at(position) == source and new.owner_at(position) == target
-                assert moves(key) == expected, (source, target, position)
-    finally:
-        ring_module.ring_position = original
+    monkeypatch.setattr(ring_module, "ring_digest", lambda key: keyed[key].to_bytes(16, "big"))
+    for source, target in itertools.product((1, 2, 3, 4), repeat=2):
+        moves = moving_filter(old, new, source, target)
+        for key, position in keyed.items():
+            expected = old.owner_at(position) == source and new.owner_at(position) == target
+            assert moves(key) == expected, (source, target, position)
 
 
 # -- the state machine: a bulk move ---------------------------------------------------

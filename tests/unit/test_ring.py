@@ -11,7 +11,16 @@ import sys
 import pytest
 from uhashring import HashRing
 
-from shardkv.ring import KeyRing, Routing, build_ring, moving_shares, normalise_key, ring_of
+from shardkv.ring import (
+    KeyRing,
+    Routing,
+    build_ring,
+    moving_shares,
+    normalise_key,
+    ring_digest,
+    ring_of,
+    ring_position,
+)
 from shardkv.v1 import cluster_pb2
 
 KEYS = [b"key-%d" % number for number in range(20_000)]
@@ -166,3 +175,8 @@ def test_routing_before_any_move_is_active_is_the_old_ring() -> None:
         ring.group_for(key) for key in KEYS[:2000]
     ]
     assert routing.shares()[5] == 0.0
+
+
+def test_a_ring_digest_read_big_endian_is_the_ring_position() -> None:
+    for key in (b"", b"a", b"bench/rebalance/00000001", "ключ".encode(), b"\xff\x00\x80"):
+        assert int.from_bytes(ring_digest(key), "big") == ring_position(key)
