@@ -632,9 +632,10 @@ class KeyValueStateMachine:
             return None
         prefix = keys.group_prefix(self.group_id)
         engine_keys = [prefix + key for key in moved]
-        overlay = self._overlay
-        if overlay and any((ColumnFamily.DATA, key) in overlay for key in engine_keys):
-            return None
+        if self._overlay:
+            staged = {key for cf, key in self._overlay if cf is ColumnFamily.DATA}
+            if not staged.isdisjoint(engine_keys):
+                return None
         return engine_keys
 
     def _ingest(self, table: bytes, *, recount: bool = True) -> None:
