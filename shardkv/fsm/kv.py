@@ -208,6 +208,10 @@ class KeyValueStateMachine:
         self._event_revision = self._event_seq = 0
         self._events_changed = False
         stored = engine.get(ColumnFamily.META, keys.key_count_key(group_id))
+        # Counted here during a migration: a crash may have left a bulk table in
+        # whose entry is applied again, so a bulk pass's keys are read to count
+        # them for as long as this process lives (``import_records``).
+        self._recounted = stored is None and self.migration.active
         if stored is not None:
             self.key_count: int = _COUNTER.unpack(stored)[0]
         else:
@@ -575,8 +579,10 @@ class KeyValueStateMachine:
         self, batch: Batch, moved: Sequence[bytes], stored: Sequence[bytes], *, new: bool = False
     ) -> None:
         """``import_record`` of many keys: a chunk of ``INGEST_KEYS`` or more as one table.
-        ``new``: the caller knows none of the keys is here (a bulk copy's, see
-        ``Migration``), so they are counted without reading them."""
+        ``new``: the log says none of the keys is here (a bulk copy's, see
+        ``Migration``), so they are counted without reading them; unless this
+        replica recounted at its start during a migration: the table of an
+        entry applied again after a crash may be in already."""
         engine_keys = self._bulk_keys(moved)
         if engine_keys is None:
             for key, record in zip(moved, stored, strict=True):
@@ -586,9 +592,10 @@ class KeyValueStateMachine:
         ordered = sorted(items)
         table = self.engine.table_writer()
         table.put_many(zip(ordered, map(items.__getitem__, ordered), strict=True))
-        added = (
-            len(ordered) if new else self.engine.get_many(ColumnFamily.DATA, ordered).count(None)
-        )
+        if new and not self._recounted:
+            added = len(ordered)
+        else:
+            added = self.engine.get_many(ColumnFamily.DATA, ordered).count(None)
         self._ingest(table.finish())
         self.key_count += added
         self._imported_revision = max(self._imported_revision, Record.newest_revision(stored))

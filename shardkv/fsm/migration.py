@@ -58,10 +58,12 @@ Decisions:
   collect's keys, are written through ``import_records``/``drop_keys``: a
   chunk of ``INGEST_KEYS`` or more as one ingested table.
 - **Counting copied keys in.** The chunks of the driver's bulk copy
-  (``bulk_pass``) are new at the target while nothing else came from the
-  source (``_all_new``, ``GroupMigration.bulk_imports``): they are counted
-  without reading each one, which was most of a chunk's cost. Any other
-  copy makes the later ones read their keys, as before.
+  (``bulk_pass``) are new at the target while nothing else with keys came
+  from the source and each lies above what the pass brought (``_all_new``,
+  ``GroupMigration.bulk_imports``): they are counted without reading each
+  one, which was most of a chunk's cost. Any other copy with keys or
+  deletions makes the later ones read their keys, as before; so does a
+  replica that counted its keys at its start (``KeyValueStateMachine``).
 - **Counting moved keys out.** A release that carries ``released_keys`` (the
   driver's count of the moving keys the source holds, each checked against
   both rings there) takes them off the key count once, and the arc's
@@ -379,31 +381,37 @@ class Migration:
 
         At ``begin`` the target holds no key of the arcs it takes: a group holds
         only keys it owns or has not collected yet, and a migration ends only
-        once its collects did. A bulk pass's chunks come in key order, each key
-        once; so while every copy from the source so far belonged to one pass,
-        a chunk of it wholly above the last key it brought carries new keys.
-        Anything else from the source (a catch-up, a deletion, another pass, a
-        chunk applied out of order) ends that for the move: its keys, and
-        every later copy's, are read.
+        once its collects did. A bulk pass's chunks are cut from one iterator,
+        in key order, so they cover ranges that do not overlap; while every
+        copy with keys from the source so far belonged to one pass, a chunk of
+        it wholly above the highest key the pass brought holds new keys. One
+        that is not (applied twice, out of order, or sent again by a restarted
+        stream) has its keys read. Any other copy with keys or deletions (a
+        catch-up, another pass after a driver restart) ends it for the move:
+        every later copy's keys are read.
         """
         assert self.state is not None
         data, imports = step.copy, self.state.bulk_imports
         if not data.keys and not data.deleted:
             return False  # sessions and records only: no key here changes
         seen = imports.get(step.source)
-        in_pass = bool(data.bulk_pass and data.keys and not data.deleted) and (
-            seen is None or (seen.bulk_pass == data.bulk_pass and min(data.keys) > seen.last_key)
+        same_pass = bool(data.bulk_pass and data.keys and not data.deleted) and (
+            seen is None or seen.bulk_pass == data.bulk_pass
         )
-        if in_pass:
-            imports[step.source].CopyFrom(
-                cluster_pb2.BulkImport(bulk_pass=data.bulk_pass, last_key=max(data.keys))
-            )
-            self._store(batch)
-            return True
-        if seen is None or seen.bulk_pass:
-            imports[step.source].CopyFrom(cluster_pb2.BulkImport())
-            self._store(batch)
-        return False
+        if not same_pass:
+            if seen is None or seen.bulk_pass:
+                imports[step.source].CopyFrom(cluster_pb2.BulkImport())  # pass 0: read from now on
+                self._store(batch)
+            return False
+        assert seen is None or seen.bulk_pass  # same_pass: a pass, never 0
+        last_key = seen.last_key if seen is not None else None
+        new = last_key is None or min(data.keys) > last_key
+        highest = max(data.keys) if last_key is None else max(last_key, max(data.keys))
+        imports[step.source].CopyFrom(
+            cluster_pb2.BulkImport(bulk_pass=data.bulk_pass, last_key=highest)
+        )
+        self._store(batch)
+        return new
 
     def _collect(self, batch: Batch, step: kv_pb2.MigrateStep) -> str | None:
         assert self.state is not None

@@ -51,7 +51,8 @@ Decisions:
   have applied, copies what changed meanwhile, and only then freezes: its
   few rounds, the keys' unwritable window, do not queue behind tables of
   thousands of keys on every node. The bulk work resumes once the target
-  is active. Each move keeps ``_IMPORTS_IN_FLIGHT`` copy steps in flight,
+  is active (the map records it after). A move found frozen already does
+  not wait for quiet: its keys are unwritable from the start. Each move keeps ``_IMPORTS_IN_FLIGHT`` copy steps in flight,
   and a target group takes at most ``_TARGET_IMPORTS`` at once over all
   the moves into it, so the wait is short.
 """
@@ -59,7 +60,6 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable
@@ -106,9 +106,11 @@ _Pair = tuple[int, int]
 class _Pipeline:
     """At most ``limit`` steps in flight at once, in the order they were submitted."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, tracked: set[asyncio.Task[Any]] | None = None) -> None:
         self.limit = limit
         self._in_flight: set[asyncio.Task[Any]] = set()
+        # Where every step is also kept while it runs (the driver's bulk steps).
+        self._tracked = tracked
 
     async def submit(self, step: Awaitable[Any]) -> None:
         """Start ``step`` once fewer than ``limit`` run; a failed one raises here."""
@@ -120,7 +122,11 @@ class _Pipeline:
             failure = next((error for error in failures if error is not None), None)
             if failure is not None:
                 raise failure
-        self._in_flight.add(asyncio.ensure_future(step))
+        task = asyncio.ensure_future(step)
+        self._in_flight.add(task)
+        if self._tracked is not None:
+            self._tracked.add(task)
+            task.add_done_callback(self._tracked.discard)
 
     async def drain(self) -> None:
         """Until every step submitted ended; the first failure raises."""
@@ -174,17 +180,16 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         super().__init__(agent, calls, interval=interval)
         self._progress: dict[_Pair, _Progress] = {}
         self._background: set[asyncio.Task[None]] = set()
-        # Moves in their switch (freeze to active); while any is, the others'
-        # copies wait, so that the keys unwritable now get the machine.
+        # A move in its switch (its turn: the wait for quiet, freeze to active);
+        # meanwhile the others' copies and collects wait, so that the keys
+        # unwritable now get the machine. One switch at a time.
         self._switching = 0
         self._no_switch = asyncio.Event()
         self._no_switch.set()
-        self._target_slots: dict[int, asyncio.Semaphore] = {}
-        # One switch at a time, each on a machine the bulk steps have left.
         self._switch_turn = asyncio.Lock()
-        self._bulk_steps = 0
-        self._bulk_idle = asyncio.Event()
-        self._bulk_idle.set()
+        self._target_slots: dict[int, asyncio.Semaphore] = {}
+        # The copies and collects in flight (submitted, not yet answered).
+        self._bulk: set[asyncio.Task[Any]] = set()
 
     def pending(self, cluster_map: cluster_pb2.ClusterMap) -> list[_Pair]:
         if not cluster_map.HasField("migration"):
@@ -318,37 +323,61 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             self._switching += 1
             self._no_switch.clear()
             try:
-                await self._quiet()
-                if record_frozen and progress.watermark is not None:
-                    # What changed while the bulk steps drained, before the keys freeze.
-                    try:
-                        await self._copy(
-                            epoch,
-                            pair,
-                            node_pb2.EXPORT_CHANGES,
-                            progress.watermark,
-                            progress,
-                            switching=True,
-                        )
-                    except _TargetActive:
-                        progress.copied = None  # as in MOVE_COPYING
-                await self._switch_steps(epoch, pair, progress, record_frozen=record_frozen)
+                frozen_ms = await self._switch_turn_steps(
+                    epoch, pair, progress, record_frozen=record_frozen
+                )
             finally:
                 self._switching -= 1
                 if not self._switching:
                     self._no_switch.set()
+        # The target serves the keys: the bulk work goes on while the map records it.
+        await self._record(pair, phase=cluster_pb2.MOVE_ACTIVE, frozen_ms=frozen_ms)
+        self.runtime.metrics.migration_frozen_seconds.observe(frozen_ms / 1000)
+        _log.info(
+            "node %d: move %d->%d active: group %d serves the moved keys (frozen %d ms)",
+            self.runtime.node_id,
+            *pair,
+            pair[1],
+            frozen_ms,
+            extra={"node_id": self.runtime.node_id, "group_id": pair[1]},
+        )
+
+    async def _switch_turn_steps(
+        self, epoch: int, pair: _Pair, progress: _Progress, *, record_frozen: bool
+    ) -> int:
+        """The switch in its turn; how long the keys were frozen (ms). A move found
+        frozen already (``record_frozen`` False) does not wait for quiet: its keys
+        are unwritable from the start."""
+        if record_frozen:
+            await self._quiet()
+            if progress.watermark is not None:
+                # What changed while the bulk steps drained, before the keys freeze.
+                try:
+                    await self._copy(
+                        epoch,
+                        pair,
+                        node_pb2.EXPORT_CHANGES,
+                        progress.watermark,
+                        progress,
+                        switching=True,
+                    )
+                except _TargetActive:
+                    progress.copied = None  # as in MOVE_COPYING
+        return await self._switch_steps(epoch, pair, progress, record_frozen=record_frozen)
 
     async def _quiet(self) -> None:
         """Until the bulk copies and collects in flight have applied (new ones wait
         for the switch), or ``_QUIET_WAIT`` seconds: the switch's few rounds then
         do not queue behind tables of thousands of keys on every node."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._bulk_idle.wait(), _QUIET_WAIT)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _QUIET_WAIT
+        while self._bulk and (remaining := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._bulk), timeout=remaining)
 
     async def _switch_steps(
         self, epoch: int, pair: _Pair, progress: _Progress, *, record_frozen: bool
-    ) -> None:
-        source, target = pair
+    ) -> int:
+        source = pair[0]
         loop = asyncio.get_running_loop()
         frozen = await self._apply(
             source, self._step(epoch, pair, freeze=True, seal_when_free=True)
@@ -381,17 +410,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         # The last copy activated the target in its own entry (or _TargetActive said
         # an earlier attempt had): no separate activate step in the unwritable window.
         failpoint("migration.after_activate")
-        frozen_ms = int((loop.time() - progress.frozen_at) * 1000)
-        await self._record(pair, phase=cluster_pb2.MOVE_ACTIVE, frozen_ms=frozen_ms)
-        self.runtime.metrics.migration_frozen_seconds.observe(frozen_ms / 1000)
-        _log.info(
-            "node %d: move %d->%d active: group %d serves the moved keys (frozen %d ms)",
-            self.runtime.node_id,
-            *pair,
-            target,
-            frozen_ms,
-            extra={"node_id": self.runtime.node_id, "group_id": target},
-        )
+        return int((loop.time() - progress.frozen_at) * 1000)
 
     def _step(self, epoch: int, pair: _Pair, **kind: object) -> kv_pb2.Command:
         step = kv_pb2.MigrateStep(epoch=epoch, source=pair[0], target=pair[1], driver=self.token)
@@ -412,24 +431,13 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         return result.migrate
 
     async def _limited(self, target: int, command: kv_pb2.Command) -> kv_pb2.MigrateResult:
-        """``_bulk`` of a copy, at most ``_TARGET_IMPORTS`` at a time per target
+        """``_apply`` of a bulk copy, at most ``_TARGET_IMPORTS`` at a time per target
         group over every move into it: a switch's last copy then waits behind few."""
         slots = self._target_slots.get(target)
         if slots is None:
             slots = self._target_slots[target] = asyncio.Semaphore(_TARGET_IMPORTS)
         async with slots:
-            return await self._bulk(target, command)
-
-    async def _bulk(self, group_id: int, command: kv_pb2.Command) -> kv_pb2.MigrateResult:
-        """``_apply`` of a bulk step (a copy or a collect), counted for ``_quiet``."""
-        self._bulk_steps += 1
-        self._bulk_idle.clear()
-        try:
-            return await self._apply(group_id, command)
-        finally:
-            self._bulk_steps -= 1
-            if not self._bulk_steps:
-                self._bulk_idle.set()
+            return await self._apply(target, command)
 
     async def _seal(self, epoch: int, pair: _Pair) -> None:
         command = self._step(epoch, pair, seal=True)
@@ -468,7 +476,8 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             since_revision=since,
             chunk_keys=_BULK_CHUNK_KEYS if kind == node_pb2.EXPORT_ALL else 0,
         )
-        pipeline = _Pipeline(_IMPORTS_IN_FLIGHT)
+        # A switch's own copies are not bulk steps a switch waits for.
+        pipeline = _Pipeline(_IMPORTS_IN_FLIGHT, None if switching else self._bulk)
         revision: int | None = None
         held: kv_pb2.MigrateImport | None = None
         # This pass's own number: its chunks are new keys at the target (fsm.migration).
@@ -548,12 +557,12 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         remembers them all, else what a scan of the source finds moving."""
         source = pair[0]
         collected = 0
-        pipeline = _Pipeline(_IMPORTS_IN_FLIGHT)
+        pipeline = _Pipeline(_IMPORTS_IN_FLIGHT, self._bulk)
         try:
             async for moved in self._moved_keys(epoch, pair, copied):
                 await self._no_switch.wait()  # a switch goes first here too
                 collect = self._step(epoch, pair, collect=kv_pb2.MigrateCollect(keys=moved))
-                await pipeline.submit(self._bulk(source, collect))
+                await pipeline.submit(self._apply(source, collect))
                 collected += len(moved)
                 self.runtime.metrics.migration_keys_collected.inc(len(moved))
             await pipeline.drain()

@@ -17,6 +17,7 @@ failure still ends right. Everything runs on ``MemoryEngine`` and RocksDB.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -953,26 +954,32 @@ async def test_the_switch_seals_once_the_lock_on_a_moving_key_is_gone(groups: Gr
     assert value_of(groups.target, MOVING[3]) == b"txn", "the decided write moved"
 
 
+class _HeldStep:
+    """Another move's bulk step in flight through the driver's pipeline, until
+    ``gate`` is set (a copy or collect ``_quiet`` must wait for)."""
+
+    def __init__(self, driver: MigrationDriver) -> None:
+        self.gate = asyncio.Event()
+        self.driver = driver
+        self.task: asyncio.Task[object] | None = None
+
+    async def start(self) -> None:
+        before = set(self.driver._bulk)
+        await migration_driver._Pipeline(1, self.driver._bulk).submit(self.gate.wait())
+        (self.task,) = self.driver._bulk - before
+
+
 async def test_the_switch_waits_for_the_bulk_steps_in_flight_before_the_freeze(
-    groups: Groups, monkeypatch: pytest.MonkeyPatch
+    groups: Groups,
 ) -> None:
     """The freeze goes once every bulk copy or collect in flight has applied (or
     after ``_QUIET_WAIT``), so the unwritable window runs on a quiet machine."""
     seed(groups)
-    driver, agent, calls = driven(groups)
+    driver, agent, _calls = driven(groups)
     assert await advance(driver, agent) == cluster_pb2.MOVE_COPYING
-    gate = asyncio.Event()
-    blocked = kv_pb2.Command(migrate=kv_pb2.MigrateStep(epoch=EPOCH, source=2, target=TARGET))
-    propose = calls.propose
-
-    async def held_propose(group_id: int, made: kv_pb2.Command) -> kv_pb2.CommandResult:
-        if made is blocked:  # another move's bulk step, slow to apply
-            await gate.wait()
-            return kv_pb2.CommandResult(migrate=kv_pb2.MigrateResult(applied=True))
-        return await propose(group_id, made)
-
-    monkeypatch.setattr(calls, "propose", held_propose)
-    other = asyncio.create_task(driver._bulk(2, blocked))
+    other = _HeldStep(driver)
+    await other.start()
+    assert driver._bulk, "a bulk step in flight, from its submission"
     switching = asyncio.create_task(advance(driver, agent))
     for _ in range(500):  # until the copy is done and the switch waits
         if driver._switching:
@@ -984,9 +991,9 @@ async def test_the_switch_waits_for_the_bulk_steps_in_flight_before_the_freeze(
     await asyncio.sleep(0.2)
     assert "freeze" not in _migrate_steps(groups, SOURCE)
     assert not switching.done()
-    gate.set()
+    other.gate.set()
     assert await asyncio.wait_for(switching, 5) == cluster_pb2.MOVE_ACTIVE
-    await other
+    assert not driver._bulk
     assert value_of(groups.target, MOVING[2]) == b"during the wait"
     order = [
         "freeze" if made.migrate.freeze else "copy"
@@ -995,16 +1002,39 @@ async def test_the_switch_waits_for_the_bulk_steps_in_flight_before_the_freeze(
     ]
     assert order[-2:] == ["copy", "freeze"], "copied on the quiet machine before the freeze"
 
-    # A bulk step that never ends holds the switch back for _QUIET_WAIT only.
-    groups2 = new_groups(MemoryEngine())
-    seed(groups2)
-    driver, agent, calls = driven(groups2)
+
+async def test_a_bulk_step_that_never_ends_holds_the_switch_back_for_a_while_only(
+    groups: Groups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(groups)
+    driver, agent, _calls = driven(groups)
     monkeypatch.setattr(migration_driver, "_QUIET_WAIT", 0.1)
     assert await advance(driver, agent) == cluster_pb2.MOVE_COPYING
-    gate = asyncio.Event()
-    propose = calls.propose
-    monkeypatch.setattr(calls, "propose", held_propose)
-    stuck = asyncio.create_task(driver._bulk(2, blocked))
+    stuck = _HeldStep(driver)
+    await stuck.start()
     assert await asyncio.wait_for(advance(driver, agent), 5) == cluster_pb2.MOVE_ACTIVE
-    assert not stuck.done()
-    stuck.cancel()
+    assert stuck.task is not None and stuck.task in driver._bulk, "still in flight"
+    stuck.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stuck.task
+    assert not driver._bulk, "a cancelled step leaves the bulk steps"
+
+
+async def test_a_move_found_frozen_switches_without_waiting_for_quiet(
+    groups: Groups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its keys are unwritable already (a driver that took over a frozen move):
+    it does not wait for the other moves' bulk steps."""
+    seed(groups)
+    driver, agent, _calls = driven(groups)
+    monkeypatch.setattr(migration_driver, "_QUIET_WAIT", 30.0)
+    assert await advance(driver, agent) == cluster_pb2.MOVE_COPYING
+    groups.copy(ALL)
+    groups.applies(groups.source, step(freeze=True))
+    agent.map.migration.moves[0].phase = cluster_pb2.MOVE_FROZEN
+    held = _HeldStep(driver)
+    await held.start()
+    assert await asyncio.wait_for(advance(driver, agent), 5) == cluster_pb2.MOVE_ACTIVE
+    assert driver._bulk, "the other step is still in flight"
+    held.gate.set()
+    assert arcs(groups.target) == ({}, {SOURCE: ACTIVE})
