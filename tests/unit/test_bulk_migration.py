@@ -547,6 +547,25 @@ def test_copies_outside_one_pass_read_their_keys_and_count_exactly(
     assert KeyValueStateMachine(engine, TARGET).key_count == target.key_count
 
 
+def test_a_pass_is_remembered_across_a_restart(
+    engine: StorageEngine, data_reads: list[int]
+) -> None:
+    """``bulk_imports`` is stored with the round: a restarted replica (whose count
+    was stored) goes on with the pass, reading only a chunk it had already."""
+    groups = new_groups(engine)
+    bulk_put(groups, groups.source, SEEDED, b"v1-")
+    groups.begin()
+    chunks = _pass_chunks(groups, 7)
+    _apply_chunks(groups, chunks[:2])
+    restarted = KeyValueStateMachine(engine, TARGET)
+    assert restarted.migration.state == groups.target.migration.state
+    groups.target = restarted
+    data_reads.clear()
+    _apply_chunks(groups, chunks[1:])  # the driver repeats the step it had no answer for
+    assert data_reads == [len(chunks[1].keys)], "only the repeated chunk was read"
+    assert restarted.key_count == len(moving_of(groups)) == counted(engine, TARGET)
+
+
 # -- replicas agree ------------------------------------------------------------------
 
 

@@ -1038,3 +1038,73 @@ async def test_a_move_found_frozen_switches_without_waiting_for_quiet(
     assert driver._bulk, "the other step is still in flight"
     held.gate.set()
     assert arcs(groups.target) == ({}, {SOURCE: ACTIVE})
+
+
+async def test_switches_take_turns(groups: Groups, monkeypatch: pytest.MonkeyPatch) -> None:
+    driver, _, _ = driven(groups)
+    inside = most = 0
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def steps(
+        epoch: int, pair: tuple[int, int], progress: object, *, record_frozen: bool
+    ) -> int:
+        nonlocal inside, most
+        inside += 1
+        most = max(most, inside)
+        entered.set()
+        try:
+            await gate.wait()
+        finally:
+            inside -= 1
+        return 0
+
+    monkeypatch.setattr(driver, "_switch_steps", steps)
+    monkeypatch.setattr(driver, "_record", lambda *args, **kwargs: asyncio.sleep(0))
+    progress = migration_driver._Progress
+    first = asyncio.create_task(driver._switch(EPOCH, (1, 5), progress(), record_frozen=False))
+    second = asyncio.create_task(driver._switch(EPOCH, (2, 5), progress(), record_frozen=False))
+    try:
+        await asyncio.wait_for(entered.wait(), 5)
+        for _ in range(20):  # every chance for the second to enter too
+            await asyncio.sleep(0)
+        assert most == 1 and not second.done()
+        assert not driver._no_switch.is_set(), "the bulk work waits while a switch runs"
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
+        assert most == 1
+        assert driver._switching == 0 and driver._no_switch.is_set()
+    finally:
+        for task in (first, second):
+            task.cancel()
+        await asyncio.gather(first, second, return_exceptions=True)
+
+
+async def test_the_driver_counts_its_copies_and_collects_for_quiet_and_not_the_switch_copies(
+    groups: Groups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(groups)
+    driver, agent, calls = driven(groups)
+    propose = calls.propose
+    seen: list[tuple[str, int]] = []
+
+    async def recording(group_id: int, made: kv_pb2.Command) -> kv_pb2.CommandResult:
+        migrate = made.migrate
+        if migrate.HasField("copy") and (migrate.copy.keys or migrate.copy.deleted):
+            seen.append(("switch-copy" if driver._switching else "copy", len(driver._bulk)))
+        if migrate.HasField("collect") and migrate.collect.keys:
+            seen.append(("collect", len(driver._bulk)))
+        return await propose(group_id, made)
+
+    monkeypatch.setattr(calls, "propose", recording)
+    assert await asyncio.wait_for(advance(driver, agent), 5) == cluster_pb2.MOVE_COPYING
+    # Changed after the move began: a catch-up copies it again.
+    groups.write(groups.source, put(MOVING[1], b"changed"))
+    assert await asyncio.wait_for(advance(driver, agent), 5) == cluster_pb2.MOVE_ACTIVE
+    assert await asyncio.wait_for(advance(driver, agent), 5) == cluster_pb2.MOVE_DONE
+    assert {"copy", "collect"} <= {kind for kind, _ in seen}, seen
+    assert all(bulk >= 1 for kind, bulk in seen if kind != "switch-copy"), seen
+    assert all(bulk == 0 for kind, bulk in seen if kind == "switch-copy"), seen
+    copies = [made.migrate.copy for _, made in groups.log if made.migrate.copy.keys]
+    assert copies[0].bulk_pass, "the copy of everything is a bulk pass"
+    assert any(MOVING[1] in copy.keys for copy in copies[1:]), "a catch-up copied the change"
+    assert not any(copy.bulk_pass for copy in copies[1:]), "catch-ups are no bulk pass"
