@@ -52,9 +52,10 @@ Decisions:
   few rounds, the keys' unwritable window, do not queue behind tables of
   thousands of keys on every node. The bulk work resumes once the target
   is active (the map records it after). A move found frozen already does
-  not wait for quiet: its keys are unwritable from the start. Each move keeps ``_IMPORTS_IN_FLIGHT`` copy steps in flight,
-  and a target group takes at most ``_TARGET_IMPORTS`` at once over all
-  the moves into it, so the wait is short.
+  not wait for quiet: its keys are unwritable from the start. Each move
+  keeps ``_IMPORTS_IN_FLIGHT`` copy steps in flight, and a target group
+  takes at most ``_TARGET_IMPORTS`` at once over all the moves into it, so
+  the wait is short.
 """
 
 from __future__ import annotations
