@@ -82,7 +82,7 @@ from shardkv.fsm.txn import Transactions
 from shardkv.revisions import next_revision
 from shardkv.ring import KeyRing, build_ring
 from shardkv.storage import keys
-from shardkv.storage.engine import Batch, ColumnFamily, StorageEngine
+from shardkv.storage.engine import Batch, ColumnFamily, StorageEngine, Table
 from shardkv.txn_protocol import step_keys
 from shardkv.v1 import cluster_pb2, kv_pb2
 
@@ -645,7 +645,7 @@ class KeyValueStateMachine:
                 return None
         return engine_keys
 
-    def _ingest(self, table: bytes, *, recount: bool = True) -> None:
+    def _ingest(self, table: Table, *, recount: bool = True) -> None:
         """Ingest ``table`` into the group's data; with ``recount``, its key count
         made stale first.
 

@@ -90,6 +90,7 @@ __all__ = [
     "MemoryDisk",
     "MemoryEngine",
     "StorageEngine",
+    "Table",
     "TableWriter",
 ]
 
@@ -183,10 +184,25 @@ class Batch(abc.ABC):
     def _delete_range(self, cf: ColumnFamily, start: bytes, end: bytes) -> None: ...
 
 
+class Table:
+    """What ``TableWriter.finish()`` gives: a sorted table, in its engine's own
+    format, for ``StorageEngine.ingest`` (false when it holds nothing). RocksDB's
+    is a file the ingest moves into the database (one never ingested stays in
+    ``ingest/`` until the engine next opens); the memory engine's, the bytes."""
+
+    __slots__ = ("entries", "source")
+
+    def __init__(self, entries: int, source: str | bytes) -> None:
+        self.entries = entries
+        self.source = source
+
+    def __bool__(self) -> bool:
+        return self.entries > 0
+
+
 class TableWriter(abc.ABC):
     """A sorted table of puts and deletions for ``StorageEngine.ingest``, built outside
-    any batch: keys strictly increasing. ``finish()`` gives the table (empty bytes
-    when nothing was added); the format is the engine's own."""
+    any batch: keys strictly increasing. ``finish()`` gives the ``Table``."""
 
     def __init__(self) -> None:
         self._last: bytes | None = None
@@ -217,7 +233,7 @@ class TableWriter(abc.ABC):
         self.entries += 1
 
     @abc.abstractmethod
-    def finish(self) -> bytes: ...
+    def finish(self) -> Table: ...
 
     @abc.abstractmethod
     def _put(self, key: bytes, value: bytes) -> None: ...
@@ -300,8 +316,9 @@ class StorageEngine(abc.ABC):
         self._check_open()
         return self._table_writer()
 
-    def ingest(self, cf: ColumnFamily, table: bytes) -> None:
-        """Write a ``TableWriter``'s table into ``cf`` now, outside every batch.
+    def ingest(self, cf: ColumnFamily, table: Table) -> None:
+        """Write a ``TableWriter``'s table into ``cf`` now, outside every batch (once:
+        RocksDB's moves its file in).
 
         Durable when it returns; it replaces what ``cf`` held under its keys,
         and every write after it replaces the table's. A batch still being
@@ -363,7 +380,7 @@ class StorageEngine(abc.ABC):
     def _table_writer(self) -> TableWriter: ...
 
     @abc.abstractmethod
-    def _ingest(self, cf: ColumnFamily, table: bytes) -> None: ...
+    def _ingest(self, cf: ColumnFamily, table: Table) -> None: ...
 
     @abc.abstractmethod
     def _scan(
@@ -483,11 +500,11 @@ class Engine(StorageEngine):
     def _table_writer(self) -> TableWriter:
         return _RocksTableWriter(self._table_path())
 
-    def _ingest(self, cf: ColumnFamily, table: bytes) -> None:
-        path = self._table_path()
+    def _ingest(self, cf: ColumnFamily, table: Table) -> None:
+        path = table.source
+        if not isinstance(path, str):
+            raise ValueError("a table of another kind of engine")
         try:
-            with open(path, "wb") as file:
-                file.write(table)
             options = IngestExternalFileOptions()
             options.set_move_files(True)
             self._families[cf].ingest_external_file([path], options)
@@ -535,7 +552,7 @@ def _family_options(cf: ColumnFamily, cache: Cache) -> Options:
 
 
 class _RocksTableWriter(TableWriter):
-    """A table as RocksDB's own sorted file (``SstFileWriter``), read back into bytes."""
+    """A table as RocksDB's own sorted file (``SstFileWriter``), ingested where it is."""
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -574,19 +591,18 @@ class _RocksTableWriter(TableWriter):
             count += 1
         self.entries += count
 
-    def finish(self) -> bytes:
+    def finish(self) -> Table:
         if self._writer is None:
-            return b""
+            return Table(0, self._path)
         try:
             self._writer.finish()
-            self._writer = None
-            with open(self._path, "rb") as file:
-                return file.read()
         except Exception as exc:
-            raise EngineError(f"RocksDB could not write a table at {self._path}: {exc}") from exc
-        finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self._path)
+            raise EngineError(f"RocksDB could not write a table at {self._path}: {exc}") from exc
+        finally:
+            self._writer = None
+        return Table(self.entries, self._path)
 
 
 def _rocks_items(
@@ -704,8 +720,8 @@ class _MemoryTableWriter(TableWriter):
     def _delete(self, key: bytes) -> None:
         self._parts += (_MEMORY_ENTRY.pack(0, len(key), 0), key)
 
-    def finish(self) -> bytes:
-        return b"".join(self._parts)
+    def finish(self) -> Table:
+        return Table(self.entries, b"".join(self._parts))
 
 
 def _read_memory_table(table: bytes) -> Iterator[tuple[bytes, bytes | None]]:
@@ -752,9 +768,11 @@ class MemoryEngine(StorageEngine):
     def _table_writer(self) -> TableWriter:
         return _MemoryTableWriter()
 
-    def _ingest(self, cf: ColumnFamily, table: bytes) -> None:
+    def _ingest(self, cf: ColumnFamily, table: Table) -> None:
+        if not isinstance(table.source, bytes):
+            raise ValueError("a table of another kind of engine")
         target = self.disk.tables[cf]
-        for key, value in list(_read_memory_table(table)):  # all or nothing
+        for key, value in list(_read_memory_table(table.source)):  # all or nothing
             if value is None:
                 target.delete(key)
             else:

@@ -19,7 +19,8 @@ import pytest
 from shardkv.fsm.kv import INGEST_KEYS, KeyValueStateMachine, Record
 from shardkv.node.export import PAUSE_KEYS, export_chunks, export_steps
 from shardkv.ring import KeyRing, build_ring, moving_filter
-from shardkv.storage import ColumnFamily, StorageEngine, keys
+from shardkv.storage import ColumnFamily, Engine, MemoryEngine, StorageEngine, keys
+from shardkv.storage.engine import Table
 from shardkv.v1 import kv_pb2, node_pb2
 from tests.unit.engines import Opener, engine_opener
 from tests.unit.test_fsm_kv import delete, put
@@ -49,7 +50,7 @@ def open_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Open
 # -- the engine's tables ---------------------------------------------------------------
 
 
-def table_of(engine: StorageEngine, entries: list[tuple[bytes, bytes | None]]) -> bytes:
+def table_of(engine: StorageEngine, entries: list[tuple[bytes, bytes | None]]) -> Table:
     writer = engine.table_writer()
     for key, value in entries:
         if value is None:
@@ -116,9 +117,9 @@ def test_an_empty_table_is_a_no_op(open_engine: Opener) -> None:
     writer.delete_many([])
     assert writer.entries == 0
     table = writer.finish()
-    assert table == b""
+    assert not table and table.entries == 0
     engine.ingest(DATA, table)
-    engine.ingest(DATA, b"")
+    engine.ingest(DATA, table)
     assert data(engine) == {b"a": b"1"}
 
 
@@ -338,6 +339,16 @@ def copy_and_switch(groups: Groups) -> None:
     groups.applies(groups.target, step(activate=True))
 
 
+def switched(engine: StorageEngine, moving: int, staying: int) -> Groups:
+    """Groups whose source held ``moving`` keys that move and ``staying`` that
+    stay, copied, frozen, sealed and activated: the keys ready to release."""
+    groups = new_groups(engine)
+    bulk_put(groups, groups.source, SEEDED[:moving], b"v-")
+    bulk_put(groups, groups.source, STAYING[:staying], b"s-")
+    copy_and_switch(groups)
+    return groups
+
+
 def release(groups: Groups, released_keys: int | None) -> None:
     made = step(release=True)
     if released_keys is not None:
@@ -433,11 +444,8 @@ def test_newest_revision_reads_both_record_formats() -> None:
 
 
 def test_a_release_counts_out_once(engine: StorageEngine) -> None:
-    groups = new_groups(engine)
+    groups = switched(engine, 600, 50)
     source = groups.source
-    bulk_put(groups, source, SEEDED[:600], b"v-")
-    bulk_put(groups, source, STAYING[:50], b"s-")
-    copy_and_switch(groups)
     release(groups, 600)
     assert source.key_count == 50
     release(groups, 600)  # repeated: released already, counted once
@@ -648,11 +656,8 @@ def test_a_restart_after_an_ingest_recounts(open_engine: Opener, bulk_pass: int)
 
 def test_a_restart_after_a_counted_collect_recounts(open_engine: Opener) -> None:
     engine = open_engine()
-    groups = new_groups(engine)
+    groups = switched(engine, 1200, 100)
     source = groups.source
-    bulk_put(groups, source, SEEDED[:1200], b"v-")
-    bulk_put(groups, source, STAYING[:100], b"s-")
-    copy_and_switch(groups)
     release(groups, None)  # not counted out: collects count by presence
     assert source.key_count == 1300
     made = step(collect=kv_pb2.MigrateCollect(keys=SEEDED[:700] + STAYING[:5]))
@@ -674,11 +679,8 @@ def test_a_restart_after_a_counted_collect_recounts(open_engine: Opener) -> None
 
 def test_a_recount_after_a_counted_out_release_skips_moved_keys(open_engine: Opener) -> None:
     engine = open_engine()
-    groups = new_groups(engine)
+    groups = switched(engine, 1500, 120)
     source = groups.source
-    bulk_put(groups, source, SEEDED[:1500], b"v-")
-    bulk_put(groups, source, STAYING[:120], b"s-")
-    copy_and_switch(groups)
     release(groups, 1500)
     assert source.key_count == 120
 
@@ -814,3 +816,12 @@ def test_tables_left_by_a_dead_process_are_removed_at_open(tmp_path: Path) -> No
         assert list((tmp_path / "db" / "ingest").iterdir()) == []
     finally:
         engine.close()
+
+
+def test_a_table_of_another_kind_of_engine_is_refused(tmp_path: Path) -> None:
+    with MemoryEngine() as memory, Engine(tmp_path / "db") as rocks:
+        with pytest.raises(ValueError, match="another kind"):
+            rocks.ingest(DATA, table_of(memory, [(b"a", b"1")]))
+        with pytest.raises(ValueError, match="another kind"):
+            memory.ingest(DATA, table_of(rocks, [(b"a", b"1")]))
+        assert data(memory) == {} and data(rocks) == {}
