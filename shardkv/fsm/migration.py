@@ -403,10 +403,10 @@ class Migration:
                 imports[step.source].CopyFrom(cluster_pb2.BulkImport())  # pass 0: read from now on
                 self._store(batch)
             return False
-        assert seen is None or seen.bulk_pass  # same_pass: a pass, never 0
-        last_key = seen.last_key if seen is not None else None
-        new = last_key is None or min(data.keys) > last_key
-        highest = max(data.keys) if last_key is None else max(last_key, max(data.keys))
+        highest = max(data.keys)
+        new = seen is None or min(data.keys) > seen.last_key
+        if seen is not None:
+            highest = max(highest, seen.last_key)
         imports[step.source].CopyFrom(
             cluster_pb2.BulkImport(bulk_pass=data.bulk_pass, last_key=highest)
         )
