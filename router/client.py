@@ -1007,10 +1007,11 @@ class AsyncClient:
             attempt_deadline = deadline
             if len(self._addresses) > 1:
                 attempt_deadline = min(deadline, loop.time() + self._retry.attempt_timeout)
+            started = loop.time()
             try:
                 return await getattr(self._stub(index), method)(
                     request,
-                    timeout=max(attempt_deadline - loop.time(), 0.001),
+                    timeout=max(attempt_deadline - started, 0.001),
                     metadata=self._metadata,
                 )
             except asyncio.CancelledError:
@@ -1039,9 +1040,12 @@ class AsyncClient:
                     continue
                 retry_after = _retry_after(exc)
                 if code is grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is not None:
-                    # The router is at a limit and applied nothing: the same router, later.
+                    # The router is at a limit and applied nothing: the same router,
+                    # later; only if that attempt has as long as this refusal took,
+                    # else it would just run out the deadline (and hide the refusal).
                     delay = max(retry_after, self._retry.backoff(attempt - 1, self._rng))
-                    if loop.time() + delay < deadline:
+                    refused_in = loop.time() - started
+                    if loop.time() + delay + refused_in < deadline:
                         await asyncio.sleep(delay)
                         continue
                 if code is grpc.StatusCode.UNAVAILABLE:
