@@ -336,6 +336,16 @@ def window_stats(puts: dict[int, list[Put]], start: float, end: float) -> KeySta
     return KeyStats(longest_put, longest_gap, total, failed, latencies, worst)
 
 
+@dataclass(frozen=True)
+class SwitchPut:
+    """The longest put of one move's keys that overlapped the move's switch."""
+
+    latency: float
+    number: int
+    before_freeze: float  # issued this long before the freeze (negative: after it)
+    after_active: float  # acknowledged this long after the activation
+
+
 def switch_stats(
     puts: dict[int, list[Put]],
     plan: Plan,
@@ -343,12 +353,13 @@ def switch_stats(
     steps: dict[tuple[int, int], dict[str, float]],
     add_wall: float,
     add_started: float,
-) -> tuple[float, int] | None:
-    """The longest put that overlapped its own key's switch (its move frozen, then
-    active, by the driver's log), and its key: the time a moved key was unwritable."""
-    worst: tuple[float, int] | None = None
+) -> dict[tuple[int, int], SwitchPut]:
+    """Per move, the longest put that overlapped its own key's switch (its move
+    frozen, then active, by the driver's log): the time a moved key was unwritable."""
+    worst: dict[tuple[int, int], SwitchPut] = {}
     for number, history in puts.items():
-        times = steps.get((plan.ring.group_for(key_of(number)), new_group), {})
+        move = (plan.ring.group_for(key_of(number)), new_group)
+        times = steps.get(move, {})
         if not times.get("frozen") or not times.get("active"):
             continue
         # Log times are wall clock; puts are timed on the monotonic clock.
@@ -357,8 +368,10 @@ def switch_stats(
         for put in history:
             if put.started <= active and put.ended >= frozen:
                 latency = put.ended - put.started
-                if worst is None or latency > worst[0]:
-                    worst = (latency, number)
+                if move not in worst or latency > worst[move].latency:
+                    worst[move] = SwitchPut(
+                        latency, number, frozen - put.started, put.ended - active
+                    )
     return worst
 
 
@@ -750,13 +763,19 @@ async def run(arguments: argparse.Namespace, folder: Path) -> Report:
             f"{ms(stats.longest_gap[-1] if stats.longest_gap else 0):>10} "
             f"{ms(_percentile(stats.longest_gap, 0.99)):>10}"
         )
-    switch = switch_stats(writer.puts, plan, new_group, steps, add_wall, add_started)
+    switches = switch_stats(writer.puts, plan, new_group, steps, add_wall, add_started)
+    switch = max(switches.values(), key=lambda put: put.latency, default=None)
     if switch is not None:
-        latency, number = switch
         print(
             f"  the longest put that met its key's switch (the move frozen until active): "
-            f"{key_of(number)!r}, {ms(latency)} ms"
+            f"{key_of(switch.number)!r}, {ms(switch.latency)} ms"
         )
+        for (source, to), put in sorted(switches.items()):
+            print(
+                f"    move {source}->{to}: {ms(put.latency)} ms, issued "
+                f"{ms(put.before_freeze)} ms before the freeze, acknowledged "
+                f"{ms(put.after_active)} ms after the activation"
+            )
     if during.worst is not None:
         latency, number, put_started = during.worst
         print(
@@ -771,7 +790,7 @@ async def run(arguments: argparse.Namespace, folder: Path) -> Report:
             print(f"  {line}")
         print()
     longest = during.longest_put[-1] if during.longest_put else 0.0
-    met_switch = switch[0] if switch is not None else 0.0
+    met_switch = switch.latency if switch is not None else 0.0
     print("targets:")
     print(
         f"  keys moved/s >= 100,000: {moved_rate:,.0f} "
