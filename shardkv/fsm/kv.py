@@ -74,7 +74,7 @@ import itertools
 import operator
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from shardkv.fsm.migration import Access, Migration
@@ -82,11 +82,11 @@ from shardkv.fsm.txn import Transactions
 from shardkv.revisions import next_revision
 from shardkv.ring import KeyRing, build_ring
 from shardkv.storage import keys
-from shardkv.storage.engine import Batch, ColumnFamily, StorageEngine, Table
+from shardkv.storage.engine import Batch, ColumnFamily, StorageEngine
 from shardkv.txn_protocol import step_keys
 from shardkv.v1 import cluster_pb2, kv_pb2
 
-__all__ = ["INGEST_KEYS", "RESULT_WINDOW", "STALE", "KeyValueStateMachine", "Record"]
+__all__ = ["RESULT_WINDOW", "STALE", "KeyValueStateMachine", "Record"]
 
 # The answer to a command at or below its client's acked floor.
 STALE = kv_pb2.CommandResult(stale=True)
@@ -94,9 +94,6 @@ STALE = kv_pb2.CommandResult(stale=True)
 RESULT_WINDOW = 100_000
 # Above this many seqs to forget at once, one range delete instead of point deletes.
 _POINT_DELETES = 256
-# A migration's chunk of at least this many keys is written as one table
-# (``StorageEngine.ingest``), not key by key into the batch.
-INGEST_KEYS = 512
 
 _RECORD = struct.Struct(">BQQQ")
 _RECORD_FORMAT = 1
@@ -208,7 +205,8 @@ class KeyValueStateMachine:
         self._event_revision = self._event_seq = 0
         self._events_changed = False
         stored = engine.get(ColumnFamily.META, keys.key_count_key(group_id))
-        # Counted here during a migration: a crash may have left a bulk table in
+        # Counted here during a migration: the data dir of a version that ingested
+        # bulk copies as tables (and dropped the count first) may hold a table
         # whose entry is applied again, so a bulk pass's keys are read to count
         # them for as long as this process lives (``import_records``).
         self._recounted = stored is None and self.migration.active
@@ -578,25 +576,23 @@ class KeyValueStateMachine:
     def import_records(
         self, batch: Batch, moved: Sequence[bytes], stored: Sequence[bytes], *, new: bool = False
     ) -> None:
-        """``import_record`` of many keys: a chunk of ``INGEST_KEYS`` or more as one table.
-        ``new``: the log says none of the keys is here (a bulk copy's, see
-        ``Migration``), so they are counted without reading them; unless this
-        replica recounted at its start during a migration: the table of an
-        entry applied again after a crash may be in already."""
-        engine_keys = self._bulk_keys(moved)
-        if engine_keys is None:
-            for key, record in zip(moved, stored, strict=True):
-                self.import_record(batch, key, record)
+        """``import_record`` of many keys, their presence read in one call. ``new``:
+        the log says none of the keys is here (a bulk copy's, see ``Migration``),
+        so they are counted without reading them; unless one was written earlier
+        in this round, or this replica recounted at its start during a
+        migration (``__init__``)."""
+        if not moved:
             return
-        items = dict(zip(engine_keys, stored, strict=True))
-        ordered = sorted(items)
-        table = self.engine.table_writer()
-        table.put_many(zip(ordered, map(items.__getitem__, ordered), strict=True))
-        if new and not self._recounted:
-            added = len(ordered)
+        prefix = keys.group_prefix(self.group_id)
+        items = dict(zip((prefix + key for key in moved), stored, strict=True))
+        overlay = self._overlay
+        if new and not self._recounted and overlay.keys().isdisjoint(_data_items(items)):
+            added = len(items)
         else:
-            added = self.engine.get_many(ColumnFamily.DATA, ordered).count(None)
-        self._ingest(table.finish())
+            added = self._read_many(list(items)).count(None)
+        for engine_key, record in items.items():
+            batch.put(ColumnFamily.DATA, engine_key, record)
+        overlay.update(zip(_data_items(items), items.values(), strict=True))
         self.key_count += added
         self._imported_revision = max(self._imported_revision, Record.newest_revision(stored))
 
@@ -608,59 +604,34 @@ class KeyValueStateMachine:
             self.key_count -= 1
 
     def drop_keys(self, batch: Batch, moved: Sequence[bytes], *, counted: bool = True) -> None:
-        """``drop_key`` of many keys: a chunk of ``INGEST_KEYS`` or more as one table
-        of deletions. Not ``counted``: the keys were counted out already (a
-        release that said how many), so none is read to count it."""
-        engine_keys = self._bulk_keys(moved)
-        if engine_keys is None:
-            for key in moved:
-                if counted:
-                    self.drop_key(batch, key)
-                else:
-                    self._write(batch, ColumnFamily.DATA, keys.data_key(self.group_id, key), None)
+        """``drop_key`` of many keys, their presence read in one call. Not ``counted``:
+        the keys were counted out already (a release that said how many), so
+        none is read to count it."""
+        if not moved:
             return
-        unique = sorted(set(engine_keys))
-        table = self.engine.table_writer()
-        if counted:
-            present = self.engine.get_many(ColumnFamily.DATA, unique)
-            unique = [
-                key for key, stored in zip(unique, present, strict=True) if stored is not None
-            ]
-        table.delete_many(unique)
-        self._ingest(table.finish(), recount=counted)
-        if counted:
-            self.key_count -= table.entries
-
-    def _bulk_keys(self, moved: Sequence[bytes]) -> list[bytes] | None:
-        """The engine keys of a chunk to ingest as one table, or None: a small chunk, or
-        one with a key written earlier in this round (the batch, written after the
-        table, would put the older write over the table's)."""
-        if len(moved) < INGEST_KEYS:
-            return None
         prefix = keys.group_prefix(self.group_id)
-        engine_keys = [prefix + key for key in moved]
-        if self._overlay:
-            staged = {key for cf, key in self._overlay if cf is ColumnFamily.DATA}
-            if not staged.isdisjoint(engine_keys):
-                return None
-        return engine_keys
+        dropped = list(dict.fromkeys(prefix + key for key in moved))
+        if counted:
+            present = self._read_many(dropped)
+            dropped = [
+                key for key, stored in zip(dropped, present, strict=True) if stored is not None
+            ]
+            self.key_count -= len(dropped)
+        for engine_key in dropped:
+            batch.delete(ColumnFamily.DATA, engine_key)
+        self._overlay.update(dict.fromkeys(_data_items(dropped)))
 
-    def _ingest(self, table: Table, *, recount: bool = True) -> None:
-        """Ingest ``table`` into the group's data; with ``recount``, its key count
-        made stale first.
-
-        The table is durable at once, the round's batch (the new count, the
-        applied index) only later: a crash between the two would replay the
-        entry against keys already there and miscount them. Without its stored
-        count, a restarted group counts its keys again (``__init__``).
-        """
-        if not table:
-            return
-        if recount:
-            stale = self.engine.new_batch()
-            stale.delete(ColumnFamily.META, keys.key_count_key(self.group_id))
-            self.engine.write(stale, sync=True)
-        self.engine.ingest(ColumnFamily.DATA, table)
+    def _read_many(self, engine_keys: list[bytes]) -> list[bytes | None]:
+        """``_read`` of many data keys: the staged ones from the overlay, the rest in
+        one call to the engine."""
+        found = self.engine.get_many(ColumnFamily.DATA, engine_keys)
+        overlay = self._overlay
+        if overlay:
+            for at, item in enumerate(_data_items(engine_keys)):
+                staged = overlay.get(item, _MISSING)
+                if staged is not _MISSING:
+                    found[at] = staged  # type: ignore[call-overload]
+        return found
 
     def merge_session(self, batch: Batch, copy: kv_pb2.SessionCopy) -> None:
         """Take in a client's session from another group: the higher floor, and its results."""
@@ -750,6 +721,12 @@ class KeyValueStateMachine:
 
 
 _MISSING = object()
+
+
+def _data_items(engine_keys: Iterable[bytes]) -> Iterator[tuple[ColumnFamily, bytes]]:
+    """The overlay's keys of data keys."""
+    data = ColumnFamily.DATA
+    return ((data, engine_key) for engine_key in engine_keys)
 
 
 def _command_keys(command: kv_pb2.Command) -> Iterator[bytes]:

@@ -54,16 +54,19 @@ Decisions:
 - **Steps are idempotent** and say when they did not apply (``MigrateResult``:
   another epoch, not yet, or not in this state), so the driver may repeat any
   step after a crash.
-- **Bulk chunks are tables.** A copy's records and deletions, and a
-  collect's keys, are written through ``import_records``/``drop_keys``: a
-  chunk of ``INGEST_KEYS`` or more as one ingested table.
+- **Bulk chunks go through the round's batch.** A copy's records and
+  deletions, and a collect's keys, are written through
+  ``import_records``/``drop_keys``, with the keys to count read in one call.
+  Not as ingested tables: each ingest flushed the memtable, and the
+  compactions that followed rewrote the node's data over and over.
 - **Counting copied keys in.** The chunks of the driver's bulk copy
   (``bulk_pass``) are new at the target while nothing else with keys came
   from the source and each lies above what the pass brought (``_all_new``,
   ``GroupMigration.bulk_imports``): they are counted without reading each
   one, which was most of a chunk's cost. Any other copy with keys or
   deletions makes the later ones read their keys, as before; so does a
-  replica that counted its keys at its start (``KeyValueStateMachine``).
+  replica that counted its keys at its start (``KeyValueStateMachine``), and
+  a chunk with a key written earlier in the same round.
 - **Counting moved keys out.** A release that carries ``released_keys`` (the
   driver's count of the moving keys the source holds, each checked against
   both rings there) takes them off the key count once, and the arc's

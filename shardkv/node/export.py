@@ -20,8 +20,8 @@ at its leader):
   target serves them.
 
 A chunk holds at most ``chunk_keys`` keys (default 1,000) and about
-``MAX_CHUNK_BYTES`` of records. The target writes a chunk of
-``INGEST_KEYS`` keys or more as one table, so the driver asks for large ones.
+``MAX_CHUNK_BYTES`` of records. Each chunk is a Raft entry at the target, so
+the driver asks for large ones.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ Decisions:
   time. A switch first stops the other moves' copies and collects from
   starting, waits (at most ``_QUIET_WAIT``) until the bulk steps in flight
   have applied, copies what changed meanwhile, and only then freezes: its
-  few rounds, the keys' unwritable window, do not queue behind tables of
+  few rounds, the keys' unwritable window, do not queue behind chunks of
   thousands of keys on every node. The bulk work resumes once the target
   is active (the map records it after). A move found frozen already does
   not wait for quiet: its keys are unwritable from the start. Each move
@@ -87,9 +87,9 @@ _MAX_ROUNDS = 8
 _IMPORTS_IN_FLIGHT = 2
 # Bulk copies in flight into one target group, over all its moves.
 _TARGET_IMPORTS = 4
-# Keys per copy chunk of the bulk copy, and per collect step (keys only): the
-# groups write each as one table (``INGEST_KEYS`` or more), and every table
-# costs a flush of the node's memtable, so they are large.
+# Keys per copy chunk of the bulk copy, and per collect step (keys only): large,
+# since every step is a Raft entry, a round and a gRPC call, and the groups
+# read the keys a chunk needs to count in one call.
 _BULK_CHUNK_KEYS = 16_000
 _COLLECT_CHUNK_KEYS = 16_000
 # The most moved keys a move remembers to drop them at the source without a scan.

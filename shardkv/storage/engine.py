@@ -20,9 +20,9 @@ What an engine promises:
    (``raft_log.GroupStorage``) change only through them.
 3. ``scan(cf, start, end)`` yields ``(key, value)`` for ``start <= key < end``
    in key order (or reversed), as of the moment ``scan`` was called: later
-   writes are not seen. It positions with a seek, never with rocksdict's
-   iterate bounds (in rocksdict 0.3.29 the lower-bound setter sets the upper
-   bound).
+   writes are not seen. It positions with a seek; a forward scan with an end
+   also sets RocksDB's upper bound (never the lower one: in rocksdict 0.3.29
+   the lower-bound setter sets the upper bound).
 4. ``close()`` is idempotent; afterwards every use of the engine, of its open
    scans and of its unwritten batches raises ``EngineClosed``. Closing drops
    every column family handle and iterator before closing the database, since
@@ -31,12 +31,8 @@ What an engine promises:
 5. A directory another process (or another open ``Engine``) holds raises
    ``DataDirInUse``. RocksDB's errors reach callers only as ``EngineError``,
    translated in this module.
-6. A table (``table_writer()``: sorted puts and deletions, in the engine's
-   own format: RocksDB's SST files, or a plain encoding in memory) goes in
-   with ``ingest(cf, table)`` at once and durably, outside every batch, with
-   no per-key work in Python: how a migration writes thousands of copied or
-   collected keys. Point reads go through a bloom filter per table file and
-   a block cache (``get_many`` reads many keys in one call).
+6. ``get_many`` reads many keys in one call. Point reads go through a bloom
+   filter per table file and a block cache.
 
 Engines are not thread-safe: the node's loop owns its engine.
 
@@ -57,25 +53,21 @@ from __future__ import annotations
 import abc
 import asyncio
 import bisect
-import contextlib
 import enum
 import logging
 import os
 import shutil
-import struct
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Self
 
 from rocksdict import (
     BlockBasedOptions,
     Cache,
-    IngestExternalFileOptions,
     Options,
     Rdict,
     ReadOptions,
-    SstFileWriter,
     WriteBatch,
     WriteOptions,
 )
@@ -90,8 +82,6 @@ __all__ = [
     "MemoryDisk",
     "MemoryEngine",
     "StorageEngine",
-    "Table",
-    "TableWriter",
 ]
 
 # The test-only switch of the module docstring: "1" turns it on.
@@ -184,64 +174,6 @@ class Batch(abc.ABC):
     def _delete_range(self, cf: ColumnFamily, start: bytes, end: bytes) -> None: ...
 
 
-class Table:
-    """What ``TableWriter.finish()`` gives: a sorted table, in its engine's own
-    format, for ``StorageEngine.ingest`` (false when it holds nothing). RocksDB's
-    is a file the ingest moves into the database (one never ingested stays in
-    ``ingest/`` until the engine next opens); the memory engine's, the bytes."""
-
-    __slots__ = ("entries", "source")
-
-    def __init__(self, entries: int, source: str | bytes) -> None:
-        self.entries = entries
-        self.source = source
-
-    def __bool__(self) -> bool:
-        return self.entries > 0
-
-
-class TableWriter(abc.ABC):
-    """A sorted table of puts and deletions for ``StorageEngine.ingest``, built outside
-    any batch: keys strictly increasing. ``finish()`` gives the ``Table``."""
-
-    def __init__(self) -> None:
-        self._last: bytes | None = None
-        self.entries = 0
-
-    def put(self, key: bytes, value: bytes) -> None:
-        self._order(key)
-        self._put(key, value)
-
-    def delete(self, key: bytes) -> None:
-        self._order(key)
-        self._delete(key)
-
-    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
-        """``put`` of each item, keys strictly increasing."""
-        for key, value in items:
-            self.put(key, value)
-
-    def delete_many(self, keys: Iterable[bytes]) -> None:
-        """``delete`` of each key, strictly increasing."""
-        for key in keys:
-            self.delete(key)
-
-    def _order(self, key: bytes) -> None:
-        if self._last is not None and key <= self._last:
-            raise ValueError("a table's keys must be strictly increasing")
-        self._last = key
-        self.entries += 1
-
-    @abc.abstractmethod
-    def finish(self) -> Table: ...
-
-    @abc.abstractmethod
-    def _put(self, key: bytes, value: bytes) -> None: ...
-
-    @abc.abstractmethod
-    def _delete(self, key: bytes) -> None: ...
-
-
 class _Scan(Iterator[tuple[bytes, bytes]]):
     """An engine's scan: raises ``EngineClosed`` once the engine is closed."""
 
@@ -311,23 +243,6 @@ class StorageEngine(abc.ABC):
         self._check_open()
         return self._get_many(cf, keys)
 
-    def table_writer(self) -> TableWriter:
-        """A new table to ``ingest`` into this engine (or one of the same kind)."""
-        self._check_open()
-        return self._table_writer()
-
-    def ingest(self, cf: ColumnFamily, table: Table) -> None:
-        """Write a ``TableWriter``'s table into ``cf`` now, outside every batch (once:
-        RocksDB's moves its file in).
-
-        Durable when it returns; it replaces what ``cf`` held under its keys,
-        and every write after it replaces the table's. A batch still being
-        filled is written after it, so its writes to the same keys win.
-        """
-        self._check_open()
-        if table:
-            self._ingest(cf, table)
-
     def scan(
         self, cf: ColumnFamily, start: bytes, end: bytes | None = None, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
@@ -375,12 +290,6 @@ class StorageEngine(abc.ABC):
 
     def _get_many(self, cf: ColumnFamily, keys: list[bytes]) -> list[bytes | None]:
         return [self._get(cf, key) for key in keys]
-
-    @abc.abstractmethod
-    def _table_writer(self) -> TableWriter: ...
-
-    @abc.abstractmethod
-    def _ingest(self, cf: ColumnFamily, table: Table) -> None: ...
 
     @abc.abstractmethod
     def _scan(
@@ -437,10 +346,9 @@ class Engine(StorageEngine):
         self._handles: dict[ColumnFamily, Any] = {
             cf: self._db.get_column_family_handle(cf.value) for cf in ColumnFamily
         }
-        self._tables = os.path.join(self.path, "ingest")
-        self._table_number = 0
-        # Tables left by a process that died while writing or ingesting them.
-        shutil.rmtree(self._tables, ignore_errors=True)
+        # Tables an earlier version of the node (it ingested migrations' tables)
+        # left when it died while writing or ingesting one.
+        shutil.rmtree(os.path.join(self.path, "ingest"), ignore_errors=True)
         self.unsafe_no_fsync = os.environ.get(UNSAFE_NO_FSYNC_ENV) == "1"
         self._write_options = {sync: WriteOptions() for sync in (False, True)}
         if self.unsafe_no_fsync:
@@ -492,28 +400,6 @@ class Engine(StorageEngine):
             raise EngineError(f"RocksDB read from {self.path} failed: {exc}") from exc
         return values
 
-    def _table_path(self) -> str:
-        os.makedirs(self._tables, exist_ok=True)
-        self._table_number += 1
-        return os.path.join(self._tables, f"{os.getpid()}-{self._table_number}.sst")
-
-    def _table_writer(self) -> TableWriter:
-        return _RocksTableWriter(self._table_path())
-
-    def _ingest(self, cf: ColumnFamily, table: Table) -> None:
-        path = table.source
-        if not isinstance(path, str):
-            raise ValueError("a table of another kind of engine")
-        try:
-            options = IngestExternalFileOptions()
-            options.set_move_files(True)
-            self._families[cf].ingest_external_file([path], options)
-        except Exception as exc:
-            raise EngineError(f"RocksDB could not ingest a table at {self.path}: {exc}") from exc
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-
     def _scan(
         self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
@@ -549,60 +435,6 @@ def _family_options(cf: ColumnFamily, cache: Cache) -> Options:
         table.set_block_cache(cache)
         options.set_block_based_table_factory(table)
     return options
-
-
-class _RocksTableWriter(TableWriter):
-    """A table as RocksDB's own sorted file (``SstFileWriter``), ingested where it is."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self._path = path
-        self._writer: Any = None
-
-    def _open(self) -> Any:
-        if self._writer is None:
-            self._writer = SstFileWriter(options=Options(raw_mode=True))
-            self._writer.open(self._path)
-        return self._writer
-
-    def _put(self, key: bytes, value: bytes) -> None:
-        self._open()[key] = value
-
-    def _delete(self, key: bytes) -> None:
-        del self._open()[key]
-
-    # RocksDB refuses keys out of order itself; a key-by-key loop in Python is
-    # what a migration's chunk costs, so these add nothing to it.
-    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
-        writer, count = None, 0
-        for key, value in items:
-            if writer is None:
-                writer = self._open()
-            writer[key] = value
-            count += 1
-        self.entries += count
-
-    def delete_many(self, keys: Iterable[bytes]) -> None:
-        writer, count = None, 0
-        for key in keys:
-            if writer is None:
-                writer = self._open()
-            del writer[key]
-            count += 1
-        self.entries += count
-
-    def finish(self) -> Table:
-        if self._writer is None:
-            return Table(0, self._path)
-        try:
-            self._writer.finish()
-        except Exception as exc:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self._path)
-            raise EngineError(f"RocksDB could not write a table at {self._path}: {exc}") from exc
-        finally:
-            self._writer = None
-        return Table(self.entries, self._path)
 
 
 def _rocks_items(
@@ -704,43 +536,6 @@ class _MemoryBatch(Batch):
         self.operations.append((self._tables[cf].delete_range, (start, end)))
 
 
-# A memory table: per entry, a flag (1 put, 0 delete), the key's and the
-# value's lengths, the key, the value.
-_MEMORY_ENTRY = struct.Struct(">BII")
-
-
-class _MemoryTableWriter(TableWriter):
-    def __init__(self) -> None:
-        super().__init__()
-        self._parts: list[bytes] = []
-
-    def _put(self, key: bytes, value: bytes) -> None:
-        self._parts += (_MEMORY_ENTRY.pack(1, len(key), len(value)), key, value)
-
-    def _delete(self, key: bytes) -> None:
-        self._parts += (_MEMORY_ENTRY.pack(0, len(key), 0), key)
-
-    def finish(self) -> Table:
-        return Table(self.entries, b"".join(self._parts))
-
-
-def _read_memory_table(table: bytes) -> Iterator[tuple[bytes, bytes | None]]:
-    at = 0
-    try:
-        while at < len(table):
-            put, key_size, value_size = _MEMORY_ENTRY.unpack_from(table, at)
-            at += _MEMORY_ENTRY.size
-            key = table[at : at + key_size]
-            at += key_size
-            value = table[at : at + value_size] if put else None
-            at += value_size
-            if len(key) != key_size or (value is not None and len(value) != value_size):
-                raise EngineError("a truncated memory table")
-            yield key, value
-    except struct.error as exc:
-        raise EngineError(f"a malformed memory table: {exc}") from exc
-
-
 class MemoryEngine(StorageEngine):
     """A ``StorageEngine`` over a ``MemoryDisk`` (a new one if none is given)."""
 
@@ -764,19 +559,6 @@ class MemoryEngine(StorageEngine):
 
     def _get(self, cf: ColumnFamily, key: bytes) -> bytes | None:
         return self.disk.tables[cf].values.get(key)
-
-    def _table_writer(self) -> TableWriter:
-        return _MemoryTableWriter()
-
-    def _ingest(self, cf: ColumnFamily, table: Table) -> None:
-        if not isinstance(table.source, bytes):
-            raise ValueError("a table of another kind of engine")
-        target = self.disk.tables[cf]
-        for key, value in list(_read_memory_table(table.source)):  # all or nothing
-            if value is None:
-                target.delete(key)
-            else:
-                target.put(key, value)
 
     def _scan(
         self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
