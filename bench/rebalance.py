@@ -114,6 +114,17 @@ def since(start: float) -> float:
 # -- the cluster's view ----------------------------------------------------------------
 
 
+def leaders(status: router_pb2.ClusterStatusResponse) -> dict[int, int]:
+    """Each group's leader (the newest term's node), the meta group (0) included."""
+    best: dict[int, tuple[int, int]] = {}
+    for node in status.nodes:
+        for group in node.status.groups if not node.error else ():
+            known = best.get(group.group_id)
+            if group.role == "leader" and (known is None or group.term > known[0]):
+                best[group.group_id] = (group.term, node.node_id)
+    return {group_id: node_id for group_id, (_, node_id) in sorted(best.items())}
+
+
 def leader_key_counts(status: router_pb2.ClusterStatusResponse) -> dict[int, int]:
     """Each group's key count as its leader (the newest term's) reports it."""
     best: dict[int, tuple[int, int]] = {}
@@ -619,6 +630,12 @@ async def run(arguments: argparse.Namespace, folder: Path) -> Report:
 
             # 6. Checks.
             status = await client.status(timeout=STATUS_TIMEOUT)
+            print(
+                "leaders after the move (group: node; 0 is the meta group, its leader "
+                "drives the moves): "
+                + ", ".join(f"{group}: {node}" for group, node in leaders(status).items()),
+                flush=True,
+            )
             if status.map.HasField("migration") or build_ring(status.map.ring).weights != (
                 target.weights
             ):

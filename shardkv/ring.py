@@ -25,7 +25,9 @@ import bisect
 import copy
 import functools
 import hashlib
+import importlib
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from uhashring import HashRing
 
@@ -50,12 +52,25 @@ def normalise_key(key: bytes) -> str:
     return key.decode("latin-1")
 
 
+def _md5_of_choice() -> Callable[[bytes], Any]:
+    """CPython's own md5 (no OpenSSL object per call: about 40% faster on keys
+    this short, and a migration hashes every key of a group); else hashlib's."""
+    try:
+        return importlib.import_module("_md5").md5  # type: ignore[no-any-return]
+    except (ImportError, AttributeError):
+        return hashlib.md5
+
+
+_md5 = _md5_of_choice()
+
+
 def ring_digest(key: bytes) -> bytes:
     """``ring_position`` as the 16 bytes it is read from (big-endian: digests compare
     as the positions do)."""
     # An ASCII key's string form encodes back to the same bytes: hash them as they are.
     text = key if key.isascii() else normalise_key(key).encode("utf-8")
-    return hashlib.md5(text).digest()
+    digest: bytes = _md5(text).digest()
+    return digest
 
 
 def ring_position(key: bytes) -> int:

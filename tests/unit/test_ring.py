@@ -4,6 +4,7 @@ ring change moves (``moving_shares``) and where keys go during one (``Routing``)
 from __future__ import annotations
 
 import collections
+import hashlib
 import random
 import subprocess
 import sys
@@ -180,3 +181,12 @@ def test_routing_before_any_move_is_active_is_the_old_ring() -> None:
 def test_a_ring_digest_read_big_endian_is_the_ring_position() -> None:
     for key in (b"", b"a", b"bench/rebalance/00000001", "ключ".encode(), b"\xff\x00\x80"):
         assert int.from_bytes(ring_digest(key), "big") == ring_position(key)
+
+
+def test_a_ring_digest_is_the_md5_uhashring_hashes() -> None:
+    """Whichever md5 the ring module picked, a key's digest is md5 of its string
+    form, as uhashring computes a key's position."""
+    for key in (b"", b"a", b"bench/rebalance/00000001", "ключ".encode(), b"\xff\x00\x80"):
+        text = normalise_key(key)
+        assert ring_digest(key) == hashlib.md5(text.encode("utf-8")).digest()
+        assert HashRing(nodes=["1", "2"]).get_key(text) == int.from_bytes(ring_digest(key), "big")
