@@ -139,10 +139,12 @@ class KeyRing:
 
 
 def moving_filter(
-    ring: KeyRing, target_ring: KeyRing, source: int, target: int
+    ring: KeyRing, target_ring: KeyRing, source: int, target: int, *, skip: int = 0
 ) -> Callable[[bytes], bool]:
     """Whether a key moves from ``source`` to ``target`` when ``ring`` becomes
-    ``target_ring``, as one lookup per key (for loops over many keys).
+    ``target_ring``, as one lookup per key (for loops over many keys). With
+    ``skip``, each key given has that many bytes before the key to hash (an
+    engine key's group prefix).
 
     Between two consecutive points of the two rings together both owners stay
     the same, so one bisect over the union finds whether a position moves.
@@ -159,7 +161,10 @@ def moving_filter(
     def moves(key: bytes) -> bool:
         return flags[find(digests, ring_digest(key))]
 
-    return moves
+    def moves_after(key: bytes) -> bool:
+        return flags[find(digests, ring_digest(key[skip:]))]
+
+    return moves_after if skip else moves
 
 
 def build_ring(ring: cluster_pb2.Ring) -> KeyRing:

@@ -188,13 +188,14 @@ class Migration:
                 return kv_pb2.WrongGroup(group_id=self.group_id, epoch=state.epoch, moved_to=target)
         return None
 
-    def moving_filter(self, target: int) -> Callable[[bytes], bool]:
+    def moving_filter(self, target: int, *, skip: int = 0) -> Callable[[bytes], bool]:
         """Whether a key of this group moves to ``target``: ``moving_to(key) == target``,
-        as a plain function for loops over many keys (an export, a collect)."""
+        as a plain function for loops over many keys (an export, a collect). With
+        ``skip``, of keys that many bytes longer (engine keys)."""
         ring, target_ring = self.machine.ring, self.target_ring
         if ring is None or target_ring is None or not ring.weights or not target_ring.weights:
             return lambda key: False
-        return moving_filter(ring, target_ring, self.group_id, target)
+        return moving_filter(ring, target_ring, self.group_id, target, skip=skip)
 
     def counted_out_held(self) -> int:
         """Moved keys still stored here that a release counted out already (for a

@@ -61,18 +61,26 @@ def export_steps(
         yield from _changes(machine, request.target, request.since_revision, chunk_keys)
         return
     with_records = request.kind == node_pb2.EXPORT_ALL
-    moves = machine.migration.moving_filter(request.target)
+    skip = keys.GROUP_KEY_SIZE
+    moves = machine.migration.moving_filter(request.target, skip=skip)
     low, high = keys.group_range(machine.group_id)
     chunk, size = kv_pb2.MigrateImport(), 0
-    skip = keys.GROUP_KEY_SIZE
     scanned = 0
-    for engine_key, stored in machine.engine.scan(ColumnFamily.DATA, low, high):
+
+    def keep(engine_key: bytes) -> bool:
+        # The moving keys, and every PAUSE_KEYS-th key scanned: the loop below
+        # runs for it right after (the scan is lazy), and pauses.
+        nonlocal scanned
         scanned += 1
+        return scanned % PAUSE_KEYS == 0 or moves(engine_key)
+
+    # Only the moving keys' values are read.
+    for engine_key, stored in machine.engine.scan(ColumnFamily.DATA, low, high, keep=keep):
         if scanned % PAUSE_KEYS == 0:
             yield None
+            if not moves(engine_key):
+                continue
         key = engine_key[skip:]
-        if not moves(key):
-            continue
         chunk.keys.append(key)
         size += len(key)
         if with_records:

@@ -244,11 +244,21 @@ class StorageEngine(abc.ABC):
         return self._get_many(cf, keys)
 
     def scan(
-        self, cf: ColumnFamily, start: bytes, end: bytes | None = None, *, reverse: bool = False
+        self,
+        cf: ColumnFamily,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        reverse: bool = False,
+        keep: Callable[[bytes], bool] | None = None,
     ) -> Iterator[tuple[bytes, bytes]]:
-        """``(key, value)`` for ``start <= key < end`` (None: no end), as of now."""
+        """``(key, value)`` for ``start <= key < end`` (None: no end), as of now.
+
+        ``keep`` is called on each key as the scan reaches it: only the keys
+        it accepts are yielded, and only their values read.
+        """
         self._check_open()
-        scan = _Scan(self, self._scan(cf, start, end, reverse))
+        scan = _Scan(self, self._scan(cf, start, end, reverse, keep))
         self._scans.add(scan)
         return scan
 
@@ -293,7 +303,12 @@ class StorageEngine(abc.ABC):
 
     @abc.abstractmethod
     def _scan(
-        self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
+        self,
+        cf: ColumnFamily,
+        start: bytes,
+        end: bytes | None,
+        reverse: bool,
+        keep: Callable[[bytes], bool] | None,
     ) -> Iterator[tuple[bytes, bytes]]: ...
 
     @abc.abstractmethod
@@ -401,7 +416,12 @@ class Engine(StorageEngine):
         return values
 
     def _scan(
-        self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
+        self,
+        cf: ColumnFamily,
+        start: bytes,
+        end: bytes | None,
+        reverse: bool,
+        keep: Callable[[bytes], bool] | None,
     ) -> Iterator[tuple[bytes, bytes]]:
         # A live iterator is a consistent view by itself; rocksdict 0.3.29
         # ignores a Snapshot when iterating, so none is used.
@@ -414,7 +434,7 @@ class Engine(StorageEngine):
             # set_iterate_lower_bound sets the upper one.)
             options.set_iterate_upper_bound(end)
         iterator = self._families[cf].iter(options)
-        return _rocks_items(iterator, start, end, reverse, self.path)
+        return _rocks_items(iterator, start, end, reverse, keep, self.path)
 
     def _close(self) -> None:
         # Every handle alive keeps the LOCK file: drop them all, then close.
@@ -438,7 +458,12 @@ def _family_options(cf: ColumnFamily, cache: Cache) -> Options:
 
 
 def _rocks_items(
-    iterator: Any, start: bytes, end: bytes | None, reverse: bool, path: str
+    iterator: Any,
+    start: bytes,
+    end: bytes | None,
+    reverse: bool,
+    keep: Callable[[bytes], bool] | None,
+    path: str,
 ) -> Iterator[tuple[bytes, bytes]]:
     # A plain function, not a method: the generator must reference the
     # iterator only, so that dropping the generator frees it.
@@ -454,7 +479,8 @@ def _rocks_items(
                 key: bytes = iterator.key()
                 if key < start:
                     break
-                yield key, iterator.value()
+                if keep is None or keep(key):
+                    yield key, iterator.value()
                 iterator.prev()
         else:
             iterator.seek(start)
@@ -462,7 +488,8 @@ def _rocks_items(
                 key = iterator.key()
                 if end is not None and key >= end:
                     break
-                yield key, iterator.value()
+                if keep is None or keep(key):
+                    yield key, iterator.value()
                 iterator.next()
         iterator.status()
     except Exception as exc:
@@ -561,10 +588,18 @@ class MemoryEngine(StorageEngine):
         return self.disk.tables[cf].values.get(key)
 
     def _scan(
-        self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
+        self,
+        cf: ColumnFamily,
+        start: bytes,
+        end: bytes | None,
+        reverse: bool,
+        keep: Callable[[bytes], bool] | None,
     ) -> Iterator[tuple[bytes, bytes]]:
         items = self.disk.tables[cf].items(start, end)
-        return reversed(items) if reverse else iter(items)
+        ordered = reversed(items) if reverse else iter(items)
+        if keep is None:
+            return ordered
+        return (item for item in ordered if keep(item[0]))  # lazily, as RocksDB's
 
     def _close(self) -> None:
         self.disk.in_use = False

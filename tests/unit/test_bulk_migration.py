@@ -116,6 +116,8 @@ def test_moving_filter_agrees_with_both_rings(change: str) -> None:
         expected = [pair == (source, target) for pair in owners]
         got = [moves(key) for key in RING_KEYS]
         assert got == expected, (source, target)
+        prefixed = moving_filter(old, new, source, target, skip=4)
+        assert [prefixed(b"\x00\x00\x00\x05" + key) for key in RING_KEYS] == expected
         moved_pairs += source != target and any(expected)
     assert moved_pairs, "some keys move in every change"
 

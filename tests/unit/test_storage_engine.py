@@ -114,6 +114,33 @@ def test_a_scan_sees_the_state_when_it_began(engine: StorageEngine) -> None:
     assert [key[0] for key, _ in scan] == [3, 5, 7, 9]
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_a_scan_keeps_the_keys_its_test_accepts_as_it_reaches_them(
+    engine: StorageEngine, reverse: bool
+) -> None:
+    """``keep`` sees every key of the range in the scan's order, each just before
+    the scan yields it or goes past it (a caller counts the keys scanned so far)."""
+    put_all(engine, DATA, KEYS)
+    put_all(engine, META, {b"\x04": b"m"})
+    seen: list[bytes] = []
+
+    def some(key: bytes) -> bool:
+        seen.append(key)
+        return key[0] in (3, 7)
+
+    found = []
+    for key, value in engine.scan(DATA, b"\x02", b"\x09", reverse=reverse, keep=some):
+        found.append((key, value, len(seen)))
+    in_range = sorted(key for key in KEYS if b"\x02" <= key < b"\x09")
+    if reverse:
+        in_range.reverse()
+    assert seen == in_range
+    kept = [key for key in in_range if key[0] in (3, 7)]
+    assert len(kept) == 2 < len(in_range)
+    assert [(key, value) for key, value, _ in found] == [(key, KEYS[key]) for key in kept]
+    assert [at for _, _, at in found] == [in_range.index(key) + 1 for key in kept]
+
+
 def test_hooks_run_in_order_after_the_write_and_never_after_discard(
     engine: StorageEngine,
 ) -> None:

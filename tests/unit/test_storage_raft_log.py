@@ -87,10 +87,15 @@ class CountingEngine(Engine):
         return super()._get(cf, key)
 
     def _scan(
-        self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
+        self,
+        cf: ColumnFamily,
+        start: bytes,
+        end: bytes | None,
+        reverse: bool,
+        keep: Callable[[bytes], bool] | None,
     ) -> Iterator[tuple[bytes, bytes]]:
         self.reads += 1
-        return super()._scan(cf, start, end, reverse)
+        return super()._scan(cf, start, end, reverse, keep)
 
 
 @pytest.fixture(params=["memory", "rocksdb"])
