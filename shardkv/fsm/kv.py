@@ -74,7 +74,7 @@ import itertools
 import operator
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from shardkv.fsm.migration import Access, Migration
@@ -179,9 +179,10 @@ class KeyValueStateMachine:
     def __init__(self, engine: StorageEngine, group_id: int) -> None:
         self.engine = engine
         self.group_id = group_id
-        # Writes of the round being staged, by engine key (None: deleted),
-        # visible to later commands of the round until the batch commits.
-        self._overlay: dict[tuple[ColumnFamily, bytes], bytes | None] = {}
+        # Writes of the round being staged, per column family by engine key
+        # (None: deleted), visible to later commands of the round until the
+        # batch commits.
+        self._overlay = _no_overlay()
         self._overlay_batch: Batch | None = None
         stored = engine.get(ColumnFamily.META, keys.revision_key(group_id))
         # The revision, and how many commands wrote (revisions do not count
@@ -362,12 +363,12 @@ class KeyValueStateMachine:
             committed = (
                 (key, value)
                 for key, value in self.engine.scan(meta, low, high)
-                if (meta, key) not in self._overlay
+                if key not in self._overlay[meta]
             )
             staged = sorted(
                 (key, value)
-                for (cf, key), value in self._overlay.items()
-                if cf == meta and low <= key < high and value is not None
+                for key, value in self._overlay[meta].items()
+                if low <= key < high and value is not None
             )
             target = EVENT_LOG_BYTES * 3 // 4
             for key, value in itertools.chain(committed, staged):
@@ -585,14 +586,13 @@ class KeyValueStateMachine:
             return
         prefix = keys.group_prefix(self.group_id)
         items = dict(zip((prefix + key for key in moved), stored, strict=True))
-        overlay = self._overlay
-        if new and not self._recounted and overlay.keys().isdisjoint(_data_items(items)):
+        staged = self._overlay[ColumnFamily.DATA]
+        if new and not self._recounted and staged.keys().isdisjoint(items):
             added = len(items)
         else:
             added = self._read_many(list(items)).count(None)
-        for engine_key, record in items.items():
-            batch.put(ColumnFamily.DATA, engine_key, record)
-        overlay.update(zip(_data_items(items), items.values(), strict=True))
+        batch.put_many(ColumnFamily.DATA, items)
+        staged.update(items)
         self.key_count += added
         self._imported_revision = max(self._imported_revision, Record.newest_revision(stored))
 
@@ -617,20 +617,19 @@ class KeyValueStateMachine:
                 key for key, stored in zip(dropped, present, strict=True) if stored is not None
             ]
             self.key_count -= len(dropped)
-        for engine_key in dropped:
-            batch.delete(ColumnFamily.DATA, engine_key)
-        self._overlay.update(dict.fromkeys(_data_items(dropped)))
+        batch.delete_many(ColumnFamily.DATA, dropped)
+        self._overlay[ColumnFamily.DATA].update(dict.fromkeys(dropped))
 
     def _read_many(self, engine_keys: list[bytes]) -> list[bytes | None]:
         """``_read`` of many data keys: the staged ones from the overlay, the rest in
         one call to the engine."""
         found = self.engine.get_many(ColumnFamily.DATA, engine_keys)
-        overlay = self._overlay
-        if overlay:
-            for at, item in enumerate(_data_items(engine_keys)):
-                staged = overlay.get(item, _MISSING)
-                if staged is not _MISSING:
-                    found[at] = staged  # type: ignore[call-overload]
+        staged = self._overlay[ColumnFamily.DATA]
+        if staged:
+            for at, engine_key in enumerate(engine_keys):
+                value = staged.get(engine_key, _MISSING)
+                if value is not _MISSING:
+                    found[at] = value  # type: ignore[call-overload]
         return found
 
     def merge_session(self, batch: Batch, copy: kv_pb2.SessionCopy) -> None:
@@ -664,16 +663,16 @@ class KeyValueStateMachine:
     def _track(self, batch: Batch) -> None:
         if self._overlay_batch is batch:
             return
-        self._overlay = {}
+        self._overlay = _no_overlay()
         self._overlay_batch = batch
         batch.on_commit(self._clear_overlay)
 
     def _clear_overlay(self) -> None:
-        self._overlay = {}
+        self._overlay = _no_overlay()
         self._overlay_batch = None
 
     def _read(self, cf: ColumnFamily, key: bytes) -> bytes | None:
-        staged = self._overlay.get((cf, key), _MISSING)
+        staged = self._overlay[cf].get(key, _MISSING)
         if staged is not _MISSING:
             return staged  # type: ignore[return-value]
         return self.engine.get(cf, key)
@@ -683,7 +682,7 @@ class KeyValueStateMachine:
             batch.delete(cf, key)
         else:
             batch.put(cf, key, value)
-        self._overlay[(cf, key)] = value
+        self._overlay[cf][key] = value
 
     def _get_staged(self, key: bytes) -> Record | None:
         stored = self._read(ColumnFamily.DATA, keys.data_key(self.group_id, key))
@@ -723,10 +722,9 @@ class KeyValueStateMachine:
 _MISSING = object()
 
 
-def _data_items(engine_keys: Iterable[bytes]) -> Iterator[tuple[ColumnFamily, bytes]]:
-    """The overlay's keys of data keys."""
-    data = ColumnFamily.DATA
-    return ((data, engine_key) for engine_key in engine_keys)
+def _no_overlay() -> dict[ColumnFamily, dict[bytes, bytes | None]]:
+    """A round's staged writes before it staged any: per column family, by engine key."""
+    return {cf: {} for cf in ColumnFamily}
 
 
 def _command_keys(command: kv_pb2.Command) -> Iterator[bytes]:

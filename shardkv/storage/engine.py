@@ -58,7 +58,7 @@ import logging
 import os
 import shutil
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -133,6 +133,18 @@ class Batch(abc.ABC):
         self._delete(cf, key)
         self._operations += 1
 
+    def put_many(self, cf: ColumnFamily, items: Mapping[bytes, bytes]) -> None:
+        """``put`` of each item (one call for a migration's thousands of keys)."""
+        self._check_open()
+        self._put_many(cf, items)
+        self._operations += len(items)
+
+    def delete_many(self, cf: ColumnFamily, keys: Sequence[bytes]) -> None:
+        """``delete`` of each key."""
+        self._check_open()
+        self._delete_many(cf, keys)
+        self._operations += len(keys)
+
     def delete_range(self, cf: ColumnFamily, start: bytes, end: bytes) -> None:
         """Delete every key ``start <= key < end``."""
         self._check_open()
@@ -172,6 +184,14 @@ class Batch(abc.ABC):
 
     @abc.abstractmethod
     def _delete_range(self, cf: ColumnFamily, start: bytes, end: bytes) -> None: ...
+
+    def _put_many(self, cf: ColumnFamily, items: Mapping[bytes, bytes]) -> None:
+        for key, value in items.items():
+            self._put(cf, key, value)
+
+    def _delete_many(self, cf: ColumnFamily, keys: Sequence[bytes]) -> None:
+        for key in keys:
+            self._delete(cf, key)
 
 
 class _Scan(Iterator[tuple[bytes, bytes]]):
@@ -332,6 +352,16 @@ class _RocksBatch(Batch):
 
     def _delete_range(self, cf: ColumnFamily, start: bytes, end: bytes) -> None:
         self.write_batch.delete_range(start, end, self._handles[cf])
+
+    def _put_many(self, cf: ColumnFamily, items: Mapping[bytes, bytes]) -> None:
+        put, handle = self.write_batch.put, self._handles[cf]
+        for key, value in items.items():
+            put(key, value, handle)
+
+    def _delete_many(self, cf: ColumnFamily, keys: Sequence[bytes]) -> None:
+        delete, handle = self.write_batch.delete, self._handles[cf]
+        for key in keys:
+            delete(key, handle)
 
 
 class Engine(StorageEngine):

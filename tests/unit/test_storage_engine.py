@@ -78,6 +78,27 @@ def test_operations_of_a_batch_apply_in_order(engine: StorageEngine) -> None:
     ]
 
 
+def test_put_many_and_delete_many_are_puts_and_deletes_in_order(engine: StorageEngine) -> None:
+    put_all(engine, DATA, KEYS)
+    batch = engine.new_batch()
+    batch.put(DATA, b"\x02", b"first")
+    batch.put_many(DATA, {b"\x02": b"second", b"\x04": b"four", b"\x05": b"five"})
+    batch.delete_many(DATA, [b"\x01", b"\x05", b"absent"])
+    batch.put_many(META, {b"\x01": b"meta"})
+    assert len(batch) == 1 + 3 + 3 + 1
+    engine.write(batch, sync=False)
+    assert dict(engine.scan(DATA, b"")) == {
+        b"\x02": b"second",
+        b"\x03": b"v\x03",
+        b"\x04": b"four",
+        b"\x07": b"v\x07",
+        b"\x09": b"v\x09",
+    }
+    assert engine.get(META, b"\x01") == b"meta"
+    with pytest.raises(EngineError, match="already written"):
+        batch.put_many(DATA, {b"late": b"x"})
+
+
 @pytest.mark.parametrize(
     ("start", "end", "expected"),
     [
