@@ -565,29 +565,21 @@ class KeyValueStateMachine:
 
     # -- what a migration uses (shardkv.fsm.migration) ------------------------------------
 
-    def import_record(self, batch: Batch, key: bytes, stored: bytes) -> None:
-        """Write a copied key as the source stores it (value and metadata)."""
-        create_revision, mod_revision = Record.revisions(stored)
-        engine_key = keys.data_key(self.group_id, key)
-        if self._read(ColumnFamily.DATA, engine_key) is None:
-            self.key_count += 1
-        self._write(batch, ColumnFamily.DATA, engine_key, stored)
-        self._imported_revision = max(self._imported_revision, mod_revision, create_revision)
-
     def import_records(
         self, batch: Batch, moved: Sequence[bytes], stored: Sequence[bytes], *, new: bool = False
     ) -> None:
-        """``import_record`` of many keys, their presence read in one call. ``new``:
-        the log says none of the keys is here (a bulk copy's, see ``Migration``),
-        so they are counted without reading them; unless one was written earlier
-        in this round, or this replica recounted at its start during a
-        migration (``__init__``)."""
+        """Write copied keys as the source stores them (value and metadata), the ones
+        new here counted in, read in one call; ``finish_import`` then raises the
+        revision above theirs. ``new``: the log says none of the keys is here (a
+        bulk copy's, see ``Migration``), so they are counted without reading
+        them; unless one was written earlier in this round, or this replica
+        recounted at its start during a migration (``__init__``)."""
         if not moved:
             return
         prefix = keys.group_prefix(self.group_id)
         items = dict(zip((prefix + key for key in moved), stored, strict=True))
         staged = self._overlay[ColumnFamily.DATA]
-        if new and not self._recounted and staged.keys().isdisjoint(items):
+        if new and not self._recounted and (not staged or staged.keys().isdisjoint(items.keys())):
             added = len(items)
         else:
             added = self._read_many(list(items)).count(None)
@@ -596,15 +588,9 @@ class KeyValueStateMachine:
         self.key_count += added
         self._imported_revision = max(self._imported_revision, Record.newest_revision(stored))
 
-    def drop_key(self, batch: Batch, key: bytes) -> None:
-        """Delete a key that moved (no revision, no mark: not a write of the user's)."""
-        engine_key = keys.data_key(self.group_id, key)
-        if self._read(ColumnFamily.DATA, engine_key) is not None:
-            self._write(batch, ColumnFamily.DATA, engine_key, None)
-            self.key_count -= 1
-
     def drop_keys(self, batch: Batch, moved: Sequence[bytes], *, counted: bool = True) -> None:
-        """``drop_key`` of many keys, their presence read in one call. Not ``counted``:
+        """Delete keys that moved (no revision, no mark: not writes of the user's), the
+        ones still here counted out, their presence read in one call. Not ``counted``:
         the keys were counted out already (a release that said how many), so
         none is read to count it."""
         if not moved:

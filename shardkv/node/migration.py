@@ -369,7 +369,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
     async def _quiet(self) -> None:
         """Until the bulk copies and collects in flight have applied (new ones wait
         for the switch), or ``_QUIET_WAIT`` seconds: the switch's few rounds then
-        do not queue behind tables of thousands of keys on every node."""
+        do not queue behind chunks of thousands of keys on every node."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _QUIET_WAIT
         while self._bulk and (remaining := deadline - loop.time()) > 0:

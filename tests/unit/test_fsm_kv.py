@@ -392,7 +392,7 @@ def test_a_leased_record_survives_a_restart_and_an_import(tmp_path: Path) -> Non
     other = KeyValueStateMachine(MemoryEngine(), group_id=2)
     assert stored is not None
     batch = other.engine.new_batch()
-    other.import_record(batch, b"k", stored)
+    other.import_records(batch, [b"k"], [stored])
     other.finish_import(batch)
     other.engine.write(batch, sync=False)
     moved = other.get(b"k")
@@ -420,8 +420,10 @@ def test_every_change_is_logged_in_order_and_moves_log_nothing(engine: StorageEn
     assert machine.events(revisions[2], 100) == events[2:]
     # A key copied in by a migration, or dropped after one, is not a change.
     batch = engine.new_batch()
-    machine.import_record(batch, b"moved", engine.get(ColumnFamily.DATA, keys.data_key(1, b"b")))
-    machine.drop_key(batch, b"b")
+    copied = engine.get(ColumnFamily.DATA, keys.data_key(1, b"b"))
+    assert copied is not None
+    machine.import_records(batch, [b"moved"], [copied])
+    machine.drop_keys(batch, [b"b"])
     engine.write(batch, sync=False)
     assert machine.events(0, 100) == events
 
@@ -472,7 +474,7 @@ def test_an_import_records_the_event_logs_floor(tmp_path: Path) -> None:
     store = Engine(tmp_path / "db")
     target = KeyValueStateMachine(store, group_id=2)
     batch = store.new_batch()
-    target.import_record(batch, b"k", stored)
+    target.import_records(batch, [b"k"], [stored])
     target.finish_import(batch)
     store.write(batch, sync=False)
     floor = target.event_floor
