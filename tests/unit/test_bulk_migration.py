@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from shardkv.fsm.kv import KeyValueStateMachine, Record
+from shardkv.node import export
 from shardkv.node.export import PAUSE_KEYS, export_chunks, export_steps
 from shardkv.ring import KeyRing, build_ring, moving_filter
 from shardkv.storage import ColumnFamily, Engine, StorageEngine, keys
@@ -647,7 +648,9 @@ def test_a_pass_chunk_with_a_key_staged_earlier_in_the_round_reads_its_keys(
     groups.begin()
     chunk_keys = SEEDED[:600]
     batch = engine.new_batch()
-    target.apply(batch, step(copy=kv_pb2.MigrateImport()))  # the round's overlay
+    # An empty copy: through apply, the machine takes this batch as its round's,
+    # so the key imported directly next is staged in the round.
+    target.apply(batch, step(copy=kv_pb2.MigrateImport()))
     target.import_records(batch, [chunk_keys[7]], [Record(b"x", 1, 5, 5).encode()])
     made = kv_pb2.MigrateImport(keys=chunk_keys, records=records_for(chunk_keys, b"p"))
     made.bulk_pass = 7
@@ -696,6 +699,53 @@ def test_a_key_staged_after_a_chunk_in_the_same_round_wins(engine: StorageEngine
     assert engine.get(DATA, keys.data_key(TARGET, chunk_keys[6])) is None
     assert target.key_count == 599 == counted(engine, TARGET)
     assert target.revision >= 50 + 599, "raised above the chunk's newest record"
+
+
+def test_a_collect_with_a_key_twice_counts_it_out_once(engine: StorageEngine) -> None:
+    groups = switched(engine, 700, 100)
+    release(groups, None)  # not counted out: collects count by presence
+    twice = SEEDED[:300] + SEEDED[:300]
+    groups.applies(groups.source, step(collect=kv_pb2.MigrateCollect(keys=twice)))
+    assert groups.source.key_count == 500 == counted(engine, SOURCE)
+
+
+def test_a_copy_deleting_a_key_twice_counts_it_out_once(engine: StorageEngine) -> None:
+    groups = new_groups(engine)
+    target = groups.target
+    groups.begin()
+    base = SEEDED[:700]
+    groups.applies(
+        target, step(copy=kv_pb2.MigrateImport(keys=base, records=records_for(base, b"a")))
+    )
+    groups.applies(target, step(copy=kv_pb2.MigrateImport(deleted=SEEDED[:10] * 2)))
+    assert target.key_count == 690 == counted(engine, TARGET)
+
+
+@pytest.mark.parametrize("pause", [7, 1])
+def test_an_export_pausing_on_a_staying_key_leaves_it_out(
+    engine: StorageEngine, monkeypatch: pytest.MonkeyPatch, pause: int
+) -> None:
+    """The scan hands the export every PAUSE_KEYS-th key to pause at, moving or not:
+    the ones that stay are not exported."""
+    monkeypatch.setattr(export, "PAUSE_KEYS", pause)
+    groups = new_groups(engine)
+    bulk_put(groups, groups.source, SEEDED[:300], b"v-")
+    bulk_put(groups, groups.source, STAYING[:300], b"s-")
+    groups.begin()
+    state = groups.source.migration.state
+    assert state is not None
+    request = node_pb2.ExportRequest(
+        group_id=SOURCE, epoch=state.epoch, target=TARGET, kind=ALL, chunk_keys=100_000
+    )
+    steps = list(export.export_steps(groups.source, request))
+    assert steps.count(None) == 600 // pause
+    exported = [
+        (key, record)
+        for chunk in steps
+        if chunk is not None
+        for key, record in zip(chunk.keys, chunk.records, strict=True)
+    ]
+    assert exported == sorted(moving_of(groups).items())
 
 
 def test_a_long_export_scan_pauses_for_the_event_loop(engine: StorageEngine) -> None:
