@@ -660,14 +660,19 @@ def test_a_pass_chunk_with_a_key_staged_earlier_in_the_round_reads_its_keys(
     assert target.key_count == 600 == counted(engine, TARGET)
 
 
-def test_a_deletion_chunk_with_a_staged_key_counts_it_once(engine: StorageEngine) -> None:
+def copied_in(engine: StorageEngine, copied: list[bytes]) -> Groups:
+    """Groups whose move began, with ``copied`` copied into the target."""
     groups = new_groups(engine)
-    target = groups.target
     groups.begin()
-    base = SEEDED[:700]
     groups.applies(
-        target, step(copy=kv_pb2.MigrateImport(keys=base, records=records_for(base, b"a")))
+        groups.target,
+        step(copy=kv_pb2.MigrateImport(keys=copied, records=records_for(copied, b"a"))),
     )
+    return groups
+
+
+def test_a_deletion_chunk_with_a_staged_key_counts_it_once(engine: StorageEngine) -> None:
+    target = copied_in(engine, SEEDED[:700]).target
     staged = SEEDED[10]
     batch = engine.new_batch()
     target.apply(
@@ -710,13 +715,8 @@ def test_a_collect_with_a_key_twice_counts_it_out_once(engine: StorageEngine) ->
 
 
 def test_a_copy_deleting_a_key_twice_counts_it_out_once(engine: StorageEngine) -> None:
-    groups = new_groups(engine)
+    groups = copied_in(engine, SEEDED[:700])
     target = groups.target
-    groups.begin()
-    base = SEEDED[:700]
-    groups.applies(
-        target, step(copy=kv_pb2.MigrateImport(keys=base, records=records_for(base, b"a")))
-    )
     groups.applies(target, step(copy=kv_pb2.MigrateImport(deleted=SEEDED[:10] * 2)))
     assert target.key_count == 690 == counted(engine, TARGET)
 
