@@ -777,9 +777,5 @@ def test_tables_an_earlier_version_left_are_removed_at_open(tmp_path: Path) -> N
     leftover = tmp_path / "db" / "ingest" / "12345-1.sst"
     leftover.parent.mkdir(exist_ok=True)
     leftover.write_bytes(b"half a table")
-    with Engine(tmp_path / "db") as engine:
-        assert not leftover.parent.exists()
-        batch = engine.new_batch()
-        batch.put(DATA, b"k", b"v")
-        engine.write(batch, sync=True)
-        assert engine.get(DATA, b"k") == b"v"
+    Engine(tmp_path / "db").close()
+    assert not leftover.parent.exists()

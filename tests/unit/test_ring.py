@@ -190,3 +190,17 @@ def test_a_ring_digest_is_the_md5_uhashring_hashes() -> None:
         text = normalise_key(key)
         assert ring_digest(key) == hashlib.md5(text.encode("utf-8")).digest()
         assert HashRing(nodes=["1", "2"]).get_key(text) == int.from_bytes(ring_digest(key), "big")
+
+
+def test_without_cpythons_own_md5_the_ring_hashes_with_hashlib(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib
+
+    from shardkv import ring
+
+    def missing(name: str) -> None:
+        raise ImportError(name)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    assert ring._md5_of_choice() is hashlib.md5
