@@ -202,14 +202,14 @@ class Migration:
         count of the group's keys from its stored ones)."""
         if self.state is None or not self.state.counted_out:
             return 0
-        filters = [self.moving_filter(target) for target in set(self.state.counted_out)]
-        low, high = keys.data_range(self.group_id)
         skip = keys.GROUP_KEY_SIZE
-        return sum(
-            1
-            for engine_key, _ in self.machine.engine.scan(ColumnFamily.DATA, low, high)
-            if any(moves(engine_key[skip:]) for moves in filters)
-        )
+        filters = [self.moving_filter(target, skip=skip) for target in set(self.state.counted_out)]
+        low, high = keys.data_range(self.group_id)
+
+        def held(engine_key: bytes) -> bool:
+            return any(moves(engine_key) for moves in filters)
+
+        return sum(1 for _ in self.machine.engine.scan(ColumnFamily.DATA, low, high, keep=held))
 
     def moving_to(self, key: bytes) -> int | None:
         """The group ``key`` moves to from this one in the migration, if it moves."""

@@ -183,8 +183,8 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         self._background: set[asyncio.Task[None]] = set()
         # A move in its switch (its turn: the wait for quiet, freeze to active);
         # meanwhile the others' copies and collects wait, so that the keys
-        # unwritable now get the machine. One switch at a time.
-        self._switching = 0
+        # unwritable now get the machine. One switch at a time (the turn), so
+        # the event is clear exactly while a switch holds it.
         self._no_switch = asyncio.Event()
         self._no_switch.set()
         self._switch_turn = asyncio.Lock()
@@ -321,16 +321,13 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         target in its own entry.
         """
         async with self._switch_turn:
-            self._switching += 1
             self._no_switch.clear()
             try:
                 frozen_ms = await self._switch_turn_steps(
                     epoch, pair, progress, record_frozen=record_frozen
                 )
             finally:
-                self._switching -= 1
-                if not self._switching:
-                    self._no_switch.set()
+                self._no_switch.set()
         # The target serves the keys: the bulk work goes on while the map records it.
         await self._record(pair, phase=cluster_pb2.MOVE_ACTIVE, frozen_ms=frozen_ms)
         self.runtime.metrics.migration_frozen_seconds.observe(frozen_ms / 1000)

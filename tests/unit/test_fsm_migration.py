@@ -982,10 +982,10 @@ async def test_the_switch_waits_for_the_bulk_steps_in_flight_before_the_freeze(
     assert driver._bulk, "a bulk step in flight, from its submission"
     switching = asyncio.create_task(advance(driver, agent))
     for _ in range(500):  # until the copy is done and the switch waits
-        if driver._switching:
+        if not driver._no_switch.is_set():
             break
         await asyncio.sleep(0.01)
-    assert driver._switching
+    assert not driver._no_switch.is_set()
     # Written while the switch waits: the catch-up before the freeze carries it.
     groups.write(groups.source, put(MOVING[2], b"during the wait"))
     await asyncio.sleep(0.2)
@@ -1072,7 +1072,7 @@ async def test_switches_take_turns(groups: Groups, monkeypatch: pytest.MonkeyPat
         gate.set()
         await asyncio.wait_for(asyncio.gather(first, second), 5)
         assert most == 1
-        assert driver._switching == 0 and driver._no_switch.is_set()
+        assert driver._no_switch.is_set()
     finally:
         for task in (first, second):
             task.cancel()
@@ -1090,7 +1090,8 @@ async def test_the_driver_counts_its_copies_and_collects_for_quiet_and_not_the_s
     async def recording(group_id: int, made: kv_pb2.Command) -> kv_pb2.CommandResult:
         migrate = made.migrate
         if migrate.HasField("copy") and (migrate.copy.keys or migrate.copy.deleted):
-            seen.append(("switch-copy" if driver._switching else "copy", len(driver._bulk)))
+            kind = "copy" if driver._no_switch.is_set() else "switch-copy"
+            seen.append((kind, len(driver._bulk)))
         if migrate.HasField("collect") and migrate.collect.keys:
             seen.append(("collect", len(driver._bulk)))
         return await propose(group_id, made)
