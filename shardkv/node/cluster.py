@@ -3,7 +3,8 @@
 The cluster map (``ClusterMap``: nodes, groups, the ring and its epoch) is one
 value in the meta group (group 0) under ``CLUSTER_MAP_KEY``, read and changed
 as a whole by compare-and-set. ``ClusterAgent`` runs beside a node's runtime,
-every ``interval`` seconds and whenever woken:
+every ``interval`` seconds and whenever woken (also when the node's replica of
+the meta group applied entries: a new map is learnt in the round after):
 
 1. **Bootstrap.** The leader of the meta group writes the initial map (from
    the static configuration every first node shares, ``initial_map``) if the
@@ -128,6 +129,9 @@ class ClusterAgent(Passes):
         self._next_poll = 0.0
         # Preferred leaders the map names (transfer-leader, rebalance).
         self._preferred: dict[int, int] = {}
+        # A map the meta group applied here is learnt in the next pass, not an
+        # interval later: a new group's replicas start (and elect) at once.
+        runtime.on_applied(META_GROUP, self.wake)
 
     def describe(self) -> str:
         return f"node {self.runtime.node_id}: cluster agent"

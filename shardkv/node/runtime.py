@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shardkv.errors import UnknownGroup
@@ -102,6 +102,8 @@ class NodeRuntime:
         self._stopping = False
         # Groups removed since the last round, whose storage the next round drops.
         self._dropping: set[int] = set()
+        # Called after a round in which the group applied entries (on_applied).
+        self._applied_listeners: dict[int, list[Callable[[], None]]] = {}
         transport.set_handler(self._receive)
 
     # -- callers ----------------------------------------------------------------
@@ -111,6 +113,11 @@ class NodeRuntime:
         if peer is None:
             raise UnknownGroup(group_id)
         return peer
+
+    def on_applied(self, group_id: int, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every round in which ``group_id`` applied entries
+        or a snapshot here (the cluster agent learns a new map at once)."""
+        self._applied_listeners.setdefault(group_id, []).append(listener)
 
     def add_peer(self, peer: Peer) -> None:
         """Host one more group (created while the node runs: a ring change added it)."""
@@ -273,6 +280,9 @@ class NodeRuntime:
             self.metrics.apply_seconds.observe(loop.time() - started)
         for peer, ready in readies:
             peer.finish(ready)
+            if ready.committed_entries or ready.snapshot is not None:
+                for listener in self._applied_listeners.get(peer.group_id, ()):
+                    listener()
         self._report_unreachable()
 
     def _observe_sync(self, seconds: float, readies: list[tuple[Peer, Ready]]) -> None:

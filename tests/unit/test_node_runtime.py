@@ -165,6 +165,28 @@ async def test_one_synced_write_per_round_for_all_groups(cluster: LocalCluster) 
         await cluster.settle(future)
 
 
+async def test_applied_listeners_are_called_after_rounds_that_applied_their_group(
+    cluster: LocalCluster,
+) -> None:
+    await start_all(cluster)
+    leaders = await cluster.elect_all()
+    await cluster.step(3)
+    follower = next(n for n in NODES if n != leaders[1].node_id)
+    calls: dict[int, int] = {1: 0, 2: 0}
+    runtime = cluster.nodes[follower].runtime
+    for group_id in calls:
+        runtime.on_applied(
+            group_id, lambda group_id=group_id: calls.__setitem__(group_id, calls[group_id] + 1)
+        )
+    await cluster.step(3)  # heartbeats only: nothing applied
+    assert calls == {1: 0, 2: 0}
+    leader_runtime = cluster.nodes[leaders[1].node_id].runtime
+    await cluster.settle(leader_runtime.propose(1, put(b"k", b"v")))
+    await cluster.step(3)  # the follower learns the commit and applies it
+    assert calls[1] >= 1, "the follower applied group 1's entry"
+    assert calls[2] == 0, "group 2 applied nothing"
+
+
 async def test_follower_refuses_with_a_leader_hint(cluster: LocalCluster) -> None:
     await start_all(cluster)
     leaders = await cluster.elect_all()

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from shardkv.node.cluster import CLUSTER_MAP_KEY, ClusterAgent, initial_map
+from shardkv.node.cluster import CLUSTER_MAP_KEY, META_GROUP, ClusterAgent, initial_map
 from shardkv.node.config import NodeConfig
 from shardkv.node.peer import Peer, PeerOptions
 from shardkv.node.runtime import NodeRuntime
@@ -24,7 +24,7 @@ from shardkv.node.transport_memory import MemoryNetwork, MemoryTransport
 from shardkv.raft import Role
 from shardkv.ring import build_ring, ring_of
 from shardkv.storage import GroupStorage, MemoryEngine
-from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
+from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, node_pb2_grpc
 from tests.unit.engines import replayed
 
 GROUPS = (1, 2)
@@ -266,3 +266,54 @@ async def test_the_agent_bootstraps_the_map_and_puts_every_group_on_its_ring() -
             node_pb2.WriteRequest(group_id=1, command=put(mine, b"v", 2))
         )
         assert written.result.results[0].succeeded
+
+
+async def test_the_agent_learns_a_map_its_meta_replica_applied_without_waiting_its_interval() -> (
+    None
+):
+    engine = MemoryEngine()
+    GroupStorage(engine, META_GROUP).bootstrap((1,))
+    meta = Peer(engine, META_GROUP, 1, PeerOptions(election_ticks=3, heartbeat_ticks=1))
+    runtime = NodeRuntime(
+        1, engine, MemoryTransport(1, MemoryNetwork()), {META_GROUP: meta}, tick_interval=0.005
+    )
+    loop_task = asyncio.create_task(runtime.run())
+    config = NodeConfig(
+        node_id=1,
+        listen="127.0.0.1:1",
+        advertise="127.0.0.1:1",
+        data_dir=Path("unused"),
+        initial_cluster={1: "127.0.0.1:1"},
+        groups={META_GROUP: (1,)},
+    )
+    # An interval no test waits for: only the applied entries wake the agent.
+    agent = ClusterAgent(runtime, initial_map(config), {}, interval=3600)
+    agent_task: asyncio.Task[None] | None = None
+    try:
+        async with asyncio.timeout(5):
+            while meta.raw.raft.role != Role.LEADER:
+                await asyncio.sleep(0.005)
+        agent_task = asyncio.create_task(agent.run())
+        async with asyncio.timeout(5):
+            while agent.map is None:  # the first pass writes the initial map
+                await asyncio.sleep(0.005)
+        stored = agent.map.SerializeToString()
+        newer = cluster_pb2.ClusterMap.FromString(stored)
+        newer.version += 1
+        # Written past the agent (as the meta leader of another node would).
+        cas = kv_pb2.CompareAndSet(
+            key=CLUSTER_MAP_KEY, expected=stored, value=newer.SerializeToString()
+        )
+        result = await runtime.propose(
+            META_GROUP, kv_pb2.Command(operations=[kv_pb2.Operation(compare_and_set=cas)])
+        )
+        assert result.results[0].succeeded, result
+        async with asyncio.timeout(2):
+            while agent.map.version != newer.version:
+                await asyncio.sleep(0.005)
+    finally:
+        await agent.stop()
+        if agent_task is not None:
+            await agent_task
+        runtime.stop()
+        await loop_task
