@@ -45,14 +45,17 @@ Decisions:
   so that ``shardkv status`` can say why a move does not progress.
 - Progress (keys and bytes copied) is written into the map at most every
   ``_PROGRESS_INTERVAL`` seconds.
-- **A switch goes first, on a quiet machine.** Switches take turns, one at a
-  time. A switch first stops the other moves' copies and collects from
-  starting, waits (at most ``_QUIET_WAIT``) until the bulk steps in flight
-  have applied, copies what changed meanwhile, and only then freezes: its
-  few rounds, the keys' unwritable window, do not queue behind chunks of
-  thousands of keys on every node. The bulk work resumes once the target
-  is active (the map records it after). A move found frozen already does
-  not wait for quiet: its keys are unwritable from the start. Each move
+- **A switch goes first, on a quiet machine.** Switches take turns, one
+  turn at a time; a turn takes every move waiting for one and switches them
+  side by side (moves whose copies end while another switches share the
+  next turn, not one turn each). A turn first stops the other moves' copies
+  and collects from starting, waits (at most ``_QUIET_WAIT``) until the
+  bulk steps in flight have applied, copies what changed meanwhile, and
+  only then freezes: its few rounds, the keys' unwritable window, do not
+  queue behind chunks of thousands of keys on every node. The bulk work
+  resumes once the turn's targets are active (the map records it after).
+  A move found frozen already does not wait for quiet: its keys are
+  unwritable from the start. Each move
   keeps ``_IMPORTS_IN_FLIGHT`` copy steps in flight, and a target group
   takes at most ``_TARGET_IMPORTS`` at once over all the moves into it, so
   the wait is short.
@@ -64,7 +67,7 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shardkv.errors import ShardKVError
@@ -174,6 +177,25 @@ class _Progress:
             self.copied = None
 
 
+def _new_outcome() -> asyncio.Future[int]:
+    outcome: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    # Retrieved here too: a task cancelled while its switch ran never awaits it.
+    outcome.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return outcome
+
+
+@dataclass(slots=True)
+class _Switch:
+    """A move waiting for its switch's turn, and what the switch came to."""
+
+    epoch: int
+    pair: _Pair
+    progress: _Progress
+    record_frozen: bool
+    # The frozen ms, or why the switch failed; set by the turn that took the move.
+    outcome: asyncio.Future[int] = field(default_factory=_new_outcome)
+
+
 class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.Move]]):
     name = "migration"
 
@@ -181,13 +203,16 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         super().__init__(agent, calls, interval=interval)
         self._progress: dict[_Pair, _Progress] = {}
         self._background: set[asyncio.Task[None]] = set()
-        # A move in its switch (its turn: the wait for quiet, freeze to active);
-        # meanwhile the others' copies and collects wait, so that the keys
-        # unwritable now get the machine. One switch at a time (the turn), so
-        # the event is clear exactly while a switch holds it.
+        # Moves in their switch (their turn: the wait for quiet, freeze to
+        # active); meanwhile the others' copies and collects wait, so that the
+        # keys unwritable now get the machine. One turn at a time, taken by
+        # every move waiting for it (_switch), so the event is clear exactly
+        # while a turn runs.
         self._no_switch = asyncio.Event()
         self._no_switch.set()
         self._switch_turn = asyncio.Lock()
+        # The moves waiting for a turn, and what their switch came to.
+        self._switch_waiting: dict[_Pair, _Switch] = {}
         self._target_slots: dict[int, asyncio.Semaphore] = {}
         # The copies and collects in flight (submitted, not yet answered).
         self._bulk: set[asyncio.Task[Any]] = set()
@@ -319,15 +344,22 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         crash before that record resumes in MOVE_COPYING, whose steps are all
         idempotent on a frozen source), and the last copy activates the
         target in its own entry.
+
+        Switches take turns; a turn switches every move waiting for it, side by
+        side (``_take_turn``): moves whose copies end while another switches
+        then share one wait for quiet and one unwritable window, where one
+        after the other would each wait their own.
         """
-        async with self._switch_turn:
-            self._no_switch.clear()
-            try:
-                frozen_ms = await self._switch_turn_steps(
-                    epoch, pair, progress, record_frozen=record_frozen
-                )
-            finally:
-                self._no_switch.set()
+        switch = _Switch(epoch, pair, progress, record_frozen)
+        self._switch_waiting[pair] = switch
+        try:
+            async with self._switch_turn:
+                if not switch.outcome.done():  # no turn took it along
+                    await self._take_turn()
+        finally:
+            if self._switch_waiting.get(pair) is switch:
+                del self._switch_waiting[pair]
+        frozen_ms = await switch.outcome
         # The target serves the keys: the bulk work goes on while the map records it.
         await self._record(pair, phase=cluster_pb2.MOVE_ACTIVE, frozen_ms=frozen_ms)
         self.runtime.metrics.migration_frozen_seconds.observe(frozen_ms / 1000)
@@ -340,14 +372,48 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             extra={"node_id": self.runtime.node_id, "group_id": pair[1]},
         )
 
-    async def _switch_turn_steps(
-        self, epoch: int, pair: _Pair, progress: _Progress, *, record_frozen: bool
-    ) -> int:
-        """The switch in its turn; how long the keys were frozen (ms). A move found
-        frozen already (``record_frozen`` False) does not wait for quiet: its keys
-        are unwritable from the start."""
+    async def _take_turn(self) -> None:
+        """Switch every move waiting for a turn, side by side; each one's outcome (its
+        frozen ms, or why it failed) goes to its own task. The wait for quiet is
+        one for them all."""
+        switches = list(self._switch_waiting.values())
+        self._switch_waiting.clear()
+        self._no_switch.clear()
+        quiet: asyncio.Future[None] | None = None
+        if any(switch.record_frozen for switch in switches):
+            quiet = asyncio.ensure_future(self._quiet())
+
+        async def run(switch: _Switch) -> None:
+            try:
+                frozen_ms = await self._switch_turn_steps(switch, quiet)
+            except Exception as error:
+                switch.outcome.set_exception(error)
+            else:
+                switch.outcome.set_result(frozen_ms)
+
+        try:
+            await asyncio.gather(*(run(switch) for switch in switches))
+        finally:
+            self._no_switch.set()
+            if quiet is not None:
+                quiet.cancel()
+            for switch in switches:  # this turn was cancelled: so are the ones it took
+                if not switch.outcome.done():
+                    switch.outcome.set_exception(StepFailed("the switch's turn was cancelled"))
+
+    async def _switch_turn_steps(self, switch: _Switch, quiet: Awaitable[None] | None) -> int:
+        """One move's switch in its turn; how long its keys were frozen (ms). A move
+        found frozen already (``record_frozen`` False) does not wait for quiet: its
+        keys are unwritable from the start."""
+        epoch, pair, progress, record_frozen = (
+            switch.epoch,
+            switch.pair,
+            switch.progress,
+            switch.record_frozen,
+        )
         if record_frozen:
-            await self._quiet()
+            assert quiet is not None
+            await asyncio.shield(quiet)
             if progress.watermark is not None:
                 # What changed while the bulk steps drained, before the keys freeze.
                 try:

@@ -32,6 +32,7 @@ from shardkv.fsm.snapshot import build_snapshot_data, stage_install_snapshot_dat
 from shardkv.metrics import NodeMetrics
 from shardkv.node import migration as migration_driver
 from shardkv.node.cluster import ClusterAgent
+from shardkv.node.driving import StepFailed
 from shardkv.node.export import export_chunks
 from shardkv.node.migration import MigrationDriver
 from shardkv.node.resolver import NodeGroupCalls
@@ -1077,6 +1078,113 @@ async def test_switches_take_turns(groups: Groups, monkeypatch: pytest.MonkeyPat
         for task in (first, second):
             task.cancel()
         await asyncio.gather(first, second, return_exceptions=True)
+
+
+async def test_the_moves_waiting_for_a_turn_switch_side_by_side_in_the_next_one(
+    groups: Groups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two moves whose copies end while a third switches share the next turn; one of
+    them failing fails only its own switch."""
+    driver, _, _ = driven(groups)
+    inside: set[tuple[int, int]] = set()
+    together: list[set[tuple[int, int]]] = []
+    gates = {pair: asyncio.Event() for pair in ((1, 5), (2, 5), (3, 5))}
+
+    async def steps(
+        epoch: int, pair: tuple[int, int], progress: object, *, record_frozen: bool
+    ) -> int:
+        inside.add(pair)
+        together.append(set(inside))
+        try:
+            await gates[pair].wait()
+        finally:
+            inside.discard(pair)
+        if pair == (3, 5):
+            raise StepFailed("group 3 did not apply freeze")
+        return pair[0]
+
+    monkeypatch.setattr(driver, "_switch_steps", steps)
+    recorded: list[tuple[tuple[int, int], object]] = []
+
+    async def record(pair: tuple[int, int], **fields: object) -> None:
+        recorded.append((pair, fields.get("frozen_ms")))
+
+    monkeypatch.setattr(driver, "_record", record)
+    progress = migration_driver._Progress
+
+    def switch(pair: tuple[int, int]) -> asyncio.Task[None]:
+        return asyncio.create_task(driver._switch(EPOCH, pair, progress(), record_frozen=False))
+
+    first = switch((1, 5))
+    tasks = [first]
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert inside == {(1, 5)}
+        tasks += [switch((2, 5)), switch((3, 5))]
+        for _ in range(20):  # both wait for the turn that runs
+            await asyncio.sleep(0)
+        assert inside == {(1, 5)}, "a move whose copy ended during a turn waits for the next"
+        gates[1, 5].set()
+        await asyncio.wait_for(first, 5)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert inside == {(2, 5), (3, 5)}, "the two waiting moves share the next turn"
+        assert not driver._no_switch.is_set(), "the bulk work waits while the turn runs"
+        gates[2, 5].set()
+        gates[3, 5].set()
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks[1:], return_exceptions=True), 5)
+        assert outcomes[0] is None
+        assert isinstance(outcomes[1], StepFailed), outcomes
+        assert driver._no_switch.is_set()
+        assert recorded == [((1, 5), 1), ((2, 5), 2)], "only the switched moves are active"
+        assert {frozenset(seen) for seen in together} == {
+            frozenset({(1, 5)}),
+            frozenset({(2, 5)}),
+            frozenset({(2, 5), (3, 5)}),
+        }
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_turn_cancelled_fails_the_switches_it_took_along(
+    groups: Groups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver, _, _ = driven(groups)
+    entered = asyncio.Event()
+
+    async def steps(
+        epoch: int, pair: tuple[int, int], progress: object, *, record_frozen: bool
+    ) -> int:
+        entered.set()
+        await asyncio.Event().wait()  # never ends
+        return 0
+
+    monkeypatch.setattr(driver, "_switch_steps", steps)
+    monkeypatch.setattr(driver, "_record", lambda *args, **kwargs: asyncio.sleep(0))
+    progress = migration_driver._Progress
+    holder = asyncio.create_task(driver._switch(EPOCH, (1, 5), progress(), record_frozen=False))
+    await asyncio.wait_for(entered.wait(), 5)
+    waiting = [
+        asyncio.create_task(driver._switch(EPOCH, pair, progress(), record_frozen=False))
+        for pair in ((2, 5), (3, 5))
+    ]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    holder.cancel()  # the next turn is the first waiter's, and takes the other along
+    entered.clear()
+    await asyncio.wait_for(entered.wait(), 5)
+    turn_holder = waiting[0]
+    turn_holder.cancel()
+    outcomes = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
+    assert isinstance(outcomes[0], asyncio.CancelledError)
+    assert isinstance(outcomes[1], StepFailed), "not left waiting for a turn that is gone"
+    assert driver._no_switch.is_set()
+    assert not driver._switch_waiting
+    with contextlib.suppress(asyncio.CancelledError):
+        await holder
 
 
 async def test_the_driver_counts_its_copies_and_collects_for_quiet_and_not_the_switch_copies(
