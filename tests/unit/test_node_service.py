@@ -38,8 +38,11 @@ class OneNode:
 
 
 @contextlib.asynccontextmanager
-async def one_node(groups: tuple[int, ...], *, with_agent: bool = False) -> AsyncIterator[OneNode]:
-    """A one-node runtime hosting ``groups`` behind the service on a real socket."""
+async def one_node(
+    groups: tuple[int, ...], *, with_agent: bool = False, agent_interval: float = 0.01
+) -> AsyncIterator[OneNode]:
+    """A one-node runtime hosting ``groups`` behind the service on a real socket; the
+    agent's first pass runs once every group has its leader."""
     engine = MemoryEngine()
     for group_id in groups:
         GroupStorage(engine, group_id).bootstrap((1,))
@@ -58,7 +61,7 @@ async def one_node(groups: tuple[int, ...], *, with_agent: bool = False) -> Asyn
             initial_cluster={1: "127.0.0.1:1"},
             groups={group_id: (1,) for group_id in groups},
         )
-        agent = ClusterAgent(runtime, initial_map(config), {}, interval=0.01)
+        agent = ClusterAgent(runtime, initial_map(config), {}, interval=agent_interval)
     server = grpc.aio.server()
     node_pb2_grpc.add_NodeServicer_to_server(NodeService(runtime, {1: "self"}, agent), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -271,31 +274,12 @@ async def test_the_agent_bootstraps_the_map_and_puts_every_group_on_its_ring() -
 async def test_the_agent_learns_a_map_its_meta_replica_applied_without_waiting_its_interval() -> (
     None
 ):
-    engine = MemoryEngine()
-    GroupStorage(engine, META_GROUP).bootstrap((1,))
-    meta = Peer(engine, META_GROUP, 1, PeerOptions(election_ticks=3, heartbeat_ticks=1))
-    runtime = NodeRuntime(
-        1, engine, MemoryTransport(1, MemoryNetwork()), {META_GROUP: meta}, tick_interval=0.005
-    )
-    loop_task = asyncio.create_task(runtime.run())
-    config = NodeConfig(
-        node_id=1,
-        listen="127.0.0.1:1",
-        advertise="127.0.0.1:1",
-        data_dir=Path("unused"),
-        initial_cluster={1: "127.0.0.1:1"},
-        groups={META_GROUP: (1,)},
-    )
-    # An interval no test waits for: only the applied entries wake the agent.
-    agent = ClusterAgent(runtime, initial_map(config), {}, interval=3600)
-    agent_task: asyncio.Task[None] | None = None
-    try:
+    # An interval no test waits for: only the entries applied wake the agent.
+    async with one_node((META_GROUP,), with_agent=True, agent_interval=3600) as node:
+        agent = node.agent
+        assert agent is not None
         async with asyncio.timeout(5):
-            while meta.raw.raft.role != Role.LEADER:
-                await asyncio.sleep(0.005)
-        agent_task = asyncio.create_task(agent.run())
-        async with asyncio.timeout(5):
-            while agent.map is None:  # the first pass writes the initial map
+            while agent.map is None:  # its first pass writes the initial map
                 await asyncio.sleep(0.005)
         stored = agent.map.SerializeToString()
         newer = cluster_pb2.ClusterMap.FromString(stored)
@@ -304,16 +288,10 @@ async def test_the_agent_learns_a_map_its_meta_replica_applied_without_waiting_i
         cas = kv_pb2.CompareAndSet(
             key=CLUSTER_MAP_KEY, expected=stored, value=newer.SerializeToString()
         )
-        result = await runtime.propose(
+        result = await node.runtime.propose(
             META_GROUP, kv_pb2.Command(operations=[kv_pb2.Operation(compare_and_set=cas)])
         )
         assert result.results[0].succeeded, result
         async with asyncio.timeout(2):
             while agent.map.version != newer.version:
                 await asyncio.sleep(0.005)
-    finally:
-        await agent.stop()
-        if agent_task is not None:
-            await agent_task
-        runtime.stop()
-        await loop_task
