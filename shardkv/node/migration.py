@@ -386,18 +386,27 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         async def run(switch: _Switch) -> None:
             try:
                 frozen_ms = await self._switch_turn_steps(switch, quiet)
+            except asyncio.CancelledError as error:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the turn is cancelled (a new term): the finally below
+                # A call inside the switch was cancelled, not the turn: a failure.
+                switch.outcome.set_exception(StepFailed(f"a step was cancelled: {error!r}"))
             except Exception as error:
                 switch.outcome.set_exception(error)
             else:
                 switch.outcome.set_result(frozen_ms)
 
         try:
-            await asyncio.gather(*(run(switch) for switch in switches))
+            # Every switch ends before the turn does (the bulk work waits for all).
+            await asyncio.gather(*(run(switch) for switch in switches), return_exceptions=True)
         finally:
             self._no_switch.set()
             if quiet is not None:
                 quiet.cancel()
-            for switch in switches:  # this turn was cancelled: so are the ones it took
+            # The turn's task was cancelled (every task of the driver is, at once, on
+            # a new term): the switches it took along fail rather than wait forever.
+            for switch in switches:
                 if not switch.outcome.done():
                     switch.outcome.set_exception(StepFailed("the switch's turn was cancelled"))
 

@@ -280,10 +280,21 @@ class NodeRuntime:
             self.metrics.apply_seconds.observe(loop.time() - started)
         for peer, ready in readies:
             peer.finish(ready)
-            if ready.committed_entries or ready.snapshot is not None:
-                for listener in self._applied_listeners.get(peer.group_id, ()):
-                    listener()
         self._report_unreachable()
+        for peer, ready in readies:
+            if ready.committed_entries or ready.snapshot is not None:
+                self._call_applied_listeners(peer.group_id)
+
+    def _call_applied_listeners(self, group_id: int) -> None:
+        for listener in self._applied_listeners.get(group_id, ()):
+            try:
+                listener()
+            except Exception:  # a listener's bug must not end the node's rounds
+                _log.exception(
+                    "node %d: a listener of group %d's applied entries failed",
+                    self.node_id,
+                    group_id,
+                )
 
     def _observe_sync(self, seconds: float, readies: list[tuple[Peer, Ready]]) -> None:
         entries = [entry for _, ready in readies for entry in ready.entries]

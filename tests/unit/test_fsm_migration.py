@@ -1084,7 +1084,8 @@ async def test_the_moves_waiting_for_a_turn_switch_side_by_side_in_the_next_one(
     groups: Groups, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two moves whose copies end while a third switches share the next turn; one of
-    them failing fails only its own switch."""
+    them failing (here a call cancelled inside it) fails only its own switch, and
+    the bulk work waits for the other's."""
     driver, _, _ = driven(groups)
     inside: set[tuple[int, int]] = set()
     together: list[set[tuple[int, int]]] = []
@@ -1100,7 +1101,7 @@ async def test_the_moves_waiting_for_a_turn_switch_side_by_side_in_the_next_one(
         finally:
             inside.discard(pair)
         if pair == (3, 5):
-            raise StepFailed("group 3 did not apply freeze")
+            raise asyncio.CancelledError("a gRPC call inside the switch was cancelled")
         return pair[0]
 
     monkeypatch.setattr(driver, "_switch_steps", steps)
@@ -1131,8 +1132,12 @@ async def test_the_moves_waiting_for_a_turn_switch_side_by_side_in_the_next_one(
             await asyncio.sleep(0)
         assert inside == {(2, 5), (3, 5)}, "the two waiting moves share the next turn"
         assert not driver._no_switch.is_set(), "the bulk work waits while the turn runs"
-        gates[2, 5].set()
         gates[3, 5].set()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert inside == {(2, 5)}
+        assert not driver._no_switch.is_set(), "the turn ends with its last switch"
+        gates[2, 5].set()
         outcomes = await asyncio.wait_for(asyncio.gather(*tasks[1:], return_exceptions=True), 5)
         assert outcomes[0] is None
         assert isinstance(outcomes[1], StepFailed), outcomes

@@ -187,6 +187,22 @@ async def test_applied_listeners_are_called_after_rounds_that_applied_their_grou
     assert calls[2] == 0, "group 2 applied nothing"
 
 
+async def test_a_listener_that_raises_does_not_end_the_rounds(cluster: LocalCluster) -> None:
+    await start_all(cluster)
+    leaders = await cluster.elect_all()
+    runtime = cluster.nodes[leaders[1].node_id].runtime
+    later: list[int] = []
+
+    def broken() -> None:
+        raise RuntimeError("a listener's bug")
+
+    runtime.on_applied(1, broken)
+    runtime.on_applied(1, lambda: later.append(1))
+    for seq in (1, 2):  # the second write applies only if rounds go on after the first
+        await cluster.settle(runtime.propose(1, put(b"k", b"%d" % seq, client_id=7, seq=seq)))
+    assert len(later) >= 2, "the listeners after the broken one are called too"
+
+
 async def test_follower_refuses_with_a_leader_hint(cluster: LocalCluster) -> None:
     await start_all(cluster)
     leaders = await cluster.elect_all()
