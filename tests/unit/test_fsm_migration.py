@@ -1141,6 +1141,7 @@ async def test_the_moves_waiting_for_a_turn_switch_side_by_side_in_the_next_one(
         outcomes = await asyncio.wait_for(asyncio.gather(*tasks[1:], return_exceptions=True), 5)
         assert outcomes[0] is None
         assert isinstance(outcomes[1], StepFailed), outcomes
+        assert "a step was cancelled" in str(outcomes[1]), "its own failure, not the turn's"
         assert driver._no_switch.is_set()
         assert recorded == [((1, 5), 1), ((2, 5), 2)], "only the switched moves are active"
         assert {frozenset(seen) for seen in together} == {
@@ -1148,6 +1149,56 @@ async def test_the_moves_waiting_for_a_turn_switch_side_by_side_in_the_next_one(
             frozenset({(2, 5)}),
             frozenset({(2, 5), (3, 5)}),
         }
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_turn_waits_once_for_quiet_and_skips_a_move_cancelled_while_waiting(
+    groups: Groups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver, _, _ = driven(groups)
+    quiet_waits = 0
+    switched: list[tuple[int, int]] = []
+    gate = asyncio.Event()
+
+    async def quiet() -> None:
+        nonlocal quiet_waits
+        quiet_waits += 1
+
+    async def steps(
+        epoch: int, pair: tuple[int, int], progress: object, *, record_frozen: bool
+    ) -> int:
+        switched.append(pair)
+        if pair == (1, 5):
+            await gate.wait()
+        return 0
+
+    monkeypatch.setattr(driver, "_quiet", quiet)
+    monkeypatch.setattr(driver, "_switch_steps", steps)
+    monkeypatch.setattr(driver, "_record", lambda *args, **kwargs: asyncio.sleep(0))
+    progress = migration_driver._Progress
+
+    def switch(pair: tuple[int, int]) -> asyncio.Task[None]:
+        return asyncio.create_task(driver._switch(EPOCH, pair, progress(), record_frozen=True))
+
+    tasks = [switch((1, 5))]
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert switched == [(1, 5)] and quiet_waits == 1
+        tasks += [switch(pair) for pair in ((2, 5), (3, 5), (4, 5))]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        tasks[2].cancel()  # (3, 5): its task ends while it waits for the turn
+        gate.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+        assert isinstance(outcomes[2], asyncio.CancelledError)
+        assert [outcome for at, outcome in enumerate(outcomes) if at != 2] == [None] * 3
+        assert switched == [(1, 5), (2, 5), (4, 5)], "no switch for a move nobody waits for"
+        assert quiet_waits == 2, "one wait for quiet per turn, not per move"
+        assert not driver._switch_waiting
     finally:
         for task in tasks:
             task.cancel()

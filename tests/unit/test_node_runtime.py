@@ -174,10 +174,13 @@ async def test_applied_listeners_are_called_after_rounds_that_applied_their_grou
     follower = next(n for n in NODES if n != leaders[1].node_id)
     calls: dict[int, int] = {1: 0, 2: 0}
     runtime = cluster.nodes[follower].runtime
+    # Whether the follower's state machine holds the write when its listener runs.
+    held: list[bool] = []
     for group_id in calls:
         runtime.on_applied(
             group_id, lambda group_id=group_id: calls.__setitem__(group_id, calls[group_id] + 1)
         )
+    runtime.on_applied(1, lambda: held.append(runtime.peers[1].machine.get(b"k") is not None))
     await cluster.step(3)  # heartbeats only: nothing applied
     assert calls == {1: 0, 2: 0}
     leader_runtime = cluster.nodes[leaders[1].node_id].runtime
@@ -185,6 +188,7 @@ async def test_applied_listeners_are_called_after_rounds_that_applied_their_grou
     await cluster.step(3)  # the follower learns the commit and applies it
     assert calls[1] >= 1, "the follower applied group 1's entry"
     assert calls[2] == 0, "group 2 applied nothing"
+    assert held and all(held), "called once the entry is applied, not when it is appended"
 
 
 async def test_a_listener_that_raises_does_not_end_the_rounds(cluster: LocalCluster) -> None:
