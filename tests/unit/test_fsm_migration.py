@@ -1041,6 +1041,13 @@ async def test_a_move_found_frozen_switches_without_waiting_for_quiet(
     assert arcs(groups.target) == ({}, {SOURCE: ACTIVE})
 
 
+async def cancelled(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended (a test's cleanup)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_switches_take_turns(groups: Groups, monkeypatch: pytest.MonkeyPatch) -> None:
     driver, _, _ = driven(groups)
     inside = most = 0
@@ -1075,9 +1082,7 @@ async def test_switches_take_turns(groups: Groups, monkeypatch: pytest.MonkeyPat
         assert most == 1
         assert driver._no_switch.is_set()
     finally:
-        for task in (first, second):
-            task.cancel()
-        await asyncio.gather(first, second, return_exceptions=True)
+        await cancelled([first, second])
 
 
 async def test_the_moves_waiting_for_a_turn_switch_side_by_side_in_the_next_one(
@@ -1150,9 +1155,7 @@ async def test_the_moves_waiting_for_a_turn_switch_side_by_side_in_the_next_one(
             frozenset({(2, 5), (3, 5)}),
         }
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancelled(tasks)
 
 
 async def test_a_turn_waits_once_for_quiet_and_skips_a_move_cancelled_while_waiting(
@@ -1200,9 +1203,7 @@ async def test_a_turn_waits_once_for_quiet_and_skips_a_move_cancelled_while_wait
         assert quiet_waits == 2, "one wait for quiet per turn, not per move"
         assert not driver._switch_waiting
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancelled(tasks)
 
 
 async def test_a_turn_cancelled_fails_the_switches_it_took_along(
