@@ -306,6 +306,45 @@ async def test_follower_with_a_wiped_data_dir_catches_up_by_snapshot() -> None:
     assert follower.machine.revision == leader.machine.revision
 
 
+async def test_applied_listeners_are_called_after_a_snapshot_is_installed() -> None:
+    """A replica that catches up by snapshot applies no entry for what it covers:
+    its listeners are called for the install, once the image is its state."""
+    cluster = LocalCluster(MemoryNetwork(), options=COMPACTING)
+    await start_all(cluster)
+    leaders = await cluster.elect_all()
+    leader = leaders[1]
+    runtime = cluster.nodes[leader.node_id].runtime
+    for i in range(30):
+        await cluster.settle(runtime.propose(1, put(b"k%02d" % i, b"v%d" % i, 4, i + 1)))
+    await cluster.step(3)
+    wiped = next(n for n in NODES if n != leader.node_id)
+    await cluster.crash(wiped)
+    del cluster.disks[wiped]
+    cluster.start(wiped, bootstrap=True)
+    restarted = cluster.nodes[wiped].runtime
+    follower = restarted.peers[1]
+    # At each call: the replica's applied index, its snapshot's, and whether it holds
+    # the first write (which only the image brings: the log before it is gone).
+    calls: list[tuple[int, int, bool]] = []
+    restarted.on_applied(
+        1,
+        lambda: calls.append(
+            (
+                follower.applied,
+                follower.storage.snapshot_metadata().index,
+                follower.machine.get(b"k00") is not None,
+            )
+        ),
+    )
+    for _ in range(300):
+        await cluster.step()
+        if follower.applied >= leader.applied:
+            break
+    installed = follower.storage.snapshot_metadata().index
+    assert installed > 1, "it caught up by a snapshot"
+    assert (installed, installed, True) in calls, "called for the install, with the image applied"
+
+
 async def test_a_proposal_a_snapshot_covers_settles_as_unknown() -> None:
     """A deposed leader that catches up by snapshot still answers its callers."""
     cluster = LocalCluster(MemoryNetwork(), options=COMPACTING)
