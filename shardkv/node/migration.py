@@ -94,9 +94,10 @@ _TARGET_IMPORTS = 4
 # step is a Raft entry, a round and a gRPC call, so not small; but a node's
 # round applies every group's entries in one go, and a copy chunk applied in a
 # round delays the writes of all the node's groups. At 4,000 keys (~0.5 MiB of
-# 100-byte values) the move ran as fast as at 16,000, and the longest write of
-# a moving key during the copy halved (bench.rebalance: about 0.55 s against
-# 1.0 s, medians of 9 and 6 runs); at 2,000-3,000 the rate fell.
+# 100-byte values) against 16,000, in 6 interleaved runs of bench.rebalance,
+# the longest write of a moving key during the move fell from a median of
+# 865 ms to 573 ms, for about a tenth of the rate (46.0k against 51.7k keys/s);
+# 8,000 kept the long writes, 2,000-3,000 cost more of the rate.
 _BULK_CHUNK_KEYS = 4_000
 _COLLECT_CHUNK_KEYS = 16_000
 # The most moved keys a move remembers to drop them at the source without a scan.
