@@ -281,8 +281,10 @@ async def test_leader_crash_under_load_loses_no_acknowledged_write(cluster: Loca
         assert kv is not None and kv.value == value
 
 
-async def test_follower_with_a_wiped_data_dir_catches_up_by_snapshot() -> None:
-    cluster = LocalCluster(MemoryNetwork(), options=COMPACTING)
+async def wipe_a_follower(cluster: LocalCluster) -> tuple[Peer, int]:
+    """Thirty writes to group 1, its leader's log compacted behind them; then a
+    follower's data dir is lost and it starts again, empty: it can catch up only
+    by a snapshot. Group 1's leader, and the wiped node."""
     await start_all(cluster)
     leaders = await cluster.elect_all()
     leader = leaders[1]
@@ -295,11 +297,21 @@ async def test_follower_with_a_wiped_data_dir_catches_up_by_snapshot() -> None:
     await cluster.crash(wiped)
     del cluster.disks[wiped]
     cluster.start(wiped, bootstrap=True)
-    follower = cluster.nodes[wiped].runtime.peers[1]
+    return leader, wiped
+
+
+async def catch_up(cluster: LocalCluster, follower: Peer, leader: Peer) -> None:
     for _ in range(300):
         await cluster.step()
         if follower.applied >= leader.applied:
-            break
+            return
+
+
+async def test_follower_with_a_wiped_data_dir_catches_up_by_snapshot() -> None:
+    cluster = LocalCluster(MemoryNetwork(), options=COMPACTING)
+    leader, wiped = await wipe_a_follower(cluster)
+    follower = cluster.nodes[wiped].runtime.peers[1]
+    await catch_up(cluster, follower, leader)
     assert follower.applied >= leader.applied
     assert follower.storage.snapshot_metadata().index > 1, "it caught up by a snapshot"
     assert list(follower.machine.scan()) == list(leader.machine.scan())
@@ -310,17 +322,7 @@ async def test_applied_listeners_are_called_after_a_snapshot_is_installed() -> N
     """A replica that catches up by snapshot applies no entry for what it covers:
     its listeners are called for the install, once the image is its state."""
     cluster = LocalCluster(MemoryNetwork(), options=COMPACTING)
-    await start_all(cluster)
-    leaders = await cluster.elect_all()
-    leader = leaders[1]
-    runtime = cluster.nodes[leader.node_id].runtime
-    for i in range(30):
-        await cluster.settle(runtime.propose(1, put(b"k%02d" % i, b"v%d" % i, 4, i + 1)))
-    await cluster.step(3)
-    wiped = next(n for n in NODES if n != leader.node_id)
-    await cluster.crash(wiped)
-    del cluster.disks[wiped]
-    cluster.start(wiped, bootstrap=True)
+    leader, wiped = await wipe_a_follower(cluster)
     restarted = cluster.nodes[wiped].runtime
     follower = restarted.peers[1]
     # At each call: the replica's applied index, its snapshot's, and whether it holds
@@ -336,10 +338,7 @@ async def test_applied_listeners_are_called_after_a_snapshot_is_installed() -> N
             )
         ),
     )
-    for _ in range(300):
-        await cluster.step()
-        if follower.applied >= leader.applied:
-            break
+    await catch_up(cluster, follower, leader)
     installed = follower.storage.snapshot_metadata().index
     assert installed > 1, "it caught up by a snapshot"
     assert (installed, installed, True) in calls, "called for the install, with the image applied"
