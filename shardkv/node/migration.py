@@ -90,15 +90,17 @@ _MAX_ROUNDS = 8
 _IMPORTS_IN_FLIGHT = 2
 # Bulk copies in flight into one target group, over all its moves.
 _TARGET_IMPORTS = 4
-# Keys per copy chunk of the bulk copy, and per collect step (keys only): every
-# step is a Raft entry, a round and a gRPC call, so not small; but a node's
-# round applies every group's entries in one go, and a copy chunk applied in a
-# round delays the writes of all the node's groups. At 4,000 keys (~0.5 MiB of
-# 100-byte values) against 16,000, in 6 interleaved runs of bench.rebalance,
-# the longest write of a moving key during the move fell from a median of
-# 865 ms to 573 ms, for about a tenth of the rate (46.0k against 51.7k keys/s);
-# 8,000 kept the long writes, 2,000-3,000 cost more of the rate.
+# Keys per chunk of the bulk copy (EXPORT_ALL): every step is a Raft entry, a
+# round and a gRPC call, so not small; but a node's round applies every
+# group's entries in one go, and a copy chunk applied in a round delays the
+# writes of all the node's groups. At 4,000 keys (~0.5 MiB of 100-byte values)
+# against 16,000, in 6 runs of each of bench.rebalance, interleaved, the
+# longest write of a moving key during the move fell from a median of 865 ms
+# to 573 ms, at the cost of about 11% of the rate (46.0k against 51.7k
+# keys/s); at 8,000 the longest writes stayed as at 16,000, and 2,000-3,000
+# cost more of the rate.
 _BULK_CHUNK_KEYS = 4_000
+# Keys per collect step (keys only, no records; after the target serves them).
 _COLLECT_CHUNK_KEYS = 16_000
 # The most moved keys a move remembers to drop them at the source without a scan.
 _REMEMBERED_KEYS = 2_000_000

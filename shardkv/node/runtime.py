@@ -102,7 +102,7 @@ class NodeRuntime:
         self._stopping = False
         # Groups removed since the last round, whose storage the next round drops.
         self._dropping: set[int] = set()
-        # Called after a round in which the group applied entries (on_applied).
+        # Called after a round in which the group applied entries or a snapshot (on_applied).
         self._applied_listeners: dict[int, list[Callable[[], None]]] = {}
         transport.set_handler(self._receive)
 
