@@ -421,13 +421,8 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         """One move's switch in its turn; how long its keys were frozen (ms). A move
         found frozen already (``record_frozen`` False) does not wait for quiet: its
         keys are unwritable from the start."""
-        epoch, pair, progress, record_frozen = (
-            switch.epoch,
-            switch.pair,
-            switch.progress,
-            switch.record_frozen,
-        )
-        if record_frozen:
+        epoch, pair, progress = switch.epoch, switch.pair, switch.progress
+        if switch.record_frozen:
             assert quiet is not None
             await asyncio.shield(quiet)
             if progress.watermark is not None:
@@ -443,7 +438,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
                     )
                 except _TargetActive:
                     progress.copied = None  # as in MOVE_COPYING
-        return await self._switch_steps(epoch, pair, progress, record_frozen=record_frozen)
+        return await self._switch_steps(epoch, pair, progress, record_frozen=switch.record_frozen)
 
     async def _quiet(self) -> None:
         """Until the bulk copies and collects in flight have applied (new ones wait

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -1048,6 +1048,26 @@ async def cancelled(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def stub_switches(
+    monkeypatch: pytest.MonkeyPatch,
+    driver: migration_driver.MigrationDriver,
+    steps: Callable[..., Awaitable[int]],
+    record: Callable[..., Awaitable[None]] | None = None,
+) -> Callable[..., asyncio.Task[None]]:
+    """``driver`` with ``steps`` for every switch's steps and ``record`` (default:
+    none) for its map records; returns what starts a move's switch as a task."""
+    monkeypatch.setattr(driver, "_switch_steps", steps)
+    monkeypatch.setattr(driver, "_record", record or (lambda *args, **kwargs: asyncio.sleep(0)))
+
+    def switch(pair: tuple[int, int], *, record_frozen: bool = False) -> asyncio.Task[None]:
+        progress = migration_driver._Progress()
+        return asyncio.create_task(
+            driver._switch(EPOCH, pair, progress, record_frozen=record_frozen)
+        )
+
+    return switch
+
+
 async def test_switches_take_turns(groups: Groups, monkeypatch: pytest.MonkeyPatch) -> None:
     driver, _, _ = driven(groups)
     inside = most = 0
@@ -1066,11 +1086,8 @@ async def test_switches_take_turns(groups: Groups, monkeypatch: pytest.MonkeyPat
             inside -= 1
         return 0
 
-    monkeypatch.setattr(driver, "_switch_steps", steps)
-    monkeypatch.setattr(driver, "_record", lambda *args, **kwargs: asyncio.sleep(0))
-    progress = migration_driver._Progress
-    first = asyncio.create_task(driver._switch(EPOCH, (1, 5), progress(), record_frozen=False))
-    second = asyncio.create_task(driver._switch(EPOCH, (2, 5), progress(), record_frozen=False))
+    switch = stub_switches(monkeypatch, driver, steps)
+    first, second = switch((1, 5)), switch((2, 5))
     try:
         await asyncio.wait_for(entered.wait(), 5)
         for _ in range(20):  # every chance for the second to enter too
@@ -1109,17 +1126,12 @@ async def test_the_moves_waiting_for_a_turn_switch_side_by_side_in_the_next_one(
             raise asyncio.CancelledError("a gRPC call inside the switch was cancelled")
         return pair[0]
 
-    monkeypatch.setattr(driver, "_switch_steps", steps)
     recorded: list[tuple[tuple[int, int], object]] = []
 
     async def record(pair: tuple[int, int], **fields: object) -> None:
         recorded.append((pair, fields.get("frozen_ms")))
 
-    monkeypatch.setattr(driver, "_record", record)
-    progress = migration_driver._Progress
-
-    def switch(pair: tuple[int, int]) -> asyncio.Task[None]:
-        return asyncio.create_task(driver._switch(EPOCH, pair, progress(), record_frozen=False))
+    switch = stub_switches(monkeypatch, driver, steps, record)
 
     first = switch((1, 5))
     tasks = [first]
@@ -1179,12 +1191,10 @@ async def test_a_turn_waits_once_for_quiet_and_skips_a_move_cancelled_while_wait
         return 0
 
     monkeypatch.setattr(driver, "_quiet", quiet)
-    monkeypatch.setattr(driver, "_switch_steps", steps)
-    monkeypatch.setattr(driver, "_record", lambda *args, **kwargs: asyncio.sleep(0))
-    progress = migration_driver._Progress
+    start = stub_switches(monkeypatch, driver, steps)
 
     def switch(pair: tuple[int, int]) -> asyncio.Task[None]:
-        return asyncio.create_task(driver._switch(EPOCH, pair, progress(), record_frozen=True))
+        return start(pair, record_frozen=True)
 
     tasks = [switch((1, 5))]
     try:
@@ -1219,15 +1229,10 @@ async def test_a_turn_cancelled_fails_the_switches_it_took_along(
         await asyncio.Event().wait()  # never ends
         return 0
 
-    monkeypatch.setattr(driver, "_switch_steps", steps)
-    monkeypatch.setattr(driver, "_record", lambda *args, **kwargs: asyncio.sleep(0))
-    progress = migration_driver._Progress
-    holder = asyncio.create_task(driver._switch(EPOCH, (1, 5), progress(), record_frozen=False))
+    switch = stub_switches(monkeypatch, driver, steps)
+    holder = switch((1, 5))
     await asyncio.wait_for(entered.wait(), 5)
-    waiting = [
-        asyncio.create_task(driver._switch(EPOCH, pair, progress(), record_frozen=False))
-        for pair in ((2, 5), (3, 5))
-    ]
+    waiting = [switch(pair) for pair in ((2, 5), (3, 5))]
     for _ in range(20):
         await asyncio.sleep(0)
     holder.cancel()  # the next turn is the first waiter's, and takes the other along
