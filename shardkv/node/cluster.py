@@ -132,6 +132,7 @@ class ClusterAgent(Passes):
         # A map the meta group applied here is learnt in the next pass, not an
         # interval later: a new group's replicas start (and elect) at once.
         runtime.on_applied(META_GROUP, self.wake)
+        self._learn_listeners: list[Callable[[], None]] = []
 
     def describe(self) -> str:
         return f"node {self.runtime.node_id}: cluster agent"
@@ -188,6 +189,11 @@ class ClusterAgent(Passes):
             )
             self.runtime.transfer_leadership(group_id, preferred)
 
+    def on_learn(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever this agent takes a new map (a driver then
+        looks at it at once, not an interval later)."""
+        self._learn_listeners.append(listener)
+
     def learn(self, cluster_map: cluster_pb2.ClusterMap) -> None:
         """Take ``cluster_map`` unless ours is newer; dial the nodes it names."""
         if self.map is not None and map_order(cluster_map) < map_order(self.map):
@@ -211,6 +217,8 @@ class ClusterAgent(Passes):
             (node, address) for node, address in addresses.items() if node != self.runtime.node_id
         )
         self.runtime.transport.update_peers({**self._initial_peers, **addresses})
+        for listener in self._learn_listeners:
+            listener()
 
     async def update_map(
         self, change: Callable[[cluster_pb2.ClusterMap], cluster_pb2.ClusterMap | None]

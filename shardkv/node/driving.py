@@ -1,7 +1,8 @@
 """What the meta leader's drivers share: one task per unfinished item of the cluster map.
 
 A ``MapDriver`` runs on every node and acts only where this node leads the
-meta group. Every ``interval`` seconds (or when woken) it looks at the map:
+meta group. Every ``interval`` seconds, and whenever the agent takes a new
+map, it looks at the map:
 each unfinished item (``pending``: a ring change's move, a replica move) gets
 one task, which reads the item from the map, does its next step
 (``advance``) and loops until the item is gone or finished. The map is the
@@ -56,6 +57,8 @@ class MapDriver(Passes, Generic[_Key, _Item]):
         self.calls = calls
         self.token = 0
         self._tasks: dict[_Key, asyncio.Task[None]] = {}
+        # A new item (a ring change just written) starts at once.
+        agent.on_learn(self.wake)
 
     # -- what a driver says --------------------------------------------------------------
 

@@ -284,6 +284,9 @@ async def test_the_agent_learns_a_map_its_meta_replica_applied_without_waiting_i
         stored = agent.map.SerializeToString()
         newer = cluster_pb2.ClusterMap.FromString(stored)
         newer.version += 1
+        # What a driver registers: told of each new map, once it is taken.
+        told: list[int] = []
+        agent.on_learn(lambda: told.append(agent.map.version if agent.map else 0))
         # Written past the agent (as the meta leader of another node would).
         cas = kv_pb2.CompareAndSet(
             key=CLUSTER_MAP_KEY, expected=stored, value=newer.SerializeToString()
@@ -295,3 +298,7 @@ async def test_the_agent_learns_a_map_its_meta_replica_applied_without_waiting_i
         async with asyncio.timeout(2):
             while agent.map.version != newer.version:
                 await asyncio.sleep(0.005)
+        assert told == [newer.version]
+        agent.learn(newer)  # the same map again, or an older one: nobody is told
+        agent.learn(cluster_pb2.ClusterMap.FromString(stored))
+        assert told == [newer.version]
