@@ -26,7 +26,7 @@ import copy
 import functools
 import hashlib
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from uhashring import HashRing
@@ -38,7 +38,7 @@ __all__ = [
     "Routing",
     "build_ring",
     "map_order",
-    "moving_filter",
+    "moving_keys",
     "moving_shares",
     "normalise_key",
     "ring_digest",
@@ -138,13 +138,38 @@ class KeyRing:
         return {group: span / space for group, span in owned.items()}
 
 
-def moving_filter(
+def moving_keys(
     ring: KeyRing, target_ring: KeyRing, source: int, target: int, *, skip: int = 0
-) -> Callable[[bytes], bool]:
-    """Whether a key moves from ``source`` to ``target`` when ``ring`` becomes
-    ``target_ring``, as one lookup per key (for loops over many keys). With
-    ``skip``, each key given has that many bytes before the key to hash (an
-    engine key's group prefix).
+) -> Callable[[Iterable[bytes]], list[bytes]]:
+    """The ones of ``keys`` that move from ``source`` to ``target`` when ``ring``
+    becomes ``target_ring``, in their order: one bisect per key, in one call
+    for many (a scan of a whole group runs it on every key, so ASCII keys are
+    hashed inline; ``ring_digest`` hashes the others, to the same digests).
+    With ``skip``, each key given has that many bytes before the key to hash
+    (an engine key's group prefix)."""
+    flags, digests = _moving_table(ring, target_ring, source, target)
+    find, md5 = bisect.bisect, _md5
+
+    def select(keys: Iterable[bytes]) -> list[bytes]:
+        return [
+            key
+            for key in keys
+            if flags[
+                find(
+                    digests,
+                    md5(key[skip:]).digest() if key.isascii() else ring_digest(key[skip:]),
+                )
+            ]
+        ]
+
+    return select
+
+
+def _moving_table(
+    ring: KeyRing, target_ring: KeyRing, source: int, target: int
+) -> tuple[list[bool], list[bytes]]:
+    """The points of both rings together, as digests, and whether a position
+    found just below each (``bisect``) moves from ``source`` to ``target``.
 
     Between two consecutive points of the two rings together both owners stay
     the same, so one bisect over the union finds whether a position moves.
@@ -155,16 +180,7 @@ def moving_filter(
     # where both rings answer as they do for union[i-1] (or for 0, when i is 0).
     flags = [old_owner(start) == source and new_owner(start) == target for start in [0, *union]]
     # Bisected as digests (``ring_digest``): no integer made per key.
-    digests = [point.to_bytes(16, "big") for point in union]
-    find = bisect.bisect
-
-    def moves(key: bytes) -> bool:
-        return flags[find(digests, ring_digest(key))]
-
-    def moves_after(key: bytes) -> bool:
-        return flags[find(digests, ring_digest(key[skip:]))]
-
-    return moves_after if skip else moves
+    return flags, [point.to_bytes(16, "big") for point in union]
 
 
 def build_ring(ring: cluster_pb2.Ring) -> KeyRing:

@@ -82,10 +82,10 @@ from __future__ import annotations
 import enum
 import logging
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from shardkv.ring import KeyRing, build_ring, moving_filter, ring_position
+from shardkv.ring import KeyRing, build_ring, moving_keys, ring_position
 from shardkv.storage import keys
 from shardkv.storage.engine import Batch, ColumnFamily
 from shardkv.v1 import cluster_pb2, kv_pb2
@@ -107,6 +107,8 @@ class _TargetActive(str):
 
 
 _COUNTER = struct.Struct(">Q")
+# Keys per list of a scan of the group's keys.
+_SCAN_BATCH = 4096
 
 _OUT_COPYING = cluster_pb2.ARC_OUT_COPYING
 _OUT_FROZEN = cluster_pb2.ARC_OUT_FROZEN
@@ -188,14 +190,16 @@ class Migration:
                 return kv_pb2.WrongGroup(group_id=self.group_id, epoch=state.epoch, moved_to=target)
         return None
 
-    def moving_filter(self, target: int, *, skip: int = 0) -> Callable[[bytes], bool]:
-        """Whether a key of this group moves to ``target``: ``moving_to(key) == target``,
-        as a plain function for loops over many keys (an export, a collect). With
-        ``skip``, of keys that many bytes longer (engine keys)."""
+    def moving_keys(
+        self, target: int, *, skip: int = 0
+    ) -> Callable[[Iterable[bytes]], list[bytes]]:
+        """The ones of many keys of this group that move to ``target`` (``moving_to(key)
+        == target`` for each), in one call: for an export, a collect. With ``skip``,
+        of keys that many bytes longer (engine keys)."""
         ring, target_ring = self.machine.ring, self.target_ring
         if ring is None or target_ring is None or not ring.weights or not target_ring.weights:
-            return lambda key: False
-        return moving_filter(ring, target_ring, self.group_id, target, skip=skip)
+            return lambda keys: []
+        return moving_keys(ring, target_ring, self.group_id, target, skip=skip)
 
     def counted_out_held(self) -> int:
         """Moved keys still stored here that a release counted out already (for a
@@ -203,13 +207,16 @@ class Migration:
         if self.state is None or not self.state.counted_out:
             return 0
         skip = keys.GROUP_KEY_SIZE
-        filters = [self.moving_filter(target, skip=skip) for target in set(self.state.counted_out)]
+        selects = [self.moving_keys(target, skip=skip) for target in set(self.state.counted_out)]
         low, high = keys.data_range(self.group_id)
-
-        def held(engine_key: bytes) -> bool:
-            return any(moves(engine_key) for moves in filters)
-
-        return sum(1 for _ in self.machine.engine.scan(ColumnFamily.DATA, low, high, keep=held))
+        # A key moves to one target at most: the counts add up.
+        return sum(
+            len(select(scanned))
+            for scanned in self.machine.engine.scan_keys(
+                ColumnFamily.DATA, low, high, batch=_SCAN_BATCH
+            )
+            for select in selects
+        )
 
     def moving_to(self, key: bytes) -> int | None:
         """The group ``key`` moves to from this one in the migration, if it moves."""
@@ -428,8 +435,7 @@ class Migration:
         if counted:
             # Keys this group finds moving itself. Counted out, they are the ones
             # the driver copied, checked against both rings there.
-            moves = self.moving_filter(step.target)
-            moved = [key for key in moved if moves(key)]
+            moved = self.moving_keys(step.target)(moved)
         machine.drop_keys(batch, moved, counted=counted)
         machine.finish_import(batch)
         if step.collect.last:

@@ -5,11 +5,15 @@ moves from the group to ``request.target`` in the migration ``request.epoch``
 (the caller checked the group takes part, and read after a ReadIndex barrier
 at its leader):
 
-- ``EXPORT_ALL``: every moving key with its stored record, as of one moment:
-  one engine iterator is a consistent view for as long as it lives, and the
-  chunks are cut from it while the group goes on applying. Every write after
-  that moment is marked (the move began before the export), so the next
-  ``EXPORT_CHANGES`` from the revision read at that moment finds it.
+- ``EXPORT_ALL``: every moving key with its stored record. The keys are
+  scanned as of one moment (one engine iterator is a consistent view for as
+  long as it lives, ``scan_keys``), in lists, each list's moving keys picked
+  out at once (``moving_keys``: the scan hashes every key of the group) and
+  their records read then, while the group goes on applying. Every write
+  after that moment is marked (the move began before the export), so the
+  next ``EXPORT_CHANGES`` from the revision read at that moment finds it: a
+  record read later than the moment is copied again, and a key deleted
+  since is left out here and its deletion copied then.
 - ``EXPORT_CHANGES``: the moving keys marked after ``since_revision``, each
   read as it is when its chunk is cut (present: its record; absent: a
   deletion), then every client session and the moved transaction records.
@@ -62,33 +66,27 @@ def export_steps(
         return
     with_records = request.kind == node_pb2.EXPORT_ALL
     skip = keys.GROUP_KEY_SIZE
-    moves = machine.migration.moving_filter(request.target, skip=skip)
-    low, high = keys.group_range(machine.group_id)
+    moving = machine.migration.moving_keys(request.target, skip=skip)
+    engine, low, high = machine.engine, *keys.group_range(machine.group_id)
     chunk, size = kv_pb2.MigrateImport(), 0
-    scanned = 0
-
-    def keep(engine_key: bytes) -> bool:
-        # The moving keys, and every PAUSE_KEYS-th key scanned: the loop below
-        # runs for it right after (the scan is lazy), and pauses.
-        nonlocal scanned
-        scanned += 1
-        return scanned % PAUSE_KEYS == 0 or moves(engine_key)
-
-    # Only the moving keys' values are read.
-    for engine_key, stored in machine.engine.scan(ColumnFamily.DATA, low, high, keep=keep):
-        if scanned % PAUSE_KEYS == 0:
-            yield None
-            if not moves(engine_key):
-                continue
-        key = engine_key[skip:]
-        chunk.keys.append(key)
-        size += len(key)
-        if with_records:
-            chunk.records.append(stored)
-            size += len(stored)
-        if len(chunk.keys) >= chunk_keys or size >= MAX_CHUNK_BYTES:
-            yield chunk
-            chunk, size = kv_pb2.MigrateImport(), 0
+    for scanned in engine.scan_keys(ColumnFamily.DATA, low, high, batch=PAUSE_KEYS):
+        found = moving(scanned)
+        if found:
+            stored_all = engine.get_many(ColumnFamily.DATA, found) if with_records else None
+            for at, engine_key in enumerate(found):
+                key = engine_key[skip:]
+                if stored_all is not None:
+                    stored = stored_all[at]
+                    if stored is None:
+                        continue
+                    chunk.records.append(stored)
+                    size += len(stored)
+                chunk.keys.append(key)
+                size += len(key)
+                if len(chunk.keys) >= chunk_keys or size >= MAX_CHUNK_BYTES:
+                    yield chunk
+                    chunk, size = kv_pb2.MigrateImport(), 0
+        yield None  # a list of keys scanned: the caller's loop may run
     if chunk.keys:
         yield chunk
 

@@ -76,7 +76,7 @@ from shardkv.node.cluster import ClusterAgent
 from shardkv.node.driving import MapDriver, StepFailed
 from shardkv.node.resolver import NodeGroupCalls
 from shardkv.node.ring_change import finish_migration
-from shardkv.ring import build_ring, moving_filter, moving_shares
+from shardkv.ring import build_ring, moving_keys, moving_shares
 from shardkv.txn_protocol import now_ms
 from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2
 
@@ -612,12 +612,13 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         if cluster_map is None or cluster_map.ring.epoch != migration.target.epoch - 1:
             progress.copied = None
             return
-        moves = moving_filter(build_ring(cluster_map.ring), build_ring(migration.target), *pair)
+        moving = moving_keys(build_ring(cluster_map.ring), build_ring(migration.target), *pair)
+        remembered = list(copied)
         strays = 0
-        for checked, key in enumerate(list(copied), 1):
-            strays += not moves(key)
-            if checked % _CHECK_SLICE == 0:
-                await asyncio.sleep(0)  # millions of keys: the node's rounds go on
+        for start in range(0, len(remembered), _CHECK_SLICE):
+            checked = remembered[start : start + _CHECK_SLICE]
+            strays += len(checked) - len(moving(checked))
+            await asyncio.sleep(0)  # millions of keys: the node's rounds go on
         if strays:
             _log.error(
                 "node %d: move %d->%d: %d copied keys do not move; the source finds its own",

@@ -22,7 +22,9 @@ What an engine promises:
    in key order (or reversed), as of the moment ``scan`` was called: later
    writes are not seen. It positions with a seek; a forward scan with an end
    also sets RocksDB's upper bound (never the lower one: in rocksdict 0.3.29
-   the lower-bound setter sets the upper bound).
+   the lower-bound setter sets the upper bound). ``scan_keys`` is the same
+   forward scan of keys only, in lists (a migration's scan of a whole group
+   picks the few keys that move out of every list).
 4. ``close()`` is idempotent; afterwards every use of the engine, of its open
    scans and of its unwritten batches raises ``EngineClosed``. Closing drops
    every column family handle and iterator before closing the database, since
@@ -60,7 +62,7 @@ import shutil
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from rocksdict import (
     BlockBasedOptions,
@@ -194,16 +196,19 @@ class Batch(abc.ABC):
             self._delete(cf, key)
 
 
-class _Scan(Iterator[tuple[bytes, bytes]]):
+_Item = TypeVar("_Item")
+
+
+class _Scan(Iterator[_Item]):
     """An engine's scan: raises ``EngineClosed`` once the engine is closed."""
 
     __slots__ = ("__weakref__", "_engine", "_items")
 
-    def __init__(self, engine: StorageEngine, items: Iterator[tuple[bytes, bytes]]) -> None:
+    def __init__(self, engine: StorageEngine, items: Iterator[_Item]) -> None:
         self._engine = engine
-        self._items: Iterator[tuple[bytes, bytes]] | None = items
+        self._items: Iterator[_Item] | None = items
 
-    def __next__(self) -> tuple[bytes, bytes]:
+    def __next__(self) -> _Item:
         if self._engine.closed:
             self.release()
             raise EngineClosed("the engine was closed during this scan")
@@ -225,7 +230,7 @@ class StorageEngine(abc.ABC):
 
     def __init__(self) -> None:
         self._closed = False
-        self._scans: weakref.WeakSet[_Scan] = weakref.WeakSet()
+        self._scans: weakref.WeakSet[_Scan[Any]] = weakref.WeakSet()
 
     @property
     def closed(self) -> bool:
@@ -270,15 +275,22 @@ class StorageEngine(abc.ABC):
         end: bytes | None = None,
         *,
         reverse: bool = False,
-        keep: Callable[[bytes], bool] | None = None,
     ) -> Iterator[tuple[bytes, bytes]]:
-        """``(key, value)`` for ``start <= key < end`` (None: no end), as of now.
-
-        ``keep`` is called on each key as the scan reaches it: only the keys
-        it accepts are yielded, and only their values read.
-        """
+        """``(key, value)`` for ``start <= key < end`` (None: no end), as of now."""
         self._check_open()
-        scan = _Scan(self, self._scan(cf, start, end, reverse, keep))
+        scan = _Scan(self, self._scan(cf, start, end, reverse))
+        self._scans.add(scan)
+        return scan
+
+    def scan_keys(
+        self, cf: ColumnFamily, start: bytes, end: bytes | None = None, *, batch: int
+    ) -> Iterator[list[bytes]]:
+        """The keys ``start <= key < end`` in key order, as of now (as ``scan``), in
+        lists of ``batch`` (the last one shorter); no value is read."""
+        if batch < 1:
+            raise ValueError("a batch holds at least one key")
+        self._check_open()
+        scan = _Scan(self, self._scan_keys(cf, start, end, batch))
         self._scans.add(scan)
         return scan
 
@@ -323,13 +335,13 @@ class StorageEngine(abc.ABC):
 
     @abc.abstractmethod
     def _scan(
-        self,
-        cf: ColumnFamily,
-        start: bytes,
-        end: bytes | None,
-        reverse: bool,
-        keep: Callable[[bytes], bool] | None,
+        self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]: ...
+
+    @abc.abstractmethod
+    def _scan_keys(
+        self, cf: ColumnFamily, start: bytes, end: bytes | None, batch: int
+    ) -> Iterator[list[bytes]]: ...
 
     @abc.abstractmethod
     def _close(self) -> None: ...
@@ -446,13 +458,16 @@ class Engine(StorageEngine):
         return values
 
     def _scan(
-        self,
-        cf: ColumnFamily,
-        start: bytes,
-        end: bytes | None,
-        reverse: bool,
-        keep: Callable[[bytes], bool] | None,
+        self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
+        return _rocks_items(self._iterator(cf, end, reverse), start, end, reverse, self.path)
+
+    def _scan_keys(
+        self, cf: ColumnFamily, start: bytes, end: bytes | None, batch: int
+    ) -> Iterator[list[bytes]]:
+        return _rocks_keys(self._iterator(cf, end, False), start, batch, self.path)
+
+    def _iterator(self, cf: ColumnFamily, end: bytes | None, reverse: bool) -> Any:
         # A live iterator is a consistent view by itself; rocksdict 0.3.29
         # ignores a Snapshot when iterating, so none is used.
         options = ReadOptions()
@@ -463,8 +478,7 @@ class Engine(StorageEngine):
             # (A lower bound for reverse scans is not set: rocksdict 0.3.29's
             # set_iterate_lower_bound sets the upper one.)
             options.set_iterate_upper_bound(end)
-        iterator = self._families[cf].iter(options)
-        return _rocks_items(iterator, start, end, reverse, keep, self.path)
+        return self._families[cf].iter(options)
 
     def _close(self) -> None:
         # Every handle alive keeps the LOCK file: drop them all, then close.
@@ -492,7 +506,6 @@ def _rocks_items(
     start: bytes,
     end: bytes | None,
     reverse: bool,
-    keep: Callable[[bytes], bool] | None,
     path: str,
 ) -> Iterator[tuple[bytes, bytes]]:
     # A plain function, not a method: the generator must reference the
@@ -509,8 +522,7 @@ def _rocks_items(
                 key: bytes = iterator.key()
                 if key < start:
                     break
-                if keep is None or keep(key):
-                    yield key, iterator.value()
+                yield key, iterator.value()
                 iterator.prev()
         else:
             iterator.seek(start)
@@ -518,12 +530,32 @@ def _rocks_items(
                 key = iterator.key()
                 if end is not None and key >= end:
                     break
-                if keep is None or keep(key):
-                    yield key, iterator.value()
+                yield key, iterator.value()
                 iterator.next()
         iterator.status()
     except Exception as exc:
         raise EngineError(f"RocksDB scan of {path} failed: {exc}") from exc
+
+
+def _rocks_keys(iterator: Any, start: bytes, batch: int, path: str) -> Iterator[list[bytes]]:
+    # As _rocks_items, forward, keys only: the iterator's upper bound ends it.
+    # Not rocksdict's keys(), which cannot say whether it ended on an error:
+    # the status is checked here, or a failed read would end a scan early.
+    keys: list[bytes] = []
+    try:
+        iterator.seek(start)
+        valid, key, advance = iterator.valid, iterator.key, iterator.next
+        while valid():
+            keys.append(key())
+            advance()
+            if len(keys) == batch:
+                yield keys
+                keys = []
+        iterator.status()
+    except Exception as exc:
+        raise EngineError(f"RocksDB scan of {path} failed: {exc}") from exc
+    if keys:
+        yield keys
 
 
 # -- in memory -----------------------------------------------------------------
@@ -552,8 +584,11 @@ class _SortedTable:
         del self.keys[low:high]
 
     def items(self, start: bytes, end: bytes | None) -> list[tuple[bytes, bytes]]:
+        return [(key, self.values[key]) for key in self.key_range(start, end)]
+
+    def key_range(self, start: bytes, end: bytes | None) -> list[bytes]:
         low, high = self._bounds(start, end)
-        return [(key, self.values[key]) for key in self.keys[low:high]]
+        return self.keys[low:high]
 
     def _bounds(self, start: bytes, end: bytes | None) -> tuple[int, int]:
         low = bisect.bisect_left(self.keys, start)
@@ -618,18 +653,16 @@ class MemoryEngine(StorageEngine):
         return self.disk.tables[cf].values.get(key)
 
     def _scan(
-        self,
-        cf: ColumnFamily,
-        start: bytes,
-        end: bytes | None,
-        reverse: bool,
-        keep: Callable[[bytes], bool] | None,
+        self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
         items = self.disk.tables[cf].items(start, end)
-        ordered = reversed(items) if reverse else iter(items)
-        if keep is None:
-            return ordered
-        return (item for item in ordered if keep(item[0]))  # lazily, as RocksDB's
+        return reversed(items) if reverse else iter(items)
+
+    def _scan_keys(
+        self, cf: ColumnFamily, start: bytes, end: bytes | None, batch: int
+    ) -> Iterator[list[bytes]]:
+        keys = self.disk.tables[cf].key_range(start, end)
+        return (keys[at : at + batch] for at in range(0, len(keys), batch))
 
     def _close(self) -> None:
         self.disk.in_use = False

@@ -265,14 +265,9 @@ class LateWrites(StorageEngine):
     scans: int | None = None
 
     def _scan(
-        self,
-        cf: ColumnFamily,
-        start: bytes,
-        end: bytes | None,
-        reverse: bool,
-        keep: Callable[[bytes], bool] | None,
+        self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
-        items = super()._scan(cf, start, end, reverse, keep)  # type: ignore[safe-super]
+        items = super()._scan(cf, start, end, reverse)  # type: ignore[safe-super]
         if self.scans is not None:
             self.scans += 1
             write_late(self, self.scans)

@@ -135,31 +135,23 @@ def test_a_scan_sees_the_state_when_it_began(engine: StorageEngine) -> None:
     assert [key[0] for key, _ in scan] == [3, 5, 7, 9]
 
 
-@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_a_scan_keeps_the_keys_its_test_accepts_as_it_reaches_them(
-    engine: StorageEngine, reverse: bool
-) -> None:
-    """``keep`` sees every key of the range in the scan's order, each just before
-    the scan yields it or goes past it (a caller counts the keys scanned so far)."""
+@pytest.mark.parametrize("batch", [1, 2, 3, 10])
+def test_scan_keys_lists_the_range_in_order_as_it_began(engine: StorageEngine, batch: int) -> None:
     put_all(engine, DATA, KEYS)
-    put_all(engine, META, {b"\x04": b"m"})
-    seen: list[bytes] = []
-
-    def some(key: bytes) -> bool:
-        seen.append(key)
-        return key[0] in (3, 7)
-
-    found = []
-    for key, value in engine.scan(DATA, b"\x02", b"\x09", reverse=reverse, keep=some):
-        found.append((key, value, len(seen)))
-    in_range = sorted(key for key in KEYS if b"\x02" <= key < b"\x09")
-    if reverse:
-        in_range.reverse()
-    assert seen == in_range
-    kept = [key for key in in_range if key[0] in (3, 7)]
-    assert len(kept) == 2 < len(in_range)
-    assert [(key, value) for key, value, _ in found] == [(key, KEYS[key]) for key in kept]
-    assert [at for _, _, at in found] == [in_range.index(key) + 1 for key in kept]
+    put_all(engine, META, {b"\x04": b"other column family"})
+    lists = engine.scan_keys(DATA, b"\x02", b"\x09", batch=batch)
+    first = next(lists)
+    written = engine.new_batch()
+    written.put(DATA, b"\x04", b"late")
+    written.delete(DATA, b"\x07")
+    engine.write(written, sync=False)
+    scanned = [first, *lists]
+    assert [key for keys in scanned for key in keys] == [b"\x03", b"\x05", b"\x07"]
+    assert [len(keys) for keys in scanned] == [min(batch, 3 - at) for at in range(0, 3, batch)]
+    now = [[key[0] for key in keys] for keys in engine.scan_keys(DATA, b"", batch=2)]
+    assert now == [[1, 3], [4, 5], [9]]
+    with pytest.raises(ValueError):
+        engine.scan_keys(DATA, b"", batch=0)
 
 
 def test_hooks_run_in_order_after_the_write_and_never_after_discard(
@@ -230,16 +222,20 @@ def test_close_is_idempotent_and_use_after_close_is_a_clear_error(
     batch = engine.new_batch()
     scan = engine.scan(DATA, b"")
     next(scan)
+    key_lists = engine.scan_keys(DATA, b"", batch=1)
+    next(key_lists)
     engine.close()
     engine.close()
     assert engine.closed
     attempts: list[Callable[[], object]] = [
         lambda: engine.get(DATA, b"\x01"),
         lambda: engine.scan(DATA, b""),
+        lambda: engine.scan_keys(DATA, b"", batch=1),
         engine.new_batch,
         lambda: engine.write(batch, sync=False),
         lambda: batch.put(DATA, b"k", b"v"),
         lambda: next(scan),
+        lambda: next(key_lists),
         engine.__enter__,
     ]
     for attempt in attempts:

@@ -87,15 +87,10 @@ class CountingEngine(Engine):
         return super()._get(cf, key)
 
     def _scan(
-        self,
-        cf: ColumnFamily,
-        start: bytes,
-        end: bytes | None,
-        reverse: bool,
-        keep: Callable[[bytes], bool] | None,
+        self, cf: ColumnFamily, start: bytes, end: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
         self.reads += 1
-        return super()._scan(cf, start, end, reverse, keep)
+        return super()._scan(cf, start, end, reverse)
 
 
 @pytest.fixture(params=["memory", "rocksdb"])
