@@ -143,21 +143,21 @@ def moving_keys(
 ) -> Callable[[Iterable[bytes]], list[bytes]]:
     """The ones of ``keys`` that move from ``source`` to ``target`` when ``ring``
     becomes ``target_ring``, in their order: one bisect per key, in one call
-    for many (a scan of a whole group runs it on every key, so ASCII keys are
-    hashed inline; ``ring_digest`` hashes the others, to the same digests).
+    for many (a scan of a whole group runs it on every key).
     With ``skip``, each key given has that many bytes before the key to hash
     (an engine key's group prefix)."""
     flags, digests = _moving_table(ring, target_ring, source, target)
     find, md5 = bisect.bisect, _md5
 
     def select(keys: Iterable[bytes]) -> list[bytes]:
+        # ring_digest inlined for ASCII keys: a call less per key of the group.
         return [
             key
             for key in keys
             if flags[
                 find(
                     digests,
-                    md5(key[skip:]).digest() if key.isascii() else ring_digest(key[skip:]),
+                    md5(rest).digest() if (rest := key[skip:]).isascii() else ring_digest(rest),
                 )
             ]
         ]

@@ -209,14 +209,15 @@ class Migration:
         skip = keys.GROUP_KEY_SIZE
         selects = [self.moving_keys(target, skip=skip) for target in set(self.state.counted_out)]
         low, high = keys.data_range(self.group_id)
-        # A key moves to one target at most: the counts add up.
-        return sum(
-            len(select(scanned))
-            for scanned in self.machine.engine.scan_keys(
-                ColumnFamily.DATA, low, high, batch=_SCAN_BATCH
-            )
-            for select in selects
+
+        def held(listed: list[bytes]) -> list[bytes]:
+            moving = {key for select in selects for key in select(listed)}
+            return [key for key in listed if key in moving]
+
+        scan = self.machine.engine.scan_picked(
+            ColumnFamily.DATA, low, high, pick=held, batch=_SCAN_BATCH
         )
+        return sum(len(picked) for picked in scan)
 
     def moving_to(self, key: bytes) -> int | None:
         """The group ``key`` moves to from this one in the migration, if it moves."""

@@ -132,6 +132,7 @@ class ClusterAgent(Passes):
         # A map the meta group applied here is learnt in the next pass, not an
         # interval later: a new group's replicas start (and elect) at once.
         runtime.on_applied(META_GROUP, self.wake)
+        # Told of every new map taken (on_learn): the drivers.
         self._learn_listeners: list[Callable[[], None]] = []
 
     def describe(self) -> str:
@@ -218,7 +219,10 @@ class ClusterAgent(Passes):
         )
         self.runtime.transport.update_peers({**self._initial_peers, **addresses})
         for listener in self._learn_listeners:
-            listener()
+            try:
+                listener()
+            except Exception:  # the map is taken all the same (update_map learns it too)
+                _log.exception("node %d: a map listener failed", self.runtime.node_id)
 
     async def update_map(
         self, change: Callable[[cluster_pb2.ClusterMap], cluster_pb2.ClusterMap | None]

@@ -5,15 +5,14 @@ moves from the group to ``request.target`` in the migration ``request.epoch``
 (the caller checked the group takes part, and read after a ReadIndex barrier
 at its leader):
 
-- ``EXPORT_ALL``: every moving key with its stored record. The keys are
-  scanned as of one moment (one engine iterator is a consistent view for as
-  long as it lives, ``scan_keys``), in lists, each list's moving keys picked
-  out at once (``moving_keys``: the scan hashes every key of the group) and
-  their records read then, while the group goes on applying. Every write
-  after that moment is marked (the move began before the export), so the
-  next ``EXPORT_CHANGES`` from the revision read at that moment finds it: a
-  record read later than the moment is copied again, and a key deleted
-  since is left out here and its deletion copied then.
+- ``EXPORT_ALL``: every moving key with its stored record, as of one moment:
+  one engine iterator is a consistent view for as long as it lives, and the
+  chunks are cut from it while the group goes on applying. It lists the
+  group's keys in lists of ``PAUSE_KEYS``, the moving ones picked out of
+  each in one call (``moving_keys``: the scan hashes every key of the
+  group), and reads only their records (``scan_picked``). Every write after
+  that moment is marked (the move began before the export), so the next
+  ``EXPORT_CHANGES`` from the revision read at that moment finds it.
 - ``EXPORT_CHANGES``: the moving keys marked after ``since_revision``, each
   read as it is when its chunk is cut (present: its record; absent: a
   deletion), then every client session and the moved transaction records.
@@ -42,7 +41,8 @@ __all__ = ["DEFAULT_CHUNK_KEYS", "MAX_CHUNK_BYTES", "PAUSE_KEYS", "export_chunks
 DEFAULT_CHUNK_KEYS = 1000
 # Under the 4 MiB a gRPC channel receives by default, with room for framing.
 MAX_CHUNK_BYTES = 3 << 20
-# Keys scanned between two chances for the event loop (a few milliseconds).
+# Keys scanned between two chances for the event loop (a few milliseconds):
+# each list the scan reads, hashes and picks the moving keys from.
 PAUSE_KEYS = 2048
 
 
@@ -67,25 +67,21 @@ def export_steps(
     with_records = request.kind == node_pb2.EXPORT_ALL
     skip = keys.GROUP_KEY_SIZE
     moving = machine.migration.moving_keys(request.target, skip=skip)
-    engine, low, high = machine.engine, *keys.group_range(machine.group_id)
+    low, high = keys.group_range(machine.group_id)
     chunk, size = kv_pb2.MigrateImport(), 0
-    for scanned in engine.scan_keys(ColumnFamily.DATA, low, high, batch=PAUSE_KEYS):
-        found = moving(scanned)
-        if found:
-            stored_all = engine.get_many(ColumnFamily.DATA, found) if with_records else None
-            for at, engine_key in enumerate(found):
-                key = engine_key[skip:]
-                if stored_all is not None:
-                    stored = stored_all[at]
-                    if stored is None:
-                        continue
-                    chunk.records.append(stored)
-                    size += len(stored)
-                chunk.keys.append(key)
-                size += len(key)
-                if len(chunk.keys) >= chunk_keys or size >= MAX_CHUNK_BYTES:
-                    yield chunk
-                    chunk, size = kv_pb2.MigrateImport(), 0
+    for picked in machine.engine.scan_picked(
+        ColumnFamily.DATA, low, high, pick=moving, batch=PAUSE_KEYS
+    ):
+        for engine_key, stored in picked:
+            key = engine_key[skip:]
+            chunk.keys.append(key)
+            size += len(key)
+            if with_records:
+                chunk.records.append(stored)
+                size += len(stored)
+            if len(chunk.keys) >= chunk_keys or size >= MAX_CHUNK_BYTES:
+                yield chunk
+                chunk, size = kv_pb2.MigrateImport(), 0
         yield None  # a list of keys scanned: the caller's loop may run
     if chunk.keys:
         yield chunk

@@ -22,9 +22,11 @@ What an engine promises:
    in key order (or reversed), as of the moment ``scan`` was called: later
    writes are not seen. It positions with a seek; a forward scan with an end
    also sets RocksDB's upper bound (never the lower one: in rocksdict 0.3.29
-   the lower-bound setter sets the upper bound). ``scan_keys`` is the same
-   forward scan of keys only, in lists (a migration's scan of a whole group
-   picks the few keys that move out of every list).
+   the lower-bound setter sets the upper bound). ``scan_picked`` is the same
+   forward scan, the keys read in lists and a function picking from each
+   list whose values to read (as of the same moment): a migration's scan of
+   a whole group hashes every key, in one call per list, and reads only the
+   values of the few keys that move.
 4. ``close()`` is idempotent; afterwards every use of the engine, of its open
    scans and of its unwritten batches raises ``EngineClosed``. Closing drops
    every column family handle and iterator before closing the database, since
@@ -55,6 +57,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import bisect
+import contextlib
 import enum
 import logging
 import os
@@ -282,15 +285,25 @@ class StorageEngine(abc.ABC):
         self._scans.add(scan)
         return scan
 
-    def scan_keys(
-        self, cf: ColumnFamily, start: bytes, end: bytes | None = None, *, batch: int
-    ) -> Iterator[list[bytes]]:
-        """The keys ``start <= key < end`` in key order, as of now (as ``scan``), in
-        lists of ``batch`` (the last one shorter); no value is read."""
+    def scan_picked(
+        self,
+        cf: ColumnFamily,
+        start: bytes,
+        end: bytes | None = None,
+        *,
+        pick: Callable[[list[bytes]], list[bytes]],
+        batch: int,
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
+        """``scan`` of the keys ``pick`` chooses: the keys ``start <= key < end`` are
+        read in key order in lists of ``batch`` (the last one shorter), ``pick``
+        is given each list and returns the ones to keep, and a list of those
+        with their values is yielded for each list read (empty when none is
+        picked). Keys and values are as of the call, as ``scan``'s; no other
+        value is read."""
+        self._check_open()
         if batch < 1:
             raise ValueError("a batch holds at least one key")
-        self._check_open()
-        scan = _Scan(self, self._scan_keys(cf, start, end, batch))
+        scan = _Scan(self, self._scan_picked(cf, start, end, pick, batch))
         self._scans.add(scan)
         return scan
 
@@ -339,9 +352,14 @@ class StorageEngine(abc.ABC):
     ) -> Iterator[tuple[bytes, bytes]]: ...
 
     @abc.abstractmethod
-    def _scan_keys(
-        self, cf: ColumnFamily, start: bytes, end: bytes | None, batch: int
-    ) -> Iterator[list[bytes]]: ...
+    def _scan_picked(
+        self,
+        cf: ColumnFamily,
+        start: bytes,
+        end: bytes | None,
+        pick: Callable[[list[bytes]], list[bytes]],
+        batch: int,
+    ) -> Iterator[list[tuple[bytes, bytes]]]: ...
 
     @abc.abstractmethod
     def _close(self) -> None: ...
@@ -462,10 +480,15 @@ class Engine(StorageEngine):
     ) -> Iterator[tuple[bytes, bytes]]:
         return _rocks_items(self._iterator(cf, end, reverse), start, end, reverse, self.path)
 
-    def _scan_keys(
-        self, cf: ColumnFamily, start: bytes, end: bytes | None, batch: int
-    ) -> Iterator[list[bytes]]:
-        return _rocks_keys(self._iterator(cf, end, False), start, batch, self.path)
+    def _scan_picked(
+        self,
+        cf: ColumnFamily,
+        start: bytes,
+        end: bytes | None,
+        pick: Callable[[list[bytes]], list[bytes]],
+        batch: int,
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
+        return _rocks_picked(self._iterator(cf, end, False), start, pick, batch, self.path)
 
     def _iterator(self, cf: ColumnFamily, end: bytes | None, reverse: bool) -> Any:
         # A live iterator is a consistent view by itself; rocksdict 0.3.29
@@ -537,25 +560,61 @@ def _rocks_items(
         raise EngineError(f"RocksDB scan of {path} failed: {exc}") from exc
 
 
-def _rocks_keys(iterator: Any, start: bytes, batch: int, path: str) -> Iterator[list[bytes]]:
-    # As _rocks_items, forward, keys only: the iterator's upper bound ends it.
-    # Not rocksdict's keys(), which cannot say whether it ended on an error:
-    # the status is checked here, or a failed read would end a scan early.
-    keys: list[bytes] = []
-    try:
+def _rocks_picked(
+    iterator: Any,
+    start: bytes,
+    pick: Callable[[list[bytes]], list[bytes]],
+    batch: int,
+    path: str,
+) -> Iterator[list[tuple[bytes, bytes]]]:
+    # One iterator throughout (one view): it lists a batch of keys, then seeks
+    # back to each picked one for its value, then on past the batch. (Not
+    # rocksdict's keys(), which cannot say whether it ended on an error.)
+    with _scan_errors(path):
         iterator.seek(start)
-        valid, key, advance = iterator.valid, iterator.key, iterator.next
-        while valid():
-            keys.append(key())
-            advance()
-            if len(keys) == batch:
-                yield keys
-                keys = []
-        iterator.status()
+    while True:
+        with _scan_errors(path):
+            listed = _list_keys(iterator, batch)
+        if not listed:
+            return
+        chosen = pick(listed)  # the caller's: its errors are its own
+        with _scan_errors(path):
+            picked = _values_at(iterator, chosen)
+            if chosen:  # back to where the listing stopped
+                iterator.seek(listed[-1])
+                iterator.next()
+        yield picked
+
+
+def _list_keys(iterator: Any, batch: int) -> list[bytes]:
+    valid, key, advance = iterator.valid, iterator.key, iterator.next
+    listed: list[bytes] = []
+    while len(listed) < batch and valid():
+        listed.append(key())
+        advance()
+    iterator.status()
+    return listed
+
+
+def _values_at(iterator: Any, chosen: list[bytes]) -> list[tuple[bytes, bytes]]:
+    picked = []
+    for key in chosen:
+        iterator.seek(key)
+        if not iterator.valid() or iterator.key() != key:
+            iterator.status()
+            raise EngineError(f"a key the scan listed is not in its view: {key!r}")
+        picked.append((key, iterator.value()))
+    return picked
+
+
+@contextlib.contextmanager
+def _scan_errors(path: str) -> Iterator[None]:
+    try:
+        yield
+    except EngineError:
+        raise
     except Exception as exc:
         raise EngineError(f"RocksDB scan of {path} failed: {exc}") from exc
-    if keys:
-        yield keys
 
 
 # -- in memory -----------------------------------------------------------------
@@ -584,16 +643,21 @@ class _SortedTable:
         del self.keys[low:high]
 
     def items(self, start: bytes, end: bytes | None) -> list[tuple[bytes, bytes]]:
-        return [(key, self.values[key]) for key in self.key_range(start, end)]
-
-    def key_range(self, start: bytes, end: bytes | None) -> list[bytes]:
         low, high = self._bounds(start, end)
-        return self.keys[low:high]
+        return [(key, self.values[key]) for key in self.keys[low:high]]
 
     def _bounds(self, start: bytes, end: bytes | None) -> tuple[int, int]:
         low = bisect.bisect_left(self.keys, start)
         high = len(self.keys) if end is None else bisect.bisect_left(self.keys, end)
         return low, max(low, high)
+
+
+def _memory_picked(
+    items: list[tuple[bytes, bytes]], pick: Callable[[list[bytes]], list[bytes]], batch: int
+) -> Iterator[list[tuple[bytes, bytes]]]:
+    for at in range(0, len(items), batch):
+        values = dict(items[at : at + batch])
+        yield [(key, values[key]) for key in pick(list(values))]
 
 
 class MemoryDisk:
@@ -658,11 +722,15 @@ class MemoryEngine(StorageEngine):
         items = self.disk.tables[cf].items(start, end)
         return reversed(items) if reverse else iter(items)
 
-    def _scan_keys(
-        self, cf: ColumnFamily, start: bytes, end: bytes | None, batch: int
-    ) -> Iterator[list[bytes]]:
-        keys = self.disk.tables[cf].key_range(start, end)
-        return (keys[at : at + batch] for at in range(0, len(keys), batch))
+    def _scan_picked(
+        self,
+        cf: ColumnFamily,
+        start: bytes,
+        end: bytes | None,
+        pick: Callable[[list[bytes]], list[bytes]],
+        batch: int,
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
+        return _memory_picked(self.disk.tables[cf].items(start, end), pick, batch)
 
     def _close(self) -> None:
         self.disk.in_use = False

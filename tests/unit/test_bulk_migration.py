@@ -754,12 +754,12 @@ def test_an_export_pauses_after_each_list_scanned_and_leaves_staying_keys_out(
     assert exported == sorted(moving_of(groups).items())
 
 
-def test_a_key_deleted_while_the_export_pauses_is_left_to_the_catch_up(
+def test_an_export_reads_every_record_as_of_its_moment_across_its_pauses(
     engine: StorageEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The scan lists keys as of its start, but the records are read list by list:
-    a moving key deleted at a pause, before its list was read, is not exported
-    (no record to send); the next catch-up copies its deletion."""
+    """The group goes on applying while the export pauses: a moving key changed or
+    deleted at a pause, before its list was read, is still exported as it was at
+    the export's moment, and the next catch-up copies its change."""
     monkeypatch.setattr(export, "PAUSE_KEYS", 7)
     groups = new_groups(engine)
     bulk_put(groups, groups.source, SEEDED[:300], b"v-")
@@ -767,16 +767,22 @@ def test_a_key_deleted_while_the_export_pauses_is_left_to_the_catch_up(
     groups.begin()
     source = groups.source
     assert source.migration.state is not None
+    before = moving_of(groups)
     request = node_pb2.ExportRequest(
         group_id=SOURCE, epoch=source.migration.state.epoch, target=TARGET, kind=ALL
     )
     revision = source.revision
     steps = export.export_steps(source, request)
     assert next(steps) is None  # the first list is read: a pause
-    gone = SEEDED[299]  # the last moving key: in a later list
-    groups.write(source, delete(gone))
-    exported = [key for chunk in steps if chunk is not None for key in chunk.keys]
-    assert exported == sorted(SEEDED[:299])
+    gone, changed = SEEDED[299], SEEDED[298]  # the last moving keys: in later lists
+    groups.write(source, delete(gone), put(changed, b"new"))
+    exported = [
+        (key, record)
+        for chunk in steps
+        if chunk is not None
+        for key, record in zip(chunk.keys, chunk.records, strict=True)
+    ]
+    assert exported == sorted(before.items())
     changes = node_pb2.ExportRequest(
         group_id=SOURCE,
         epoch=source.migration.state.epoch,
@@ -786,6 +792,7 @@ def test_a_key_deleted_while_the_export_pauses_is_left_to_the_catch_up(
     )
     caught_up = list(export_chunks(source, changes))
     assert [list(chunk.deleted) for chunk in caught_up] == [[gone]]
+    assert [list(chunk.keys) for chunk in caught_up] == [[changed]]
 
 
 def test_a_long_export_scan_pauses_for_the_event_loop(engine: StorageEngine) -> None:

@@ -284,8 +284,14 @@ async def test_the_agent_learns_a_map_its_meta_replica_applied_without_waiting_i
         stored = agent.map.SerializeToString()
         newer = cluster_pb2.ClusterMap.FromString(stored)
         newer.version += 1
-        # What a driver registers: told of each new map, once it is taken.
+        # What a driver registers: told of each new map, once it is taken (a
+        # listener that fails keeps neither the map nor the others from it).
         told: list[int] = []
+
+        def failing() -> None:
+            raise RuntimeError("a listener's bug")
+
+        agent.on_learn(failing)
         agent.on_learn(lambda: told.append(agent.map.version if agent.map else 0))
         # Written past the agent (as the meta leader of another node would).
         cas = kv_pb2.CompareAndSet(

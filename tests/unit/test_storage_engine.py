@@ -23,6 +23,7 @@ from shardkv.storage import (
     MemoryEngine,
     StorageEngine,
 )
+from shardkv.storage.engine import _rocks_picked
 from tests.unit.engines import Opener, engine_opener
 
 RAFT, DATA, META = ColumnFamily.RAFT, ColumnFamily.DATA, ColumnFamily.META
@@ -136,22 +137,69 @@ def test_a_scan_sees_the_state_when_it_began(engine: StorageEngine) -> None:
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 10])
-def test_scan_keys_lists_the_range_in_order_as_it_began(engine: StorageEngine, batch: int) -> None:
+def test_scan_picked_reads_the_picked_keys_as_the_scan_began(
+    engine: StorageEngine, batch: int
+) -> None:
     put_all(engine, DATA, KEYS)
     put_all(engine, META, {b"\x04": b"other column family"})
-    lists = engine.scan_keys(DATA, b"\x02", b"\x09", batch=batch)
+    offered: list[list[int]] = []
+
+    def odd_ones_but_5(listed: list[bytes]) -> list[bytes]:
+        offered.append([key[0] for key in listed])
+        return [key for key in listed if key != b"\x05"]
+
+    lists = engine.scan_picked(DATA, b"\x02", b"\x09", pick=odd_ones_but_5, batch=batch)
     first = next(lists)
-    written = engine.new_batch()
+    written = engine.new_batch()  # after the first list: the scan does not see it
     written.put(DATA, b"\x04", b"late")
+    written.put(DATA, b"\x03", b"late")
     written.delete(DATA, b"\x07")
     engine.write(written, sync=False)
-    scanned = [first, *lists]
-    assert [key for keys in scanned for key in keys] == [b"\x03", b"\x05", b"\x07"]
-    assert [len(keys) for keys in scanned] == [min(batch, 3 - at) for at in range(0, 3, batch)]
-    now = [[key[0] for key in keys] for keys in engine.scan_keys(DATA, b"", batch=2)]
-    assert now == [[1, 3], [4, 5], [9]]
+    picked = [first, *lists]
+    assert [item for items in picked for item in items] == [
+        (b"\x03", KEYS[b"\x03"]),
+        (b"\x07", KEYS[b"\x07"]),
+    ]
+    in_range = [3, 5, 7]
+    assert offered == [in_range[at : at + batch] for at in range(0, 3, batch)]
+    assert len(picked) == len(offered)
+
+
+def test_scan_picked_of_an_empty_range_and_a_bad_batch(engine: StorageEngine) -> None:
+    put_all(engine, DATA, KEYS)
+    assert list(engine.scan_picked(DATA, b"\x0a", pick=list, batch=2)) == []
+    assert list(engine.scan_picked(DATA, b"", pick=lambda listed: [], batch=2)) == [[], [], []]
     with pytest.raises(ValueError):
-        engine.scan_keys(DATA, b"", batch=0)
+        engine.scan_picked(DATA, b"", pick=list, batch=0)
+
+
+class _FailingIterator:
+    """A RocksDB iterator whose read fails after the first key."""
+
+    def __init__(self) -> None:
+        self.keys = [b"\x01"]
+
+    def seek(self, key: bytes) -> None:
+        pass
+
+    def valid(self) -> bool:
+        return bool(self.keys)
+
+    def key(self) -> bytes:
+        return self.keys[0]
+
+    def next(self) -> None:
+        self.keys.pop()
+
+    def status(self) -> None:
+        raise RuntimeError("Corruption: bad block")
+
+
+def test_a_rocksdb_scan_that_ends_on_an_error_raises_it() -> None:
+    """An iterator stops being valid on an error too: its status says which it was."""
+    scan = _rocks_picked(_FailingIterator(), b"", list, 10, "/data")
+    with pytest.raises(EngineError, match="Corruption"):
+        next(scan)
 
 
 def test_hooks_run_in_order_after_the_write_and_never_after_discard(
@@ -222,20 +270,20 @@ def test_close_is_idempotent_and_use_after_close_is_a_clear_error(
     batch = engine.new_batch()
     scan = engine.scan(DATA, b"")
     next(scan)
-    key_lists = engine.scan_keys(DATA, b"", batch=1)
-    next(key_lists)
+    picked = engine.scan_picked(DATA, b"", pick=list, batch=1)
+    next(picked)
     engine.close()
     engine.close()
     assert engine.closed
     attempts: list[Callable[[], object]] = [
         lambda: engine.get(DATA, b"\x01"),
         lambda: engine.scan(DATA, b""),
-        lambda: engine.scan_keys(DATA, b"", batch=1),
+        lambda: engine.scan_picked(DATA, b"", pick=list, batch=1),
         engine.new_batch,
         lambda: engine.write(batch, sync=False),
         lambda: batch.put(DATA, b"k", b"v"),
         lambda: next(scan),
-        lambda: next(key_lists),
+        lambda: next(picked),
         engine.__enter__,
     ]
     for attempt in attempts:
@@ -253,13 +301,15 @@ def test_the_same_place_reopens_at_once_even_with_scans_and_batches_left_alive(
         put_all(engine, DATA, {bytes([round_]): b"v"})
         scan = engine.scan(DATA, b"")
         next(scan)
+        picked = engine.scan_picked(DATA, b"", pick=list, batch=1)
+        next(picked)
         batch = engine.new_batch()
         batch.put(DATA, b"unwritten", b"v")
         engine.close()
-        alive += [scan, batch]
+        alive += [scan, picked, batch]
     with open_engine() as engine:
         assert [key for key, _ in engine.scan(DATA, b"")] == [b"\x00", b"\x01"]
-    assert len(alive) == 4
+    assert len(alive) == 6
 
 
 def test_a_second_open_of_the_same_place_is_refused(open_engine: Opener) -> None:
