@@ -46,8 +46,9 @@ Reported:
   puts of the key, over puts in the move's window; max and p99 over keys,
   beside the same before the change (a key's gap includes the puts to the
   writer's other keys, so compare it with the baseline);
-- ``frozen_ms`` of every move, as the driver recorded it, and each move's
-  timeline; the node log lines about the move.
+- ``frozen_ms`` of every move, as the driver logged it at the activation
+  (else as the map said), and each move's timeline; the node log lines
+  about the move.
 
 The run fails (exit 1) when a check fails, and stops every process at the
 end, also on an error or Ctrl-C. Every loop is bounded in time and count.
@@ -95,6 +96,7 @@ LOG_LINE = re.compile(r"move \d+->\d+ (began|frozen|active|done)|ring change don
 # The text log's time, and a migration driver's line about a move.
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 LOG_MOVE = re.compile(r"move (\d+)->(\d+) (began|frozen|active|done)")
+LOG_FROZEN_MS = re.compile(r"move (\d+)->(\d+) active: .*\(frozen (\d+) ms\)")
 
 
 def key_of(number: int) -> bytes:
@@ -509,6 +511,18 @@ def log_timeline(lines: Sequence[str]) -> dict[tuple[int, int], dict[str, float]
     return dict(timeline)
 
 
+def logged_frozen_ms(lines: Sequence[str]) -> dict[tuple[int, int], int]:
+    """Per move, the frozen ms its driver logged at the activation (the last one
+    logged). The map holds it too, but the router's map, which the polls read, may
+    go from before the activation straight to the migration's end."""
+    frozen: dict[tuple[int, int], int] = {}
+    for line in lines:
+        found = LOG_FROZEN_MS.search(line)
+        if found is not None:
+            frozen[(int(found.group(1)), int(found.group(2)))] = int(found.group(3))
+    return frozen
+
+
 def ring_change_done(lines: Sequence[str], epoch: int) -> float | None:
     """When the map took the target ring (epoch ``epoch``), by the driver's log line: the
     wall time the migration ended, not when a status poll next saw it."""
@@ -734,7 +748,9 @@ async def run(arguments: argparse.Namespace, folder: Path) -> Report:
     began = [times["began"] for times in steps.values() if times["began"]]
     done = [times["done"] for times in steps.values() if times["done"]]
     copy_seconds = max(done) - min(began) if began and len(done) == len(steps) else None
-    frozen = [log.last.frozen_ms for log in moves.values()]
+    from_log = logged_frozen_ms(lines)
+    frozen_ms = {pair: from_log.get(pair, log.last.frozen_ms) for pair, log in moves.items()}
+    frozen = list(frozen_ms.values())
 
     print()
     print(f"{'phase':<44} {'value':>14}")
@@ -758,7 +774,7 @@ async def run(arguments: argparse.Namespace, folder: Path) -> Report:
     print(f"{'key counts settled after done: s':<44} {settle_seconds:>14.1f}")
     print()
     print(
-        "moves (s after the add_group call, from the node logs; keys copied and frozen ms "
+        "moves (s after the add_group call, and frozen ms, from the node logs; keys copied "
         "from the map):"
     )
     print(
@@ -776,7 +792,7 @@ async def run(arguments: argparse.Namespace, folder: Path) -> Report:
         print(
             f"  {pair[0]}->{pair[1]:<3} {count:>9,} {log.last.keys_copied:>9,} "
             f"{at(times['began'])} {at(times['frozen'])} {at(times['active'])} "
-            f"{at(times['done'])} {log.last.frozen_ms:>9,} "
+            f"{at(times['done'])} {frozen_ms[pair]:>9,} "
             f"{(count / copying if copying > 0 else 0):>11,.0f}"
         )
     print()
