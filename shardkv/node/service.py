@@ -445,7 +445,8 @@ class NodeService(node_pb2_grpc.NodeServicer):
         if group_error is not None:
             yield node_pb2.ExportChunk(error=group_error)
             return
-        machine = self.runtime.peer(request.group_id).machine
+        peer = self.runtime.peer(request.group_id)
+        machine = peer.machine
         state = machine.migration.state
         if state is None or state.epoch != request.epoch or request.target not in state.outgoing:
             await self._abort(
@@ -461,9 +462,17 @@ class NodeService(node_pb2_grpc.NodeServicer):
         for chunk in export_steps(machine, request):
             if chunk is None:
                 await asyncio.sleep(0)  # a long scan lets the node's rounds run
-                continue
-            sent = True
-            yield node_pb2.ExportChunk(data=chunk, revision=revision, key_count=key_count)
+            else:
+                sent = True
+                yield node_pb2.ExportChunk(data=chunk, revision=revision, key_count=key_count)
+            # The rounds that ran meanwhile may have dropped this replica (moved
+            # away): its keys would read as deleted. The driver exports again.
+            if self.runtime.peers.get(request.group_id) is not peer:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"group {request.group_id} left node {self.runtime.node_id} during the "
+                    "export: export again at its leader",
+                )
         if not sent:
             yield node_pb2.ExportChunk(revision=revision, key_count=key_count)
 

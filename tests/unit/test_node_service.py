@@ -242,6 +242,39 @@ async def test_a_prepare_whose_locks_would_never_expire_is_refused() -> None:
         assert not node.runtime.peer(1).machine.txns.locks
 
 
+async def test_an_export_ends_with_an_error_once_its_group_left_the_node() -> None:
+    """A catch-up reads each changed key as it is when its chunk is cut: once the
+    replica was removed (its keys are dropped in the next round), every key
+    would read as deleted, so the stream ends with an error instead."""
+    async with one_node(GROUPS) as node:
+        runtime = node.runtime
+        await runtime.propose(1, kv_pb2.Command(ring=ring_of(1, {1: 1, 2: 1})))
+        target_ring = ring_of(2, {1: 1, 2: 3})
+        begin = kv_pb2.MigrateStep(epoch=2, source=1, target=2, driver=1, begin=target_ring)
+        began = await runtime.propose(1, kv_pb2.Command(migrate=begin))
+        assert began.migrate.applied, began
+        old, new = build_ring(ring_of(1, {1: 1, 2: 1})), build_ring(target_ring)
+        candidates = (b"key-%d" % n for n in range(2000))
+        moving = [key for key in candidates if old.group_for(key) == 1 and new.group_for(key) == 2]
+        moving = moving[:50]  # more chunks than the stream runs ahead of its reader
+        for seq, key in enumerate(moving, 1):
+            await runtime.propose(1, put(key, b"v", seq))  # marked: the catch-up's keys
+        stream = node.stub.Export(
+            node_pb2.ExportRequest(
+                group_id=1, epoch=2, target=2, kind=node_pb2.EXPORT_CHANGES, chunk_keys=1
+            )
+        )
+        chunks = stream.__aiter__()
+        first = await anext(chunks)
+        assert list(first.data.keys) == [min(moving)]
+        runtime.remove_peer(1)
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            async for chunk in chunks:
+                assert not chunk.data.deleted, "a key of a dropped replica read as deleted"
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "left node 1" in (ended.value.details() or "")
+
+
 async def test_the_agent_bootstraps_the_map_and_puts_every_group_on_its_ring() -> None:
     async with one_node((0, 1, 2), with_agent=True) as node:
         async with asyncio.timeout(5):
