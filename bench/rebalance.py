@@ -512,15 +512,21 @@ def log_timeline(lines: Sequence[str]) -> dict[tuple[int, int], dict[str, float]
 
 
 def logged_frozen_ms(lines: Sequence[str]) -> dict[tuple[int, int], int]:
-    """Per move, the frozen ms its driver logged at the activation (the last one
-    logged). The map holds it too, but the router's map, which the polls read, may
-    go from before the activation straight to the migration's end."""
-    frozen: dict[tuple[int, int], int] = {}
+    """Per move, the frozen ms its driver logged at the activation (the latest, when
+    a new meta leader logged it again). The map holds it too, but the router's
+    map, which the polls read, may go from before the activation straight to the
+    migration's end."""
+    frozen: dict[tuple[int, int], tuple[float, int]] = {}
     for line in lines:
-        found = LOG_FROZEN_MS.search(line)
-        if found is not None:
-            frozen[(int(found.group(1)), int(found.group(2)))] = int(found.group(3))
-    return frozen
+        text = line.split(": ", 1)[1]
+        stamp, found = LOG_TIME.match(text), LOG_FROZEN_MS.search(text)
+        if stamp is None or found is None:
+            continue
+        wall = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        pair = (int(found.group(1)), int(found.group(2)))
+        if pair not in frozen or wall >= frozen[pair][0]:
+            frozen[pair] = (wall, int(found.group(3)))
+    return {pair: ms for pair, (_, ms) in frozen.items()}
 
 
 def ring_change_done(lines: Sequence[str], epoch: int) -> float | None:

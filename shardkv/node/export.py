@@ -3,8 +3,8 @@
 ``export_chunks(machine, request)`` yields ``MigrateImport`` chunks of what
 moves from the group to ``request.target`` in the migration ``request.epoch``
 (the caller checked the group takes part, read after a ReadIndex barrier at
-its leader, and stops at the first pause after this node's replica of the
-group was removed: its keys are then dropped without marks):
+its leader, and stops at its first chunk or pause after this node's replica
+of the group was removed: its keys are then dropped without marks):
 
 - ``EXPORT_ALL``: every moving key with its stored record, as of one moment:
   one engine iterator is a consistent view for as long as it lives, and the

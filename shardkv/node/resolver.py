@@ -203,6 +203,7 @@ class NodeGroupCalls:
             stream = self._stub(address).Export(request)
             chunks: AsyncIterator[node_pb2.ExportChunk] = stream.__aiter__()
             hint = 0
+            streaming = False
             try:
                 first = await anext(chunks, None)
                 if first is None:
@@ -214,13 +215,15 @@ class NodeGroupCalls:
                     stream.cancel()
                 else:
                     self._leaders[group_id] = target
+                    streaming = True
                     yield first
                     async for chunk in chunks:
                         yield chunk
                     return
             except grpc.aio.AioRpcError as rpc_error:
                 code = rpc_error.code()
-                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                retried = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                if streaming or code not in retried:
                     raise
                 problem = f"node {target}: {code.name} {rpc_error.details() or ''}".strip()
             self._leaders.pop(group_id, None)

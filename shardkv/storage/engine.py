@@ -296,10 +296,10 @@ class StorageEngine(abc.ABC):
     ) -> Iterator[list[tuple[bytes, bytes]]]:
         """``scan`` of the keys ``pick`` chooses: the keys ``start <= key < end`` are
         read in key order in lists of ``batch`` (the last one shorter), ``pick``
-        is given each list and returns the ones to keep, and a list of those
-        with their values is yielded for each list read (empty when none is
-        picked). Keys and values are as of the call, as ``scan``'s; no other
-        value is read."""
+        is given each list and returns the ones to keep (a sub-list of it, in
+        its order; it must not change the list), and a list of those with their
+        values is yielded for each list read (empty when none is picked). Keys
+        and values are as of the call, as ``scan``'s; no other value is read."""
         self._check_open()
         if batch < 1:
             raise ValueError("a batch holds at least one key")
@@ -577,11 +577,12 @@ def _rocks_picked(
             listed = _list_keys(iterator, batch)
         if not listed:
             return
+        last = listed[-1]
         chosen = pick(listed)  # the caller's: its errors are its own
         with _scan_errors(path):
             picked = _values_at(iterator, chosen)
             if chosen:  # back to where the listing stopped
-                iterator.seek(listed[-1])
+                _seek_to(iterator, last)
                 iterator.next()
         yield picked
 
@@ -599,12 +600,18 @@ def _list_keys(iterator: Any, batch: int) -> list[bytes]:
 def _values_at(iterator: Any, chosen: list[bytes]) -> list[tuple[bytes, bytes]]:
     picked = []
     for key in chosen:
-        iterator.seek(key)
-        if not iterator.valid() or iterator.key() != key:
-            iterator.status()
-            raise EngineError(f"a key the scan listed is not in its view: {key!r}")
+        _seek_to(iterator, key)
         picked.append((key, iterator.value()))
     return picked
+
+
+def _seek_to(iterator: Any, key: bytes) -> None:
+    """Position on ``key``, which the scan listed. (Stepping an iterator that is not
+    valid crashes the process in rocksdict 0.3.29: a failed seek must raise.)"""
+    iterator.seek(key)
+    if not iterator.valid() or iterator.key() != key:
+        iterator.status()
+        raise EngineError(f"a key the scan listed is not in its view: {key!r}")
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from shardkv.raft import Role
 from shardkv.ring import build_ring, ring_of
 from shardkv.storage import GroupStorage, MemoryEngine
 from shardkv.txn_protocol import now_ms
-from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2_grpc
+from shardkv.v1 import cluster_pb2, kv_pb2, node_pb2, node_pb2_grpc
 
 CLIENT = 77
 _seqs = itertools.count(1)
@@ -314,6 +314,51 @@ async def test_a_group_nobody_answers_for_is_outcome_unknown_within_the_timeout(
     finally:
         await calls.close()
         await calls.close()  # twice is harmless
+
+
+class _BrokenExports(node_pb2_grpc.NodeServicer):
+    """A node whose exports send one chunk, then fail as a replica that left would."""
+
+    def __init__(self) -> None:
+        self.exports = 0
+
+    async def Export(
+        self,
+        request: node_pb2.ExportRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> AsyncIterator[node_pb2.ExportChunk]:
+        self.exports += 1
+        yield node_pb2.ExportChunk(data=kv_pb2.MigrateImport(keys=[b"k"]), revision=5)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the group left this node")
+
+
+async def test_an_export_that_fails_after_its_first_chunk_is_the_callers_to_handle(
+    one_node: tuple[Node, cluster_pb2.ClusterMap],
+) -> None:
+    """Not started over at another replica: the caller has taken chunks of this stream
+    already (its revision, its keys) and starts its step over instead."""
+    only, the_map = one_node
+    broken = _BrokenExports()
+    server = grpc.aio.server()
+    node_pb2_grpc.add_NodeServicer_to_server(broken, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    elsewhere = cluster_pb2.ClusterMap()
+    elsewhere.CopyFrom(the_map)
+    elsewhere.nodes.add(node_id=9, address=f"127.0.0.1:{port}")
+    elsewhere.groups.add(group_id=3, replicas=[9])
+    calls = NodeGroupCalls(only.runtime, lambda: elsewhere, timeout=5.0)
+    taken: list[node_pb2.ExportChunk] = []
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            async for chunk in calls.export(node_pb2.ExportRequest(group_id=3, target=1)):
+                taken.append(chunk)
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert [list(chunk.data.keys) for chunk in taken] == [[b"k"]]
+        assert broken.exports == 1
+    finally:
+        await calls.close()
+        await server.stop(None)
 
 
 async def test_the_resolver_failpoint_fires_after_the_record_before_finishing(

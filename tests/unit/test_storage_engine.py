@@ -152,7 +152,6 @@ def test_scan_picked_reads_the_picked_keys_as_the_scan_began(
     first = next(lists)
     written = engine.new_batch()  # after the first list: the scan does not see it
     written.put(DATA, b"\x04", b"late")
-    written.put(DATA, b"\x03", b"late")
     written.delete(DATA, b"\x07")
     engine.write(written, sync=False)
     picked = [first, *lists]
@@ -173,31 +172,47 @@ def test_scan_picked_of_an_empty_range_and_a_bad_batch(engine: StorageEngine) ->
         engine.scan_picked(DATA, b"", pick=list, batch=0)
 
 
-class _FailingIterator:
-    """A RocksDB iterator whose read fails after the first key."""
+class _FakeIterator:
+    """A RocksDB iterator over ``keys`` whose reads fail: when listing (``failing``
+    "list": it ends after the first key), or when seeking back to a key it listed."""
 
-    def __init__(self) -> None:
-        self.keys = [b"\x01"]
+    def __init__(self, keys: list[bytes], failing: str) -> None:
+        self.keys, self.failing = keys, failing
+        self.at = 0
+        self.listed = False
 
     def seek(self, key: bytes) -> None:
-        pass
+        if self.listed and self.failing == "seek":
+            self.at = len(self.keys)  # not valid: the seek failed
+        else:
+            self.at = sum(1 for listed in self.keys if listed < key)
 
     def valid(self) -> bool:
-        return bool(self.keys)
+        if self.failing == "list" and self.at >= 1:
+            return False
+        return self.at < len(self.keys)
 
     def key(self) -> bytes:
-        return self.keys[0]
+        return self.keys[self.at]
+
+    def value(self) -> bytes:
+        return b"v"
 
     def next(self) -> None:
-        self.keys.pop()
+        self.at += 1
+        self.listed = self.at >= len(self.keys)
 
     def status(self) -> None:
         raise RuntimeError("Corruption: bad block")
 
 
-def test_a_rocksdb_scan_that_ends_on_an_error_raises_it() -> None:
-    """An iterator stops being valid on an error too: its status says which it was."""
-    scan = _rocks_picked(_FailingIterator(), b"", list, 10, "/data")
+@pytest.mark.parametrize("failing", ["list", "seek"])
+def test_a_rocksdb_scan_that_fails_raises_rather_than_stepping_on(failing: str) -> None:
+    """An iterator stops being valid on an error too: its status says which it was.
+    Listing, nothing is picked (no value read); seeking back, a key is picked."""
+    keys = [b"\x01", b"\x02", b"\x03"]
+    pick = (lambda listed: []) if failing == "list" else (lambda listed: listed[:1])
+    scan = _rocks_picked(_FakeIterator(keys, failing), b"", pick, 10, "/data")
     with pytest.raises(EngineError, match="Corruption"):
         next(scan)
 
