@@ -141,11 +141,11 @@ class KeyRing:
 def moving_keys(
     ring: KeyRing, target_ring: KeyRing, source: int, target: int, *, skip: int = 0
 ) -> Callable[[Iterable[bytes]], list[bytes]]:
-    """The ones of ``keys`` that move from ``source`` to ``target`` when ``ring``
-    becomes ``target_ring``, in their order: one bisect per key, in one call
-    for many (a scan of a whole group runs it on every key).
-    With ``skip``, each key given has that many bytes before the key to hash
-    (an engine key's group prefix)."""
+    """A function giving, of the keys it is given, the ones that move from
+    ``source`` to ``target`` when ``ring`` becomes ``target_ring``, in their
+    order: one bisect per key, in one call for many (a scan of a whole group
+    runs it on every key). With ``skip``, each key given has that many bytes
+    before the key to hash (an engine key's group prefix)."""
     flags, digests = _moving_table(ring, target_ring, source, target)
     find, md5 = bisect.bisect, _md5
 
