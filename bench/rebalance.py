@@ -492,16 +492,23 @@ def log_tails(folder: Path, lines: int = 8) -> str:
     return "\n".join(parts)
 
 
+def stamped(
+    lines: Sequence[str], pattern: re.Pattern[str]
+) -> Iterator[tuple[float, re.Match[str]]]:
+    """The wall time and the match of each node log line ``pattern`` is found in."""
+    for line in lines:
+        text = line.split(": ", 1)[1]
+        stamp, found = LOG_TIME.match(text), pattern.search(text)
+        if stamp is not None and found is not None:
+            wall = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            yield wall, found
+
+
 def log_timeline(lines: Sequence[str]) -> dict[tuple[int, int], dict[str, float]]:
     """Per move, the wall time of each step the drivers logged (the first began, the last
     of the others: a new meta leader may repeat a step)."""
     timeline: dict[tuple[int, int], dict[str, float]] = defaultdict(dict)
-    for line in lines:
-        text = line.split(": ", 1)[1]
-        stamp, move = LOG_TIME.match(text), LOG_MOVE.search(text)
-        if stamp is None or move is None:
-            continue
-        wall = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    for wall, move in stamped(lines, LOG_MOVE):
         steps = timeline[(int(move.group(1)), int(move.group(2)))]
         step = move.group(3)
         if step == "began":
@@ -517,12 +524,7 @@ def logged_frozen_ms(lines: Sequence[str]) -> dict[tuple[int, int], int]:
     map, which the polls read, may go from before the activation straight to the
     migration's end."""
     frozen: dict[tuple[int, int], tuple[float, int]] = {}
-    for line in lines:
-        text = line.split(": ", 1)[1]
-        stamp, found = LOG_TIME.match(text), LOG_FROZEN_MS.search(text)
-        if stamp is None or found is None:
-            continue
-        wall = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    for wall, found in stamped(lines, LOG_FROZEN_MS):
         pair = (int(found.group(1)), int(found.group(2)))
         if pair not in frozen or wall >= frozen[pair][0]:
             frozen[pair] = (wall, int(found.group(3)))
@@ -532,14 +534,8 @@ def logged_frozen_ms(lines: Sequence[str]) -> dict[tuple[int, int], int]:
 def ring_change_done(lines: Sequence[str], epoch: int) -> float | None:
     """When the map took the target ring (epoch ``epoch``), by the driver's log line: the
     wall time the migration ended, not when a status poll next saw it."""
-    done: float | None = None
-    for line in lines:
-        text = line.split(": ", 1)[1]
-        stamp = LOG_TIME.match(text)
-        if stamp is not None and text.endswith(f"ring change done: epoch {epoch}"):
-            wall = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            done = wall if done is None else min(done, wall)
-    return done
+    done = re.compile(f"ring change done: epoch {epoch}$")
+    return min((wall for wall, _ in stamped(lines, done)), default=None)
 
 
 # -- the run ---------------------------------------------------------------------------
