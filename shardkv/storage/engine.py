@@ -533,7 +533,7 @@ def _rocks_items(
 ) -> Iterator[tuple[bytes, bytes]]:
     # A plain function, not a method: the generator must reference the
     # iterator only, so that dropping the generator frees it.
-    try:
+    with _scan_errors(path):
         if reverse:
             if end is None:
                 iterator.seek_to_last()
@@ -556,8 +556,6 @@ def _rocks_items(
                 yield key, iterator.value()
                 iterator.next()
         iterator.status()
-    except Exception as exc:
-        raise EngineError(f"RocksDB scan of {path} failed: {exc}") from exc
 
 
 def _rocks_picked(

@@ -257,6 +257,7 @@ async def test_an_export_ends_with_an_error_once_its_group_left_the_node() -> No
         candidates = (b"key-%d" % n for n in range(2000))
         moving = [key for key in candidates if old.group_for(key) == 1 and new.group_for(key) == 2]
         moving = moving[:50]  # more chunks than the stream runs ahead of its reader
+        assert len(moving) == 50
         for seq, key in enumerate(moving, 1):
             await runtime.propose(1, put(key, b"v", seq))  # marked: the catch-up's keys
         stream = node.stub.Export(
