@@ -214,7 +214,7 @@ class Migration:
             moving = {key for select in selects for key in select(listed)}
             return [key for key in listed if key in moving]
 
-        scan = self.machine.engine.scan_picked(
+        scan = self.machine.engine.scan_picked_keys(
             ColumnFamily.DATA, low, high, pick=held, batch=_SCAN_BATCH
         )
         return sum(len(picked) for picked in scan)

@@ -8,10 +8,11 @@ of the group was removed: its keys are then dropped without marks):
 
 - ``EXPORT_ALL``: every moving key with its stored record, as of one moment:
   one engine iterator is a consistent view for as long as it lives, and the
-  chunks are cut from it while the group goes on applying. It lists the
-  group's keys in lists of ``PAUSE_KEYS``, the moving ones picked out of
-  each in one call (``moving_keys``: the scan hashes every key of the
-  group), and reads only their records (``scan_picked``). Every write after
+  chunks are cut from it while the group goes on applying. It reads the
+  group's keys and records in lists of ``PAUSE_KEYS`` and picks the moving
+  ones out of each in one call (``scan_picked`` with ``moving_keys``: the
+  scan hashes every key of the group); each chunk takes them a list at a
+  time, not key by key. Every write after
   that moment is marked (the move began before the export), so the next
   ``EXPORT_CHANGES`` from the revision read at that moment finds it.
 - ``EXPORT_CHANGES``: the moving keys marked after ``since_revision``, each
@@ -20,8 +21,8 @@ of the group was removed: its keys are then dropped without marks):
   A key written again meanwhile is marked again, above the revision this
   export reports, so the next round takes it; after the seal nothing moves
   any more and one round reads the final state.
-- ``EXPORT_KEYS``: the moving keys only: what the source collects once the
-  target serves them.
+- ``EXPORT_KEYS``: the moving keys only (``scan_picked_keys``: no record
+  read): what the source collects once the target serves them.
 
 A chunk holds at most ``chunk_keys`` keys (default 1,000) and about
 ``MAX_CHUNK_BYTES`` of records. Each chunk is a Raft entry at the target, so
@@ -65,27 +66,56 @@ def export_steps(
     if request.kind == node_pb2.EXPORT_CHANGES:
         yield from _changes(machine, request.target, request.since_revision, chunk_keys)
         return
-    with_records = request.kind == node_pb2.EXPORT_ALL
     skip = keys.GROUP_KEY_SIZE
     moving = machine.migration.moving_keys(request.target, skip=skip)
     low, high = keys.group_range(machine.group_id)
-    chunk, size = kv_pb2.MigrateImport(), 0
+    chunk = kv_pb2.MigrateImport()
+    if request.kind != node_pb2.EXPORT_ALL:  # EXPORT_KEYS: no record read
+        for picked_keys in machine.engine.scan_picked_keys(
+            ColumnFamily.DATA, low, high, pick=moving, batch=PAUSE_KEYS
+        ):
+            for engine_key in picked_keys:
+                chunk.keys.append(engine_key[skip:])
+                if len(chunk.keys) >= chunk_keys:
+                    yield chunk
+                    chunk = kv_pb2.MigrateImport()
+            yield None  # a list of keys scanned: the caller's loop may run
+        if chunk.keys:
+            yield chunk
+        return
+    size = 0
     for picked in machine.engine.scan_picked(
         ColumnFamily.DATA, low, high, pick=moving, batch=PAUSE_KEYS
     ):
-        for engine_key, stored in picked:
-            key = engine_key[skip:]
-            chunk.keys.append(key)
-            size += len(key)
-            if with_records:
-                chunk.records.append(stored)
-                size += len(stored)
+        while picked:
+            # As many as the chunk takes, added in one call per field.
+            taken = picked[: chunk_keys - len(chunk.keys)]
+            taken_size = sum(len(key) - skip + len(stored) for key, stored in taken)
+            if size + taken_size >= MAX_CHUNK_BYTES:
+                taken, taken_size = _filling(taken, MAX_CHUNK_BYTES - size, skip)
+            picked = picked[len(taken) :]
+            chunk.keys.extend([key[skip:] for key, _ in taken])
+            chunk.records.extend([stored for _, stored in taken])
+            size += taken_size
             if len(chunk.keys) >= chunk_keys or size >= MAX_CHUNK_BYTES:
                 yield chunk
                 chunk, size = kv_pb2.MigrateImport(), 0
         yield None  # a list of keys scanned: the caller's loop may run
     if chunk.keys:
         yield chunk
+
+
+def _filling(
+    items: list[tuple[bytes, bytes]], room: int, skip: int
+) -> tuple[list[tuple[bytes, bytes]], int]:
+    """The first of ``items`` up to the one whose key and record fill ``room``
+    bytes, and their size."""
+    size = 0
+    for count, (key, stored) in enumerate(items, 1):
+        size += len(key) - skip + len(stored)
+        if size >= room:
+            return items[:count], size
+    return items, size
 
 
 def _changes(

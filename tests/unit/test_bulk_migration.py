@@ -818,6 +818,50 @@ def test_a_long_export_scan_pauses_for_the_event_loop(engine: StorageEngine) -> 
     assert chunks == list(export_chunks(groups.source, request))
 
 
+@pytest.mark.parametrize("chunk_keys", [40, 1000])
+def test_an_export_cuts_its_chunks_at_their_keys_or_bytes(
+    engine: StorageEngine, monkeypatch: pytest.MonkeyPatch, chunk_keys: int
+) -> None:
+    """A chunk ends at ``chunk_keys`` keys or with the key whose record brings it
+    to MAX_CHUNK_BYTES, wherever that falls in a scanned list; a collect's chunks
+    (keys only) at ``chunk_keys``. Every moving key goes once, in key order."""
+    monkeypatch.setattr(export, "PAUSE_KEYS", 64)
+    monkeypatch.setattr(export, "MAX_CHUNK_BYTES", 3_000)
+    groups = new_groups(engine)
+    bulk_put(groups, groups.source, SEEDED[:400], b"v-")
+    bulk_put(groups, groups.source, STAYING[:400], b"s-")
+    groups.begin()
+    moving = sorted(moving_of(groups).items())
+    state = groups.source.migration.state
+    assert state is not None
+
+    def chunks(kind: node_pb2.ExportKind) -> list[kv_pb2.MigrateImport]:
+        request = node_pb2.ExportRequest(
+            group_id=SOURCE, epoch=state.epoch, target=TARGET, kind=kind, chunk_keys=chunk_keys
+        )
+        return list(export_chunks(groups.source, request))
+
+    records = chunks(ALL)
+    sizes = [
+        [len(key) + len(record) for key, record in zip(chunk.keys, chunk.records, strict=True)]
+        for chunk in records
+    ]
+    for chunk, size in zip(records[:-1], sizes[:-1], strict=True):
+        full = len(chunk.keys) == chunk_keys
+        assert full or sum(size) - size[-1] < 3_000 <= sum(size)
+    assert all(
+        len(chunk.keys) <= chunk_keys and sum(size) - size[-1] < 3_000
+        for chunk, size in zip(records, sizes, strict=True)
+    )
+    assert len(records) > 1 and (chunk_keys == 40 or len(records[0].keys) < chunk_keys)
+    exported = [pair for chunk in records for pair in zip(chunk.keys, chunk.records, strict=True)]
+    assert exported == moving
+    collected = chunks(KEYS)
+    assert [len(chunk.keys) for chunk in collected[:-1]] == [chunk_keys] * (len(collected) - 1)
+    assert [key for chunk in collected for key in chunk.keys] == [key for key, _ in moving]
+    assert not any(chunk.records for chunk in collected)
+
+
 def test_tables_an_earlier_version_left_are_removed_at_open(tmp_path: Path) -> None:
     """A version that ingested migrations' tables wrote them under ``ingest/``; one
     it left when it died goes at the next open."""

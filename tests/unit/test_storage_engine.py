@@ -23,7 +23,8 @@ from shardkv.storage import (
     MemoryEngine,
     StorageEngine,
 )
-from shardkv.storage.engine import _rocks_picked
+from shardkv.storage import engine as engine_module
+from shardkv.storage.engine import _rocks_picked, _rocks_picked_keys
 from tests.unit.engines import Opener, engine_opener
 
 RAFT, DATA, META = ColumnFamily.RAFT, ColumnFamily.DATA, ColumnFamily.META
@@ -173,48 +174,74 @@ def test_scan_picked_of_an_empty_range_and_a_bad_batch(engine: StorageEngine) ->
 
 
 class _FakeIterator:
-    """A RocksDB iterator over ``keys`` whose reads fail: when listing (``failing``
-    "list": it ends after the first key), or when seeking back to a key it listed."""
+    """A RocksDB iterator over ``keys`` that ends early on an error: after its first
+    key, its status then telling the error. With ``values_fail``, reading a value
+    fails the test (a keys-only scan reads none)."""
 
-    def __init__(self, keys: list[bytes], failing: str) -> None:
-        self.keys, self.failing = keys, failing
+    def __init__(self, keys: list[bytes], *, values_fail: bool = False) -> None:
+        self.keys, self.values_fail = keys, values_fail
         self.at = 0
-        self.listed = False
 
     def seek(self, key: bytes) -> None:
-        if self.listed and self.failing == "seek":
-            self.at = len(self.keys)  # not valid: the seek failed
-        else:
-            self.at = sum(1 for listed in self.keys if listed < key)
+        self.at = sum(1 for listed in self.keys if listed < key)
 
     def valid(self) -> bool:
-        if self.failing == "list" and self.at >= 1:
-            return False
-        return self.at < len(self.keys)
+        return self.at < 1
 
     def key(self) -> bytes:
         return self.keys[self.at]
 
     def value(self) -> bytes:
+        assert not self.values_fail, "a keys-only scan read a value"
         return b"v"
 
     def next(self) -> None:
         self.at += 1
-        self.listed = self.at >= len(self.keys)
 
     def status(self) -> None:
         raise RuntimeError("Corruption: bad block")
 
 
-@pytest.mark.parametrize("failing", ["list", "seek"])
-def test_a_rocksdb_scan_that_fails_raises_rather_than_stepping_on(failing: str) -> None:
-    """An iterator stops being valid on an error too: its status says which it was.
-    Listing, nothing is picked (no value read); seeking back, a key is picked."""
-    keys = [b"\x01", b"\x02", b"\x03"]
-    pick = (lambda listed: []) if failing == "list" else (lambda listed: listed[:1])
-    scan = _rocks_picked(_FakeIterator(keys, failing), b"", pick, 10, "/data")
+@pytest.mark.parametrize("keys_only", [False, True])
+def test_a_rocksdb_scan_that_fails_raises_rather_than_stepping_on(keys_only: bool) -> None:
+    """An iterator stops being valid on an error too: its status says which it was,
+    before anything is picked."""
+    iterator = _FakeIterator([b"\x01", b"\x02", b"\x03"], values_fail=keys_only)
+    picked: list[list[bytes]] = []
+    scan = (_rocks_picked_keys if keys_only else _rocks_picked)(
+        iterator, b"", lambda listed: picked.append(listed) or listed, 10, "/data"
+    )
     with pytest.raises(EngineError, match="Corruption"):
         next(scan)
+    assert picked == []
+
+
+def test_scan_picked_keys_picks_without_reading_values(engine: StorageEngine) -> None:
+    put_all(engine, DATA, KEYS)
+    lists = engine.scan_picked_keys(DATA, b"\x02", b"\x09", pick=lambda listed: listed[1:], batch=2)
+    assert list(lists) == [[b"\x05"], []]
+    with pytest.raises(ValueError):
+        engine.scan_picked_keys(DATA, b"", pick=list, batch=0)
+
+
+def test_scan_picked_lists_end_past_their_bytes_of_values(
+    engine: StorageEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list holds at most ``batch`` keys, and ends with the value that takes it
+    past PICK_LIST_BYTES: a scan of large values does not hold thousands at once."""
+    monkeypatch.setattr(engine_module, "PICK_LIST_BYTES", 250)
+    put_all(engine, DATA, {bytes([n]): bytes(100) for n in range(1, 8)})
+    offered: list[list[int]] = []
+
+    def every(listed: list[bytes]) -> list[bytes]:
+        offered.append([key[0] for key in listed])
+        return listed
+
+    picked = [
+        key[0] for items in engine.scan_picked(DATA, b"", pick=every, batch=4) for key, _ in items
+    ]
+    assert picked == list(range(1, 8))
+    assert offered == [[1, 2, 3], [4, 5, 6], [7]]
 
 
 def test_hooks_run_in_order_after_the_write_and_never_after_discard(
