@@ -25,7 +25,7 @@ of the group was removed: its keys are then dropped without marks):
   read): what the source collects once the target serves them.
 
 A chunk holds at most ``chunk_keys`` keys (default 1,000) and about
-``MAX_CHUNK_BYTES`` of records. Each chunk is a Raft entry at the target, so
+``MAX_CHUNK_BYTES`` of keys and records. Each chunk is a Raft entry at the target, so
 the driver asks for large ones.
 """
 
@@ -60,8 +60,9 @@ def export_chunks(
 def export_steps(
     machine: KeyValueStateMachine, request: node_pb2.ExportRequest
 ) -> Iterator[kv_pb2.MigrateImport | None]:
-    """``export_chunks``, with a None after every ``PAUSE_KEYS`` keys scanned: where
-    a caller on the event loop lets it run (a large chunk scans many keys)."""
+    """``export_chunks``, with a None after every list of keys scanned (at most
+    ``PAUSE_KEYS``): where a caller on the event loop lets it run (a large chunk
+    scans many keys)."""
     chunk_keys = request.chunk_keys or DEFAULT_CHUNK_KEYS
     if request.kind == node_pb2.EXPORT_CHANGES:
         yield from _changes(machine, request.target, request.since_revision, chunk_keys)
@@ -69,21 +70,22 @@ def export_steps(
     skip = keys.GROUP_KEY_SIZE
     moving = machine.migration.moving_keys(request.target, skip=skip)
     low, high = keys.group_range(machine.group_id)
-    chunk = kv_pb2.MigrateImport()
+    chunk, size = kv_pb2.MigrateImport(), 0
     if request.kind != node_pb2.EXPORT_ALL:  # EXPORT_KEYS: no record read
         for picked_keys in machine.engine.scan_picked_keys(
             ColumnFamily.DATA, low, high, pick=moving, batch=PAUSE_KEYS
         ):
             for engine_key in picked_keys:
-                chunk.keys.append(engine_key[skip:])
-                if len(chunk.keys) >= chunk_keys:
+                key = engine_key[skip:]
+                chunk.keys.append(key)
+                size += len(key)
+                if len(chunk.keys) >= chunk_keys or size >= MAX_CHUNK_BYTES:
                     yield chunk
-                    chunk = kv_pb2.MigrateImport()
+                    chunk, size = kv_pb2.MigrateImport(), 0
             yield None  # a list of keys scanned: the caller's loop may run
         if chunk.keys:
             yield chunk
         return
-    size = 0
     for picked in machine.engine.scan_picked(
         ColumnFamily.DATA, low, high, pick=moving, batch=PAUSE_KEYS
     ):

@@ -288,7 +288,7 @@ class StorageEngine(abc.ABC):
     ) -> Iterator[tuple[bytes, bytes]]:
         """``(key, value)`` for ``start <= key < end`` (None: no end), as of now."""
         self._check_open()
-        return self._tracked(lambda: self._scan(cf, start, end, reverse))
+        return self._tracked(self._scan(cf, start, end, reverse))
 
     def scan_picked(
         self,
@@ -311,7 +311,7 @@ class StorageEngine(abc.ABC):
         costs far less than seeking back to a picked key for it."""
         self._check_open()
         _check_batch(batch)
-        return self._tracked(lambda: self._scan_picked(cf, start, end, pick, batch))
+        return self._tracked(self._scan_picked(cf, start, end, pick, batch))
 
     def scan_picked_keys(
         self,
@@ -326,11 +326,11 @@ class StorageEngine(abc.ABC):
         ``batch`` keys (the last one shorter), no value read."""
         self._check_open()
         _check_batch(batch)
-        return self._tracked(lambda: self._scan_picked_keys(cf, start, end, pick, batch))
+        return self._tracked(self._scan_picked_keys(cf, start, end, pick, batch))
 
-    def _tracked(self, items: Callable[[], Iterator[_Item]]) -> Iterator[_Item]:
-        """A scan of ``items()`` that ``close`` ends."""
-        scan = _Scan(self, items())
+    def _tracked(self, items: Iterator[_Item]) -> Iterator[_Item]:
+        """A scan of ``items`` that ``close`` ends (made once the engine is known open)."""
+        scan = _Scan(self, items)
         self._scans.add(scan)
         return scan
 

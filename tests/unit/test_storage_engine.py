@@ -150,6 +150,7 @@ def test_scan_picked_reads_the_picked_keys_as_the_scan_began(
         return [key for key in listed if key != b"\x05"]
 
     lists = engine.scan_picked(DATA, b"\x02", b"\x09", pick=odd_ones_but_5, batch=batch)
+    key_lists = engine.scan_picked_keys(DATA, b"\x02", b"\x09", pick=list, batch=batch)
     first = next(lists)
     written = engine.new_batch()  # after the first list: the scan does not see it
     written.put(DATA, b"\x04", b"late")
@@ -163,6 +164,7 @@ def test_scan_picked_reads_the_picked_keys_as_the_scan_began(
     in_range = [3, 5, 7]
     assert offered == [in_range[at : at + batch] for at in range(0, 3, batch)]
     assert len(picked) == len(offered)
+    assert [key[0] for keys in key_lists for key in keys] == in_range  # also as it began
 
 
 def test_scan_picked_of_an_empty_range_and_a_bad_batch(engine: StorageEngine) -> None:
@@ -174,49 +176,60 @@ def test_scan_picked_of_an_empty_range_and_a_bad_batch(engine: StorageEngine) ->
 
 
 class _FakeIterator:
-    """A RocksDB iterator over ``keys`` that ends early on an error: after its first
-    key, its status then telling the error. With ``values_fail``, reading a value
-    fails the test (a keys-only scan reads none)."""
+    """A RocksDB iterator over ``keys``. ``failing``: it ends early on an error,
+    after its first key, its status then telling the error. ``values_fail``:
+    reading a value fails the test."""
 
-    def __init__(self, keys: list[bytes], *, values_fail: bool = False) -> None:
-        self.keys, self.values_fail = keys, values_fail
+    def __init__(self, keys: list[bytes], *, failing: bool, values_fail: bool = False) -> None:
+        self.keys, self.failing, self.values_fail = keys, failing, values_fail
         self.at = 0
 
     def seek(self, key: bytes) -> None:
         self.at = sum(1 for listed in self.keys if listed < key)
 
     def valid(self) -> bool:
-        return self.at < 1
+        return self.at < (1 if self.failing else len(self.keys))
 
     def key(self) -> bytes:
         return self.keys[self.at]
 
     def value(self) -> bytes:
-        assert not self.values_fail, "a keys-only scan read a value"
+        if self.values_fail:
+            pytest.fail("a keys-only scan read a value")
         return b"v"
 
     def next(self) -> None:
         self.at += 1
 
     def status(self) -> None:
-        raise RuntimeError("Corruption: bad block")
+        if self.failing:
+            raise RuntimeError("Corruption: bad block")
 
 
 @pytest.mark.parametrize("keys_only", [False, True])
 def test_a_rocksdb_scan_that_fails_raises_rather_than_stepping_on(keys_only: bool) -> None:
     """An iterator stops being valid on an error too: its status says which it was,
     before anything is picked."""
-    iterator = _FakeIterator([b"\x01", b"\x02", b"\x03"], values_fail=keys_only)
-    picked: list[list[bytes]] = []
-    scan = (_rocks_picked_keys if keys_only else _rocks_picked)(
-        iterator, b"", lambda listed: picked.append(listed) or listed, 10, "/data"
-    )
+    iterator = _FakeIterator([b"\x01", b"\x02", b"\x03"], failing=True)
+    offered: list[list[bytes]] = []
+
+    def pick(listed: list[bytes]) -> list[bytes]:
+        offered.append(listed)
+        return listed
+
+    scan = (_rocks_picked_keys if keys_only else _rocks_picked)(iterator, b"", pick, 10, "/data")
     with pytest.raises(EngineError, match="Corruption"):
         next(scan)
-    assert picked == []
+    assert offered == []
 
 
-def test_scan_picked_keys_picks_without_reading_values(engine: StorageEngine) -> None:
+def test_a_rocksdb_keys_only_scan_reads_no_value() -> None:
+    iterator = _FakeIterator([b"\x01", b"\x02", b"\x03"], failing=False, values_fail=True)
+    scan = _rocks_picked_keys(iterator, b"\x02", lambda listed: listed[:1], 1, "/data")
+    assert list(scan) == [[b"\x02"], [b"\x03"]]
+
+
+def test_scan_picked_keys_gives_what_pick_keeps(engine: StorageEngine) -> None:
     put_all(engine, DATA, KEYS)
     lists = engine.scan_picked_keys(DATA, b"\x02", b"\x09", pick=lambda listed: listed[1:], batch=2)
     assert list(lists) == [[b"\x05"], []]
@@ -314,6 +327,8 @@ def test_close_is_idempotent_and_use_after_close_is_a_clear_error(
     next(scan)
     picked = engine.scan_picked(DATA, b"", pick=list, batch=1)
     next(picked)
+    picked_keys = engine.scan_picked_keys(DATA, b"", pick=list, batch=1)
+    next(picked_keys)
     engine.close()
     engine.close()
     assert engine.closed
@@ -321,11 +336,13 @@ def test_close_is_idempotent_and_use_after_close_is_a_clear_error(
         lambda: engine.get(DATA, b"\x01"),
         lambda: engine.scan(DATA, b""),
         lambda: engine.scan_picked(DATA, b"", pick=list, batch=1),
+        lambda: engine.scan_picked_keys(DATA, b"", pick=list, batch=1),
         engine.new_batch,
         lambda: engine.write(batch, sync=False),
         lambda: batch.put(DATA, b"k", b"v"),
         lambda: next(scan),
         lambda: next(picked),
+        lambda: next(picked_keys),
         engine.__enter__,
     ]
     for attempt in attempts:
@@ -345,13 +362,15 @@ def test_the_same_place_reopens_at_once_even_with_scans_and_batches_left_alive(
         next(scan)
         picked = engine.scan_picked(DATA, b"", pick=list, batch=1)
         next(picked)
+        picked_keys = engine.scan_picked_keys(DATA, b"", pick=list, batch=1)
+        next(picked_keys)
         batch = engine.new_batch()
         batch.put(DATA, b"unwritten", b"v")
         engine.close()
-        alive += [scan, picked, batch]
+        alive += [scan, picked, picked_keys, batch]
     with open_engine() as engine:
         assert [key for key, _ in engine.scan(DATA, b"")] == [b"\x00", b"\x01"]
-    assert len(alive) == 6
+    assert len(alive) == 8
 
 
 def test_a_second_open_of_the_same_place_is_refused(open_engine: Opener) -> None:
