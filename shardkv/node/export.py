@@ -70,25 +70,19 @@ def export_steps(
     skip = keys.GROUP_KEY_SIZE
     moving = machine.migration.moving_keys(request.target, skip=skip)
     low, high = keys.group_range(machine.group_id)
+    engine, with_records = machine.engine, request.kind == node_pb2.EXPORT_ALL
+    lists = (
+        engine.scan_picked(ColumnFamily.DATA, low, high, pick=moving, batch=PAUSE_KEYS)
+        if with_records  # else EXPORT_KEYS: no record read
+        else (
+            [(key, b"") for key in picked]
+            for picked in engine.scan_picked_keys(
+                ColumnFamily.DATA, low, high, pick=moving, batch=PAUSE_KEYS
+            )
+        )
+    )
     chunk, size = kv_pb2.MigrateImport(), 0
-    if request.kind != node_pb2.EXPORT_ALL:  # EXPORT_KEYS: no record read
-        for picked_keys in machine.engine.scan_picked_keys(
-            ColumnFamily.DATA, low, high, pick=moving, batch=PAUSE_KEYS
-        ):
-            for engine_key in picked_keys:
-                key = engine_key[skip:]
-                chunk.keys.append(key)
-                size += len(key)
-                if len(chunk.keys) >= chunk_keys or size >= MAX_CHUNK_BYTES:
-                    yield chunk
-                    chunk, size = kv_pb2.MigrateImport(), 0
-            yield None  # a list of keys scanned: the caller's loop may run
-        if chunk.keys:
-            yield chunk
-        return
-    for picked in machine.engine.scan_picked(
-        ColumnFamily.DATA, low, high, pick=moving, batch=PAUSE_KEYS
-    ):
+    for picked in lists:
         while picked:
             # As many as the chunk takes, added in one call per field.
             taken = picked[: chunk_keys - len(chunk.keys)]
@@ -97,7 +91,8 @@ def export_steps(
                 taken, taken_size = _filling(taken, MAX_CHUNK_BYTES - size, skip)
             picked = picked[len(taken) :]
             chunk.keys.extend([key[skip:] for key, _ in taken])
-            chunk.records.extend([stored for _, stored in taken])
+            if with_records:
+                chunk.records.extend([stored for _, stored in taken])
             size += taken_size
             if len(chunk.keys) >= chunk_keys or size >= MAX_CHUNK_BYTES:
                 yield chunk

@@ -204,11 +204,6 @@ class Batch(abc.ABC):
 _Item = TypeVar("_Item")
 
 
-def _check_batch(batch: int) -> None:
-    if batch < 1:
-        raise ValueError("a batch holds at least one key")
-
-
 class _Scan(Iterator[_Item]):
     """An engine's scan: raises ``EngineClosed`` once the engine is closed."""
 
@@ -309,9 +304,7 @@ class StorageEngine(abc.ABC):
 
         The values of the keys not picked are read too: stepping over a value
         costs far less than seeking back to a picked key for it."""
-        self._check_open()
-        _check_batch(batch)
-        return self._tracked(self._scan_picked(cf, start, end, pick, batch))
+        return self._picked(cf, start, end, pick, batch, with_values=True)
 
     def scan_picked_keys(
         self,
@@ -324,9 +317,22 @@ class StorageEngine(abc.ABC):
     ) -> Iterator[list[bytes]]:
         """``scan_picked`` without values: what ``pick`` keeps of each list of
         ``batch`` keys (the last one shorter), no value read."""
+        return self._picked(cf, start, end, pick, batch, with_values=False)
+
+    def _picked(
+        self,
+        cf: ColumnFamily,
+        start: bytes,
+        end: bytes | None,
+        pick: Callable[[list[bytes]], list[bytes]],
+        batch: int,
+        *,
+        with_values: bool,
+    ) -> Iterator[Any]:
         self._check_open()
-        _check_batch(batch)
-        return self._tracked(self._scan_picked_keys(cf, start, end, pick, batch))
+        if batch < 1:
+            raise ValueError("a batch holds at least one key")
+        return self._tracked(self._scan_picked(cf, start, end, pick, batch, with_values))
 
     def _tracked(self, items: Iterator[_Item]) -> Iterator[_Item]:
         """A scan of ``items`` that ``close`` ends (made once the engine is known open)."""
@@ -386,17 +392,9 @@ class StorageEngine(abc.ABC):
         end: bytes | None,
         pick: Callable[[list[bytes]], list[bytes]],
         batch: int,
-    ) -> Iterator[list[tuple[bytes, bytes]]]: ...
-
-    @abc.abstractmethod
-    def _scan_picked_keys(
-        self,
-        cf: ColumnFamily,
-        start: bytes,
-        end: bytes | None,
-        pick: Callable[[list[bytes]], list[bytes]],
-        batch: int,
-    ) -> Iterator[list[bytes]]: ...
+        with_values: bool,
+    ) -> Iterator[list[tuple[bytes, bytes]]] | Iterator[list[bytes]]:
+        """``scan_picked``'s lists, or ``scan_picked_keys``' without ``with_values``."""
 
     @abc.abstractmethod
     def _close(self) -> None: ...
@@ -524,18 +522,10 @@ class Engine(StorageEngine):
         end: bytes | None,
         pick: Callable[[list[bytes]], list[bytes]],
         batch: int,
-    ) -> Iterator[list[tuple[bytes, bytes]]]:
-        return _rocks_picked(self._iterator(cf, end, False), start, pick, batch, self.path)
-
-    def _scan_picked_keys(
-        self,
-        cf: ColumnFamily,
-        start: bytes,
-        end: bytes | None,
-        pick: Callable[[list[bytes]], list[bytes]],
-        batch: int,
-    ) -> Iterator[list[bytes]]:
-        return _rocks_picked_keys(self._iterator(cf, end, False), start, pick, batch, self.path)
+        with_values: bool,
+    ) -> Iterator[list[tuple[bytes, bytes]]] | Iterator[list[bytes]]:
+        lists = _rocks_picked if with_values else _rocks_picked_keys
+        return lists(self._iterator(cf, end, False), start, pick, batch, self.path)
 
     def _iterator(self, cf: ColumnFamily, end: bytes | None, reverse: bool) -> Any:
         # A live iterator is a consistent view by itself; rocksdict 0.3.29
@@ -808,18 +798,10 @@ class MemoryEngine(StorageEngine):
         end: bytes | None,
         pick: Callable[[list[bytes]], list[bytes]],
         batch: int,
-    ) -> Iterator[list[tuple[bytes, bytes]]]:
-        return _memory_picked(self.disk.tables[cf].items(start, end), pick, batch)
-
-    def _scan_picked_keys(
-        self,
-        cf: ColumnFamily,
-        start: bytes,
-        end: bytes | None,
-        pick: Callable[[list[bytes]], list[bytes]],
-        batch: int,
-    ) -> Iterator[list[bytes]]:
-        return _memory_picked_keys(self.disk.tables[cf].items(start, end), pick, batch)
+        with_values: bool,
+    ) -> Iterator[list[tuple[bytes, bytes]]] | Iterator[list[bytes]]:
+        lists = _memory_picked if with_values else _memory_picked_keys
+        return lists(self.disk.tables[cf].items(start, end), pick, batch)
 
     def _close(self) -> None:
         self.disk.in_use = False
