@@ -214,8 +214,8 @@ class Migration:
             moving = {key for select in selects for key in select(listed)}
             return [key for key in listed if key in moving]
 
-        scan = self.machine.engine.scan_picked_keys(
-            ColumnFamily.DATA, low, high, pick=held, batch=_SCAN_BATCH
+        scan = self.machine.engine.scan_picked(
+            ColumnFamily.DATA, low, high, pick=held, batch=_SCAN_BATCH, values=False
         )
         return sum(len(picked) for picked in scan)
 

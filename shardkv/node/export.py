@@ -21,12 +21,12 @@ of the group was removed: its keys are then dropped without marks):
   A key written again meanwhile is marked again, above the revision this
   export reports, so the next round takes it; after the seal nothing moves
   any more and one round reads the final state.
-- ``EXPORT_KEYS``: the moving keys only (``scan_picked_keys``: no record
-  read): what the source collects once the target serves them.
+- ``EXPORT_KEYS``: the moving keys only (no record read): what the source
+  collects once the target serves them.
 
 A chunk holds at most ``chunk_keys`` keys (default 1,000) and about
-``MAX_CHUNK_BYTES`` of keys and records. Each chunk is a Raft entry at the target, so
-the driver asks for large ones.
+``MAX_CHUNK_BYTES`` of keys and records. Each chunk is a Raft entry at the
+target, so the driver asks for large ones.
 """
 
 from __future__ import annotations
@@ -70,16 +70,9 @@ def export_steps(
     skip = keys.GROUP_KEY_SIZE
     moving = machine.migration.moving_keys(request.target, skip=skip)
     low, high = keys.group_range(machine.group_id)
-    engine, with_records = machine.engine, request.kind == node_pb2.EXPORT_ALL
-    lists = (
-        engine.scan_picked(ColumnFamily.DATA, low, high, pick=moving, batch=PAUSE_KEYS)
-        if with_records  # else EXPORT_KEYS: no record read
-        else (
-            [(key, b"") for key in picked]
-            for picked in engine.scan_picked_keys(
-                ColumnFamily.DATA, low, high, pick=moving, batch=PAUSE_KEYS
-            )
-        )
+    with_records = request.kind == node_pb2.EXPORT_ALL  # else EXPORT_KEYS: none read
+    lists = machine.engine.scan_picked(
+        ColumnFamily.DATA, low, high, pick=moving, batch=PAUSE_KEYS, values=with_records
     )
     chunk, size = kv_pb2.MigrateImport(), 0
     for picked in lists:

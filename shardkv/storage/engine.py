@@ -26,7 +26,7 @@ What an engine promises:
    forward scan, read in lists and a function picking from each list's keys
    the ones to yield with their values (as of the same moment); a
    migration's scan of a whole group hashes every key, in one call per
-   list. ``scan_picked_keys`` is the same without values.
+   list (or, without values, only what it picks).
 4. ``close()`` is idempotent; afterwards every use of the engine, of its open
    scans and of its unwritten batches raises ``EngineClosed``. Closing drops
    every column family handle and iterator before closing the database, since
@@ -293,6 +293,7 @@ class StorageEngine(abc.ABC):
         *,
         pick: Callable[[list[bytes]], list[bytes]],
         batch: int,
+        values: bool = True,
     ) -> Iterator[list[tuple[bytes, bytes]]]:
         """``scan`` of the keys ``pick`` chooses: the keys ``start <= key < end`` are
         read in key order, with their values, in lists of at most ``batch`` keys
@@ -303,36 +304,13 @@ class StorageEngine(abc.ABC):
         none is picked). Keys and values are as of the call, as ``scan``'s.
 
         The values of the keys not picked are read too: stepping over a value
-        costs far less than seeking back to a picked key for it."""
-        return self._picked(cf, start, end, pick, batch, with_values=True)
-
-    def scan_picked_keys(
-        self,
-        cf: ColumnFamily,
-        start: bytes,
-        end: bytes | None = None,
-        *,
-        pick: Callable[[list[bytes]], list[bytes]],
-        batch: int,
-    ) -> Iterator[list[bytes]]:
-        """``scan_picked`` without values: what ``pick`` keeps of each list of
-        ``batch`` keys (the last one shorter), no value read."""
-        return self._picked(cf, start, end, pick, batch, with_values=False)
-
-    def _picked(
-        self,
-        cf: ColumnFamily,
-        start: bytes,
-        end: bytes | None,
-        pick: Callable[[list[bytes]], list[bytes]],
-        batch: int,
-        *,
-        with_values: bool,
-    ) -> Iterator[Any]:
+        costs far less than seeking back to a picked key for it. Without
+        ``values``, no value is read: each picked key comes with ``b""``, and
+        only ``batch`` ends a list."""
         self._check_open()
         if batch < 1:
             raise ValueError("a batch holds at least one key")
-        return self._tracked(self._scan_picked(cf, start, end, pick, batch, with_values))
+        return self._tracked(self._scan_picked(cf, start, end, pick, batch, values))
 
     def _tracked(self, items: Iterator[_Item]) -> Iterator[_Item]:
         """A scan of ``items`` that ``close`` ends (made once the engine is known open)."""
@@ -392,9 +370,8 @@ class StorageEngine(abc.ABC):
         end: bytes | None,
         pick: Callable[[list[bytes]], list[bytes]],
         batch: int,
-        with_values: bool,
-    ) -> Iterator[list[tuple[bytes, bytes]]] | Iterator[list[bytes]]:
-        """``scan_picked``'s lists, or ``scan_picked_keys``' without ``with_values``."""
+        values: bool,
+    ) -> Iterator[list[tuple[bytes, bytes]]]: ...
 
     @abc.abstractmethod
     def _close(self) -> None: ...
@@ -522,10 +499,9 @@ class Engine(StorageEngine):
         end: bytes | None,
         pick: Callable[[list[bytes]], list[bytes]],
         batch: int,
-        with_values: bool,
-    ) -> Iterator[list[tuple[bytes, bytes]]] | Iterator[list[bytes]]:
-        lists = _rocks_picked if with_values else _rocks_picked_keys
-        return lists(self._iterator(cf, end, False), start, pick, batch, self.path)
+        values: bool,
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
+        return _rocks_picked(self._iterator(cf, end, False), start, pick, batch, values, self.path)
 
     def _iterator(self, cf: ColumnFamily, end: bytes | None, reverse: bool) -> Any:
         # A live iterator is a consistent view by itself; rocksdict 0.3.29
@@ -600,6 +576,7 @@ def _rocks_picked(
     start: bytes,
     pick: Callable[[list[bytes]], list[bytes]],
     batch: int,
+    values: bool,
     path: str,
 ) -> Iterator[list[tuple[bytes, bytes]]]:
     # One iterator throughout (one view), each list read with its values: a
@@ -610,32 +587,19 @@ def _rocks_picked(
         iterator.seek(start)
     while True:
         with _scan_errors(path):
-            listed, values = _list_items(iterator, batch)
+            listed, read = (
+                _list_items(iterator, batch) if values else (_list_keys(iterator, batch), None)
+            )
         if not listed:
             return
         chosen = pick(listed)  # the caller's: its errors are its own
-        if len(chosen) == len(listed):
-            yield list(zip(listed, values, strict=True))
+        if read is None:
+            yield [(key, b"") for key in chosen]
+        elif len(chosen) == len(listed):
+            yield list(zip(listed, read, strict=True))
         else:
-            value_of = dict(zip(listed, values, strict=True))
+            value_of = dict(zip(listed, read, strict=True))
             yield [(key, value_of[key]) for key in chosen]
-
-
-def _rocks_picked_keys(
-    iterator: Any,
-    start: bytes,
-    pick: Callable[[list[bytes]], list[bytes]],
-    batch: int,
-    path: str,
-) -> Iterator[list[bytes]]:
-    with _scan_errors(path):
-        iterator.seek(start)
-    while True:
-        with _scan_errors(path):
-            listed = _list_keys(iterator, batch)
-        if not listed:
-            return
-        yield pick(listed)
 
 
 def _list_items(iterator: Any, batch: int) -> tuple[list[bytes], list[bytes]]:
@@ -708,25 +672,21 @@ class _SortedTable:
 
 
 def _memory_picked(
-    items: list[tuple[bytes, bytes]], pick: Callable[[list[bytes]], list[bytes]], batch: int
+    items: list[tuple[bytes, bytes]],
+    pick: Callable[[list[bytes]], list[bytes]],
+    batch: int,
+    values: bool,
 ) -> Iterator[list[tuple[bytes, bytes]]]:
     at = 0
     while at < len(items):
         # As RocksDB's: a list ends at ``batch`` keys or past PICK_LIST_BYTES of values.
         end, size = at, 0
-        while end < len(items) and end - at < batch and size < PICK_LIST_BYTES:
+        while end < len(items) and end - at < batch and (size < PICK_LIST_BYTES or not values):
             size += len(items[end][1])
             end += 1
-        values = dict(items[at:end])
+        value_of = dict(items[at:end])
         at = end
-        yield [(key, values[key]) for key in pick(list(values))]
-
-
-def _memory_picked_keys(
-    items: list[tuple[bytes, bytes]], pick: Callable[[list[bytes]], list[bytes]], batch: int
-) -> Iterator[list[bytes]]:
-    for at in range(0, len(items), batch):
-        yield pick([key for key, _ in items[at : at + batch]])
+        yield [(key, value_of[key] if values else b"") for key in pick(list(value_of))]
 
 
 class MemoryDisk:
@@ -798,10 +758,9 @@ class MemoryEngine(StorageEngine):
         end: bytes | None,
         pick: Callable[[list[bytes]], list[bytes]],
         batch: int,
-        with_values: bool,
-    ) -> Iterator[list[tuple[bytes, bytes]]] | Iterator[list[bytes]]:
-        lists = _memory_picked if with_values else _memory_picked_keys
-        return lists(self.disk.tables[cf].items(start, end), pick, batch)
+        values: bool,
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
+        return _memory_picked(self.disk.tables[cf].items(start, end), pick, batch, values)
 
     def _close(self) -> None:
         self.disk.in_use = False

@@ -24,7 +24,7 @@ from shardkv.storage import (
     StorageEngine,
 )
 from shardkv.storage import engine as engine_module
-from shardkv.storage.engine import _rocks_picked, _rocks_picked_keys
+from shardkv.storage.engine import _rocks_picked
 from tests.unit.engines import Opener, engine_opener
 
 RAFT, DATA, META = ColumnFamily.RAFT, ColumnFamily.DATA, ColumnFamily.META
@@ -150,7 +150,7 @@ def test_scan_picked_reads_the_picked_keys_as_the_scan_began(
         return [key for key in listed if key != b"\x05"]
 
     lists = engine.scan_picked(DATA, b"\x02", b"\x09", pick=odd_ones_but_5, batch=batch)
-    key_lists = engine.scan_picked_keys(DATA, b"\x02", b"\x09", pick=list, batch=batch)
+    key_lists = engine.scan_picked(DATA, b"\x02", b"\x09", pick=list, batch=batch, values=False)
     first = next(lists)
     written = engine.new_batch()  # after the first list: the scan does not see it
     written.put(DATA, b"\x04", b"late")
@@ -164,7 +164,8 @@ def test_scan_picked_reads_the_picked_keys_as_the_scan_began(
     in_range = [3, 5, 7]
     assert offered == [in_range[at : at + batch] for at in range(0, 3, batch)]
     assert len(picked) == len(offered)
-    assert [key[0] for keys in key_lists for key in keys] == in_range  # also as it began
+    # Without values, also as it began.
+    assert [item for items in key_lists for item in items] == [(bytes([n]), b"") for n in in_range]
 
 
 def test_scan_picked_of_an_empty_range_and_a_bad_batch(engine: StorageEngine) -> None:
@@ -217,7 +218,7 @@ def test_a_rocksdb_scan_that_fails_raises_rather_than_stepping_on(keys_only: boo
         offered.append(listed)
         return listed
 
-    scan = (_rocks_picked_keys if keys_only else _rocks_picked)(iterator, b"", pick, 10, "/data")
+    scan = _rocks_picked(iterator, b"", pick, 10, not keys_only, "/data")
     with pytest.raises(EngineError, match="Corruption"):
         next(scan)
     assert offered == []
@@ -225,16 +226,20 @@ def test_a_rocksdb_scan_that_fails_raises_rather_than_stepping_on(keys_only: boo
 
 def test_a_rocksdb_keys_only_scan_reads_no_value() -> None:
     iterator = _FakeIterator([b"\x01", b"\x02", b"\x03"], failing=False, values_fail=True)
-    scan = _rocks_picked_keys(iterator, b"\x02", lambda listed: listed[:1], 1, "/data")
-    assert list(scan) == [[b"\x02"], [b"\x03"]]
+    scan = _rocks_picked(iterator, b"\x02", lambda listed: listed[:1], 1, False, "/data")
+    assert list(scan) == [[(b"\x02", b"")], [(b"\x03", b"")]]
 
 
-def test_scan_picked_keys_gives_what_pick_keeps(engine: StorageEngine) -> None:
+def test_scan_picked_without_values_gives_what_pick_keeps(
+    engine: StorageEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each picked key with b"", and only ``batch`` ends a list (no value is read)."""
+    monkeypatch.setattr(engine_module, "PICK_LIST_BYTES", 1)
     put_all(engine, DATA, KEYS)
-    lists = engine.scan_picked_keys(DATA, b"\x02", b"\x09", pick=lambda listed: listed[1:], batch=2)
-    assert list(lists) == [[b"\x05"], []]
-    with pytest.raises(ValueError):
-        engine.scan_picked_keys(DATA, b"", pick=list, batch=0)
+    lists = engine.scan_picked(
+        DATA, b"\x02", b"\x09", pick=lambda listed: listed[1:], batch=2, values=False
+    )
+    assert list(lists) == [[(b"\x05", b"")], []]
 
 
 def test_scan_picked_lists_end_past_their_bytes_of_values(
@@ -327,7 +332,7 @@ def test_close_is_idempotent_and_use_after_close_is_a_clear_error(
     next(scan)
     picked = engine.scan_picked(DATA, b"", pick=list, batch=1)
     next(picked)
-    picked_keys = engine.scan_picked_keys(DATA, b"", pick=list, batch=1)
+    picked_keys = engine.scan_picked(DATA, b"", pick=list, batch=1, values=False)
     next(picked_keys)
     engine.close()
     engine.close()
@@ -336,7 +341,7 @@ def test_close_is_idempotent_and_use_after_close_is_a_clear_error(
         lambda: engine.get(DATA, b"\x01"),
         lambda: engine.scan(DATA, b""),
         lambda: engine.scan_picked(DATA, b"", pick=list, batch=1),
-        lambda: engine.scan_picked_keys(DATA, b"", pick=list, batch=1),
+        lambda: engine.scan_picked(DATA, b"", pick=list, batch=1, values=False),
         engine.new_batch,
         lambda: engine.write(batch, sync=False),
         lambda: batch.put(DATA, b"k", b"v"),
@@ -362,7 +367,7 @@ def test_the_same_place_reopens_at_once_even_with_scans_and_batches_left_alive(
         next(scan)
         picked = engine.scan_picked(DATA, b"", pick=list, batch=1)
         next(picked)
-        picked_keys = engine.scan_picked_keys(DATA, b"", pick=list, batch=1)
+        picked_keys = engine.scan_picked(DATA, b"", pick=list, batch=1, values=False)
         next(picked_keys)
         batch = engine.new_batch()
         batch.put(DATA, b"unwritten", b"v")
