@@ -12,9 +12,9 @@ of the group was removed: its keys are then dropped without marks):
   group's keys and records in lists of ``PAUSE_KEYS`` and picks the moving
   ones out of each in one call (``scan_picked`` with ``moving_keys``: the
   scan hashes every key of the group); each chunk takes them a list at a
-  time, not key by key. Every write after
-  that moment is marked (the move began before the export), so the next
-  ``EXPORT_CHANGES`` from the revision read at that moment finds it.
+  time, not key by key. Every write after that moment is marked (the move
+  began before the export), so the next ``EXPORT_CHANGES`` from the
+  revision read at that moment finds it.
 - ``EXPORT_CHANGES``: the moving keys marked after ``since_revision``, each
   read as it is when its chunk is cut (present: its record; absent: a
   deletion), then every client session and the moved transaction records.

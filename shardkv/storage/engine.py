@@ -23,10 +23,10 @@ What an engine promises:
    writes are not seen. It positions with a seek; a forward scan with an end
    also sets RocksDB's upper bound (never the lower one: in rocksdict 0.3.29
    the lower-bound setter sets the upper bound). ``scan_picked`` is the same
-   forward scan, read in lists and a function picking from each list's keys
-   the ones to yield with their values (as of the same moment); a
-   migration's scan of a whole group hashes every key, in one call per
-   list (or, without values, only what it picks).
+   forward scan read in lists, a function picking from each list's keys the
+   ones to yield with their values as of the same moment (or with no value
+   read at all): a migration's scan of a whole group hashes every key, in
+   one call per list.
 4. ``close()`` is idempotent; afterwards every use of the engine, of its open
    scans and of its unwritten batches raises ``EngineClosed``. Closing drops
    every column family handle and iterator before closing the database, since
