@@ -325,6 +325,15 @@ class ClusterAgent(Passes):
         written = await self.update_map(change)
         if request.dry_run:
             return planned[0]
+        if request.WhichOneof("change") == "move_rate":
+            _log.info(
+                "node %d: ring change %s: at most %s keys/s",
+                self.runtime.node_id,
+                written.migration.reason,
+                written.migration.max_keys_per_second or "unlimited",
+                extra={"node_id": self.runtime.node_id},
+            )
+            return written
         _log.info(
             "node %d: ring change %s to epoch %d started: %d moves",
             self.runtime.node_id,

@@ -14,6 +14,14 @@ not:
   cannot go, nor can a retired one come back (its id is never reused).
 - ``set_weight``: the group's weight in the target ring (0 takes it off the
   ring but keeps it).
+- ``move_rate``: not a ring change, the limit of the one under way
+  (``Migration.max_keys_per_second``, which a ring change takes from its
+  request's ``max_keys_per_second``): the keys per second its bulk copies
+  and collects carry, over all its moves (0: no limit). Operators hold a
+  rebalance back so that the writes it shares the nodes' CPU with keep their
+  latency, as CockroachDB's snapshot rate and TiKV's
+  ``snap-max-write-bytes-per-sec`` do; the switches (the freeze to the
+  activation, when keys are unwritable) are never held back.
 
 One ring change at a time: a change while a migration runs is refused, as is
 one that moves nothing; the very change under way asked again (a retry whose
@@ -40,6 +48,8 @@ _MAX_WEIGHT = 1000
 def plan_change(
     current: cluster_pb2.ClusterMap, request: node_pb2.ChangeRingRequest, now_ms: int
 ) -> cluster_pb2.ClusterMap:
+    if request.WhichOneof("change") == "move_rate":
+        return _set_rate(current, request.move_rate.max_keys_per_second)
     if current.HasField("migration") and current.migration.reason == _reason(request):
         return current  # the same change asked again (a retry): the one under way
     if current.HasField("migration"):
@@ -95,7 +105,9 @@ def plan_change(
         weights[group_id] = weight
         reason = f"set-weight {group_id} {weight}"
     else:
-        raise InvalidArgument("the request names no change: add_group, remove_group or set_weight")
+        raise InvalidArgument(
+            "the request names no change: add_group, remove_group, set_weight or move_rate"
+        )
     target = ring_of(current.ring.epoch + 1, weights)
     moves = moving_shares(build_ring(current.ring), build_ring(target))
     if not moves and not retiring:
@@ -110,12 +122,27 @@ def plan_change(
             started_ms=now_ms,
             reason=reason,
             retiring=retiring,
+            max_keys_per_second=request.max_keys_per_second,
             moves=[
                 cluster_pb2.Move(source=source, target=destination)
                 for source, destination in sorted(moves)
             ],
         )
     )
+    return changed
+
+
+def _set_rate(current: cluster_pb2.ClusterMap, rate: int) -> cluster_pb2.ClusterMap:
+    """The map with the running migration's rate limit set (the same map when it is
+    that already: a retry)."""
+    if not current.HasField("migration"):
+        raise FailedPrecondition("no ring change is under way: give its limit with the change")
+    if current.migration.max_keys_per_second == rate:
+        return current
+    changed = cluster_pb2.ClusterMap()
+    changed.CopyFrom(current)
+    changed.migration.max_keys_per_second = rate
+    changed.version = current.version + 1
     return changed
 
 

@@ -127,18 +127,20 @@ class ReplicaMove(_message.Message):
     def __init__(self, group_id: _Optional[int] = ..., from_node: _Optional[int] = ..., to_node: _Optional[int] = ..., phase: _Optional[_Union[ReplicaPhase, str]] = ..., started_ms: _Optional[int] = ..., phase_started_ms: _Optional[int] = ..., stuck: _Optional[str] = ...) -> None: ...
 
 class Migration(_message.Message):
-    __slots__ = ("target", "moves", "started_ms", "reason", "retiring")
+    __slots__ = ("target", "moves", "started_ms", "reason", "retiring", "max_keys_per_second")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     MOVES_FIELD_NUMBER: _ClassVar[int]
     STARTED_MS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     RETIRING_FIELD_NUMBER: _ClassVar[int]
+    MAX_KEYS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     target: Ring
     moves: _containers.RepeatedCompositeFieldContainer[Move]
     started_ms: int
     reason: str
     retiring: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, target: _Optional[_Union[Ring, _Mapping]] = ..., moves: _Optional[_Iterable[_Union[Move, _Mapping]]] = ..., started_ms: _Optional[int] = ..., reason: _Optional[str] = ..., retiring: _Optional[_Iterable[int]] = ...) -> None: ...
+    max_keys_per_second: int
+    def __init__(self, target: _Optional[_Union[Ring, _Mapping]] = ..., moves: _Optional[_Iterable[_Union[Move, _Mapping]]] = ..., started_ms: _Optional[int] = ..., reason: _Optional[str] = ..., retiring: _Optional[_Iterable[int]] = ..., max_keys_per_second: _Optional[int] = ...) -> None: ...
 
 class Move(_message.Message):
     __slots__ = ("source", "target", "phase", "keys_copied", "bytes_copied", "keys_estimate", "started_ms", "phase_started_ms", "finished_ms", "stuck", "frozen_ms")

@@ -185,17 +185,27 @@ class SetWeight(_message.Message):
     weight: int
     def __init__(self, group_id: _Optional[int] = ..., weight: _Optional[int] = ...) -> None: ...
 
+class MoveRate(_message.Message):
+    __slots__ = ("max_keys_per_second",)
+    MAX_KEYS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    max_keys_per_second: int
+    def __init__(self, max_keys_per_second: _Optional[int] = ...) -> None: ...
+
 class ChangeRingRequest(_message.Message):
-    __slots__ = ("add_group", "remove_group", "set_weight", "dry_run")
+    __slots__ = ("add_group", "remove_group", "set_weight", "move_rate", "dry_run", "max_keys_per_second")
     ADD_GROUP_FIELD_NUMBER: _ClassVar[int]
     REMOVE_GROUP_FIELD_NUMBER: _ClassVar[int]
     SET_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MOVE_RATE_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    MAX_KEYS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     add_group: AddGroup
     remove_group: int
     set_weight: SetWeight
+    move_rate: MoveRate
     dry_run: bool
-    def __init__(self, add_group: _Optional[_Union[AddGroup, _Mapping]] = ..., remove_group: _Optional[int] = ..., set_weight: _Optional[_Union[SetWeight, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    max_keys_per_second: int
+    def __init__(self, add_group: _Optional[_Union[AddGroup, _Mapping]] = ..., remove_group: _Optional[int] = ..., set_weight: _Optional[_Union[SetWeight, _Mapping]] = ..., move_rate: _Optional[_Union[MoveRate, _Mapping]] = ..., dry_run: _Optional[bool] = ..., max_keys_per_second: _Optional[int] = ...) -> None: ...
 
 class ChangeRingResponse(_message.Message):
     __slots__ = ("error", "map")

@@ -243,6 +243,40 @@ def test_a_change_under_way_is_the_only_one_and_asking_it_again_answers_it() -> 
         plan(weighing, set_weight(1, 3))
 
 
+# -- the move's limit ------------------------------------------------------------------
+
+
+def move_rate(keys_per_second: int) -> node_pb2.ChangeRingRequest:
+    return node_pb2.ChangeRingRequest(
+        move_rate=node_pb2.MoveRate(max_keys_per_second=keys_per_second)
+    )
+
+
+def test_a_ring_change_keeps_its_limit_in_the_migration() -> None:
+    for request in (add_group(group_id=5), remove_group(3), set_weight(1, 2)):
+        request.max_keys_per_second = 20_000
+        assert plan(cluster(), request).migration.max_keys_per_second == 20_000
+    assert plan(cluster(), add_group(group_id=5)).migration.max_keys_per_second == 0
+
+
+def test_move_rate_changes_the_limit_of_the_change_under_way_only() -> None:
+    under_way = plan(cluster(), add_group(group_id=5))
+    limited = plan(under_way, move_rate(5_000))
+    assert limited.migration.max_keys_per_second == 5_000
+    assert limited.version == under_way.version + 1
+    limited.migration.max_keys_per_second = 0
+    limited.version = under_way.version
+    assert limited == under_way, "the limit is all it changes"
+    # The same limit again (a retry) is the map as it is; 0 lifts it.
+    limited = plan(under_way, move_rate(5_000))
+    assert plan(limited, move_rate(5_000)) is limited
+    lifted = plan(limited, move_rate(0))
+    assert lifted.migration.max_keys_per_second == 0
+    assert lifted.version == limited.version + 1
+    with pytest.raises(FailedPrecondition, match="no ring change is under way"):
+        plan(cluster(), move_rate(5_000))
+
+
 # -- finishing -----------------------------------------------------------------------
 
 
