@@ -28,6 +28,9 @@ migration. What each checks:
    keys are unwritable (frozen) for well under a second; and a move's keys
    are served by the new group as soon as that move is active, while other
    moves of the change are not.
+7. A ring change given a limit (``max_keys_per_second``) copies no faster
+   than it, across all its moves; ``set_move_rate(0)`` lifts it while the
+   change runs, and the change then completes with every key in place.
 
 Under load (1, 4, 5) no router call may fail with an exception the router
 did not handle (gRPC's "Unexpected [...] raised by servicer method": UNKNOWN).
@@ -597,3 +600,55 @@ def test_during_a_move_staying_keys_keep_their_latency_and_arrived_keys_are_serv
     # Arcs are served as soon as they arrive, not once the whole change is done.
     assert served_early, "no move was seen active while another was not"
     print(f"served before the change was done: {served_early[0]}")
+
+
+# -- 7. the operator's limit ----------------------------------------------------------------------
+
+LIMITED_KEYS = 12_000
+LIMIT = 100  # keys/s, over all the moves
+LIMITED_SECONDS = 3.0
+# Once lifted: the rest goes as fast as the nodes go (about a second here),
+# where the limit would have held it back for about half a minute.
+LIFTED_TIMEOUT = 15.0
+
+
+def test_a_limited_change_copies_no_faster_than_its_limit_until_it_is_lifted(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = make_cluster(SETTINGS)
+    cluster.start_all()
+    router = RouterProcess(cluster, "router-1")
+    data = {b"limited/%05d" % n: b"value-%d" % n for n in range(LIMITED_KEYS)}
+    try:
+        router.start()
+        with Client(router.address, timeout=20.0) as client:
+            client.put_many(data)
+            change = client.add_group(max_keys_per_second=LIMIT)
+            assert change.migration.max_keys_per_second == LIMIT
+            moving = sum(
+                1 for key in data if build_ring(change.migration.target).group_for(key) == NEW_GROUP
+            )
+            started = time.monotonic()
+            time.sleep(LIMITED_SECONDS)
+            # The target counts the copies it holds (it does not serve them yet).
+            copied = key_counts(cluster)[NEW_GROUP]
+            elapsed = time.monotonic() - started
+            limited = cluster.newest_map()
+            assert limited is not None and limited.HasField("migration"), "done despite the limit"
+            # The first step goes at once (one bulk chunk: a move's keys here),
+            # each later one once its predecessor's keys kept to the limit.
+            first_step = max(moving // len(cluster.group_ids) * 2, 1000)
+            assert 0 < copied <= first_step + LIMIT * elapsed, (copied, moving, elapsed)
+            lifted = client.set_move_rate(0)
+            assert lifted.migration.max_keys_per_second == 0
+            finished = wait_change_done(cluster, change, LIFTED_TIMEOUT)
+            wait_all_caught_up(cluster)
+            mismatched = read_back(client, data)
+            after = key_counts(cluster)
+    finally:
+        router.close()
+    print(f"{copied} of {moving} moving keys copied in {elapsed:.1f} s at {LIMIT} keys/s")
+    assert finished.ring.epoch == change.migration.target.epoch
+    assert after[NEW_GROUP] == moving, (after, moving)
+    assert sum(after.values()) == LIMITED_KEYS
+    assert not mismatched, dict(list(mismatched.items())[:10])

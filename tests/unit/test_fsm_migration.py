@@ -1293,3 +1293,94 @@ async def test_the_driver_counts_its_copies_and_collects_for_quiet_and_not_the_s
     assert copies[0].bulk_pass, "the copy of everything is a bulk pass"
     assert any(MOVING[1] in copy.keys for copy in copies[1:]), "a catch-up copied the change"
     assert not any(copy.bulk_pass for copy in copies[1:]), "catch-ups are no bulk pass"
+
+
+# -- the operator's limit (Migration.max_keys_per_second) -----------------------------
+
+
+class _FakeTime:
+    """A clock that moves only when the pace sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+async def test_a_pace_lets_the_first_step_go_and_holds_each_for_its_keys() -> None:
+    time, rate = _FakeTime(), [100]
+    pace = migration_driver._Pace(lambda: rate[0], time.clock, time.sleep)
+    await pace.take(50)
+    assert time.now == 0.0, "the first step goes at once"
+    await pace.take(200)
+    assert time.now == pytest.approx(0.5), "50 keys at 100 keys/s hold the schedule 0.5 s"
+    # 200 keys hold it for 2 s; the limit raised meanwhile shortens the wait.
+    time.now += 0.5
+    rate[0] = 400
+    await pace.take(10)
+    assert time.now == pytest.approx(1.0)
+    # No limit: no wait, and nothing held for the step after a new limit.
+    rate[0] = 0
+    await pace.take(1_000_000)
+    assert time.now == pytest.approx(1.0)
+    rate[0] = 1
+    await pace.take(5)
+    assert time.now == pytest.approx(1.0)
+    # A long wait looks at the limit again every _PACE_RECHECK at least.
+    await pace.take(1)
+    assert time.now == pytest.approx(6.0)
+    assert max(time.slept) <= migration_driver._PACE_RECHECK
+
+
+async def test_a_limit_paces_the_bulk_copies_and_collects_but_never_a_switch(
+    groups: Groups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = groups.source
+    seed(groups)
+    # A session: the switch's last copy carries it, so it is a step too.
+    groups.write(source, put(STAYING[0], b"w"), client_id=3, seq=1)
+    monkeypatch.setattr(migration_driver, "_BULK_CHUNK_KEYS", 2)
+    monkeypatch.setattr(migration_driver, "_COLLECT_CHUNK_KEYS", 4)
+    driver, agent, _ = driven(groups)
+    agent.map.migration.max_keys_per_second = 2
+    time = _FakeTime()
+    # (kind, keys, the source's arc then, whether a switch was under way)
+    paced: list[tuple[str, int, int, bool]] = []
+
+    def recorded(kind: str) -> migration_driver._Pace:
+        pace = migration_driver._Pace(driver._rate_limit, time.clock, time.sleep)
+        take = pace.take
+
+        async def taking(keys: int) -> None:
+            paced.append((kind, keys, arcs(source)[0][TARGET], not driver._no_switch.is_set()))
+            await take(keys)
+
+        pace.take = taking  # type: ignore[method-assign]
+        return pace
+
+    driver._copy_pace, driver._collect_pace = recorded("copy"), recorded("collect")
+    assert await asyncio.wait_for(advance(driver, agent), 5) == cluster_pb2.MOVE_COPYING
+    groups.write(source, put(MOVING[1], b"changed"))  # a catch-up copies it
+    assert await asyncio.wait_for(advance(driver, agent), 5) == cluster_pb2.MOVE_ACTIVE
+    assert await asyncio.wait_for(advance(driver, agent), 5) == cluster_pb2.MOVE_DONE
+    assert not any(switching for *_, switching in paced), "a switch's step was paced"
+    copies = [(keys, arc) for kind, keys, arc, _ in paced if kind == "copy"]
+    collects = [(keys, arc) for kind, keys, arc, _ in paced if kind == "collect"]
+    # The bulk pass in chunks of 2, then the catch-up of the changed key;
+    # every one while the source still served the keys.
+    assert [keys for keys, _ in copies[:3]] == [2, 2, 2]
+    assert sum(keys for keys, _ in copies[3:]) == 1
+    assert {arc for _, arc in copies} == {COPYING}
+    assert [keys for keys, _ in collects] == [4, 2]
+    assert {arc for _, arc in collects} == {cluster_pb2.ARC_OUT_RELEASED}
+    # Each step held the schedule for its keys at 2 keys/s: 2+2+2 copied keys
+    # before the catch-up, 4 collected keys before the last collect.
+    assert sum(time.slept) == pytest.approx(3.0 + 2.0)
+    assert value_of(groups.target, MOVING[1]) == b"changed"
+    assert all(source.get(key) is None for key in MOVING)
