@@ -12,9 +12,11 @@
     shardkv [--router ADDR] [--timeout SECONDS] txn list
     shardkv [--router ADDR] [--timeout SECONDS] txn show ID
     shardkv [--router ADDR] [--timeout SECONDS] txn resolve ID (--commit | --abort)
-    shardkv [--router ADDR] admin add-group [--weight W] [--nodes A,B,C] [--id G] [--plan]
-    shardkv [--router ADDR] admin remove-group G [--plan]
-    shardkv [--router ADDR] admin set-weight G W [--plan]
+    shardkv [--router ADDR] admin add-group [--weight W] [--nodes A,B,C] [--id G]
+                                            [--max-rate K] [--plan]
+    shardkv [--router ADDR] admin remove-group G [--max-rate K] [--plan]
+    shardkv [--router ADDR] admin set-weight G W [--max-rate K] [--plan]
+    shardkv [--router ADDR] admin move-rate K
     shardkv [--router ADDR] admin rebalance (--plan | --apply)
     shardkv [--router ADDR] admin move-replica G FROM TO [--plan]
     shardkv [--router ADDR] admin remove-node N [--plan]
@@ -64,6 +66,10 @@ without a change of weights nothing is to move ("balanced: nothing to
 move"). ``rebalance --apply`` says the same: a change under way runs by
 itself. A ring change the meta group refuses (one is under way already,
 FAILED_PRECONDITION; the group exists) prints why and exits 4.
+``--max-rate K`` holds the change's bulk copies and collects to K keys per
+second over all its moves (default 0: no limit), so that the writes sharing
+the nodes keep their latency; ``move-rate K`` sets it for the change under
+way (0 lifts it; exit 4 when none runs), and ``status`` shows it.
 
 Placement (``admin``, through ``ChangePlacement``): ``move-replica``,
 ``remove-node`` (decommission) and ``transfer-leader`` plan or start a
@@ -280,6 +286,8 @@ class MigrationSummary:
     started_ms: int
     retiring: tuple[int, ...]
     moves: tuple[MoveRow, ...]
+    # Keys per second its bulk steps may carry (0: no limit).
+    max_keys_per_second: int = 0
 
 
 @dataclass(frozen=True)
@@ -384,6 +392,7 @@ def _migration(cluster_map: cluster_pb2.ClusterMap) -> MigrationSummary:
         reason=migration.reason,
         started_ms=migration.started_ms,
         retiring=tuple(migration.retiring),
+        max_keys_per_second=migration.max_keys_per_second,
         moves=tuple(
             MoveRow(
                 source=move.source,
@@ -465,6 +474,11 @@ def _format_migration(migration: MigrationSummary, now: int) -> str:
         f"ring change to epoch {migration.epoch}"
         + (f" ({migration.reason})" if migration.reason else "")
         + started
+        + (
+            f", at most {migration.max_keys_per_second:,} keys/s"
+            if migration.max_keys_per_second
+            else ""
+        )
     ]
     if migration.retiring:
         lines.append(f"retiring {_groups_text(migration.retiring)} once it is done")
@@ -704,18 +718,46 @@ def _add_group(client: Client, args: argparse.Namespace) -> int:
     return _change_ring(
         client,
         args,
-        lambda dry_run: client.add_group(args.weight, args.nodes, args.id, dry_run),
+        lambda dry_run: client.add_group(
+            args.weight, args.nodes, args.id, dry_run, max_keys_per_second=args.max_rate
+        ),
     )
 
 
 def _remove_group(client: Client, args: argparse.Namespace) -> int:
-    return _change_ring(client, args, lambda dry_run: client.remove_group(args.group, dry_run))
+    return _change_ring(
+        client,
+        args,
+        lambda dry_run: client.remove_group(args.group, dry_run, max_keys_per_second=args.max_rate),
+    )
 
 
 def _set_weight(client: Client, args: argparse.Namespace) -> int:
     return _change_ring(
-        client, args, lambda dry_run: client.set_weight(args.group, args.weight, dry_run)
+        client,
+        args,
+        lambda dry_run: client.set_weight(
+            args.group, args.weight, dry_run, max_keys_per_second=args.max_rate
+        ),
     )
+
+
+def _move_rate(client: Client, args: argparse.Namespace) -> int:
+    """Limit the ring change under way (0: lift the limit)."""
+    try:
+        changed = client.set_move_rate(args.keys_per_second)
+    except ClientError as exc:
+        if exc.code not in _REFUSED:
+            raise
+        return _fail(f"cannot limit the ring change: {exc.details}", EXIT_FAILED)
+    migration = changed.migration
+    limit = migration.max_keys_per_second
+    _write_text(
+        f"ring change to epoch {migration.target.epoch} ({migration.reason}): "
+        + (f"at most {limit:,} keys/s" if limit else "no limit")
+        + " from its next chunk on\n"
+    )
+    return EXIT_OK
 
 
 def _rebalance(client: Client, args: argparse.Namespace) -> int:
@@ -956,6 +998,7 @@ _ADMIN_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "add-group": _add_group,
     "remove-group": _remove_group,
     "set-weight": _set_weight,
+    "move-rate": _move_rate,
     "rebalance": _rebalance,
     "move-replica": _move_replica,
     "remove-node": _remove_node,
@@ -1367,8 +1410,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--plan", action="store_true", help="only print what would move; change nothing"
     )
+    ring_plan = argparse.ArgumentParser(add_help=False, parents=[plan])
+    ring_plan.add_argument(
+        "--max-rate",
+        type=_whole_number,
+        default=0,
+        metavar="K",
+        help="at most K keys/s copied and collected, over all its moves, so that the writes "
+        "sharing the nodes keep their latency (default: 0, no limit; see move-rate)",
+    )
     add_group = admin_commands.add_parser(
-        "add-group", parents=[connection, plan], help="add a data group; keys move to it"
+        "add-group", parents=[connection, ring_plan], help="add a data group; keys move to it"
     )
     add_group.add_argument(
         "--weight", type=_positive_int, default=1, help="its weight on the ring (default: 1)"
@@ -1388,18 +1440,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     remove_group = admin_commands.add_parser(
         "remove-group",
-        parents=[connection, plan],
+        parents=[connection, ring_plan],
         help="move a data group's keys to the others, then retire it",
     )
     remove_group.add_argument("group", type=_positive_int, metavar="G", help="the group id")
     set_weight = admin_commands.add_parser(
         "set-weight",
-        parents=[connection, plan],
+        parents=[connection, ring_plan],
         help="change a data group's weight; keys move to or from it",
     )
     set_weight.add_argument("group", type=_positive_int, metavar="G", help="the group id")
     set_weight.add_argument(
         "weight", type=_whole_number, metavar="W", help="its new weight (0: off the ring)"
+    )
+    move_rate = admin_commands.add_parser(
+        "move-rate",
+        parents=[connection],
+        help="limit the ring change under way to K keys/s (0: no limit)",
+        description="The most keys per second the ring change under way copies and collects, "
+        "over all its moves, from their next chunk on; 0 lifts the limit. The switches (the "
+        "keys' unwritable moments) are never held back. Exit 4 when no ring change runs.",
+    )
+    move_rate.add_argument(
+        "keys_per_second", type=_whole_number, metavar="K", help="keys per second (0: no limit)"
     )
     rebalance = admin_commands.add_parser(
         "rebalance",

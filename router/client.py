@@ -46,7 +46,9 @@ What it promises:
    start is refused by the meta group (FAILED_PRECONDITION: a migration is
    under way), never applied twice. So that a repeat cannot add two groups,
    ``add_group`` without ``group_id`` first asks for the plan and then adds
-   the group id the plan gave.
+   the group id the plan gave. ``max_keys_per_second`` holds the bulk of
+   the move back (0: no limit) so that the writes sharing the nodes keep
+   their latency; ``set_move_rate`` changes it while the move runs.
 8. **Placement changes** (``move_replica``, ``remove_node``,
    ``transfer_leader``, ``rebalance_replicas``; for operators) return the
    ``ClusterMap`` with the change: replica moves in ``replica_moves`` (each
@@ -732,6 +734,7 @@ class AsyncClient:
         group_id: int = 0,
         dry_run: bool = False,
         *,
+        max_keys_per_second: int = 0,
         timeout: float | None = None,
     ) -> cluster_pb2.ClusterMap:
         """Add a data group of ``weight`` on ``nodes`` (default: the least loaded nodes).
@@ -748,6 +751,7 @@ class AsyncClient:
             weight=_whole("weight", weight, 1),
             nodes=[_whole("node id", node, 1) for node in nodes or ()],
         )
+        rate = _whole("max_keys_per_second", max_keys_per_second, 0)
         if not _flag("dry_run", dry_run) and add.group_id == 0:
             plan = await self._change(
                 "ChangeRing",
@@ -759,21 +763,34 @@ class AsyncClient:
                 add.group_id = added
         return await self._change(
             "ChangeRing",
-            node_pb2.ChangeRingRequest(add_group=add, dry_run=dry_run),
+            node_pb2.ChangeRingRequest(add_group=add, dry_run=dry_run, max_keys_per_second=rate),
             max(ends - loop.time(), 0.001),
         )
 
     async def remove_group(
-        self, group_id: int, dry_run: bool = False, *, timeout: float | None = None
+        self,
+        group_id: int,
+        dry_run: bool = False,
+        *,
+        max_keys_per_second: int = 0,
+        timeout: float | None = None,
     ) -> cluster_pb2.ClusterMap:
         """Move every key of data group ``group_id`` to the others, then retire it."""
         request = node_pb2.ChangeRingRequest(
-            remove_group=_whole("group_id", group_id, 1), dry_run=_flag("dry_run", dry_run)
+            remove_group=_whole("group_id", group_id, 1),
+            dry_run=_flag("dry_run", dry_run),
+            max_keys_per_second=_whole("max_keys_per_second", max_keys_per_second, 0),
         )
         return await self._change("ChangeRing", request, timeout)
 
     async def set_weight(
-        self, group_id: int, weight: int, dry_run: bool = False, *, timeout: float | None = None
+        self,
+        group_id: int,
+        weight: int,
+        dry_run: bool = False,
+        *,
+        max_keys_per_second: int = 0,
+        timeout: float | None = None,
     ) -> cluster_pb2.ClusterMap:
         """Give data group ``group_id`` ``weight``: its share of the ring follows its share
         of the weights; weight 0 takes it off the ring (it keeps its replicas)."""
@@ -782,7 +799,18 @@ class AsyncClient:
                 group_id=_whole("group_id", group_id, 1), weight=_whole("weight", weight, 0)
             ),
             dry_run=_flag("dry_run", dry_run),
+            max_keys_per_second=_whole("max_keys_per_second", max_keys_per_second, 0),
         )
+        return await self._change("ChangeRing", request, timeout)
+
+    async def set_move_rate(
+        self, max_keys_per_second: int, *, timeout: float | None = None
+    ) -> cluster_pb2.ClusterMap:
+        """Limit the ring change under way to ``max_keys_per_second`` keys copied and
+        collected per second, over all its moves (0: no limit), from its next chunk
+        on. FAILED_PRECONDITION when no ring change is under way."""
+        rate = _whole("max_keys_per_second", max_keys_per_second, 0)
+        request = node_pb2.ChangeRingRequest(move_rate=node_pb2.MoveRate(max_keys_per_second=rate))
         return await self._change("ChangeRing", request, timeout)
 
     # -- placement changes, for operators --
@@ -1295,19 +1323,57 @@ class Client:
         group_id: int = 0,
         dry_run: bool = False,
         *,
+        max_keys_per_second: int = 0,
         timeout: float | None = None,
     ) -> cluster_pb2.ClusterMap:
-        return self._run(self._async.add_group(weight, nodes, group_id, dry_run, timeout=timeout))
+        return self._run(
+            self._async.add_group(
+                weight,
+                nodes,
+                group_id,
+                dry_run,
+                max_keys_per_second=max_keys_per_second,
+                timeout=timeout,
+            )
+        )
 
     def remove_group(
-        self, group_id: int, dry_run: bool = False, *, timeout: float | None = None
+        self,
+        group_id: int,
+        dry_run: bool = False,
+        *,
+        max_keys_per_second: int = 0,
+        timeout: float | None = None,
     ) -> cluster_pb2.ClusterMap:
-        return self._run(self._async.remove_group(group_id, dry_run, timeout=timeout))
+        return self._run(
+            self._async.remove_group(
+                group_id, dry_run, max_keys_per_second=max_keys_per_second, timeout=timeout
+            )
+        )
 
     def set_weight(
-        self, group_id: int, weight: int, dry_run: bool = False, *, timeout: float | None = None
+        self,
+        group_id: int,
+        weight: int,
+        dry_run: bool = False,
+        *,
+        max_keys_per_second: int = 0,
+        timeout: float | None = None,
     ) -> cluster_pb2.ClusterMap:
-        return self._run(self._async.set_weight(group_id, weight, dry_run, timeout=timeout))
+        return self._run(
+            self._async.set_weight(
+                group_id,
+                weight,
+                dry_run,
+                max_keys_per_second=max_keys_per_second,
+                timeout=timeout,
+            )
+        )
+
+    def set_move_rate(
+        self, max_keys_per_second: int, *, timeout: float | None = None
+    ) -> cluster_pb2.ClusterMap:
+        return self._run(self._async.set_move_rate(max_keys_per_second, timeout=timeout))
 
     def move_replica(
         self,

@@ -792,10 +792,13 @@ def test_admin_arguments() -> None:
         True,
     )
     args = parser.parse_args(["admin", "add-group"])
-    assert (args.weight, args.nodes, args.id, args.plan) == (1, None, 0, False)
+    assert (args.weight, args.nodes, args.id, args.plan, args.max_rate) == (1, None, 0, False, 0)
     args = parser.parse_args(["admin", "set-weight", "2", "0", "--router", "b:2"])
     assert (args.group, args.weight, args.plan, args.router) == (2, 0, False, "b:2")
     assert parser.parse_args(["admin", "remove-group", "4", "--plan"]).group == 4
+    args = parser.parse_args(["admin", "remove-group", "4", "--max-rate", "500"])
+    assert args.max_rate == 500
+    assert parser.parse_args(["admin", "move-rate", "0"]).keys_per_second == 0
     args = parser.parse_args(["admin", "rebalance", "--apply"])
     assert (args.plan, args.apply) == (False, True)
 
@@ -812,6 +815,10 @@ def test_admin_arguments() -> None:
         ["admin", "set-weight", "1", "-1"],
         ["admin", "rebalance"],
         ["admin", "rebalance", "--plan", "--apply"],
+        ["admin", "move-rate"],
+        ["admin", "move-rate", "-1"],
+        ["admin", "add-group", "--max-rate", "x"],
+        ["admin", "move-replica", "1", "2", "3", "--max-rate", "9"],
     ],
 )
 def test_admin_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -900,6 +907,35 @@ def test_admin_remove_group_of_an_unknown_group_exits_4(
     # The meta leader refuses it as FAILED_PRECONDITION (shardkv.node.ring_change).
     assert run(monkeypatch, "admin", "remove-group", "9") == (EXIT_FAILED, b"")
     assert "there is no group 9" in capsys.readouterr().err
+
+
+def test_admin_max_rate_limits_the_change_and_move_rate_changes_it_while_it_runs(
+    router: str,
+    fake: FakeRouter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.status = _four_groups_status()
+    # No change under way: nothing to limit (the meta leader refuses it).
+    assert run(monkeypatch, "admin", "move-rate", "5000") == (EXIT_FAILED, b"")
+    assert "no ring change is under way" in capsys.readouterr().err
+    status, _ = run(monkeypatch, "admin", "add-group", "--max-rate", "20000")
+    assert status == EXIT_OK
+    assert fake.requests["ChangeRing"][-1].max_keys_per_second == 20_000
+    assert fake.status.map.migration.max_keys_per_second == 20_000
+    text = format_status(summarize_status(fake.status), _NOW)
+    assert "ring change to epoch 4 (add-group 5)" in text
+    assert ", at most 20,000 keys/s" in text
+    status, out = run(monkeypatch, "admin", "move-rate", "5000")
+    assert (status, out) == (
+        EXIT_OK,
+        b"ring change to epoch 4 (add-group 5): at most 5,000 keys/s from its next chunk on\n",
+    )
+    assert fake.status.map.migration.max_keys_per_second == 5_000
+    status, out = run(monkeypatch, "admin", "move-rate", "0")
+    assert out.endswith(b": no limit from its next chunk on\n")
+    assert fake.status.map.migration.max_keys_per_second == 0
+    assert "at most" not in format_status(summarize_status(fake.status), _NOW)
 
 
 def _ring_part(out: bytes) -> list[str]:

@@ -1042,7 +1042,32 @@ async def test_ring_changes_refuse_bad_arguments_before_any_call(
         await client.set_weight(1, -1)
     with pytest.raises(TypeError, match="dry_run"):
         await client.set_weight(1, 1, dry_run="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_keys_per_second"):
+        await client.add_group(max_keys_per_second=-1)
+    with pytest.raises(ValueError, match="max_keys_per_second"):
+        await client.set_move_rate(-5)
+    with pytest.raises(TypeError, match="max_keys_per_second"):
+        await client.remove_group(2, max_keys_per_second=1.5)  # type: ignore[arg-type]
     assert not fake.requests
+
+
+async def test_a_ring_change_carries_its_limit_and_set_move_rate_changes_it(
+    client: AsyncClient, fake: FakeRouter
+) -> None:
+    four_groups(fake.status.map)
+    with pytest.raises(ClusterError, match="no ring change is under way") as refused:
+        await client.set_move_rate(1_000)
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    changed = await client.remove_group(2, max_keys_per_second=30_000)
+    assert changed.migration.max_keys_per_second == 30_000
+    assert fake.requests["ChangeRing"][-1].max_keys_per_second == 30_000
+    changed = await client.set_move_rate(1_000)
+    assert changed.migration.max_keys_per_second == 1_000
+    assert fake.requests["ChangeRing"][-1] == node_pb2.ChangeRingRequest(
+        move_rate=node_pb2.MoveRate(max_keys_per_second=1_000)
+    )
+    assert fake.status.map.migration.max_keys_per_second == 1_000
+    assert changed.migration.reason == "remove-group 2", "the change under way, limited"
 
 
 def test_ring_changes_from_the_blocking_client(sync_client: Client, fake: FakeRouter) -> None:
@@ -1051,8 +1076,11 @@ def test_ring_changes_from_the_blocking_client(sync_client: Client, fake: FakeRo
         sync_client.remove_group(9)
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert sync_client.add_group(group_id=7, dry_run=True).migration.reason == "add-group 7"
+    planned = sync_client.add_group(group_id=7, dry_run=True, max_keys_per_second=9)
+    assert planned.migration.max_keys_per_second == 9
     assert sync_client.set_weight(1, 3).migration.reason == "set-weight 1 3"
     assert fake.status.map.migration.target.epoch == 4
+    assert sync_client.set_move_rate(500).migration.max_keys_per_second == 500
 
 
 # -- placement changes --------------------------------------------------------------------
