@@ -625,16 +625,20 @@ async def run(arguments: argparse.Namespace, folder: Path) -> Report:
                 if writer_task.done():
                     writer_task.result()
                     raise SystemExit("the writer stopped before the change")
+                limit = f" at most {arguments.max_rate:,} keys/s" if arguments.max_rate else ""
                 print(
                     f"writer: {len(writer_numbers)} moved keys, {arguments.writers} tasks, "
                     f"{writer.count:,} puts in the {arguments.warmup:g}s warm-up; adding group "
-                    f"{new_group}",
+                    f"{new_group}{limit}",
                     flush=True,
                 )
                 add_wall = time.time()
                 add_started = time.monotonic()
                 changed = await client.add_group(
-                    weight=1, group_id=new_group, timeout=arguments.move_timeout
+                    weight=1,
+                    group_id=new_group,
+                    max_keys_per_second=arguments.max_rate,
+                    timeout=arguments.move_timeout,
                 )
                 add_returned = since(add_started)
                 if build_ring(changed.migration.target).weights != target.weights:
@@ -889,6 +893,12 @@ def main(argv: list[str] | None = None) -> int:
         "--move-timeout", type=float, default=900.0, help="seconds the migration may take"
     )
     parser.add_argument("--verify-keys", type=int, default=20_000, help="keys read back after")
+    parser.add_argument(
+        "--max-rate",
+        type=int,
+        default=0,
+        help="the ring change's limit, keys/s (add_group's max_keys_per_second; 0: none)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--data-dir", type=Path, help="keep the cluster's data and logs here (a new folder)"
