@@ -340,6 +340,12 @@ class Migration:
                 return _Wait(f"waiting for {held} locked moving keys to be released")
         return self._advance(batch, self.state.outgoing, step.target, _OUT_FROZEN, _OUT_SEALED)  # type: ignore[arg-type]
 
+    def frozen(self, target: int) -> bool:
+        """Whether writes of the keys moving to ``target`` are refused here already
+        (frozen or sealed: its move is in its switch)."""
+        state = self.state
+        return state is not None and state.outgoing.get(target) in (_OUT_FROZEN, _OUT_SEALED)
+
     def _sealed(self, target: int) -> bool:
         state = self.state
         return state is not None and state.outgoing.get(target) in (_OUT_SEALED, _OUT_RELEASED)

@@ -62,16 +62,25 @@ Decisions:
 - **A limit the operator sets** (``Migration.max_keys_per_second``, given
   with the ring change or changed while it runs): the copy steps of every
   move take turns on one schedule (``_Pace``), each holding it for its keys
-  over the rate, the first at once; the collects on another, so that a
-  migration of N keys takes about N over the limit. A switch's
-  own copies are never held back (the keys are unwritable then), nor is a
-  step already sent. The limit is read from the map at every step, so a new
-  one applies from the next chunk. A move runs every core it can get by
-  default, and the writes sharing the nodes wait behind its rounds (on the
-  2-core test machine their p50 rose from about 0.1 s to 0.5-0.9 s during
-  the bulk copy of bench.rebalance); a limit trades the move's speed for
-  their latency, as CockroachDB's snapshot rate and TiKV's
-  ``snap-max-write-bytes-per-sec`` do.
+  over the rate, the first at once; the collects take turns on another at
+  the same rate, so the copies of N moving keys take about N over the
+  limit, and the collects as long again, overlapping the copies of the
+  moves still copying. The copies of a switch are never held back (the keys
+  are unwritable then), nor are those of a source found frozen already
+  (``ExportChunk.frozen``: a switch whose record a crash lost), nor a step
+  already sent. The limit is read from the map at every step, so a new one
+  applies from the next chunk (a step waiting looks again at least every
+  ``_PACE_RECHECK``). What it does not bound: the source's scan reads ahead
+  of the paced driver as far as gRPC's flow control lets it (the first
+  second of a move is as busy as without a limit), a step is still a whole
+  chunk, catch-up rounds under writes faster than the limit end after
+  ``_MAX_ROUNDS`` and the switch copies the rest at full speed, and a
+  throttled bulk pass keeps its consistent iterator at the source open for
+  as long as it lasts (RocksDB keeps the files it reads meanwhile).
+  Without a limit a move takes every core it can get, and the writes
+  sharing the nodes wait behind its rounds; a limit trades the move's speed
+  for their latency, as CockroachDB's snapshot rate and TiKV's
+  ``snap-max-write-bytes-per-sec`` do (figures in docs/design.md).
 """
 
 from __future__ import annotations
@@ -638,6 +647,9 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
 
         try:
             async for chunk in self.calls.export(request):
+                # A source frozen already (a switch whose record was lost to a
+                # crash, resumed as a copy): its keys are unwritable, so no limit.
+                paced = not switching and not chunk.frozen
                 if revision is None:
                     revision = chunk.revision
                     if not progress.estimate:
@@ -651,8 +663,9 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
                     data, held = held, data  # the last one waits for the others
                     if data is None:
                         continue
-                if not switching:
+                if paced:
                     await self._copy_pace.take(len(data.keys) + len(data.deleted))
+                if not switching:
                     await self._no_switch.wait()  # another move is switching: let it
                 await pipeline.submit(send(data))
                 await self._maybe_record_progress(pair, progress)

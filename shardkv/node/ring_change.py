@@ -16,8 +16,9 @@ not:
   ring but keeps it).
 - ``move_rate``: not a ring change, the limit of the one under way
   (``Migration.max_keys_per_second``, which a ring change takes from its
-  request's ``max_keys_per_second``): the keys per second its bulk copies
-  and collects carry, over all its moves (0: no limit). Operators hold a
+  request's ``max_keys_per_second``): the keys per second its copies carry
+  over all its moves, and apart from them its collects (0: no limit). The
+  same change asked again keeps the limit it has. Operators hold a
   rebalance back so that the writes it shares the nodes' CPU with keep their
   latency, as CockroachDB's snapshot rate and TiKV's
   ``snap-max-write-bytes-per-sec`` do; the switches (the freeze to the
@@ -49,7 +50,7 @@ def plan_change(
     current: cluster_pb2.ClusterMap, request: node_pb2.ChangeRingRequest, now_ms: int
 ) -> cluster_pb2.ClusterMap:
     if request.WhichOneof("change") == "move_rate":
-        return _set_rate(current, request.move_rate.max_keys_per_second)
+        return _set_rate(current, request.move_rate)
     if current.HasField("migration") and current.migration.reason == _reason(request):
         return current  # the same change asked again (a retry): the one under way
     if current.HasField("migration"):

@@ -458,13 +458,16 @@ class NodeService(node_pb2_grpc.NodeServicer):
             )
         # Read together, with no await between: the export's moment.
         revision, key_count = machine.revision, machine.key_count
+        frozen = machine.migration.frozen(request.target)
         sent = False
         for chunk in export_steps(machine, request):
             if chunk is None:
                 await asyncio.sleep(0)  # a long scan lets the node's rounds run
             else:
                 sent = True
-                yield node_pb2.ExportChunk(data=chunk, revision=revision, key_count=key_count)
+                yield node_pb2.ExportChunk(
+                    data=chunk, revision=revision, key_count=key_count, frozen=frozen
+                )
             # The rounds that ran meanwhile may have dropped this replica (moved
             # away): its keys would read as deleted. The driver exports again.
             if self.runtime.peers.get(request.group_id) is not peer:
@@ -474,7 +477,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
                     "export: export again at its leader",
                 )
         if not sent:
-            yield node_pb2.ExportChunk(revision=revision, key_count=key_count)
+            yield node_pb2.ExportChunk(revision=revision, key_count=key_count, frozen=frozen)
 
 
 def txn_listing(machine: KeyValueStateMachine, txn: kv_pb2.TxnRef) -> node_pb2.ListTxnsResponse:

@@ -156,16 +156,18 @@ class ExportRequest(_message.Message):
     def __init__(self, group_id: _Optional[int] = ..., epoch: _Optional[int] = ..., target: _Optional[int] = ..., kind: _Optional[_Union[ExportKind, str]] = ..., since_revision: _Optional[int] = ..., chunk_keys: _Optional[int] = ...) -> None: ...
 
 class ExportChunk(_message.Message):
-    __slots__ = ("error", "data", "revision", "key_count")
+    __slots__ = ("error", "data", "revision", "key_count", "frozen")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     KEY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_FIELD_NUMBER: _ClassVar[int]
     error: GroupError
     data: _kv_pb2.MigrateImport
     revision: int
     key_count: int
-    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., data: _Optional[_Union[_kv_pb2.MigrateImport, _Mapping]] = ..., revision: _Optional[int] = ..., key_count: _Optional[int] = ...) -> None: ...
+    frozen: bool
+    def __init__(self, error: _Optional[_Union[GroupError, _Mapping]] = ..., data: _Optional[_Union[_kv_pb2.MigrateImport, _Mapping]] = ..., revision: _Optional[int] = ..., key_count: _Optional[int] = ..., frozen: _Optional[bool] = ...) -> None: ...
 
 class AddGroup(_message.Message):
     __slots__ = ("group_id", "weight", "nodes")
@@ -185,12 +187,6 @@ class SetWeight(_message.Message):
     weight: int
     def __init__(self, group_id: _Optional[int] = ..., weight: _Optional[int] = ...) -> None: ...
 
-class MoveRate(_message.Message):
-    __slots__ = ("max_keys_per_second",)
-    MAX_KEYS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
-    max_keys_per_second: int
-    def __init__(self, max_keys_per_second: _Optional[int] = ...) -> None: ...
-
 class ChangeRingRequest(_message.Message):
     __slots__ = ("add_group", "remove_group", "set_weight", "move_rate", "dry_run", "max_keys_per_second")
     ADD_GROUP_FIELD_NUMBER: _ClassVar[int]
@@ -202,10 +198,10 @@ class ChangeRingRequest(_message.Message):
     add_group: AddGroup
     remove_group: int
     set_weight: SetWeight
-    move_rate: MoveRate
+    move_rate: int
     dry_run: bool
     max_keys_per_second: int
-    def __init__(self, add_group: _Optional[_Union[AddGroup, _Mapping]] = ..., remove_group: _Optional[int] = ..., set_weight: _Optional[_Union[SetWeight, _Mapping]] = ..., move_rate: _Optional[_Union[MoveRate, _Mapping]] = ..., dry_run: _Optional[bool] = ..., max_keys_per_second: _Optional[int] = ...) -> None: ...
+    def __init__(self, add_group: _Optional[_Union[AddGroup, _Mapping]] = ..., remove_group: _Optional[int] = ..., set_weight: _Optional[_Union[SetWeight, _Mapping]] = ..., move_rate: _Optional[int] = ..., dry_run: _Optional[bool] = ..., max_keys_per_second: _Optional[int] = ...) -> None: ...
 
 class ChangeRingResponse(_message.Message):
     __slots__ = ("error", "map")

@@ -811,15 +811,18 @@ class _Calls:
     async def export(self, request: node_pb2.ExportRequest) -> AsyncIterator[node_pb2.ExportChunk]:
         machine = self.groups.source
         revision, key_count = machine.revision, machine.key_count
+        frozen = machine.migration.frozen(request.target)
         sent = False
         for chunk in export_chunks(machine, request):
             if request.kind in self.broken_exports:
                 self.broken_exports.discard(request.kind)
                 raise ProposalFailed("the source's leader went away")
             sent = True
-            yield node_pb2.ExportChunk(data=chunk, revision=revision, key_count=key_count)
+            yield node_pb2.ExportChunk(
+                data=chunk, revision=revision, key_count=key_count, frozen=frozen
+            )
         if not sent:
-            yield node_pb2.ExportChunk(revision=revision, key_count=key_count)
+            yield node_pb2.ExportChunk(revision=revision, key_count=key_count, frozen=frozen)
 
 
 def driven(groups: Groups) -> tuple[MigrationDriver, _Agent, _Calls]:
@@ -1320,22 +1323,68 @@ async def test_a_pace_lets_the_first_step_go_and_holds_each_for_its_keys() -> No
     assert time.now == 0.0, "the first step goes at once"
     await pace.take(200)
     assert time.now == pytest.approx(0.5), "50 keys at 100 keys/s hold the schedule 0.5 s"
-    # 200 keys hold it for 2 s; the limit raised meanwhile shortens the wait.
-    time.now += 0.5
-    rate[0] = 400
-    await pace.take(10)
-    assert time.now == pytest.approx(1.0)
     # No limit: no wait, and nothing held for the step after a new limit.
     rate[0] = 0
     await pace.take(1_000_000)
-    assert time.now == pytest.approx(1.0)
+    assert time.now == pytest.approx(0.5)
     rate[0] = 1
     await pace.take(5)
-    assert time.now == pytest.approx(1.0)
-    # A long wait looks at the limit again every _PACE_RECHECK at least.
+    assert time.now == pytest.approx(0.5)
+    # 5 keys at 1 key/s: 5 s, looked at again every _PACE_RECHECK at least.
     await pace.take(1)
-    assert time.now == pytest.approx(6.0)
+    assert time.now == pytest.approx(5.5)
     assert max(time.slept) <= migration_driver._PACE_RECHECK
+
+
+async def test_a_pace_applies_a_changed_limit_to_the_step_waiting() -> None:
+    time, rate = _FakeTime(), [10]
+
+    async def sleep(seconds: float) -> None:
+        await time.sleep(seconds)
+        if time.now >= 1.0:
+            rate[0] = 1000  # raised: 100 keys now hold the schedule 0.1 s, over already
+
+    pace = migration_driver._Pace(lambda: rate[0], time.clock, sleep)
+    await pace.take(100)  # holds the schedule 10 s at 10 keys/s
+    await pace.take(1)
+    assert time.now == pytest.approx(1.0), "the raised limit let the waiting step go"
+
+
+async def test_steps_waiting_together_go_one_at_a_time() -> None:
+    time, rate = _FakeTime(), [10]
+    went: list[tuple[int, float]] = []
+    pace = migration_driver._Pace(lambda: rate[0], time.clock, time.sleep)
+
+    async def step(number: int) -> None:
+        await pace.take(10)
+        went.append((number, time.now))
+
+    await asyncio.gather(*(step(number) for number in range(4)))
+    # Each holds the schedule 1 s: one goes at 0, the next at 1, 2 and 3 s.
+    assert sorted(at for _, at in went) == pytest.approx([0.0, 1.0, 2.0, 3.0])
+
+
+def recording_paces(
+    driver: MigrationDriver, source: KeyValueStateMachine, time: _FakeTime
+) -> list[tuple[str, int, int, bool]]:
+    """Give ``driver`` paces on ``time``'s clock that note each step they take: its kind,
+    keys, the source's arc then, and whether a switch was under way."""
+    paced: list[tuple[str, int, int, bool]] = []
+
+    def recorded(kind: str, pace: migration_driver._Pace) -> migration_driver._Pace:
+        pace._clock, pace._sleep = time.clock, time.sleep
+        take = pace.take
+
+        async def taking(keys: int) -> None:
+            paced.append((kind, keys, arcs(source)[0][TARGET], not driver._no_switch.is_set()))
+            await take(keys)
+
+        pace.take = taking  # type: ignore[method-assign]
+        return pace
+
+    recorded("copy", driver._copy_pace)
+    recorded("collect", driver._collect_pace)
+    return paced
 
 
 async def test_a_limit_paces_the_bulk_copies_and_collects_but_never_a_switch(
@@ -1350,21 +1399,7 @@ async def test_a_limit_paces_the_bulk_copies_and_collects_but_never_a_switch(
     driver, agent, _ = driven(groups)
     agent.map.migration.max_keys_per_second = 2
     time = _FakeTime()
-    # (kind, keys, the source's arc then, whether a switch was under way)
-    paced: list[tuple[str, int, int, bool]] = []
-
-    def recorded(kind: str) -> migration_driver._Pace:
-        pace = migration_driver._Pace(driver._rate_limit, time.clock, time.sleep)
-        take = pace.take
-
-        async def taking(keys: int) -> None:
-            paced.append((kind, keys, arcs(source)[0][TARGET], not driver._no_switch.is_set()))
-            await take(keys)
-
-        pace.take = taking  # type: ignore[method-assign]
-        return pace
-
-    driver._copy_pace, driver._collect_pace = recorded("copy"), recorded("collect")
+    paced = recording_paces(driver, source, time)
     assert await asyncio.wait_for(advance(driver, agent), 5) == cluster_pb2.MOVE_COPYING
     groups.write(source, put(MOVING[1], b"changed"))  # a catch-up copies it
     assert await asyncio.wait_for(advance(driver, agent), 5) == cluster_pb2.MOVE_ACTIVE
@@ -1384,3 +1419,21 @@ async def test_a_limit_paces_the_bulk_copies_and_collects_but_never_a_switch(
     assert sum(time.slept) == pytest.approx(3.0 + 2.0)
     assert value_of(groups.target, MOVING[1]) == b"changed"
     assert all(source.get(key) is None for key in MOVING)
+
+
+async def test_a_copy_of_a_source_found_frozen_is_not_held_back(groups: Groups) -> None:
+    """A crash after the freeze, before its record: the move resumes in MOVE_COPYING
+    with its keys unwritable, so its copies run at full speed whatever the limit."""
+    source = groups.source
+    seed(groups)
+    driver, agent, _ = driven(groups)
+    assert await asyncio.wait_for(advance(driver, agent), 5) == cluster_pb2.MOVE_COPYING
+    assert groups.migrate(source, step(freeze=True)).applied
+    assert source.migration.frozen(TARGET)
+    agent.map.migration.max_keys_per_second = 1
+    time = _FakeTime()
+    paced = recording_paces(driver, source, time)
+    assert await asyncio.wait_for(advance(driver, agent), 5) == cluster_pb2.MOVE_ACTIVE
+    assert paced == [], "a copy of a frozen source was paced"
+    assert time.slept == []
+    assert value_of(groups.target, MOVING[1]) == b"v1-" + MOVING[1]

@@ -276,6 +276,29 @@ async def test_an_export_ends_with_an_error_once_its_group_left_the_node() -> No
         assert "left node 1" in (ended.value.details() or "")
 
 
+async def test_an_export_says_whether_its_source_is_frozen() -> None:
+    """So that the driver never holds a switch's copies back by the migration's limit,
+    also a switch resumed as a copy after a crash lost its record."""
+    async with one_node(GROUPS) as node:
+        runtime = node.runtime
+        await runtime.propose(1, kv_pb2.Command(ring=ring_of(1, {1: 1, 2: 1})))
+        begin = kv_pb2.MigrateStep(
+            epoch=2, source=1, target=2, driver=1, begin=ring_of(2, {1: 1, 2: 3})
+        )
+        assert (await runtime.propose(1, kv_pb2.Command(migrate=begin))).migrate.applied
+
+        async def exported() -> list[bool]:
+            request = node_pb2.ExportRequest(
+                group_id=1, epoch=2, target=2, kind=node_pb2.EXPORT_CHANGES
+            )
+            return [chunk.frozen async for chunk in node.stub.Export(request)]
+
+        assert await exported() == [False]
+        freeze = kv_pb2.MigrateStep(epoch=2, source=1, target=2, driver=1, freeze=True)
+        assert (await runtime.propose(1, kv_pb2.Command(migrate=freeze))).migrate.applied
+        assert await exported() == [True]
+
+
 async def test_the_agent_bootstraps_the_map_and_puts_every_group_on_its_ring() -> None:
     async with one_node((0, 1, 2), with_agent=True) as node:
         async with asyncio.timeout(5):

@@ -247,9 +247,7 @@ def test_a_change_under_way_is_the_only_one_and_asking_it_again_answers_it() -> 
 
 
 def move_rate(keys_per_second: int) -> node_pb2.ChangeRingRequest:
-    return node_pb2.ChangeRingRequest(
-        move_rate=node_pb2.MoveRate(max_keys_per_second=keys_per_second)
-    )
+    return node_pb2.ChangeRingRequest(move_rate=keys_per_second)
 
 
 def test_a_ring_change_keeps_its_limit_in_the_migration() -> None:
