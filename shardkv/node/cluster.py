@@ -28,7 +28,8 @@ back by compare-and-set on the value it read (retrying if the map moved).
 Adding a node again with the same address answers the current map; another
 node's id or address is a ``FailedPrecondition``. Every node dials the nodes
 the map names (``transport.update_peers``), so later placement can use them.
-Ring and placement changes (``change_ring``, ``change_placement``) are planned
+Ring and placement changes (``change_ring``, which also sets the limit of a
+ring change under way; ``change_placement``) are planned
 by ``shardkv.node.ring_change`` and ``shardkv.node.placement_change`` and
 written the same way (``update_map``); the meta leader's drivers carry them
 out.
@@ -315,22 +316,25 @@ class ClusterAgent(Passes):
         return planned[0]
 
     async def change_ring(self, request: node_pb2.ChangeRingRequest) -> cluster_pb2.ClusterMap:
-        """Plan a ring change (``shardkv.node.ring_change``) and, unless a dry run, start it."""
+        """Plan a ring change (``shardkv.node.ring_change``) and, unless a dry run, start it;
+        or set the limit of the one under way (``move_rate``)."""
         planned: list[cluster_pb2.ClusterMap] = []
 
         def change(current: cluster_pb2.ClusterMap) -> cluster_pb2.ClusterMap | None:
             planned[:] = [plan_change(current, request, now_ms())]
-            return None if request.dry_run else planned[0]
+            # The map itself: a repeat of what is under way, nothing to write.
+            return None if request.dry_run or planned[0] is current else planned[0]
 
         written = await self.update_map(change)
         if request.dry_run:
             return planned[0]
         if request.WhichOneof("change") == "move_rate":
+            limit = written.migration.max_keys_per_second
             _log.info(
-                "node %d: ring change %s: at most %s keys/s",
+                "node %d: ring change %s: %s",
                 self.runtime.node_id,
                 written.migration.reason,
-                written.migration.max_keys_per_second or "unlimited",
+                f"at most {limit} keys/s" if limit else "no limit",
                 extra={"node_id": self.runtime.node_id},
             )
             return written
