@@ -58,18 +58,21 @@ run in the background (``status`` follows them). With ``--plan`` they change
 nothing and print what would move: one row per pair of groups, with the
 share of the ring, the estimated keys (the source's key count times the
 moving part of its share) and the estimated time at ``PLANNING_RATE`` keys
-per second. Bytes are not known before the copy (nodes report key counts
-only); ``status`` shows the bytes copied. ``rebalance --plan`` prints the
-plan of the ring change under way, or else each group's share of the ring
-beside its share of the weights: the ring is a function of the weights, so
+per second (or the change's ``--max-rate``, if lower). Bytes are not known
+before the copy (nodes report key counts only); ``status`` shows the bytes
+copied. ``rebalance --plan`` prints the plan of the ring change under way,
+or else each group's share of the ring beside its share of the weights: the
+ring is a function of the weights, so
 without a change of weights nothing is to move ("balanced: nothing to
 move"). ``rebalance --apply`` says the same: a change under way runs by
 itself. A ring change the meta group refuses (one is under way already,
 FAILED_PRECONDITION; the group exists) prints why and exits 4.
-``--max-rate K`` holds the change's bulk copies and collects to K keys per
-second over all its moves (default 0: no limit), so that the writes sharing
-the nodes keep their latency; ``move-rate K`` sets it for the change under
-way (0 lifts it; exit 4 when none runs), and ``status`` shows it.
+``--max-rate K`` holds the change's copies to K keys per second over all its
+moves, and its collects (the drops at the sources) to K apart from them
+(default 0: no limit), so that the writes sharing the nodes keep their
+latency; ``move-rate K`` sets it for the change under way (0 lifts it; exit 4
+when none runs), and ``status`` shows it. Asking a change under way again
+keeps its limit.
 
 Placement (``admin``, through ``ChangePlacement``): ``move-replica``,
 ``remove-node`` (decommission) and ``transfer-leader`` plan or start a
@@ -624,10 +627,16 @@ def plan_rows(
                 target=target,
                 share=share,
                 keys=keys,
-                seconds=None if keys is None else keys / PLANNING_RATE,
+                seconds=None if keys is None else keys / _planning_rate(cluster_map),
             )
         )
     return tuple(rows)
+
+
+def _planning_rate(cluster_map: cluster_pb2.ClusterMap) -> int:
+    """Keys per second a plan's estimates take: ``PLANNING_RATE``, or the limit if lower."""
+    limit = cluster_map.migration.max_keys_per_second
+    return min(PLANNING_RATE, limit) if limit else PLANNING_RATE
 
 
 def format_plan(cluster_map: cluster_pb2.ClusterMap, rows: Sequence[PlanRow]) -> str:
@@ -652,10 +661,11 @@ def format_plan(cluster_map: cluster_pb2.ClusterMap, rows: Sequence[PlanRow]) ->
         ],
     )
     known = [row.keys for row in rows if row.keys is not None]
+    rate = _planning_rate(cluster_map)
     keys = f"~{sum(known):,} keys" if len(known) == len(rows) else "keys unknown for some groups"
     total = (
         f"total: {sum(row.share for row in rows) * 100:.1f}% of the ring, {keys}, "
-        f"~{_duration(sum(known) / PLANNING_RATE)} at {PLANNING_RATE:,} keys/s; "
+        f"~{_duration(sum(known) / rate)} at {rate:,} keys/s; "
         "bytes are known only as they are copied"
     )
     return f"{header}\n{table}\n{total}\n"
@@ -1231,6 +1241,13 @@ def _whole_number(text: str) -> int:
     return value
 
 
+def _rate(text: str) -> int:
+    value = _whole_number(text)
+    if value >= 1 << 32:
+        raise argparse.ArgumentTypeError(f"{value} keys/s is over {(1 << 32) - 1}")
+    return value
+
+
 def _node_ids(text: str) -> list[int]:
     return [_positive_int(part.strip()) for part in text.split(",")]
 
@@ -1413,11 +1430,12 @@ def build_parser() -> argparse.ArgumentParser:
     ring_plan = argparse.ArgumentParser(add_help=False, parents=[plan])
     ring_plan.add_argument(
         "--max-rate",
-        type=_whole_number,
+        type=_rate,
         default=0,
         metavar="K",
-        help="at most K keys/s copied and collected, over all its moves, so that the writes "
-        "sharing the nodes keep their latency (default: 0, no limit; see move-rate)",
+        help="copy at most K keys/s over all its moves, and collect at most K keys/s apart, so "
+        "that the writes sharing the nodes keep their latency (default: 0, no limit; see "
+        "move-rate)",
     )
     add_group = admin_commands.add_parser(
         "add-group", parents=[connection, ring_plan], help="add a data group; keys move to it"
@@ -1457,12 +1475,13 @@ def build_parser() -> argparse.ArgumentParser:
         "move-rate",
         parents=[connection],
         help="limit the ring change under way to K keys/s (0: no limit)",
-        description="The most keys per second the ring change under way copies and collects, "
-        "over all its moves, from their next chunk on; 0 lifts the limit. The switches (the "
-        "keys' unwritable moments) are never held back. Exit 4 when no ring change runs.",
+        description="The most keys per second the ring change under way copies over all its "
+        "moves, and apart from that collects, from their next chunk on; 0 lifts the limit. "
+        "The switches (the keys' unwritable moments) are never held back. Exit 4 when no "
+        "ring change runs.",
     )
     move_rate.add_argument(
-        "keys_per_second", type=_whole_number, metavar="K", help="keys per second (0: no limit)"
+        "keys_per_second", type=_rate, metavar="K", help="keys per second (0: no limit)"
     )
     rebalance = admin_commands.add_parser(
         "rebalance",

@@ -46,9 +46,11 @@ What it promises:
    start is refused by the meta group (FAILED_PRECONDITION: a migration is
    under way), never applied twice. So that a repeat cannot add two groups,
    ``add_group`` without ``group_id`` first asks for the plan and then adds
-   the group id the plan gave. ``max_keys_per_second`` holds the bulk of
-   the move back (0: no limit) so that the writes sharing the nodes keep
-   their latency; ``set_move_rate`` changes it while the move runs.
+   the group id the plan gave. ``max_keys_per_second`` holds the change
+   back (its copies to that many keys per second over all its moves, its
+   collects to as many apart; 0: no limit) so that the writes sharing the
+   nodes keep their latency; ``set_move_rate`` changes it while the change
+   runs (asking the change again keeps the limit it has).
 8. **Placement changes** (``move_replica``, ``remove_node``,
    ``transfer_leader``, ``rebalance_replicas``; for operators) return the
    ``ClusterMap`` with the change: replica moves in ``replica_moves`` (each
@@ -806,11 +808,11 @@ class AsyncClient:
     async def set_move_rate(
         self, max_keys_per_second: int, *, timeout: float | None = None
     ) -> cluster_pb2.ClusterMap:
-        """Limit the ring change under way to ``max_keys_per_second`` keys copied and
-        collected per second, over all its moves (0: no limit), from its next chunk
-        on. FAILED_PRECONDITION when no ring change is under way."""
+        """Limit the ring change under way to ``max_keys_per_second`` keys copied per
+        second over all its moves, and as many collected apart (0: no limit), from
+        its next chunk on. FAILED_PRECONDITION when no ring change is under way."""
         rate = _whole("max_keys_per_second", max_keys_per_second, 0)
-        request = node_pb2.ChangeRingRequest(move_rate=node_pb2.MoveRate(max_keys_per_second=rate))
+        request = node_pb2.ChangeRingRequest(move_rate=rate)
         return await self._change("ChangeRing", request, timeout)
 
     # -- placement changes, for operators --

@@ -817,6 +817,7 @@ def test_admin_arguments() -> None:
         ["admin", "rebalance", "--plan", "--apply"],
         ["admin", "move-rate"],
         ["admin", "move-rate", "-1"],
+        ["admin", "move-rate", "4294967296"],
         ["admin", "add-group", "--max-rate", "x"],
         ["admin", "move-replica", "1", "2", "3", "--max-rate", "9"],
     ],
@@ -852,6 +853,11 @@ def test_a_plan_estimates_keys_and_time_from_the_sources_key_counts() -> None:
     assert "bytes are known only as they are copied" in lines[6]
     assert plan_rows(status.map, {}) == ()
     assert format_plan(status.map, ()) == "nothing to move (ring epoch 3)\n"
+    # A limit below PLANNING_RATE is what the estimates take.
+    planned.migration.max_keys_per_second = 1_000
+    limited = plan_rows(planned, {1: 100_000, 2: 100_000, 3: 100_000})
+    assert [row.seconds for row in limited[:3]] == [row.keys / 1_000 for row in rows[:3]]
+    assert " at 1,000 keys/s; " in format_plan(planned, limited).splitlines()[6]
 
 
 def test_admin_add_group_plan_prints_what_would_move_and_changes_nothing(
