@@ -20,10 +20,12 @@ Targets: >= 100,000 keys/s and < 500 ms.
    (a put's time includes the router's and client's retries). It writes
    ``--warmup`` seconds before the change (the baseline) and
    ``--tail`` seconds after it.
-5. Adds the group (``add_group``, weight 1) and polls the router's
-   ClusterStatus every ``--poll`` seconds until the migration has left the
-   map, keeping the last state of every move (phases, keys_copied,
-   started_ms, finished_ms, frozen_ms).
+5. Adds the group (``add_group``, weight 1; with ``--max-rate K`` the
+   change is held to K keys/s, ``max_keys_per_second``: then the writer's
+   latency beside that rate is the point, not the targets) and polls the
+   router's ClusterStatus every ``--poll`` seconds until the migration has
+   left the map, keeping the last state of every move (phases,
+   keys_copied, started_ms, finished_ms, frozen_ms).
 6. Checks: ``--verify-keys`` keys (every writer key included; half of the
    rest moved keys) read back with the value last acknowledged (for a writer
    key whose last put had no answer, that put's value is accepted too); the
@@ -906,6 +908,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if arguments.keys < 1 or arguments.loaders < 1 or arguments.writers < 1:
         parser.error("--keys, --loaders and --writers must be at least 1")
+    if not 0 <= arguments.max_rate < 1 << 32:
+        parser.error("--max-rate must be from 0 (no limit) to 4294967295")
     started = time.monotonic()
 
     def run_in(folder: Path) -> Report | int:
