@@ -58,7 +58,7 @@ run in the background (``status`` follows them). With ``--plan`` they change
 nothing and print what would move: one row per pair of groups, with the
 share of the ring, the estimated keys (the source's key count times the
 moving part of its share) and the estimated time at ``PLANNING_RATE`` keys
-per second (or the change's ``--max-rate``, if lower). Bytes are not known
+per second (or half the change's ``--max-rate``, if lower). Bytes are not known
 before the copy (nodes report key counts only); ``status`` shows the bytes
 copied. ``rebalance --plan`` prints the plan of the ring change under way,
 or else each group's share of the ring beside its share of the weights: the
@@ -634,9 +634,11 @@ def plan_rows(
 
 
 def _planning_rate(cluster_map: cluster_pb2.ClusterMap) -> int:
-    """Keys per second a plan's estimates take: ``PLANNING_RATE``, or the limit if lower."""
+    """Keys per second a plan's estimates take: ``PLANNING_RATE``, or half the change's
+    limit if lower (its copies run at the limit, and its collects apart, at the limit
+    too: a limited change takes about twice its keys over the limit)."""
     limit = cluster_map.migration.max_keys_per_second
-    return min(PLANNING_RATE, limit) if limit else PLANNING_RATE
+    return min(PLANNING_RATE, max(1, limit // 2)) if limit else PLANNING_RATE
 
 
 def format_plan(cluster_map: cluster_pb2.ClusterMap, rows: Sequence[PlanRow]) -> str:

@@ -42,9 +42,10 @@ What it promises:
    operators) return the ``ClusterMap`` with the change: its ``migration``
    holds the moves, which then run in the background (``status`` shows
    them). With ``dry_run=True`` it is the plan, and nothing changes. They
-   are retried on UNAVAILABLE like reads: a repeat of a change that did
-   start is refused by the meta group (FAILED_PRECONDITION: a migration is
-   under way), never applied twice. So that a repeat cannot add two groups,
+   are retried on UNAVAILABLE like reads: a repeat of the change under way
+   is answered with the map as it is, never applied twice, and any other
+   change is refused while one runs (FAILED_PRECONDITION). So that a repeat
+   cannot add two groups,
    ``add_group`` without ``group_id`` first asks for the plan and then adds
    the group id the plan gave. ``max_keys_per_second`` holds the change
    back (its copies to that many keys per second over all its moves, its

@@ -65,14 +65,16 @@ Decisions:
   over the rate, the first at once; the collects take turns on another at
   the same rate, so the copies of N moving keys take about N over the
   limit, and the collects as long again, overlapping the copies of the
-  moves still copying. The copies of a switch are never held back (the keys
-  are unwritable then), nor are those of a source found frozen already
-  (``ExportChunk.frozen``: a switch whose record a crash lost), nor a step
-  already sent. The limit is read from the map at every step, so a new one
-  applies from the next chunk (a step waiting looks again at least every
+  moves still copying. The copies of a switch (its turn, from the wait for
+  quiet to the activation) are never held back, nor are those of a source
+  found frozen already (``ExportChunk.frozen``: a switch whose record a
+  crash lost), nor a step already sent. A step takes its turn only while no
+  switch runs, so the schedule is not handed out to steps that cannot go.
+  The limit is read from the map at every step, so a new one applies from
+  the next chunk (a step waiting looks again at least every
   ``_PACE_RECHECK``). What it does not bound: the source's scan reads ahead
   of the paced driver as far as gRPC's flow control lets it (the first
-  second of a move is as busy as without a limit), a step is still a whole
+  second or two of a move are about as busy as without a limit), a step is still a whole
   chunk, catch-up rounds under writes faster than the limit end after
   ``_MAX_ROUNDS`` and the switch copies the rest at full speed, and a
   throttled bulk pass keeps its consistent iterator at the source open for
@@ -663,10 +665,13 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
                     data, held = held, data  # the last one waits for the others
                     if data is None:
                         continue
-                if paced:
-                    await self._copy_pace.take(len(data.keys) + len(data.deleted))
                 if not switching:
                     await self._no_switch.wait()  # another move is switching: let it
+                if paced:
+                    # Its turn only once no switch runs (turns are not handed
+                    # out while steps cannot go), then whatever began meanwhile.
+                    await self._copy_pace.take(len(data.keys) + len(data.deleted))
+                    await self._no_switch.wait()
                 await pipeline.submit(send(data))
                 await self._maybe_record_progress(pair, progress)
             await pipeline.drain()
@@ -714,8 +719,9 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         pipeline = _Pipeline(_IMPORTS_IN_FLIGHT, self._bulk)
         try:
             async for moved in self._moved_keys(epoch, pair, copied):
-                await self._collect_pace.take(len(moved))
                 await self._no_switch.wait()  # a switch goes first here too
+                await self._collect_pace.take(len(moved))
+                await self._no_switch.wait()
                 collect = self._step(epoch, pair, collect=kv_pb2.MigrateCollect(keys=moved))
                 await pipeline.submit(self._apply(source, collect))
                 collected += len(moved)

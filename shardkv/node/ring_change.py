@@ -21,8 +21,8 @@ not:
   same change asked again keeps the limit it has. Operators hold a
   rebalance back so that the writes it shares the nodes' CPU with keep their
   latency, as CockroachDB's snapshot rate and TiKV's
-  ``snap-max-write-bytes-per-sec`` do; the switches (the freeze to the
-  activation, when keys are unwritable) are never held back.
+  ``snap-max-write-bytes-per-sec`` do; the switches (a move's turn, from
+  the wait for quiet to the activation) are never held back.
 
 One ring change at a time: a change while a migration runs is refused, as is
 one that moves nothing; the very change under way asked again (a retry whose

@@ -635,8 +635,10 @@ def test_a_limited_change_copies_no_faster_than_its_limit_until_it_is_lifted(
             elapsed = time.monotonic() - started
             limited = cluster.newest_map()
             assert limited is not None and limited.HasField("migration"), "done despite the limit"
-            # The first step goes at once (one bulk chunk: a move's keys here),
-            # each later one once its predecessor's keys kept to the limit.
+            # The first step goes at once: one bulk chunk, all of one move's
+            # keys here (about a quarter of them; twice that, for the moves'
+            # uneven shares); each later one once its predecessor's keys kept
+            # to the limit.
             first_step = max(moving // len(cluster.group_ids) * 2, 1000)
             assert 0 < copied <= first_step + LIMIT * elapsed, (copied, moving, elapsed)
             lifted = client.set_move_rate(0)

@@ -853,8 +853,8 @@ def test_a_plan_estimates_keys_and_time_from_the_sources_key_counts() -> None:
     assert "bytes are known only as they are copied" in lines[6]
     assert plan_rows(status.map, {}) == ()
     assert format_plan(status.map, ()) == "nothing to move (ring epoch 3)\n"
-    # A limit below PLANNING_RATE is what the estimates take.
-    planned.migration.max_keys_per_second = 1_000
+    # A limit below PLANNING_RATE: copies and collects each at the limit.
+    planned.migration.max_keys_per_second = 2_000
     limited = plan_rows(planned, {1: 100_000, 2: 100_000, 3: 100_000})
     assert [row.seconds for row in limited[:3]] == [row.keys / 1_000 for row in rows[:3]]
     assert " at 1,000 keys/s; " in format_plan(planned, limited).splitlines()[6]
