@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -1363,7 +1364,7 @@ async def test_steps_waiting_together_go_one_at_a_time() -> None:
 
     started = loop.time()
     await asyncio.wait_for(asyncio.gather(*(step() for _ in range(4))), 5)
-    gaps = [later - earlier for earlier, later in zip(went, went[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(went)]
     assert went[0] - started < 0.04, "the first goes at once"
     assert all(gap >= 0.045 for gap in gaps), gaps  # (the loop's timers may fire ~1 ms early)
 
