@@ -33,16 +33,18 @@ as child processes and supervises them:
 7. SIGINT (Ctrl-C) or SIGTERM stops every child: SIGTERM, up to 10 s to
    exit, then SIGKILL; ``up`` then exits with 0. Children run in their own
    session, so a Ctrl-C at the terminal reaches only the launcher, which
-   stops them in order; on Linux they also get SIGTERM if the launcher dies.
+   stops them in order; on Linux (with util-linux's ``setpriv``, which
+   Debian and most distributions have) they also get SIGTERM if the
+   launcher dies, even by SIGKILL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -300,11 +302,19 @@ def _child_environment() -> dict[str, str]:
     return environment
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: on Linux, SIGTERM when the launcher dies (even by SIGKILL)."""
-    with contextlib.suppress(OSError, AttributeError):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+# On Linux a child gets SIGTERM when the launcher dies (even by SIGKILL):
+# util-linux's setpriv sets the parent-death signal and execs the command.
+# Not a preexec_fn: Python code between fork and exec is unsafe in a process
+# with threads (gRPC's), and one aborted a child (SIGABRT) under the full
+# test suite. Without setpriv, children do not die with the launcher.
+_SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
+
+
+def _dying_with_parent(argv: Sequence[str]) -> tuple[str, ...]:
+    """``argv`` run so that it gets SIGTERM when the launcher dies, where that can be had."""
+    if _SETPRIV is None:
+        return tuple(argv)
+    return (_SETPRIV, "--pdeathsig", "TERM", "--", *argv)
 
 
 def _describe_exit(returncode: int) -> str:
@@ -353,13 +363,12 @@ class Supervisor:
             )
             log.flush()
             process = await asyncio.create_subprocess_exec(
-                *spec.argv,
+                *_dying_with_parent(spec.argv),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
                 env=_child_environment(),
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         child = _Child(spec, process)
         self._children.append(child)

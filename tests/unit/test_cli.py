@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from typing import Any
 import grpc
 import pytest
 
-from router import cli
+from router import cli, launcher
 from router.cli import (
     DEFAULT_ROUTER,
     EXIT_FAILED,
@@ -694,6 +695,48 @@ def _wait_for_text(path: Path, text: str, timeout: float = 5.0) -> None:
     while text not in (path.read_text() if path.exists() else ""):
         assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
         time.sleep(0.01)
+
+
+@pytest.mark.skipif(launcher._SETPRIV is None, reason="needs Linux and util-linux's setpriv")
+def test_a_child_gets_sigterm_when_its_launcher_is_killed(tmp_path: Path) -> None:
+    """``_dying_with_parent``: no Python runs in the child between fork and exec (unsafe
+    beside gRPC's threads), and the launcher's SIGKILL still ends its children."""
+    child_pid = tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "from router.launcher import _dying_with_parent\n"
+            "child = subprocess.Popen(_dying_with_parent("
+            "[sys.executable, '-c', 'import time; time.sleep(60)']))\n"
+            f"open({str(child_pid)!r}, 'w').write(str(child.pid))\n"
+            "time.sleep(60)\n",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10.0
+        while not (child_pid.exists() and child_pid.read_text()):
+            assert time.monotonic() < deadline, "the child never started"
+            time.sleep(0.01)
+        pid = int(child_pid.read_text())
+        os.kill(pid, 0)  # running
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break  # gone (reaped by init)
+            with open(f"/proc/{pid}/stat") as stat:  # a zombie waits for init: gone too
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            assert time.monotonic() < deadline, "the child outlived its killed launcher"
+            time.sleep(0.02)
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 async def test_supervise_reports_a_crash_keeps_the_others_and_stops_on_sigterm(
