@@ -311,7 +311,10 @@ _SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 
 
 def _dying_with_parent(argv: Sequence[str]) -> tuple[str, ...]:
-    """``argv`` run so that it gets SIGTERM when the launcher dies, where that can be had."""
+    """``argv`` run so that it gets SIGTERM when the launcher dies, where that can be had.
+
+    setpriv sets the signal before it runs ``argv``: a launcher killed in
+    between (within its first moments) leaves that child running."""
     if _SETPRIV is None:
         return tuple(argv)
     return (_SETPRIV, "--pdeathsig", "TERM", "--", *argv)

@@ -720,7 +720,11 @@ def test_a_child_gets_sigterm_when_its_launcher_is_killed(tmp_path: Path) -> Non
             assert time.monotonic() < deadline, "the child never started"
             time.sleep(0.01)
         pid = int(child_pid.read_text())
-        os.kill(pid, 0)  # running
+        # setpriv sets the signal before it runs the command: wait for the
+        # command, or a kill in between would find no signal set yet.
+        while b"setpriv" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]:
+            assert time.monotonic() < deadline, "setpriv never ran the child"
+            time.sleep(0.01)
         parent.kill()
         parent.wait()
         deadline = time.monotonic() + 10.0
