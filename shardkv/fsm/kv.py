@@ -486,6 +486,16 @@ class KeyValueStateMachine:
             return None
         return kv_pb2.WrongGroup(group_id=self.group_id, epoch=ring.epoch, key=key)
 
+    def importing(self, command: kv_pb2.Command) -> bool:
+        """Whether a key ``command`` writes is one this group imports and does not serve
+        yet (its move switching over; ``Migration.importing``): a hint for the leader,
+        which may hold the command until the move is active rather than have it
+        refused and sent back and forth. Applying decides, as ever."""
+        if not self.migration.active:
+            return False
+        importing = self.migration.importing
+        return any(importing(key) for key in _command_keys(command))
+
     def _wrong_group(self, command: kv_pb2.Command) -> kv_pb2.WrongGroup | None:
         if self.ring is None:
             if command.epoch:

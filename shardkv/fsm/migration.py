@@ -176,6 +176,23 @@ class Migration:
             return kv_pb2.WrongGroup(group_id=group, epoch=epoch, key=key)
         return kv_pb2.WrongGroup(group_id=group, epoch=state.epoch, key=key)
 
+    def importing(self, key: bytes) -> bool:
+        """Whether ``key`` comes to this group in a move it takes copies of but does
+        not serve yet (``ARC_IN_IMPORTING``): refused now, served once the move is
+        active. A leader holds such a request for a moment (``shardkv.node.service``)."""
+        state, target_ring, ring = self.state, self.target_ring, self.machine.ring
+        if state is None or target_ring is None or ring is None or not ring.weights:
+            return False
+        if _IN_IMPORTING not in state.incoming.values():
+            return False  # a source, or every move here active: no hash per key
+        position = ring_position(key)
+        owner = ring.owner_at(position)
+        return (
+            owner != self.group_id
+            and target_ring.owner_at(position) == self.group_id
+            and state.incoming.get(owner) == _IN_IMPORTING
+        )
+
     def scan_refusal(self, groups: Sequence[int] = ()) -> kv_pb2.WrongGroup | None:
         """Why a scan over ``groups`` must not be answered here now, or None: keys of this
         group's range are in transit (sealed, not yet served by the target), or served

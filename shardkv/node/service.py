@@ -17,7 +17,10 @@ Reads are linearizable: each waits for a ReadIndex barrier (or the leader's
 lease, when enabled) and then reads the applied state. A read of a key the
 group's applied ring gives another group answers WRONG_GROUP (writes get it
 in their ``CommandResult``, decided when they apply). Scans return one page
-at a time and say whether more may follow. Reads and scans also return the
+at a time and say whether more may follow. A read or write all of whose keys
+the group imports and does not serve yet (their move switching over: the
+router came on the source's word) is held by the leader until the move is
+active, at most ``IMPORT_HOLD`` (``_until_served``). Reads and scans also return the
 transaction locks on the keys they cover: the value read is the one before
 that transaction, current only while it has not committed, which the router
 finds out from the transaction's primary (``router.txn``).
@@ -33,9 +36,10 @@ a caller's write there could replace the map with bytes no node can read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, NoReturn
 
 import grpc
@@ -52,7 +56,7 @@ from shardkv.errors import (
 from shardkv.fsm.kv import KeyValueStateMachine
 from shardkv.fsm.migration import Access
 from shardkv.leases import LeaseRecord, LeaseState, lease_key
-from shardkv.limits import check_key
+from shardkv.limits import check_command, check_key
 from shardkv.node.config import META_GROUP_ID
 from shardkv.node.export import export_steps
 from shardkv.node.leases import LeaseDeadlines
@@ -80,6 +84,11 @@ COMMIT_WAIT_CAP = 0.5
 # that never expires would block its keys forever if its coordinator died.
 # Generous: the deadline is on the coordinator's clock, which may run ahead.
 MAX_LOCK_AHEAD_MS = 60 * 60 * 1000
+
+# The longest a leader holds a request for a key it imports and does not serve
+# yet, waiting for its move's activation (``NodeService._until_served``); a
+# switch takes a few rounds, about 100-200 ms on a loaded 2-core machine.
+IMPORT_HOLD = 1.0
 _MAX_SCAN_PAGE = 10_000
 
 
@@ -95,6 +104,8 @@ class NodeService(node_pb2_grpc.NodeServicer):
         self.addresses = dict(addresses)
         self.agent = agent
         self.leases = leases if leases is not None else LeaseDeadlines()
+        # Per group, an event set when it next applies entries (_until_served).
+        self._applied: dict[int, asyncio.Event] = {}
 
     # -- errors --------------------------------------------------------------------
 
@@ -147,6 +158,10 @@ class NodeService(node_pb2_grpc.NodeServicer):
         try:
             _refuse_meta(request.group_id)
             _refuse_internal(request.command)
+            if self._leader_machine(request.group_id, lambda m: m.importing(request.command)):
+                await self._until_served(
+                    request.group_id, lambda machine: machine.importing(request.command), context
+                )
             future = self.runtime.propose(request.group_id, request.command)
             result = await future
         except ShardKVError as error:
@@ -163,6 +178,18 @@ class NodeService(node_pb2_grpc.NodeServicer):
             _refuse_meta(request.group_id)
             for command in request.commands:
                 _refuse_internal(command)
+            if request.commands and self._leader_machine(
+                request.group_id, lambda m: all(m.importing(c) for c in request.commands)
+            ):
+                # Every key is one this group is about to serve (a router sends
+                # those alone): in once it does, see _until_served.
+                for command in request.commands:
+                    check_command(command)  # refused now, not after the wait
+                await self._until_served(
+                    request.group_id,
+                    lambda m: any(m.importing(c) for c in request.commands),
+                    context,
+                )
             # Commands that would only be refused for a lock are answered so
             # at once: under contention, waiting writers poll, and each poll
             # through the log would cost a Raft round.
@@ -193,6 +220,62 @@ class NodeService(node_pb2_grpc.NodeServicer):
         await _commit_wait(max((o.result.revision for o in response.outcomes), default=0))
         return response
 
+    def _leader_machine(
+        self, group_id: int, waiting: Callable[[KeyValueStateMachine], bool]
+    ) -> bool:
+        """Whether this node leads ``group_id`` and ``waiting`` holds for its state."""
+        peer = self.runtime.peers.get(group_id)
+        return peer is not None and peer.role == Role.LEADER and waiting(peer.machine)
+
+    async def _until_served(
+        self,
+        group_id: int,
+        waiting: Callable[[KeyValueStateMachine], bool],
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> None:
+        """Wait while this node leads ``group_id`` and ``waiting`` says a key of the
+        request is one the group imports and does not serve yet, at most
+        ``IMPORT_HOLD`` seconds and never past the caller's deadline.
+
+        Such a request comes when the key's move switches over: its source
+        sealed the key and named this group (``moved_to``), and the router came
+        here before the activation applied. Refused at once, it would go back
+        to the router and come again after a backoff, each time a trip through
+        a node that may be busy copying; held here, it goes into the log as
+        soon as the activation has applied. Applying still decides whether it
+        is served: after the hold the request is proposed as it is. Only a
+        request all of whose keys wait is held (the router sends those alone):
+        a batch that also carries keys served now is answered as before, not
+        held with them.
+        """
+        loop = asyncio.get_running_loop()
+        hold = IMPORT_HOLD
+        remaining = context.time_remaining()
+        if remaining is not None:
+            hold = min(hold, remaining / 2)
+        until = loop.time() + hold
+        while (left := until - loop.time()) > 0:
+            if not self._leader_machine(group_id, waiting):
+                return
+            applied = self._applied_event(group_id)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await applied.wait()
+
+    def _applied_event(self, group_id: int) -> asyncio.Event:
+        """An event set the next time ``group_id`` applies entries here."""
+        event = self._applied.get(group_id)
+        if event is None:
+            event = self._applied[group_id] = asyncio.Event()
+            self.runtime.on_applied(group_id, lambda: self._applied_now(group_id))
+        return event
+
+    def _applied_now(self, group_id: int) -> None:
+        event = self._applied.get(group_id)
+        if event is not None:
+            event.set()
+            self._applied[group_id] = asyncio.Event()
+
     async def _read_barrier(
         self,
         group_id: int,
@@ -214,6 +297,14 @@ class NodeService(node_pb2_grpc.NodeServicer):
                 check_key(key)
         except InvalidArgument as error:
             await self._abort(context, error)
+
+        def importing(machine: KeyValueStateMachine) -> bool:
+            return any(machine.migration.importing(key) for key in request.keys)
+
+        if request.keys and self._leader_machine(
+            request.group_id, lambda m: all(m.migration.importing(key) for key in request.keys)
+        ):
+            await self._until_served(request.group_id, importing, context)
         group_error = await self._read_barrier(request.group_id, context)
         if group_error is not None:
             return node_pb2.ReadResponse(error=group_error)

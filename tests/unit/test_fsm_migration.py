@@ -621,6 +621,30 @@ def test_the_target_refuses_decisions_on_moved_primaries_until_activated(groups:
     assert groups.apply(target, decide(7, 1, MOVING[0])).txn.succeeded
 
 
+def test_importing_is_what_the_target_refuses_until_it_is_activated(groups: Groups) -> None:
+    """``importing``, the leader's reason to hold a request, says exactly which keys the
+    target refuses for its move not being active yet: nothing before the move
+    begins there, nothing at the source, nothing once it is active."""
+    source, target = groups.source, groups.target
+    assert not target.importing(command(put(MOVING[0], b"v")))
+    groups.begin()
+    for key in (*MOVING, *STAYING, ELSEWHERE):
+        refused = target.wrong_group(key, Access.WRITE) is not None
+        assert target.migration.importing(key) == (key in MOVING), key
+        assert refused, key  # MOVING: not yet; the others: never this group's
+        assert not source.migration.importing(key), key
+    assert target.importing(command(put(STAYING[0], b"v"), put(MOVING[1], b"v")))
+    assert not target.importing(command(put(STAYING[0], b"v"), put(ELSEWHERE, b"x")))
+    groups.copy_until_frozen()
+    groups.applies(source, step(seal=True))
+    assert target.importing(command(put(MOVING[0], b"v")))
+    groups.applies(target, step(activate=True))
+    for key in MOVING:
+        assert not target.migration.importing(key), key
+        assert target.wrong_group(key, Access.WRITE) is None, key
+    assert not target.importing(command(put(MOVING[0], b"v")))
+
+
 def test_an_imported_record_does_not_replace_one_the_target_has(groups: Groups) -> None:
     source, target = groups.source, groups.target
     groups.begin()

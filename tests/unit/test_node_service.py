@@ -299,6 +299,151 @@ async def test_an_export_says_whether_its_source_is_frozen() -> None:
         assert await exported() == [True]
 
 
+async def importing_keys(runtime: NodeRuntime) -> list[bytes]:
+    """Group 2 takes copies of group 1's keys moving to it and does not serve them
+    yet (ARC_IN_IMPORTING); two of those keys."""
+    ring, target_ring = ring_of(1, {1: 1, 2: 1}), ring_of(2, {1: 1, 2: 3})
+    await runtime.propose(2, kv_pb2.Command(ring=ring))
+    begin = kv_pb2.MigrateStep(epoch=2, source=1, target=2, driver=1, begin=target_ring)
+    assert (await runtime.propose(2, kv_pb2.Command(migrate=begin))).migrate.applied
+    old, new = build_ring(ring), build_ring(target_ring)
+    candidates = (b"key-%d" % n for n in range(1000))
+    found = [key for key in candidates if old.group_for(key) == 1 and new.group_for(key) == 2]
+    return found[:2]
+
+
+async def importing_key(runtime: NodeRuntime) -> bytes:
+    return (await importing_keys(runtime))[0]
+
+
+async def activate_after(runtime: NodeRuntime, seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    activate = kv_pb2.MigrateStep(epoch=2, source=1, target=2, driver=1, activate=True)
+    assert (await runtime.propose(2, kv_pb2.Command(migrate=activate))).migrate.applied
+
+
+async def test_a_leader_holds_a_write_of_keys_it_imports_until_it_serves_them() -> None:
+    """Writes that reach the target during their keys' switch (the source sealed them
+    and named the target) wait there for the activation and are applied, rather
+    than refused and sent again by the router."""
+    async with one_node(GROUPS) as node:
+        runtime = node.runtime
+        keys = await importing_keys(runtime)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        activating = asyncio.create_task(activate_after(runtime, 0.3))
+        answer = await node.stub.WriteBatch(
+            node_pb2.WriteBatchRequest(
+                group_id=2, commands=[put(key, b"v", seq) for seq, key in enumerate(keys, 1)]
+            ),
+            timeout=5,
+        )
+        await activating
+        assert loop.time() - started >= 0.3
+        for outcome in answer.outcomes:
+            assert outcome.code == 0 and outcome.result.results[0].succeeded, outcome
+        assert [runtime.peer(2).machine.get(key).value for key in keys] == [b"v", b"v"]
+
+
+async def test_a_batch_that_also_writes_keys_served_now_is_not_held() -> None:
+    """Holding it would hold the answers of its other writes too: its moving key is
+    refused as before, at once, and the router sends it again."""
+    async with one_node(GROUPS) as node:
+        runtime = node.runtime
+        key = await importing_key(runtime)
+        ring = build_ring(ring_of(1, {1: 1, 2: 1}))
+        served = next(k for k in (b"other-%d" % n for n in range(1000)) if ring.group_for(k) == 2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        activating = asyncio.create_task(activate_after(runtime, 0.5))
+        answer = await node.stub.WriteBatch(
+            node_pb2.WriteBatchRequest(
+                group_id=2, commands=[put(key, b"v", 1), put(served, b"w", 2)]
+            ),
+            timeout=5,
+        )
+        assert loop.time() - started < 0.5
+        moving, other = answer.outcomes
+        assert moving.result.wrong_group.key == key
+        assert other.result.results[0].succeeded
+        await activating
+
+
+@pytest.mark.parametrize("call", ["read", "write"])
+async def test_reads_and_single_writes_are_held_the_same_way(call: str) -> None:
+    async with one_node(GROUPS) as node:
+        runtime = node.runtime
+        key = await importing_key(runtime)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        activating = asyncio.create_task(activate_after(runtime, 0.3))
+        if call == "read":
+            read = await node.stub.Read(node_pb2.ReadRequest(group_id=2, keys=[key]), timeout=5)
+            assert not read.HasField("error"), read
+            assert list(read.kvs) == []
+        else:
+            written = await node.stub.Write(
+                node_pb2.WriteRequest(group_id=2, command=put(key, b"v", 1)), timeout=5
+            )
+            assert written.result.results[0].succeeded, written
+        await activating
+        assert loop.time() - started >= 0.3
+
+
+async def test_a_held_write_is_refused_as_before_when_the_move_does_not_switch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hold is short and bounded: without the activation, the key is refused with
+    WRONG_GROUP after it, and a read of it too; the router goes on from there."""
+    monkeypatch.setattr("shardkv.node.service.IMPORT_HOLD", 0.2)
+    async with one_node(GROUPS) as node:
+        runtime = node.runtime
+        key = await importing_key(runtime)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answer = await node.stub.WriteBatch(
+            node_pb2.WriteBatchRequest(group_id=2, commands=[put(key, b"v", 1)]), timeout=5
+        )
+        held = loop.time() - started
+        assert 0.2 <= held < 1.0, held
+        assert answer.outcomes[0].result.wrong_group.key == key
+        single = await node.stub.Write(
+            node_pb2.WriteRequest(group_id=2, command=put(key, b"v", 2)), timeout=5
+        )
+        assert single.result.wrong_group.key == key
+        started = loop.time()
+        read = await node.stub.Read(node_pb2.ReadRequest(group_id=2, keys=[key]), timeout=5)
+        assert loop.time() - started >= 0.2
+        assert read.error.wrong_group.key == key
+        assert runtime.peer(2).machine.get(key) is None
+
+
+async def test_a_hold_never_outlasts_the_callers_deadline() -> None:
+    async with one_node(GROUPS) as node:
+        key = await importing_key(node.runtime)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answer = await node.stub.Write(
+            node_pb2.WriteRequest(group_id=2, command=put(key, b"v", 1)), timeout=0.3
+        )
+        assert loop.time() - started < 0.3
+        assert answer.result.wrong_group.key == key
+
+
+async def test_a_write_held_for_its_key_is_checked_as_any_other() -> None:
+    async with one_node(GROUPS) as node:
+        key = await importing_key(node.runtime)
+        empty = kv_pb2.Command(
+            client_id=42, seq=1, operations=[kv_pb2.Operation(put=kv_pb2.Put(key=key))]
+        )
+        empty.operations.add().put.key = b""
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await node.stub.WriteBatch(
+                node_pb2.WriteBatchRequest(group_id=2, commands=[empty]), timeout=5
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_the_agent_bootstraps_the_map_and_puts_every_group_on_its_ring() -> None:
     async with one_node((0, 1, 2), with_agent=True) as node:
         async with asyncio.timeout(5):
