@@ -39,7 +39,14 @@ the target) with WRONG_GROUP naming the migration's target epoch, while the
 map only changes its version as the moves advance; so after any WRONG_GROUP
 the router asks for the map at once and routes again as soon as a newer one
 arrives, or after a backoff (``_after_reroute``). Scans do the same when a
-group answers a page with WRONG_GROUP, until the deadline.
+group answers a page with WRONG_GROUP, until the deadline. A refusal that
+names the target (``moved_to``: the source sealed the key) sends the key
+there at once, and keeps sending it there for the rest of the migration,
+also with newer maps that do not show the move active yet
+(``Routing.keeping``); such a key goes in a call of its own, which the
+target holds until it serves the key (``shardkv.node.service``), instead
+of a refusal, a backoff and another try, each a trip through a node busy
+with the move.
 
 ``ChangeRing`` and ``ChangePlacement`` (admin) are forwarded to the meta
 group's leader, one way for both (``_at_meta_leader``). Their refusals keep
@@ -371,9 +378,11 @@ class RouterService(router_pb2_grpc.RouterServicer):
         try:
             for attempt in itertools.count():
                 ring = self.topology.current_ring()
-                group_id = ring.group_for(key)
+                group_id, switching = ring.route(key)
                 command.epoch = ring.epoch  # routed with this ring: see Command.epoch
                 try:
+                    if switching:
+                        return await self._write_alone(group_id, command, deadline)
                     return await self._writer(group_id).call(command, deadline)
                 except Reroute as reroute:
                     await self._after_reroute(reroute, attempt)
@@ -393,11 +402,36 @@ class RouterService(router_pb2_grpc.RouterServicer):
                 self._sessions.finish(fresh)
         raise AssertionError("unreachable")
 
+    # A key whose move is switching over (the source named the target, the map
+    # does not say the move is active yet) goes to the target in a call of its
+    # own, not in the group's batch: the target holds a call all of whose keys
+    # it is about to serve until it does (shardkv.node.service), which would
+    # hold the answers of a whole batch; and it does not take one of the
+    # batch's calls in flight meanwhile.
+
+    async def _write_alone(
+        self, group_id: int, command: kv_pb2.Command, deadline: float
+    ) -> kv_pb2.CommandResult:
+        [outcome] = await self._write_batch(group_id, [command], deadline)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def _read_alone(
+        self, group_id: int, key: bytes, deadline: float
+    ) -> kv_pb2.KeyValue | None:
+        [outcome] = await self._read_batch(group_id, [key], deadline)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
     async def _read_key(self, key: bytes, deadline: float) -> kv_pb2.KeyValue | None:
         await self._wait_for_map()
         for attempt in itertools.count():
-            group_id = self.topology.current_ring().group_for(key)
+            group_id, switching = self.topology.current_ring().route(key)
             try:
+                if switching:
+                    return await self._read_alone(group_id, key, deadline)
                 return await self._reader(group_id).call(key, deadline)
             except Reroute as reroute:
                 await self._after_reroute(reroute, attempt)

@@ -126,7 +126,7 @@ class Topology:
             return False
         before = self.ring
         self.map = cluster_map
-        self.ring = Routing(cluster_map)
+        self.ring = Routing(cluster_map).keeping(before)
         self._addresses = {node.node_id: node.address for node in cluster_map.nodes}
         self._replicas = {group.group_id: tuple(group.replicas) for group in cluster_map.groups}
         for group_id in list(self._leaders):

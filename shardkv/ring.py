@@ -258,6 +258,8 @@ class Routing:
         self.version = cluster_map.version
         self.target: KeyRing | None = None
         self.active: frozenset[tuple[int, int]] = frozenset()
+        # Of ``active``, the moves a group said are active before the map did.
+        self.told: frozenset[tuple[int, int]] = frozenset()
         if cluster_map.HasField("migration"):
             migration = cluster_map.migration
             self.target = build_ring(migration.target)
@@ -277,6 +279,26 @@ class Routing:
             return self
         routing = copy.copy(self)
         routing.active = self.active | {(source, target)}
+        routing.told = self.told | {(source, target)}
+        return routing
+
+    def keeping(self, before: Routing | None) -> Routing:
+        """This routing, also taking as active the moves a group said are (``before``'s
+        ``told``), when both are of the same migration: a source that said its keys
+        moved (``with_active``) never serves them again in that migration, so a
+        newer map of it that does not say so yet (a move's progress changes the
+        map often) must not send them back there."""
+        if (
+            before is None
+            or self.target is None
+            or before.target is None
+            or (before.epoch, before.target.epoch) != (self.epoch, self.target.epoch)
+            or before.told <= self.active
+        ):
+            return self
+        routing = copy.copy(self)
+        routing.told = before.told - self.active
+        routing.active = self.active | routing.told
         return routing
 
     @property
@@ -295,6 +317,19 @@ class Routing:
         if moved_to != owner and (owner, moved_to) in self.active:
             return moved_to
         return owner
+
+    def route(self, key: bytes) -> tuple[int, bool]:
+        """``group_for(key)``, and whether the key goes there only on a group's word
+        (``with_active``): its move is switching over, the target may not serve
+        it yet."""
+        if not self.told or self.target is None:
+            return self.group_for(key), False
+        position = ring_position(key)
+        owner = self.ring.owner_at(position)
+        moved_to = self.target.owner_at(position)
+        if moved_to != owner and (owner, moved_to) in self.active:
+            return moved_to, (owner, moved_to) in self.told
+        return owner, False
 
     def shares(self) -> dict[int, float]:
         """Each group's fraction of the ring it serves now (moved arcs counted at their target)."""

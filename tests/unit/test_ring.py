@@ -178,6 +178,45 @@ def test_routing_before_any_move_is_active_is_the_old_ring() -> None:
     assert routing.shares()[5] == 0.0
 
 
+def test_a_newer_map_of_the_same_migration_keeps_a_move_a_source_said_it_sealed() -> None:
+    """A source that named the target (``with_active``) never serves the keys again in
+    that migration; a newer map that does not say the move is active yet (another
+    move's progress) must not send them back there. Another migration, or none,
+    starts afresh."""
+    before, after = KeyRing(1, FOUR), KeyRing(2, FIVE)
+    copying = {(g, 5): cluster_pb2.MOVE_COPYING for g in FOUR}
+    told = Routing(_map(copying)).with_active(3, 5)
+    newer_map = _map({**copying, (1, 5): cluster_pb2.MOVE_ACTIVE})
+    newer_map.version = 13
+    newer = Routing(newer_map).keeping(told)
+    assert newer.active == {(1, 5), (3, 5)}
+    assert newer.version == 13
+    for key in KEYS[:4000]:
+        source, target = before.group_for(key), after.group_for(key)
+        moved = source != target and source in (1, 3)
+        assert newer.group_for(key) == (target if moved else source), key
+
+    # ``route`` says which keys go to their target on a group's word only.
+    assert newer.told == {(3, 5)}
+    for key in KEYS[:4000]:
+        source, target = before.group_for(key), after.group_for(key)
+        switching = source == 3 and target == 5
+        assert newer.route(key) == (newer.group_for(key), switching), key
+    confirmed_map = _map(
+        {**copying, (1, 5): cluster_pb2.MOVE_ACTIVE, (3, 5): cluster_pb2.MOVE_ACTIVE}
+    )
+    confirmed = Routing(confirmed_map).keeping(newer)
+    assert (confirmed.active, confirmed.told) == ({(1, 5), (3, 5)}, frozenset())
+    assert not any(confirmed.route(key)[1] for key in KEYS[:4000])
+
+    assert Routing(newer_map).keeping(None).active == {(1, 5)}
+    other = _map(copying)
+    other.migration.target.epoch = 3  # another migration (from the same ring)
+    assert Routing(other).keeping(told).active == frozenset()
+    done = cluster_pb2.ClusterMap(version=14, ring=ring_of(2, FIVE))
+    assert Routing(done).keeping(told).active == frozenset()
+
+
 def test_a_ring_digest_read_big_endian_is_the_ring_position() -> None:
     for key in (b"", b"a", b"bench/rebalance/00000001", "ключ".encode(), b"\xff\x00\x80"):
         assert int.from_bytes(ring_digest(key), "big") == ring_position(key)

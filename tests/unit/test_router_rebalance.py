@@ -117,6 +117,58 @@ async def test_the_routing_is_the_maps_and_changed_wakes_on_a_newer_map() -> Non
     assert topology.ring.groups == (1, 2), "the migration is over in version 6"
 
 
+async def test_a_move_a_source_said_it_sealed_stays_routed_to_its_target_across_maps() -> None:
+    """Once a source answered ``moved_to``, a newer map of the migration that does not
+    show the move active yet (any move's progress bumps the version) keeps sending
+    the keys to the target, not back to the source that refuses them."""
+    topology = Topology(["fake:1"])
+    topology.learn(cluster_map(5, migrating=True))
+    assert topology.moved(1, 3)
+    assert topology.current_ring().active == {(1, 3)}
+    topology.learn(cluster_map(6, migrating=True))
+    assert topology.version == 6
+    assert topology.current_ring().active == {(1, 3)}
+    topology.learn(cluster_map(7))  # the migration is over: the ring says it all
+    assert topology.current_ring().active == frozenset()
+
+
+async def test_a_key_whose_move_is_switching_goes_to_its_target_alone(
+    service: RouterService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not in the group's batch: the target holds a call of such keys until it serves
+    them, and would hold every write of a batch with it."""
+    topology = service.topology
+    topology.learn(cluster_map(6, migrating=True))
+    assert topology.moved(1, 3)
+    ring = topology.current_ring()
+    key = next(k for k in (b"key-%d" % n for n in range(1000)) if ring.route(k) == (3, True))
+    sent: list[tuple[str, int, int]] = []
+
+    async def write_batch(
+        group_id: int, commands: list[kv_pb2.Command], deadline: float
+    ) -> list[kv_pb2.CommandResult]:
+        sent.append(("write", group_id, len(commands)))
+        return [kv_pb2.CommandResult(revision=7)]
+
+    async def read_batch(
+        group_id: int, keys: list[bytes], deadline: float
+    ) -> list[kv_pb2.KeyValue | None]:
+        sent.append(("read", group_id, len(keys)))
+        return [kv_pb2.KeyValue(key=keys[0], value=b"v")]
+
+    def no_batcher(group_id: int) -> None:
+        raise AssertionError(f"a switching key went into group {group_id}'s batch")
+
+    monkeypatch.setattr(service, "_write_batch", write_batch)
+    monkeypatch.setattr(service, "_read_batch", read_batch)
+    monkeypatch.setattr(service, "_writer", no_batcher)
+    monkeypatch.setattr(service, "_reader", no_batcher)
+    command = kv_pb2.Command(operations=[kv_pb2.Operation(put=kv_pb2.Put(key=key, value=b"v"))])
+    assert (await service._write_key(key, command, _deadline())).revision == 7
+    assert (await service._read_key(key, _deadline())) == kv_pb2.KeyValue(key=key, value=b"v")
+    assert sent == [("write", 3, 1), ("read", 3, 1)]
+
+
 async def test_after_a_reroute_the_router_asks_for_the_map_and_goes_on_when_it_arrives(
     service: RouterService,
 ) -> None:
