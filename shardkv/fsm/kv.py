@@ -486,15 +486,15 @@ class KeyValueStateMachine:
             return None
         return kv_pb2.WrongGroup(group_id=self.group_id, epoch=ring.epoch, key=key)
 
-    def importing(self, command: kv_pb2.Command) -> bool:
-        """Whether a key ``command`` writes is one this group imports and does not serve
-        yet (its move switching over; ``Migration.importing``): a hint for the leader,
-        which may hold the command until the move is active rather than have it
-        refused and sent back and forth. Applying decides, as ever."""
+    def importing(self, command: kv_pb2.Command, *, every: bool = True) -> bool:
+        """Whether every key ``command`` writes (with ``every=False``: any) is one this
+        group imports and does not serve yet (its move switching over;
+        ``Migration.importing``): a hint for the leader, which may hold the command
+        until the move is active rather than have it refused and sent again.
+        Applying decides, as ever."""
         if not self.migration.active:
             return False
-        importing = self.migration.importing
-        return any(importing(key) for key in _command_keys(command))
+        return self.migration.importing(_command_keys(command), every=every)
 
     def _wrong_group(self, command: kv_pb2.Command) -> kv_pb2.WrongGroup | None:
         if self.ring is None:

@@ -176,22 +176,30 @@ class Migration:
             return kv_pb2.WrongGroup(group_id=group, epoch=epoch, key=key)
         return kv_pb2.WrongGroup(group_id=group, epoch=state.epoch, key=key)
 
-    def importing(self, key: bytes) -> bool:
-        """Whether ``key`` comes to this group in a move it takes copies of but does
-        not serve yet (``ARC_IN_IMPORTING``): refused now, served once the move is
-        active. A leader holds such a request for a moment (``shardkv.node.service``)."""
+    def importing(self, keys: Iterable[bytes], *, every: bool = True) -> bool:
+        """Whether every one of ``keys`` (with ``every=False``: any) comes to this group
+        in a move it takes copies of but does not serve yet (``ARC_IN_IMPORTING``):
+        refused now, served once the move is active. A leader holds a request of
+        such keys for a moment (``shardkv.node.service``). No keys: False."""
         state, target_ring, ring = self.state, self.target_ring, self.machine.ring
         if state is None or target_ring is None or ring is None or not ring.weights:
             return False
-        if _IN_IMPORTING not in state.incoming.values():
+        incoming = state.incoming
+        if _IN_IMPORTING not in incoming.values():
             return False  # a source, or every move here active: no hash per key
-        position = ring_position(key)
-        owner = ring.owner_at(position)
-        return (
-            owner != self.group_id
-            and target_ring.owner_at(position) == self.group_id
-            and state.incoming.get(owner) == _IN_IMPORTING
-        )
+        owner_at, target_at, group = ring.owner_at, target_ring.owner_at, self.group_id
+        found = False
+        for key in keys:
+            position = ring_position(key)
+            owner = owner_at(position)
+            found = (
+                owner != group
+                and target_at(position) == group
+                and incoming.get(owner) == _IN_IMPORTING
+            )
+            if found != every:
+                return found  # every: one served (or never ours) decides; any: one waiting
+        return found
 
     def scan_refusal(self, groups: Sequence[int] = ()) -> kv_pb2.WrongGroup | None:
         """Why a scan over ``groups`` must not be answered here now, or None: keys of this

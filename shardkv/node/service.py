@@ -89,6 +89,7 @@ MAX_LOCK_AHEAD_MS = 60 * 60 * 1000
 # yet, waiting for its move's activation (``NodeService._until_served``); a
 # switch takes a few rounds, about 100-200 ms on a loaded 2-core machine.
 IMPORT_HOLD = 1.0
+_HOLD_RECHECK = 0.1
 _MAX_SCAN_PAGE = 10_000
 
 
@@ -106,6 +107,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
         self.leases = leases if leases is not None else LeaseDeadlines()
         # Per group, an event set when it next applies entries (_until_served).
         self._applied: dict[int, asyncio.Event] = {}
+        self._listening: set[int] = set()
 
     # -- errors --------------------------------------------------------------------
 
@@ -159,8 +161,11 @@ class NodeService(node_pb2_grpc.NodeServicer):
             _refuse_meta(request.group_id)
             _refuse_internal(request.command)
             if self._leader_machine(request.group_id, lambda m: m.importing(request.command)):
+                check_command(request.command)  # refused now, not after the wait
                 await self._until_served(
-                    request.group_id, lambda machine: machine.importing(request.command), context
+                    request.group_id,
+                    lambda m: m.importing(request.command, every=False),
+                    context,
                 )
             future = self.runtime.propose(request.group_id, request.command)
             result = await future
@@ -181,13 +186,13 @@ class NodeService(node_pb2_grpc.NodeServicer):
             if request.commands and self._leader_machine(
                 request.group_id, lambda m: all(m.importing(c) for c in request.commands)
             ):
-                # Every key is one this group is about to serve (a router sends
-                # those alone): in once it does, see _until_served.
+                # Every key of every command is one this group is about to serve
+                # (a router sends those alone): in once it does, see _until_served.
                 for command in request.commands:
                     check_command(command)  # refused now, not after the wait
                 await self._until_served(
                     request.group_id,
-                    lambda m: any(m.importing(c) for c in request.commands),
+                    lambda m: any(m.importing(c, every=False) for c in request.commands),
                     context,
                 )
             # Commands that would only be refused for a lock are answered so
@@ -235,7 +240,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
     ) -> None:
         """Wait while this node leads ``group_id`` and ``waiting`` says a key of the
         request is one the group imports and does not serve yet, at most
-        ``IMPORT_HOLD`` seconds and never past the caller's deadline.
+        ``IMPORT_HOLD`` seconds and half the caller's time left.
 
         Such a request comes when the key's move switches over: its source
         sealed the key and named this group (``moved_to``), and the router came
@@ -259,22 +264,25 @@ class NodeService(node_pb2_grpc.NodeServicer):
                 return
             applied = self._applied_event(group_id)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
+                # Woken by entries applied; a lead lost without any is seen
+                # within _HOLD_RECHECK.
+                async with asyncio.timeout(min(left, _HOLD_RECHECK)):
                     await applied.wait()
 
     def _applied_event(self, group_id: int) -> asyncio.Event:
         """An event set the next time ``group_id`` applies entries here."""
+        if group_id not in self._listening:
+            self._listening.add(group_id)
+            self.runtime.on_applied(group_id, lambda: self._applied_now(group_id))
         event = self._applied.get(group_id)
         if event is None:
             event = self._applied[group_id] = asyncio.Event()
-            self.runtime.on_applied(group_id, lambda: self._applied_now(group_id))
         return event
 
     def _applied_now(self, group_id: int) -> None:
-        event = self._applied.get(group_id)
-        if event is not None:
+        event = self._applied.pop(group_id, None)
+        if event is not None:  # someone waits: the next one is made when asked for
             event.set()
-            self._applied[group_id] = asyncio.Event()
 
     async def _read_barrier(
         self,
@@ -298,13 +306,12 @@ class NodeService(node_pb2_grpc.NodeServicer):
         except InvalidArgument as error:
             await self._abort(context, error)
 
-        def importing(machine: KeyValueStateMachine) -> bool:
-            return any(machine.migration.importing(key) for key in request.keys)
-
-        if request.keys and self._leader_machine(
-            request.group_id, lambda m: all(m.migration.importing(key) for key in request.keys)
-        ):
-            await self._until_served(request.group_id, importing, context)
+        if self._leader_machine(request.group_id, lambda m: m.migration.importing(request.keys)):
+            await self._until_served(
+                request.group_id,
+                lambda m: m.migration.importing(request.keys, every=False),
+                context,
+            )
         group_error = await self._read_barrier(request.group_id, context)
         if group_error is not None:
             return node_pb2.ReadResponse(error=group_error)

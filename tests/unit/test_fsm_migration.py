@@ -630,17 +630,23 @@ def test_importing_is_what_the_target_refuses_until_it_is_activated(groups: Grou
     groups.begin()
     for key in (*MOVING, *STAYING, ELSEWHERE):
         refused = target.wrong_group(key, Access.WRITE) is not None
-        assert target.migration.importing(key) == (key in MOVING), key
+        assert target.migration.importing([key]) == (key in MOVING), key
         assert refused, key  # MOVING: not yet; the others: never this group's
-        assert not source.migration.importing(key), key
-    assert target.importing(command(put(STAYING[0], b"v"), put(MOVING[1], b"v")))
-    assert not target.importing(command(put(STAYING[0], b"v"), put(ELSEWHERE, b"x")))
+        assert not source.migration.importing([key]), key
+    # Every key, or (every=False) any: a command also writing a key that is not
+    # on its way here would only be refused after a hold.
+    assert target.importing(command(put(MOVING[2], b"v"), put(MOVING[1], b"v")))
+    mixed = command(put(STAYING[0], b"v"), put(MOVING[1], b"v"))
+    assert not target.importing(mixed)
+    assert target.importing(mixed, every=False)
+    assert not target.importing(command(put(STAYING[0], b"v"), put(ELSEWHERE, b"x")), every=False)
+    assert not target.migration.importing([])
     groups.copy_until_frozen()
     groups.applies(source, step(seal=True))
     assert target.importing(command(put(MOVING[0], b"v")))
     groups.applies(target, step(activate=True))
     for key in MOVING:
-        assert not target.migration.importing(key), key
+        assert not target.migration.importing([key]), key
         assert target.wrong_group(key, Access.WRITE) is None, key
     assert not target.importing(command(put(MOVING[0], b"v")))
 

@@ -19,7 +19,7 @@ from shardkv.node.cluster import CLUSTER_MAP_KEY, META_GROUP, ClusterAgent, init
 from shardkv.node.config import NodeConfig
 from shardkv.node.peer import Peer, PeerOptions
 from shardkv.node.runtime import NodeRuntime
-from shardkv.node.service import NodeService
+from shardkv.node.service import IMPORT_HOLD, NodeService
 from shardkv.node.transport_memory import MemoryNetwork, MemoryTransport
 from shardkv.raft import Role
 from shardkv.ring import build_ring, ring_of
@@ -322,6 +322,14 @@ async def activate_after(runtime: NodeRuntime, seconds: float) -> None:
     assert (await runtime.propose(2, kv_pb2.Command(migrate=activate))).migrate.applied
 
 
+@pytest.fixture
+def woken_by_entries_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A held request looks again when its group applies entries, and not on its own
+    (as it does every 0.1 s, to see a lead lost), so a test sees the wake-up."""
+    monkeypatch.setattr("shardkv.node.service._HOLD_RECHECK", 60.0)
+
+
+@pytest.mark.usefixtures("woken_by_entries_only")
 async def test_a_leader_holds_a_write_of_keys_it_imports_until_it_serves_them() -> None:
     """Writes that reach the target during their keys' switch (the source sealed them
     and named the target) wait there for the activation and are applied, rather
@@ -338,8 +346,9 @@ async def test_a_leader_holds_a_write_of_keys_it_imports_until_it_serves_them() 
             ),
             timeout=5,
         )
+        held = loop.time() - started
         await activating
-        assert loop.time() - started >= 0.3
+        assert 0.3 <= held < IMPORT_HOLD, "woken by the activation, not the hold's end"
         for outcome in answer.outcomes:
             assert outcome.code == 0 and outcome.result.results[0].succeeded, outcome
         assert [runtime.peer(2).machine.get(key).value for key in keys] == [b"v", b"v"]
@@ -369,6 +378,7 @@ async def test_a_batch_that_also_writes_keys_served_now_is_not_held() -> None:
         await activating
 
 
+@pytest.mark.usefixtures("woken_by_entries_only")
 @pytest.mark.parametrize("call", ["read", "write"])
 async def test_reads_and_single_writes_are_held_the_same_way(call: str) -> None:
     async with one_node(GROUPS) as node:
@@ -386,8 +396,9 @@ async def test_reads_and_single_writes_are_held_the_same_way(call: str) -> None:
                 node_pb2.WriteRequest(group_id=2, command=put(key, b"v", 1)), timeout=5
             )
             assert written.result.results[0].succeeded, written
+        held = loop.time() - started
         await activating
-        assert loop.time() - started >= 0.3
+        assert 0.3 <= held < IMPORT_HOLD, "woken by the activation, not the hold's end"
 
 
 async def test_a_held_write_is_refused_as_before_when_the_move_does_not_switch(
@@ -430,18 +441,50 @@ async def test_a_hold_never_outlasts_the_callers_deadline() -> None:
         assert answer.result.wrong_group.key == key
 
 
-async def test_a_write_held_for_its_key_is_checked_as_any_other() -> None:
+async def test_a_hold_ends_soon_after_the_lead_is_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with no entry applied: the held request looks at the lead again every
+    0.1 s, and goes on (to be refused) once this node no longer leads."""
+    monkeypatch.setattr("shardkv.node.service.IMPORT_HOLD", 30.0)
     async with one_node(GROUPS) as node:
         key = await importing_key(node.runtime)
-        empty = kv_pb2.Command(
-            client_id=42, seq=1, operations=[kv_pb2.Operation(put=kv_pb2.Put(key=key))]
-        )
-        empty.operations.add().put.key = b""
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await node.stub.WriteBatch(
-                node_pb2.WriteBatchRequest(group_id=2, commands=[empty]), timeout=5
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        write = asyncio.ensure_future(
+            node.stub.Write(
+                node_pb2.WriteRequest(group_id=2, command=put(key, b"v", 1)), timeout=60
             )
-        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        )
+        await asyncio.sleep(0.3)
+        assert not write.done(), "held"
+        # As a round that steps down sets it (and nothing applies meanwhile).
+        monkeypatch.setattr(node.runtime.peer(2), "role", Role.FOLLOWER)
+        await write
+        assert loop.time() - started < 1.0
+
+
+async def test_a_write_of_keys_it_would_hold_is_checked_first() -> None:
+    """An invalid write is refused at once, not after the hold."""
+    async with one_node(GROUPS) as node:
+        key = await importing_key(node.runtime)
+        # Every key of it is held, and its session is impossible.
+        invalid = kv_pb2.Command(
+            client_id=42,
+            seq=1,
+            acked_seq=1,
+            operations=[kv_pb2.Operation(put=kv_pb2.Put(key=key))],
+        )
+        loop = asyncio.get_running_loop()
+        for call in (
+            node.stub.WriteBatch(
+                node_pb2.WriteBatchRequest(group_id=2, commands=[invalid]), timeout=5
+            ),
+            node.stub.Write(node_pb2.WriteRequest(group_id=2, command=invalid), timeout=5),
+        ):
+            started = loop.time()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert loop.time() - started < IMPORT_HOLD / 2
 
 
 async def test_the_agent_bootstraps_the_map_and_puts_every_group_on_its_ring() -> None:
