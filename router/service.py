@@ -350,7 +350,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
         _log.debug("%s (attempt %d): routing again with the next map", reroute, attempt)
         self.topology.refresh()
         wrong_group = reroute.wrong_group
-        if wrong_group.moved_to and self.topology.moved(wrong_group.group_id, wrong_group.moved_to):
+        if wrong_group.moved_to and self.topology.moved(
+            wrong_group.group_id, wrong_group.moved_to, wrong_group.epoch
+        ):
             # The source sealed the key's move and names its target: go there
             # now; it serves the key as soon as the move is active.
             return
@@ -412,6 +414,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
     async def _write_alone(
         self, group_id: int, command: kv_pb2.Command, deadline: float
     ) -> kv_pb2.CommandResult:
+        overloaded = self._writer(group_id).overloaded()
+        if overloaded is not None:  # the group's own limit, as in its batch
+            raise overloaded
         [outcome] = await self._write_batch(group_id, [command], deadline)
         if isinstance(outcome, BaseException):
             raise outcome
@@ -420,6 +425,9 @@ class RouterService(router_pb2_grpc.RouterServicer):
     async def _read_alone(
         self, group_id: int, key: bytes, deadline: float
     ) -> kv_pb2.KeyValue | None:
+        overloaded = self._reader(group_id).overloaded()
+        if overloaded is not None:
+            raise overloaded
         [outcome] = await self._read_batch(group_id, [key], deadline)
         if isinstance(outcome, BaseException):
             raise outcome

@@ -96,12 +96,12 @@ class Topology:
         """Poll for a newer map now (a node answered with a newer epoch)."""
         self._poke.set()
 
-    def moved(self, source: int, target: int) -> bool:
-        """A group said its keys moving to ``target`` are no longer served by it: route
-        them there before the map says so (the target refuses until it serves them).
-        False when our map knows no such move (it predates the migration): wait for a
-        newer one."""
-        if self.ring is None or self.ring.target is None:
+    def moved(self, source: int, target: int, epoch: int) -> bool:
+        """A group said its keys moving to ``target`` in the migration to ring ``epoch``
+        are no longer served by it: route them there before the map says so (the
+        target holds or refuses them until it serves them). False when our map knows
+        no such migration (it predates it, or is of another): wait for a newer one."""
+        if self.ring is None or self.ring.target is None or self.ring.target.epoch != epoch:
             return False
         self.ring = self.ring.with_active(source, target)
         return True

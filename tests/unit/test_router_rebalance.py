@@ -17,7 +17,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from router.groups import GroupUnavailable, Reroute
+from router.groups import GroupUnavailable, Overloaded, Reroute
 from router.service import RouterService
 from router.topology import Topology
 from shardkv.ring import ring_of
@@ -123,7 +123,7 @@ async def test_a_move_a_source_said_it_sealed_stays_routed_to_its_target_across_
     the keys to the target, not back to the source that refuses them."""
     topology = Topology(["fake:1"])
     topology.learn(cluster_map(5, migrating=True))
-    assert topology.moved(1, 3)
+    assert topology.moved(1, 3, 2)
     assert topology.current_ring().active == {(1, 3)}
     topology.learn(cluster_map(6, migrating=True))
     assert topology.version == 6
@@ -139,7 +139,7 @@ async def test_a_key_whose_move_is_switching_goes_to_its_target_alone(
     them, and would hold every write of a batch with it."""
     topology = service.topology
     topology.learn(cluster_map(6, migrating=True))
-    assert topology.moved(1, 3)
+    assert topology.moved(1, 3, 2)
     ring = topology.current_ring()
     key = next(k for k in (b"key-%d" % n for n in range(1000)) if ring.route(k) == (3, True))
     sent: list[tuple[str, int, int]] = []
@@ -156,17 +156,46 @@ async def test_a_key_whose_move_is_switching_goes_to_its_target_alone(
         sent.append(("read", group_id, len(keys)))
         return [kv_pb2.KeyValue(key=keys[0], value=b"v")]
 
-    def no_batcher(group_id: int) -> None:
-        raise AssertionError(f"a switching key went into group {group_id}'s batch")
+    class NoBatcher:
+        """The group's batcher: asked only whether it is full, never given the key."""
 
+        def __init__(self, full: Overloaded | None) -> None:
+            self.full = full
+
+        def overloaded(self) -> Overloaded | None:
+            return self.full
+
+        async def call(self, item: object, deadline: float) -> None:
+            raise AssertionError("a switching key went into its group's batch")
+
+    batcher = NoBatcher(None)
     monkeypatch.setattr(service, "_write_batch", write_batch)
     monkeypatch.setattr(service, "_read_batch", read_batch)
-    monkeypatch.setattr(service, "_writer", no_batcher)
-    monkeypatch.setattr(service, "_reader", no_batcher)
+    monkeypatch.setattr(service, "_writer", lambda group_id: batcher)
+    monkeypatch.setattr(service, "_reader", lambda group_id: batcher)
     command = kv_pb2.Command(operations=[kv_pb2.Operation(put=kv_pb2.Put(key=key, value=b"v"))])
     assert (await service._write_key(key, command, _deadline())).revision == 7
     assert (await service._read_key(key, _deadline())) == kv_pb2.KeyValue(key=key, value=b"v")
     assert sent == [("write", 3, 1), ("read", 3, 1)]
+
+    # Alone or not, a group with too much waiting at the router refuses at once.
+    batcher.full = Overloaded("group 3 has 4096 requests waiting")
+    with pytest.raises(Overloaded):
+        await service._write_key(key, command, _deadline())
+    with pytest.raises(Overloaded):
+        await service._read_key(key, _deadline())
+    assert len(sent) == 2
+
+
+async def test_a_sealed_source_of_another_migration_moves_nothing() -> None:
+    """A ``moved_to`` answered in the migration to another epoch than the one our map
+    shows (a map behind, or ahead of, that group) routes nothing on its word."""
+    topology = Topology(["fake:1"])
+    topology.learn(cluster_map(5, migrating=True))
+    assert not topology.moved(1, 3, 3)
+    assert topology.current_ring().active == frozenset()
+    topology.learn(cluster_map(6))  # no migration at all
+    assert not topology.moved(1, 3, 2)
 
 
 async def test_after_a_reroute_the_router_asks_for_the_map_and_goes_on_when_it_arrives(
