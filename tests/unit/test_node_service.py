@@ -474,15 +474,16 @@ async def test_a_write_of_keys_it_would_hold_is_checked_first() -> None:
             operations=[kv_pb2.Operation(put=kv_pb2.Put(key=key))],
         )
         loop = asyncio.get_running_loop()
-        for call in (
-            node.stub.WriteBatch(
+        calls = (
+            lambda: node.stub.WriteBatch(
                 node_pb2.WriteBatchRequest(group_id=2, commands=[invalid]), timeout=5
             ),
-            node.stub.Write(node_pb2.WriteRequest(group_id=2, command=invalid), timeout=5),
-        ):
+            lambda: node.stub.Write(node_pb2.WriteRequest(group_id=2, command=invalid), timeout=5),
+        )
+        for call in calls:
             started = loop.time()
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await call
+                await call()
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert loop.time() - started < IMPORT_HOLD / 2
 

@@ -216,6 +216,26 @@ async def test_after_a_reroute_the_router_asks_for_the_map_and_goes_on_when_it_a
     assert 0.03 < loop.time() - started < 0.3
 
 
+async def test_a_moved_to_of_another_migration_waits_for_the_map(
+    service: RouterService,
+) -> None:
+    """The refusal's own epoch is what ``moved`` checks: a source sealed in a migration
+    to epoch 3 says nothing about ours (to epoch 2), so the router backs off."""
+    topology = service.topology
+    topology.learn(cluster_map(6, migrating=True))
+    other = Reroute(kv_pb2.WrongGroup(group_id=1, epoch=3, moved_to=3))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await service._after_reroute(other, attempt=0)
+    assert loop.time() - started >= 0.009, "a backoff, not at once"
+    assert topology.current_ring().active == frozenset()
+    ours = Reroute(kv_pb2.WrongGroup(group_id=1, epoch=2, moved_to=3))
+    started = loop.time()
+    await service._after_reroute(ours, attempt=0)
+    assert loop.time() - started < 0.009
+    assert topology.current_ring().active == {(1, 3)}
+
+
 async def test_a_scan_goes_to_the_migrations_targets_and_retries_a_wrong_group(
     service: RouterService, node: FakeNode
 ) -> None:
