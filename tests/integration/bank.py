@@ -68,8 +68,6 @@ _RETRY_PAUSE = 0.1
 _THINK = 0.05
 # A reader's pause after it was aborted, at most, for the same reason.
 _READ_BACKOFF = 0.1
-# How long readers may read on after a run, to reach its ``min_reads`` (``Bank.run``).
-READ_GRACE = 10.0
 MAX_SUBSET_SEARCH = 14
 
 
@@ -191,20 +189,9 @@ class Bank:
         assert response.succeeded
 
     async def run(
-        self,
-        addresses: Sequence[str],
-        transferers: int,
-        readers: int,
-        seconds: float,
-        seed: int,
-        min_reads: int = 0,
+        self, addresses: Sequence[str], transferers: int, readers: int, seconds: float, seed: int
     ) -> BankReport:
-        """Run the clients for ``seconds`` through ``addresses``; each finishes what it began.
-
-        With ``min_reads``, the readers read on after that (the transfers have
-        stopped) until that many reads were checked in all, at most
-        ``READ_GRACE`` seconds: a read meets a transfer's lock and aborts most of
-        the time while they run, so a short run may check too few."""
+        """Run the clients for ``seconds`` through ``addresses``; each finishes what it began."""
         report = BankReport()
         channels = [grpc.aio.insecure_channel(address) for address in addresses]
         stubs = [router_pb2_grpc.RouterStub(channel) for channel in channels]  # type: ignore[no-untyped-call]
@@ -223,7 +210,6 @@ class Bank:
                         random.Random(seed + transferers + number),
                         stop_at,
                         report,
-                        min_reads,
                     )
                     for number in range(readers)
                 ),
@@ -380,18 +366,10 @@ class Bank:
             report.violations.append(f"transfer {transfer} read a negative balance: {now}")
 
     async def _reader(
-        self,
-        client: _Client,
-        rng: random.Random,
-        stop_at: float,
-        report: BankReport,
-        min_reads: int = 0,
+        self, client: _Client, rng: random.Random, stop_at: float, report: BankReport
     ) -> None:
         for _ in range(100_000):
-            now = time.monotonic()
-            if now >= stop_at and (
-                report.reads_checked >= min_reads or now >= stop_at + READ_GRACE
-            ):
+            if time.monotonic() >= stop_at:
                 return
             request = router_pb2.TxnRequest(
                 success=[get_op(key) for key in self.keys], session=client.sessions.begin()

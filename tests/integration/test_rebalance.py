@@ -446,7 +446,9 @@ def test_a_router_paused_across_a_ring_change_reroutes_the_moved_keys(
 
 ACCOUNTS = 20
 INITIAL_BALANCE = 100
-BANK_SECONDS = 12.0
+# Long enough that the readers check their floor of reads while transfers run
+# (most reads abort on a transfer's lock: 2-11 checked in 12 s, in 8 runs).
+BANK_SECONDS = 20.0
 
 
 def test_a_bank_conserves_its_total_while_a_group_is_added(make_cluster: MakeCluster) -> None:
@@ -483,9 +485,6 @@ def test_a_bank_conserves_its_total_while_a_group_is_added(make_cluster: MakeClu
                     readers=2,
                     seconds=BANK_SECONDS,
                     seed=7,
-                    # Checked reads are counted below; most abort on a lock
-                    # while transfers run, so a few may be read after them.
-                    min_reads=5,
                 ),
                 add_group(stop_at),
             )
