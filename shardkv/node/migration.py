@@ -53,12 +53,19 @@ Decisions:
   bulk steps in flight have applied, copies what changed meanwhile, and
   only then freezes: its few rounds, the keys' unwritable window, do not
   queue behind chunks of thousands of keys on every node. The bulk work
-  resumes once the turn's targets are active (the map records it after).
-  A move found frozen already does not wait for quiet: its keys are
-  unwritable from the start. Each move
+  resumes once the turn's targets are active; each move records its own
+  activation as soon as its switch ends. A move found frozen already does
+  not wait for quiet: its keys are unwritable from the start. Each move
   keeps ``_IMPORTS_IN_FLIGHT`` copy steps in flight, and a target group
   takes at most ``_TARGET_IMPORTS`` at once over all the moves into it, so
   the wait is short.
+- **A switch waiting for locks leaves its turn.** A source not sealed
+  ``_SEAL_IN_TURN`` after its freeze (transactions hold locks on its moving
+  keys) goes on waiting alone, its reason in ``Move.stuck``, and the turn
+  ends without it. Held in the turn, it could wait for ever: a lock's
+  transaction whose primary key moved with another switch of the same turn
+  is decided by its record at that move's target, and the nodes' resolvers
+  look for it there only once the map says that move is active.
 - **A limit the operator sets** (``Migration.max_keys_per_second``, given
   with the ring change or changed while it runs): the copy steps of every
   move take turns on one schedule (``_Pace``), each holding it for its keys
@@ -88,6 +95,8 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -132,6 +141,10 @@ _PROGRESS_INTERVAL = 1.0
 # Keys hashed between two chances for the event loop.
 _CHECK_SLICE = 4096
 _SEAL_POLL = 0.02
+# A switch whose source is not sealed this long after its freeze (locks on its
+# keys) leaves its turn and polls at _SEAL_POLL_ALONE (``MigrationDriver._seal``).
+_SEAL_IN_TURN = 0.5
+_SEAL_POLL_ALONE = 0.2
 # The longest a switch waits for the bulk steps in flight to apply.
 _QUIET_WAIT = 2.0
 
@@ -260,8 +273,19 @@ class _Switch:
     pair: _Pair
     progress: _Progress
     record_frozen: bool
-    # The frozen ms, or why the switch failed; set by the turn that took the move.
+    # The frozen ms, or why the switch failed; set by its steps.
     outcome: asyncio.Future[int] = field(default_factory=_new_outcome)
+    # Set once the switch is out of its turn: ended, or waiting for its seal on its own.
+    left: asyncio.Event = field(default_factory=asyncio.Event)
+    # Its steps, from the moment a turn took the move along.
+    steps: asyncio.Task[None] | None = None
+
+
+def _steps_ended(switch: _Switch, steps: asyncio.Task[None]) -> None:
+    """A switch's steps ended, however: it is out of its turn, with an outcome."""
+    switch.left.set()
+    if not switch.outcome.done():
+        switch.outcome.set_exception(StepFailed("the switch was cancelled"))
 
 
 class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.Move]]):
@@ -273,12 +297,13 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         self._background: set[asyncio.Task[None]] = set()
         # Moves in their switch (their turn: the wait for quiet, freeze to
         # active); meanwhile the others' copies and collects wait, so that the
-        # keys unwritable now get the machine. One turn at a time, taken by
+        # keys unwritable now get the machine. One turn at a time, taking
         # every move waiting for it (_switch), so the event is clear exactly
         # while a turn runs.
         self._no_switch = asyncio.Event()
         self._no_switch.set()
-        self._switch_turn = asyncio.Lock()
+        # The turn running (it ends once each of its switches left it), or None.
+        self._turn: asyncio.Task[None] | None = None
         # The moves waiting for a turn, and what their switch came to.
         self._switch_waiting: dict[_Pair, _Switch] = {}
         self._target_slots: dict[int, asyncio.Semaphore] = {}
@@ -428,20 +453,33 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         target in its own entry.
 
         Switches take turns; a turn switches every move waiting for it, side by
-        side (``_take_turn``): moves whose copies end while another switches
+        side (``_start_turn``): moves whose copies end while another switches
         then share one wait for quiet and one unwritable window, where one
-        after the other would each wait their own.
+        after the other would each wait their own. Each move records its own
+        activation as soon as its switch ends, not when its turn does.
         """
         switch = _Switch(epoch, pair, progress, record_frozen)
         self._switch_waiting[pair] = switch
         try:
-            async with self._switch_turn:
-                if not switch.outcome.done():  # no turn took it along
-                    await self._take_turn()
+            while switch.steps is None:
+                turn = self._turn
+                if turn is None or turn.done():
+                    self._start_turn()  # takes this move along
+                else:
+                    # Until it ends (this task cancelled does not cancel it).
+                    await asyncio.wait({turn})
+            frozen_ms = await asyncio.shield(switch.outcome)
+        except asyncio.CancelledError:
+            # The steps are this task's: cancelled with it (a new term: every
+            # task of the driver is, at once), and over before it ends.
+            steps = switch.steps
+            if steps is not None and not steps.done():
+                steps.cancel()
+                await asyncio.wait({steps})
+            raise
         finally:
             if self._switch_waiting.get(pair) is switch:
                 del self._switch_waiting[pair]
-        frozen_ms = await switch.outcome
         # The target serves the keys: the bulk work goes on while the map records it.
         await self._record(pair, phase=cluster_pb2.MOVE_ACTIVE, frozen_ms=frozen_ms)
         self.runtime.metrics.migration_frozen_seconds.observe(frozen_ms / 1000)
@@ -454,43 +492,47 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             extra={"node_id": self.runtime.node_id, "group_id": pair[1]},
         )
 
-    async def _take_turn(self) -> None:
-        """Switch every move waiting for a turn, side by side; each one's outcome (its
-        frozen ms, or why it failed) goes to its own task. The wait for quiet is
-        one for them all."""
+    def _start_turn(self) -> None:
+        """A turn for every move waiting for one: their steps start side by side, and
+        the wait for quiet is one for them all. The bulk work waits until each
+        switch left the turn: ended, or gone on waiting for its seal (``_seal``)."""
         switches = list(self._switch_waiting.values())
         self._switch_waiting.clear()
         self._no_switch.clear()
         quiet: asyncio.Future[None] | None = None
         if any(switch.record_frozen for switch in switches):
             quiet = asyncio.ensure_future(self._quiet())
+        for switch in switches:
+            switch.steps = asyncio.create_task(
+                self._run_switch(switch, quiet), name=f"switch-{switch.pair}"
+            )
+            # Also when cancelled before it began (its move's task cancelled at once).
+            switch.steps.add_done_callback(functools.partial(_steps_ended, switch))
+        self._turn = asyncio.create_task(self._end_turn(switches, quiet), name="switch-turn")
 
-        async def run(switch: _Switch) -> None:
-            try:
-                frozen_ms = await self._switch_turn_steps(switch, quiet)
-            except asyncio.CancelledError as error:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # the turn is cancelled (a new term): the finally below
-                # A call inside the switch was cancelled, not the turn: a failure.
-                switch.outcome.set_exception(StepFailed(f"a step was cancelled: {error!r}"))
-            except Exception as error:
-                switch.outcome.set_exception(error)
-            else:
-                switch.outcome.set_result(frozen_ms)
-
+    async def _end_turn(self, switches: list[_Switch], quiet: asyncio.Future[None] | None) -> None:
         try:
-            # Every switch ends before the turn does (the bulk work waits for all).
-            await asyncio.gather(*(run(switch) for switch in switches), return_exceptions=True)
+            await asyncio.gather(*(switch.left.wait() for switch in switches))
         finally:
             self._no_switch.set()
             if quiet is not None:
                 quiet.cancel()
-            # The turn's task was cancelled (every task of the driver is, at once, on
-            # a new term): the switches it took along fail rather than wait forever.
-            for switch in switches:
-                if not switch.outcome.done():
-                    switch.outcome.set_exception(StepFailed("the switch's turn was cancelled"))
+
+    async def _run_switch(self, switch: _Switch, quiet: asyncio.Future[None] | None) -> None:
+        """One move's switch; its outcome (frozen ms, or why it failed) goes to its
+        move's task."""
+        try:
+            frozen_ms = await self._switch_turn_steps(switch, quiet)
+        except asyncio.CancelledError as error:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # its move's task cancelled it (a new term): _steps_ended
+            # A call inside the switch was cancelled, not the switch: a failure.
+            switch.outcome.set_exception(StepFailed(f"a step was cancelled: {error!r}"))
+        except Exception as error:
+            switch.outcome.set_exception(error)
+        else:
+            switch.outcome.set_result(frozen_ms)
 
     async def _switch_turn_steps(self, switch: _Switch, quiet: Awaitable[None] | None) -> int:
         """One move's switch in its turn; how long its keys were frozen (ms). A move
@@ -513,7 +555,9 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
                     )
                 except _TargetActive:
                     progress.copied = None  # as in MOVE_COPYING
-        return await self._switch_steps(epoch, pair, progress, record_frozen=switch.record_frozen)
+        return await self._switch_steps(
+            epoch, pair, progress, record_frozen=switch.record_frozen, leave=switch.left.set
+        )
 
     async def _quiet(self) -> None:
         """Until the bulk copies and collects in flight have applied (new ones wait
@@ -525,7 +569,13 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             await asyncio.wait(set(self._bulk), timeout=remaining)
 
     async def _switch_steps(
-        self, epoch: int, pair: _Pair, progress: _Progress, *, record_frozen: bool
+        self,
+        epoch: int,
+        pair: _Pair,
+        progress: _Progress,
+        *,
+        record_frozen: bool,
+        leave: Callable[[], None],
     ) -> int:
         source = pair[0]
         loop = asyncio.get_running_loop()
@@ -548,7 +598,7 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             recording.add_done_callback(self._background.discard)
             recording.add_done_callback(_retrieve)
         if not frozen.sealed:  # a lock held on a moving key: the seal waits for it
-            await self._seal(epoch, pair)
+            await self._seal(epoch, pair, leave)
         failpoint("migration.after_seal")
         since = progress.watermark if progress.watermark is not None else 0
         try:
@@ -589,15 +639,40 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
         async with slots:
             return await self._apply(target, command)
 
-    async def _seal(self, epoch: int, pair: _Pair) -> None:
+    async def _seal(self, epoch: int, pair: _Pair, leave: Callable[[], None]) -> None:
+        """Until the source seals (no lock is left on a moving key).
+
+        Past ``_SEAL_IN_TURN`` the switch leaves its turn (``leave``) and waits
+        on its own, polling less often, with why in the map: the other moves'
+        switches and bulk work go on meanwhile. One of them may be what the
+        wait needs: a lock's transaction whose primary key moved with another
+        switch of the same turn is decided by its record at that move's
+        target, which the resolvers find once the map says the move is active.
+        """
         command = self._step(epoch, pair, seal=True)
+        loop = asyncio.get_running_loop()
+        leave_at = loop.time() + _SEAL_IN_TURN
+        poll = _SEAL_POLL
         while True:
             result = await self.calls.propose(pair[0], command)
             if result.migrate.applied:
                 return
             if not result.migrate.wait:
                 raise StepFailed(f"group {pair[0]} did not seal: {result.migrate.reason}")
-            await asyncio.sleep(_SEAL_POLL)
+            if poll == _SEAL_POLL and loop.time() >= leave_at:
+                poll = _SEAL_POLL_ALONE
+                leave()
+                why = f"frozen, not sealed: group {pair[0]} is {result.migrate.reason}"
+                _log.info(
+                    "node %d: move %d->%d %s; the other moves go on",
+                    self.runtime.node_id,
+                    *pair,
+                    why,
+                    extra={"node_id": self.runtime.node_id, "group_id": pair[0]},
+                )
+                with contextlib.suppress(ShardKVError):
+                    await self.record_stuck(pair, why)
+            await asyncio.sleep(poll)
 
     async def _copy(
         self,

@@ -20,9 +20,9 @@ import asyncio
 import contextlib
 import itertools
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -1089,7 +1089,7 @@ async def test_a_move_found_frozen_switches_without_waiting_for_quiet(
     assert arcs(groups.target) == ({}, {SOURCE: ACTIVE})
 
 
-async def cancelled(tasks: list[asyncio.Task[None]]) -> None:
+async def cancelled(tasks: Sequence[asyncio.Task[Any]]) -> None:
     """Cancel ``tasks`` and wait until each has ended (a test's cleanup)."""
     for task in tasks:
         task.cancel()
@@ -1121,9 +1121,7 @@ async def test_switches_take_turns(groups: Groups, monkeypatch: pytest.MonkeyPat
     inside = most = 0
     entered, gate = asyncio.Event(), asyncio.Event()
 
-    async def steps(
-        epoch: int, pair: tuple[int, int], progress: object, *, record_frozen: bool
-    ) -> int:
+    async def steps(epoch: int, pair: tuple[int, int], progress: object, **_: object) -> int:
         nonlocal inside, most
         inside += 1
         most = max(most, inside)
@@ -1161,9 +1159,7 @@ async def test_the_moves_waiting_for_a_turn_switch_side_by_side_in_the_next_one(
     together: list[set[tuple[int, int]]] = []
     gates = {pair: asyncio.Event() for pair in ((1, 5), (2, 5), (3, 5))}
 
-    async def steps(
-        epoch: int, pair: tuple[int, int], progress: object, *, record_frozen: bool
-    ) -> int:
+    async def steps(epoch: int, pair: tuple[int, int], progress: object, **_: object) -> int:
         inside.add(pair)
         together.append(set(inside))
         try:
@@ -1230,9 +1226,7 @@ async def test_a_turn_waits_once_for_quiet_and_skips_a_move_cancelled_while_wait
         nonlocal quiet_waits
         quiet_waits += 1
 
-    async def steps(
-        epoch: int, pair: tuple[int, int], progress: object, *, record_frozen: bool
-    ) -> int:
+    async def steps(epoch: int, pair: tuple[int, int], progress: object, **_: object) -> int:
         switched.append(pair)
         if pair == (1, 5):
             await gate.wait()
@@ -1264,37 +1258,148 @@ async def test_a_turn_waits_once_for_quiet_and_skips_a_move_cancelled_while_wait
         await cancelled(tasks)
 
 
-async def test_a_turn_cancelled_fails_the_switches_it_took_along(
+async def test_a_move_cancelled_cancels_its_own_switch_and_the_turn_ends_with_its_last(
     groups: Groups, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A switch's steps are its move's: cancelled with its task (a new term cancels
+    every task of the driver), and not with another move's, which a turn taking
+    them along does not make their owner."""
     driver, _, _ = driven(groups)
-    entered = asyncio.Event()
+    started: list[tuple[int, int]] = []
+    ended: list[tuple[int, int]] = []
 
-    async def steps(
-        epoch: int, pair: tuple[int, int], progress: object, *, record_frozen: bool
-    ) -> int:
-        entered.set()
-        await asyncio.Event().wait()  # never ends
+    async def steps(epoch: int, pair: tuple[int, int], progress: object, **_: object) -> int:
+        started.append(pair)
+        try:
+            await asyncio.Event().wait()  # never ends
+        finally:
+            ended.append(pair)
         return 0
+
+    async def settled() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0)
 
     switch = stub_switches(monkeypatch, driver, steps)
     holder = switch((1, 5))
-    await asyncio.wait_for(entered.wait(), 5)
+    await settled()
     waiting = [switch(pair) for pair in ((2, 5), (3, 5))]
-    for _ in range(20):
-        await asyncio.sleep(0)
-    holder.cancel()  # the next turn is the first waiter's, and takes the other along
-    entered.clear()
-    await asyncio.wait_for(entered.wait(), 5)
-    turn_holder = waiting[0]
-    turn_holder.cancel()
-    outcomes = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
-    assert isinstance(outcomes[0], asyncio.CancelledError)
-    assert isinstance(outcomes[1], StepFailed), "not left waiting for a turn that is gone"
+    await settled()
+    assert started == [(1, 5)]
+    holder.cancel()  # its steps end, so its turn does; the next takes both waiting
+    await settled()
+    assert ended == [(1, 5)]
+    assert started == [(1, 5), (2, 5), (3, 5)]
+    waiting[0].cancel()
+    await settled()
+    assert ended == [(1, 5), (2, 5)], "the move that started the turn cancels its own only"
+    assert not driver._no_switch.is_set(), "the turn goes on with the other"
+    waiting[1].cancel()
+    outcomes = await asyncio.wait_for(asyncio.gather(holder, *waiting, return_exceptions=True), 5)
+    assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes)
+    assert ended == [(1, 5), (2, 5), (3, 5)]
+    await settled()
     assert driver._no_switch.is_set()
     assert not driver._switch_waiting
-    with contextlib.suppress(asyncio.CancelledError):
-        await holder
+    assert driver._turn is not None and driver._turn.done()
+
+
+async def test_a_move_cancelled_before_its_steps_began_ends_its_turn(
+    groups: Groups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new term cancels every task at once: a move's steps may be cancelled
+    before they ran a line. Its turn still ends, and the next one goes."""
+    driver, _, _ = driven(groups)
+    started: list[tuple[int, int]] = []
+
+    async def steps(epoch: int, pair: tuple[int, int], progress: object, **_: object) -> int:
+        started.append(pair)
+        return 0
+
+    switch = stub_switches(monkeypatch, driver, steps)
+    taken = migration_driver._Switch(EPOCH, (1, 5), migration_driver._Progress(), False)
+    driver._switch_waiting[1, 5] = taken
+    driver._start_turn()
+    assert taken.steps is not None and driver._turn is not None
+    taken.steps.cancel()  # before it ran: as its move's task does, cancelled at once
+    await asyncio.wait_for(driver._turn, 5)
+    assert started == [], "its steps never began"
+    assert driver._no_switch.is_set()
+    with pytest.raises(StepFailed, match="cancelled"):
+        await taken.outcome
+    await asyncio.wait_for(switch((2, 5)), 5)
+    assert started == [(2, 5)]
+
+
+async def test_a_switch_waiting_for_a_lock_leaves_its_turn_and_the_others_go_on(
+    groups: Groups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seal held in its turn could wait for ever: the lock's transaction may have
+    its primary key in another move of the same turn, and the resolvers find its
+    record at that move's target once the map says the move is active. So each
+    move records its activation when its own switch ends, and past
+    ``_SEAL_IN_TURN`` a switch waits for its seal alone, why in the map."""
+    source = groups.source
+    seed(groups)
+    driver, agent, _ = driven(groups)
+    monkeypatch.setattr(migration_driver, "_SEAL_IN_TURN", 0.3)
+    assert await advance(driver, agent) == cluster_pb2.MOVE_COPYING
+    assert groups.apply(source, prepare(7, 1, then=[put(MOVING[3], b"txn")])).txn.succeeded
+    # Found frozen (no copy first: a copy waits while a turn runs, as here).
+    groups.copy(ALL)
+    groups.applies(source, step(freeze=True))
+    agent.map.migration.moves[0].phase = cluster_pb2.MOVE_FROZEN
+    gate = asyncio.Event()
+    real_steps, real_record = driver._switch_steps, driver._record
+
+    async def steps(
+        epoch: int, pair: tuple[int, int], progress: migration_driver._Progress, **kwargs: object
+    ) -> int:
+        if pair == (SOURCE, TARGET):
+            return await real_steps(epoch, pair, progress, **kwargs)  # type: ignore[arg-type]
+        if pair == (3, 5):
+            await gate.wait()  # holds the first turn, so the next takes the two others
+        return pair[0]
+
+    recorded: list[tuple[tuple[int, int], dict[str, object], bool]] = []
+
+    async def record(pair: tuple[int, int], **fields: object) -> None:
+        recorded.append((pair, fields, driver._no_switch.is_set()))
+        await real_record(pair, **fields)
+
+    switch = stub_switches(monkeypatch, driver, steps, record)
+    holder = switch((3, 5))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    tasks = [holder, switch((2, 5)), asyncio.create_task(advance(driver, agent))]
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert set(driver._switch_waiting) == {(SOURCE, TARGET), (2, 5)}
+        gate.set()
+        await asyncio.wait_for(tasks[1], 5)
+        other = [(fields, quiet) for pair, fields, quiet in recorded if pair == (2, 5)]
+        assert other == [({"phase": cluster_pb2.MOVE_ACTIVE, "frozen_ms": 2}, False)], (
+            "recorded active while the turn still runs"
+        )
+        for _ in range(500):
+            if driver._no_switch.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert driver._no_switch.is_set(), "the turn ended without the seal"
+        assert not tasks[2].done()
+        assert arcs(source) == ({TARGET: FROZEN}, {})
+        move = agent.map.migration.moves[0]
+        assert "waiting for 1 locked moving keys" in move.stuck, move
+        seals = _migrate_steps(groups, SOURCE).count("seal")
+        await asyncio.sleep(0.3)
+        assert _migrate_steps(groups, SOURCE).count("seal") - seals <= 3, "polled less often"
+        groups.apply(source, decide(7, 1, MOVING[3]))
+        assert await asyncio.wait_for(tasks[2], 5) == cluster_pb2.MOVE_ACTIVE
+        assert agent.map.migration.moves[0].stuck == ""
+        assert value_of(groups.target, MOVING[3]) == b"txn"
+    finally:
+        await cancelled(tasks)
 
 
 async def test_the_driver_counts_its_copies_and_collects_for_quiet_and_not_the_switch_copies(
