@@ -36,7 +36,11 @@ gRPC (``Node.Write``, ``Node.ListTxns``) to the group's leader, found from
 the local replica's view or the map's replicas, following NOT_LEADER hints
 and retrying UNAVAILABLE with back-off, for at most ``timeout`` seconds.
 Retrying is safe for the same reason as above: transaction steps are
-idempotent.
+idempotent. An export (``NodeGroupCalls.export``, the driver's stream of a
+move's chunks) that sends nothing for ``_CHUNK_TIMEOUT`` fails: a source
+that scans sends an empty chunk every ``EXPORT_HEARTBEAT``, so such a
+stream is one to a paused process or behind a dropping network, which would
+otherwise hold the driver's step for as long as TCP keeps the connection.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from shardkv.node.cluster import META_GROUP
 from shardkv.node.membership import reconfigure
 from shardkv.node.passes import Passes
 from shardkv.node.runtime import NodeRuntime
-from shardkv.node.service import txn_listing
+from shardkv.node.service import EXPORT_HEARTBEAT, txn_listing
 from shardkv.raft import Role
 from shardkv.ring import Routing
 from shardkv.tls import TlsMaterial, open_channel
@@ -75,6 +79,11 @@ DEFAULT_INTERVAL = 0.5
 _MAX_IN_FLIGHT = 64
 _CALL_TIMEOUT = 5.0
 _ATTEMPT_TIMEOUT = 2.0
+# The longest an export stream goes without a chunk: a source that scans sends
+# an empty one every EXPORT_HEARTBEAT, so one silent for this long is paused or
+# cut off (a TCP connection to a peer behind a dropping firewall stays open for
+# many minutes), and the driver's step fails and starts over, not waits.
+_CHUNK_TIMEOUT = 10 * EXPORT_HEARTBEAT
 _FIRST_BACKOFF = 0.02
 _MAX_BACKOFF = 0.5
 # A transaction that failed to resolve waits this long times 2**failures, up to the cap.
@@ -84,6 +93,23 @@ _RETRY_CAP = 30.0
 _T = TypeVar("_T")
 _TxnKey = tuple[int, int]
 ClusterMapSource = Callable[[], cluster_pb2.ClusterMap | None]
+
+
+class _Silent(Exception):
+    """An export stream sent nothing for ``_CHUNK_TIMEOUT``."""
+
+
+async def _next_chunk(
+    stream: grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
+    chunks: AsyncIterator[node_pb2.ExportChunk],
+) -> node_pb2.ExportChunk | None:
+    """The stream's next chunk (None at its end); ``_Silent`` if none comes in time."""
+    try:
+        async with asyncio.timeout(_CHUNK_TIMEOUT):
+            return await anext(chunks, None)
+    except TimeoutError:
+        stream.cancel()
+        raise _Silent from None
 
 
 def _backoff(attempt: int) -> float:
@@ -205,7 +231,7 @@ class NodeGroupCalls:
             hint = 0
             streaming = False
             try:
-                first = await anext(chunks, None)
+                first = await _next_chunk(stream, chunks)
                 if first is None:
                     return
                 if first.HasField("error"):
@@ -217,9 +243,16 @@ class NodeGroupCalls:
                     self._leaders[group_id] = target
                     streaming = True
                     yield first
-                    async for chunk in chunks:
+                    while (chunk := await _next_chunk(stream, chunks)) is not None:
                         yield chunk
                     return
+            except _Silent:
+                if streaming:
+                    raise OutcomeUnknown(
+                        f"group {group_id}: node {target} sent nothing of its export for "
+                        f"{_CHUNK_TIMEOUT:g} s: paused or cut off; export again"
+                    ) from None
+                problem = f"node {target}: no chunk in {_CHUNK_TIMEOUT:g} s"
             except grpc.aio.AioRpcError as rpc_error:
                 code = rpc_error.code()
                 retried = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

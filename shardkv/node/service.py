@@ -25,6 +25,12 @@ transaction locks on the keys they cover: the value read is the one before
 that transaction, current only while it has not committed, which the router
 finds out from the transaction's primary (``router.txn``).
 
+``Export`` streams a move's chunks from the source's leader
+(``shardkv.node.export``); a scan that finds nothing to send for
+``EXPORT_HEARTBEAT`` sends an empty chunk, so the driver can take a stream
+silent for much longer for a source paused or cut off, rather than wait on it
+for ever.
+
 ``WriteBatch`` is the router's path: many commands for one group in one
 call, all proposed before the next round (so they share its fsync and its
 messages), each answered on its own. Commands carrying a ``ring`` are the
@@ -71,7 +77,7 @@ from shardkv.v1 import kv_pb2, node_pb2, node_pb2_grpc
 if TYPE_CHECKING:
     from shardkv.node.cluster import ClusterAgent
 
-__all__ = ["DEFAULT_SCAN_PAGE", "NodeService", "txn_listing"]
+__all__ = ["DEFAULT_SCAN_PAGE", "EXPORT_HEARTBEAT", "NodeService", "txn_listing"]
 
 DEFAULT_SCAN_PAGE = 1000
 _log = logging.getLogger(__name__)
@@ -89,6 +95,9 @@ MAX_LOCK_AHEAD_MS = 60 * 60 * 1000
 # yet, waiting for its move's activation (``NodeService._until_served``); a
 # switch takes a few rounds, about 100-200 ms on a loaded 2-core machine.
 IMPORT_HOLD = 1.0
+# The longest an export scans without sending: then an empty chunk goes, so a
+# stream silent for long (``NodeGroupCalls.export``) is a source paused or cut off.
+EXPORT_HEARTBEAT = 1.0
 _HOLD_RECHECK = 0.1
 _MAX_SCAN_PAGE = 10_000
 
@@ -558,14 +567,18 @@ class NodeService(node_pb2_grpc.NodeServicer):
         revision, key_count = machine.revision, machine.key_count
         frozen = machine.migration.frozen(request.target)
         sent = False
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
         for chunk in export_steps(machine, request):
-            if chunk is None:
-                await asyncio.sleep(0)  # a long scan lets the node's rounds run
-            else:
-                sent = True
+            if chunk is not None or loop.time() - sent_at >= EXPORT_HEARTBEAT:
+                # A chunk, or an empty one after a long scan found none: the
+                # caller tells a source that scans from one that went silent.
+                sent, sent_at = True, loop.time()
                 yield node_pb2.ExportChunk(
                     data=chunk, revision=revision, key_count=key_count, frozen=frozen
                 )
+            else:
+                await asyncio.sleep(0)  # a long scan lets the node's rounds run
             # The rounds that ran meanwhile may have dropped this replica (moved
             # away): its keys would read as deleted. The driver exports again.
             if self.runtime.peers.get(request.group_id) is not peer:

@@ -21,6 +21,7 @@ import pytest
 
 from shardkv import failpoints
 from shardkv.errors import OutcomeUnknown
+from shardkv.node import resolver as resolver_module
 from shardkv.node.peer import Peer, PeerOptions
 from shardkv.node.resolver import NodeGroupCalls, TxnResolver
 from shardkv.node.runtime import NodeRuntime
@@ -356,6 +357,57 @@ async def test_an_export_that_fails_after_its_first_chunk_is_the_callers_to_hand
         assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
         assert [list(chunk.data.keys) for chunk in taken] == [[b"k"]]
         assert broken.exports == 1
+    finally:
+        await calls.close()
+        await server.stop(None)
+
+
+class _SilentExports(node_pb2_grpc.NodeServicer):
+    """A node whose exports send ``sent`` chunks, then nothing (paused, or cut off)."""
+
+    def __init__(self, sent: int) -> None:
+        self.sent = sent
+
+    async def Export(
+        self,
+        request: node_pb2.ExportRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> AsyncIterator[node_pb2.ExportChunk]:
+        for _ in range(self.sent):
+            yield node_pb2.ExportChunk(data=kv_pb2.MigrateImport(keys=[b"k"]), revision=5)
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("sent", [0, 1])
+async def test_an_export_that_goes_silent_fails_rather_than_waits(
+    one_node: tuple[Node, cluster_pb2.ClusterMap], monkeypatch: pytest.MonkeyPatch, sent: int
+) -> None:
+    """A stream open to a source that sends nothing (a paused process, a dropping
+    firewall) would hold the driver's step for ever: past ``_CHUNK_TIMEOUT``
+    without a chunk (a scanning source sends empty ones), it fails."""
+    monkeypatch.setattr(resolver_module, "_CHUNK_TIMEOUT", 0.3)
+    only, the_map = one_node
+    silent = _SilentExports(sent)
+    server = grpc.aio.server()
+    node_pb2_grpc.add_NodeServicer_to_server(silent, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    elsewhere = cluster_pb2.ClusterMap()
+    elsewhere.CopyFrom(the_map)
+    elsewhere.nodes.add(node_id=9, address=f"127.0.0.1:{port}")
+    elsewhere.groups.add(group_id=3, replicas=[9])
+    calls = NodeGroupCalls(only.runtime, lambda: elsewhere, timeout=1.0)
+    taken: list[node_pb2.ExportChunk] = []
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(OutcomeUnknown) as failed:
+            async for chunk in calls.export(node_pb2.ExportRequest(group_id=3, target=1)):
+                taken.append(chunk)
+        assert len(taken) == sent
+        expected = "sent nothing of its export for 0.3 s" if sent else "no chunk in 0.3 s"
+        assert expected in str(failed.value)
+        assert loop.time() - started < 3.0
     finally:
         await calls.close()
         await server.stop(None)

@@ -15,6 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from shardkv.node import export as export_module
+from shardkv.node import service as service_module
 from shardkv.node.cluster import CLUSTER_MAP_KEY, META_GROUP, ClusterAgent, initial_map
 from shardkv.node.config import NodeConfig
 from shardkv.node.peer import Peer, PeerOptions
@@ -274,6 +276,40 @@ async def test_an_export_ends_with_an_error_once_its_group_left_the_node() -> No
                 assert not chunk.data.deleted, "a key of a dropped replica read as deleted"
         assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "left node 1" in (ended.value.details() or "")
+
+
+@pytest.mark.parametrize("heartbeat", [0.0, 1.0])
+async def test_a_long_scan_that_finds_nothing_sends_empty_chunks(
+    heartbeat: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So that the driver can tell a source that scans from one paused or cut off
+    (``NodeGroupCalls.export``): past ``EXPORT_HEARTBEAT`` without a chunk, the
+    scan sends an empty one, of the export's moment like the others."""
+    monkeypatch.setattr(service_module, "EXPORT_HEARTBEAT", heartbeat)
+    monkeypatch.setattr(export_module, "PAUSE_KEYS", 4)
+    async with one_node(GROUPS) as node:
+        runtime = node.runtime
+        await runtime.propose(1, kv_pb2.Command(ring=ring_of(1, {1: 1, 2: 1})))
+        target_ring = ring_of(2, {1: 1, 2: 3})
+        old, new = build_ring(ring_of(1, {1: 1, 2: 1})), build_ring(target_ring)
+        ours = [key for key in (b"key-%d" % n for n in range(400)) if old.group_for(key) == 1]
+        staying = [key for key in ours if new.group_for(key) == 1][:40]
+        moving = [key for key in ours if new.group_for(key) == 2][:3]
+        for seq, key in enumerate([*staying, *moving], 1):
+            await runtime.propose(1, put(key, b"v", seq))
+        begin = kv_pb2.MigrateStep(epoch=2, source=1, target=2, driver=1, begin=target_ring)
+        assert (await runtime.propose(1, kv_pb2.Command(migrate=begin))).migrate.applied
+        request = node_pb2.ExportRequest(
+            group_id=1, epoch=2, target=2, kind=node_pb2.EXPORT_KEYS, chunk_keys=1000
+        )
+        chunks = [chunk async for chunk in node.stub.Export(request)]
+        assert sorted(key for chunk in chunks for key in chunk.data.keys) == sorted(moving)
+        empty = [chunk for chunk in chunks if not chunk.HasField("data")]
+        if heartbeat:
+            assert not empty, "a scan as short as this one sends no empty chunk"
+        else:
+            assert len(empty) >= 10, "one per list of 4 keys scanned"
+        assert len({(chunk.revision, chunk.key_count) for chunk in chunks}) == 1
 
 
 async def test_an_export_says_whether_its_source_is_frozen() -> None:
