@@ -222,8 +222,11 @@ def test_a_metrics_port_in_use_stops_the_node_with_a_clear_error(tmp_path: Path)
     cluster = MetricsCluster(tmp_path, Settings(nodes=1, groups=1))
     try:
         with socket.socket() as taken:
-            taken.bind(("127.0.0.1", cluster.metrics_ports[1]))
+            # A port this test holds from the start: the one picked for the node
+            # may be taken by a test running beside this one before we bind it.
+            taken.bind(("127.0.0.1", 0))
             taken.listen()
+            cluster.metrics_ports[1] = taken.getsockname()[1]
             cluster.start(1, wait=False)
             process = cluster.processes.pop(1)
             assert process.wait(DEADLINE) == 2
