@@ -317,6 +317,21 @@ async def test_a_group_nobody_answers_for_is_outcome_unknown_within_the_timeout(
         await calls.close()  # twice is harmless
 
 
+async def _group_3_served_by(
+    servicer: node_pb2_grpc.NodeServicer, the_map: cluster_pb2.ClusterMap
+) -> tuple[grpc.aio.Server, cluster_pb2.ClusterMap]:
+    """A started server of ``servicer``, and ``the_map`` with group 3 on it alone (node 9)."""
+    server = grpc.aio.server()
+    node_pb2_grpc.add_NodeServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    elsewhere = cluster_pb2.ClusterMap()
+    elsewhere.CopyFrom(the_map)
+    elsewhere.nodes.add(node_id=9, address=f"127.0.0.1:{port}")
+    elsewhere.groups.add(group_id=3, replicas=[9])
+    return server, elsewhere
+
+
 class _BrokenExports(node_pb2_grpc.NodeServicer):
     """A node whose exports send one chunk, then fail as a replica that left would."""
 
@@ -340,14 +355,7 @@ async def test_an_export_that_fails_after_its_first_chunk_is_the_callers_to_hand
     already (its revision, its keys) and starts its step over instead."""
     only, the_map = one_node
     broken = _BrokenExports()
-    server = grpc.aio.server()
-    node_pb2_grpc.add_NodeServicer_to_server(broken, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    elsewhere = cluster_pb2.ClusterMap()
-    elsewhere.CopyFrom(the_map)
-    elsewhere.nodes.add(node_id=9, address=f"127.0.0.1:{port}")
-    elsewhere.groups.add(group_id=3, replicas=[9])
+    server, elsewhere = await _group_3_served_by(broken, the_map)
     calls = NodeGroupCalls(only.runtime, lambda: elsewhere, timeout=5.0)
     taken: list[node_pb2.ExportChunk] = []
     try:
@@ -388,14 +396,7 @@ async def test_an_export_that_goes_silent_fails_rather_than_waits(
     monkeypatch.setattr(resolver_module, "_CHUNK_TIMEOUT", 0.3)
     only, the_map = one_node
     silent = _SilentExports(sent)
-    server = grpc.aio.server()
-    node_pb2_grpc.add_NodeServicer_to_server(silent, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    elsewhere = cluster_pb2.ClusterMap()
-    elsewhere.CopyFrom(the_map)
-    elsewhere.nodes.add(node_id=9, address=f"127.0.0.1:{port}")
-    elsewhere.groups.add(group_id=3, replicas=[9])
+    server, elsewhere = await _group_3_served_by(silent, the_map)
     calls = NodeGroupCalls(only.runtime, lambda: elsewhere, timeout=1.0)
     taken: list[node_pb2.ExportChunk] = []
     loop = asyncio.get_running_loop()
