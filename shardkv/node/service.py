@@ -95,10 +95,10 @@ MAX_LOCK_AHEAD_MS = 60 * 60 * 1000
 # yet, waiting for its move's activation (``NodeService._until_served``); a
 # switch takes a few rounds, about 100-200 ms on a loaded 2-core machine.
 IMPORT_HOLD = 1.0
+_HOLD_RECHECK = 0.1
 # The longest an export scans without sending: then an empty chunk goes, so a
 # stream silent for long (``NodeGroupCalls.export``) is a source paused or cut off.
 EXPORT_HEARTBEAT = 1.0
-_HOLD_RECHECK = 0.1
 _MAX_SCAN_PAGE = 10_000
 
 
