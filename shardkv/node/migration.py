@@ -79,9 +79,9 @@ Decisions:
   switch runs, so the schedule is not handed out to steps that cannot go.
   The limit is read from the map at every step, so a new one applies from
   the next chunk (a step waiting looks again at least every
-  ``_PACE_RECHECK``). What it does not bound: the source's scan reads ahead
-  of the paced driver as far as gRPC's flow control lets it (the first
-  second or two of a move are about as busy as without a limit), a step is still a whole
+  ``_PACE_RECHECK``). The source's scan runs only about two chunks ahead of
+  the paced driver (the driver's channels keep HTTP/2's 64 KiB window,
+  ``shardkv.node.resolver``). What it does not bound: a step is still a whole
   chunk, catch-up rounds under writes faster than the limit end after
   ``_MAX_ROUNDS`` and the switch copies the rest at full speed, and a
   throttled bulk pass keeps its consistent iterator at the source open for

@@ -414,6 +414,49 @@ async def test_an_export_that_goes_silent_fails_rather_than_waits(
         await server.stop(None)
 
 
+class _EagerExports(node_pb2_grpc.NodeServicer):
+    """A node whose export sends ``chunks`` chunks of ``size`` bytes as fast as the
+    stream takes them, counting what it produced (a source's scan)."""
+
+    def __init__(self, chunks: int, size: int) -> None:
+        self.chunks, self.size, self.produced = chunks, size, 0
+
+    async def Export(
+        self,
+        request: node_pb2.ExportRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> AsyncIterator[node_pb2.ExportChunk]:
+        for number in range(self.chunks):
+            self.produced += 1
+            record = number.to_bytes(4, "big") * (self.size // 4)
+            yield node_pb2.ExportChunk(data=kv_pb2.MigrateImport(keys=[b"k"], records=[record]))
+
+
+async def test_an_export_source_runs_only_a_little_ahead_of_a_slow_driver(
+    one_node: tuple[Node, cluster_pb2.ClusterMap],
+) -> None:
+    """A paced driver takes a chunk now and then; the source's scan must not run
+    megabytes ahead of it (gRPC's bandwidth-delay probing grew the stream's
+    window so far that each source scanned 9-10 chunks of 0.6 MiB ahead)."""
+    only, the_map = one_node
+    eager = _EagerExports(chunks=40, size=600_000)
+    server, elsewhere = await _group_3_served_by(eager, the_map)
+    calls = NodeGroupCalls(only.runtime, lambda: elsewhere, timeout=5.0)
+    taken, leads = 0, []
+    try:
+        async for chunk in calls.export(node_pb2.ExportRequest(group_id=3, target=1)):
+            assert chunk.data.records[0][:4] == taken.to_bytes(4, "big")  # in order, whole
+            taken += 1
+            if taken == 12:
+                break
+            await asyncio.sleep(0.1)  # the driver paced
+            leads.append(eager.produced - taken)
+        assert max(leads) <= 3, leads
+    finally:
+        await calls.close()
+        await server.stop(None)
+
+
 async def test_the_resolver_failpoint_fires_after_the_record_before_finishing(
     one_node: tuple[Node, cluster_pb2.ClusterMap],
 ) -> None:
