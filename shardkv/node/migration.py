@@ -476,6 +476,8 @@ class MigrationDriver(MapDriver[_Pair, tuple[cluster_pb2.Migration, cluster_pb2.
             if steps is not None and not steps.done():
                 steps.cancel()
                 await asyncio.wait({steps})
+            if switch.outcome.done() and not switch.outcome.cancelled():
+                switch.outcome.exception()  # read: no one else waits for it (no warning)
             raise
         finally:
             if self._switch_waiting.get(pair) is switch:
